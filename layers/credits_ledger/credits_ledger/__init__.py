@@ -1,0 +1,1 @@
+"""Shared code of the credits ledger: domain logic, data access and models used by every Lambda function."""

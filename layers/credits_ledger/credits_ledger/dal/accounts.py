@@ -1,0 +1,299 @@
+"""AccountRepository: the account aggregate (state, grants, ledger entries) in DynamoDB.
+
+Every write of a change is one TransactWriteItems whose conditions state the invariants:
+  - the account item still has the version the change was computed from (optimistic lock; no lost update,
+    no overdraft: the balance check happened on exactly that version);
+  - each ledger entry key does not exist yet (the key is the operation's idempotency key: nothing twice);
+  - each new grant id is unused, and each grant being closed is not closed already.
+A failed condition becomes a named error carrying the item DynamoDB returned
+(ReturnValuesOnConditionCheckFailure), so callers retry or replay without re-reading.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from credits_ledger.dal import items as it
+from credits_ledger.dal.client import dynamodb_client, table_name
+from credits_ledger.domain.errors import CreditsError, GrantNotFound
+from credits_ledger.domain.models import TERMINAL_STATUSES, AccountState, Change, Grant, LedgerEntry
+
+LEDGER_INDEX = "LedgerByAccount"
+GRANTS_INDEX = "GrantsByAccount"
+EXPIRY_INDEX = "ExpiringGrants"
+FUNDING_INDEX = "GrantsByFunding"
+
+
+class EntryExists(CreditsError):
+    """A ledger entry with this key was committed before: the operation is a replay."""
+
+    def __init__(self, entries: dict[str, LedgerEntry]) -> None:
+        super().__init__(f"ledger entries already exist: {sorted(entries)}")
+        self.entries = entries
+
+
+class VersionConflict(CreditsError):
+    """The account changed since it was read; ``current`` is its state now (None: read it again)."""
+
+    def __init__(self, current: AccountState | None) -> None:
+        super().__init__("account changed concurrently")
+        self.current = current
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Any]
+    next_cursor: str | None
+
+
+def _encode_cursor(key: dict[str, Any] | None) -> str | None:
+    if not key:
+        return None
+    return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode()
+
+
+def _decode_cursor(cursor: str | None) -> dict[str, Any] | None:
+    if not cursor:
+        return None
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except (ValueError, TypeError) as exc:
+        raise InvalidCursor() from exc
+    if not isinstance(key, dict):
+        raise InvalidCursor()
+    return key
+
+
+class InvalidCursor(CreditsError):
+    def __init__(self) -> None:
+        super().__init__("cursor is not one this API returned")
+
+
+class AccountRepository:
+    def __init__(self, client: Any | None = None, table: str | None = None) -> None:
+        self._client = client or dynamodb_client()
+        self._table = table or table_name()
+
+    # ---- reads -------------------------------------------------------------------------------------------
+    def load(
+        self, account_id: str, entry_keys: Sequence[str] = (), *, consistent: bool = False
+    ) -> tuple[AccountState, dict[str, LedgerEntry]]:
+        """The account state and any of ``entry_keys`` already committed, in one BatchGetItem.
+
+        Eventually consistent by default (half the read units): a stale version only makes the conditional
+        write fail and retry, and a missed entry is still caught by the write's attribute_not_exists.
+        """
+        keys = [it.account_key(account_id), *(it.entry_key(k) for k in entry_keys)]
+        found: list[dict[str, Any]] = []
+        for chunk_start in range(0, len(keys), 100):
+            request = {self._table: {"Keys": keys[chunk_start : chunk_start + 100], "ConsistentRead": consistent}}
+            while request:
+                response = self._client.batch_get_item(RequestItems=request)
+                found.extend(response["Responses"].get(self._table, []))
+                request = response.get("UnprocessedKeys") or {}
+        state_item = None
+        entries: dict[str, LedgerEntry] = {}
+        for raw in found:
+            item = it.from_dynamo(raw)
+            if item["sk"] == it.STATE_SK:
+                state_item = item
+            else:
+                entry = it.entry_from_item(item)
+                entries[entry.entry_key] = entry
+        return it.state_from_item(account_id, state_item), entries
+
+    def state(self, account_id: str, *, consistent: bool = False) -> AccountState:
+        response = self._client.get_item(
+            TableName=self._table, Key=it.account_key(account_id), ConsistentRead=consistent
+        )
+        raw = response.get("Item")
+        return it.state_from_item(account_id, it.from_dynamo(raw) if raw else None)
+
+    def grant(self, grant_id: str) -> Grant:
+        response = self._client.get_item(TableName=self._table, Key=it.grant_key(grant_id), ConsistentRead=True)
+        raw = response.get("Item")
+        if not raw:
+            raise GrantNotFound(grant_id)
+        return it.grant_from_item(it.from_dynamo(raw))
+
+    def entry(self, key: str) -> LedgerEntry | None:
+        response = self._client.get_item(TableName=self._table, Key=it.entry_key(key), ConsistentRead=True)
+        raw = response.get("Item")
+        return it.entry_from_item(it.from_dynamo(raw)) if raw else None
+
+    def ledger_page(self, account_id: str, limit: int, cursor: str | None = None) -> Page:
+        """Ledger entries newest first (by sequence number), ``limit`` per page."""
+        return self._query_page(
+            IndexName=LEDGER_INDEX,
+            KeyConditionExpression="account_id = :a",
+            ExpressionAttributeValues={":a": {"S": account_id}},
+            ScanIndexForward=False,
+            Limit=limit,
+            cursor=cursor,
+            mapper=it.entry_from_item,
+        )
+
+    def grants_page(self, account_id: str, limit: int, cursor: str | None = None) -> Page:
+        """Grant records of an account, oldest first (grant ids sort by creation time)."""
+        return self._query_page(
+            IndexName=GRANTS_INDEX,
+            KeyConditionExpression="account_id = :a",
+            ExpressionAttributeValues={":a": {"S": account_id}},
+            Limit=limit,
+            cursor=cursor,
+            mapper=it.grant_from_item,
+        )
+
+    def grants_funded_by(self, funding_key: str) -> list[Grant]:
+        grants: list[Grant] = []
+        cursor = None
+        while True:
+            page = self._query_page(
+                IndexName=FUNDING_INDEX,
+                KeyConditionExpression="funding_key = :f",
+                ExpressionAttributeValues={":f": {"S": funding_key}},
+                Limit=100,
+                cursor=cursor,
+                mapper=it.grant_from_item,
+            )
+            grants.extend(page.items)
+            if page.next_cursor is None:
+                return grants
+            cursor = page.next_cursor
+
+    def expiring(self, before: datetime, limit: int = 100, cursor: str | None = None) -> Page:
+        """(account id, grant id) of live grants with ``expires_at <= before``; cost follows what is due."""
+        upper = it.expiry_sort_key(before, "~")  # "~" sorts after every grant id at the same instant
+        return self._query_page(
+            IndexName=EXPIRY_INDEX,
+            KeyConditionExpression="expiry_shard = :s AND expiry_key <= :t",
+            ExpressionAttributeValues={":s": {"S": it.EXPIRY_SHARD}, ":t": {"S": upper}},
+            Limit=limit,
+            cursor=cursor,
+            mapper=lambda item: (item["account_id"], item["grant_id"]),
+        )
+
+    def _query_page(self, *, cursor: str | None, mapper: Any, **query: Any) -> Page:
+        start = _decode_cursor(cursor)
+        if start is not None:
+            # A cursor is only valid for the partition it came from: never let one page into another account.
+            expected = query["ExpressionAttributeValues"]
+            partition = next(iter(expected.values()))
+            if partition not in start.values():
+                raise InvalidCursor()
+            query["ExclusiveStartKey"] = start
+        try:
+            response = self._client.query(TableName=self._table, **query)
+        except ClientError as exc:
+            if start is not None and exc.response.get("Error", {}).get("Code") == "ValidationException":
+                raise InvalidCursor() from exc
+            raise
+        items = [mapper(it.from_dynamo(raw)) for raw in response.get("Items", [])]
+        return Page(items=items, next_cursor=_encode_cursor(response.get("LastEvaluatedKey")))
+
+    # ---- writes ------------------------------------------------------------------------------------------
+    def commit(self, change: Change, expected_version: int) -> None:
+        """Write ``change`` atomically, or raise EntryExists / VersionConflict and write nothing."""
+        actions = [self._state_put(change.state, expected_version)]
+        actions += [self._entry_put(entry) for entry in change.entries]
+        actions += [self._grant_put(grant) for grant in change.new_grants]
+        actions += [self._grant_close(closed.grant_id, closed.status.value, closed.closed_at) for closed in
+                    change.closed_grants]
+        try:
+            self._client.transact_write_items(
+                TransactItems=actions,
+                # Same token on botocore's own retries: a retry of a committed transaction is a no-op.
+                ClientRequestToken=str(uuid.uuid4()),
+                ReturnConsumedCapacity="NONE",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+            raise self._cancellation_error(exc, change) from exc
+
+    def _cancellation_error(self, exc: ClientError, change: Change) -> CreditsError:
+        reasons = exc.response.get("CancellationReasons") or []
+        existing: dict[str, LedgerEntry] = {}
+        state_reason: dict[str, Any] | None = reasons[0] if reasons else None
+        for reason, entry in zip(reasons[1:], change.entries, strict=False):
+            if reason.get("Code") == "ConditionalCheckFailed":
+                raw = reason.get("Item")
+                if raw:
+                    existing[entry.entry_key] = it.entry_from_item(it.from_dynamo(raw))
+                else:
+                    found = self.entry(entry.entry_key)
+                    if found is not None:
+                        existing[entry.entry_key] = found
+        if existing:
+            return EntryExists(existing)
+        current = None
+        if state_reason and state_reason.get("Code") == "ConditionalCheckFailed" and state_reason.get("Item"):
+            current = it.state_from_item(change.state.account_id, it.from_dynamo(state_reason["Item"]))
+        return VersionConflict(current)
+
+    def _state_put(self, state: AccountState, expected_version: int) -> dict[str, Any]:
+        put: dict[str, Any] = {
+            "TableName": self._table,
+            "Item": it.to_dynamo(it.state_to_item(state)),
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        if expected_version == 0:
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:
+            put["ConditionExpression"] = "version = :v"
+            put["ExpressionAttributeValues"] = {":v": {"N": str(expected_version)}}
+        return {"Put": put}
+
+    def _entry_put(self, entry: LedgerEntry) -> dict[str, Any]:
+        return {
+            "Put": {
+                "TableName": self._table,
+                "Item": it.to_dynamo(it.entry_to_item(entry)),
+                "ConditionExpression": "attribute_not_exists(pk)",
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+
+    def _grant_put(self, grant: Grant) -> dict[str, Any]:
+        return {
+            "Put": {
+                "TableName": self._table,
+                "Item": it.to_dynamo(it.grant_to_item(grant)),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        }
+
+    def _grant_close(self, grant_id: str, status: str, closed_at: datetime) -> dict[str, Any]:
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": it.grant_key(grant_id),
+                "UpdateExpression": "SET #status = :status, remaining = :zero, closed_at = :at "
+                "REMOVE expiry_shard, expiry_key",
+                "ConditionExpression": "attribute_exists(pk) AND NOT #status IN (:t0, :t1, :t2)",
+                "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": {
+                    ":status": {"S": status},
+                    ":zero": {"N": "0"},
+                    ":at": {"S": it.iso(closed_at)},
+                    **{f":t{i}": {"S": s.value} for i, s in enumerate(sorted(TERMINAL_STATUSES))},
+                },
+            }
+        }
+
+    def iter_expiring(self, before: datetime) -> Iterator[tuple[str, str]]:
+        cursor = None
+        while True:
+            page = self.expiring(before, cursor=cursor)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor

@@ -1,0 +1,65 @@
+"""Named domain errors: the data layer raises them from failed conditions, handlers map them to HTTP."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+
+class CreditsError(Exception):
+    """Base of every error the domain can name."""
+
+
+class InsufficientCredits(CreditsError):
+    def __init__(self, account_id: str, requested: Decimal, available: Decimal) -> None:
+        super().__init__(f"account {account_id} has {available} credits available, {requested} requested")
+        self.account_id = account_id
+        self.requested = requested
+        self.available = available
+
+
+class IdempotencyMismatch(CreditsError):
+    """The same idempotency key was used before for a different request."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"idempotency key {key!r} was already used with a different request")
+        self.key = key
+
+
+class GrantNotFound(CreditsError):
+    def __init__(self, grant_id: str) -> None:
+        super().__init__(f"grant {grant_id} does not exist")
+        self.grant_id = grant_id
+
+
+class GrantNotLive(CreditsError):
+    """The grant is depleted, expired or voided: nothing remains to act on."""
+
+    def __init__(self, grant_id: str, status: str) -> None:
+        super().__init__(f"grant {grant_id} is {status}")
+        self.grant_id = grant_id
+        self.status = status
+
+
+class GrantNotDue(CreditsError):
+    def __init__(self, grant_id: str) -> None:
+        super().__init__(f"grant {grant_id} has not reached its expiry time")
+        self.grant_id = grant_id
+
+
+class InvalidGrant(CreditsError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class ConcurrencyConflict(CreditsError):
+    """Too many concurrent writers on one account: the caller may retry (HTTP 503/429)."""
+
+
+class InvalidTransition(CreditsError):
+    """The grant is not in a state that allows this operation (e.g. releasing a grant that is not held)."""
+
+    def __init__(self, grant_id: str, message: str) -> None:
+        super().__init__(f"grant {grant_id}: {message}")
+        self.grant_id = grant_id

@@ -1,0 +1,202 @@
+"""Domain models: plain frozen dataclasses, independent of the API and of DynamoDB item layouts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from credits_ledger.domain.money import ZERO
+
+DEFAULT_PRIORITY = 50
+
+
+class Category(StrEnum):
+    PAID = "paid"
+    PROMOTIONAL = "promotional"
+
+
+class GrantStatus(StrEnum):
+    ACTIVE = "active"
+    PENDING = "pending"
+    HELD = "held"
+    DEPLETED = "depleted"
+    EXPIRED = "expired"
+    VOIDED = "voided"
+
+
+TERMINAL_STATUSES = frozenset({GrantStatus.DEPLETED, GrantStatus.EXPIRED, GrantStatus.VOIDED})
+
+
+class EntryType(StrEnum):
+    GRANT = "grant"
+    DEBIT = "debit"
+    EXPIRE = "expire"
+    VOID = "void"
+    REVOKE = "revoke"
+    HOLD = "hold"
+    RELEASE = "release"
+    ROLLOVER = "rollover"
+    ADJUSTMENT = "adjustment"
+
+
+def utc(moment: datetime) -> datetime:
+    """Every time in the domain is timezone-aware UTC; naive datetimes are a programming error."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: times must carry a timezone")
+    return moment.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Source:
+    """What created a grant: a Stripe payment, an invoice, an admin grant, a rollover..."""
+
+    type: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class CostBasis:
+    amount: Decimal = ZERO
+    currency: str | None = None
+
+
+@dataclass(frozen=True)
+class LiveGrant:
+    """The spendable part of a grant, kept on the account so one read decides a debit."""
+
+    grant_id: str
+    remaining: Decimal
+    category: Category
+    priority: int
+    effective_at: datetime
+    expires_at: datetime | None
+    held: bool = False
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def is_spendable(self, now: datetime) -> bool:
+        """Active at this instant: effective, not expired (even before the expiry job ran), not held."""
+        return not self.held and self.effective_at <= now and not self.is_expired(now)
+
+    def status(self, now: datetime) -> GrantStatus:
+        if self.is_expired(now):
+            return GrantStatus.EXPIRED
+        if self.held:
+            return GrantStatus.HELD
+        if self.effective_at > now:
+            return GrantStatus.PENDING
+        return GrantStatus.ACTIVE
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """Balance and live grants of one account; ``version`` counts its ledger entries."""
+
+    account_id: str
+    version: int = 0
+    ledger_balance: Decimal = ZERO
+    grants: dict[str, LiveGrant] = field(default_factory=dict)
+
+    def with_changes(
+        self, *, entries: int, balance_delta: Decimal, grants: dict[str, LiveGrant]
+    ) -> AccountState:
+        return replace(
+            self, version=self.version + entries, ledger_balance=self.ledger_balance + balance_delta, grants=grants
+        )
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A block of credits as recorded when it was created (and when it was closed)."""
+
+    grant_id: str
+    account_id: str
+    amount: Decimal
+    category: Category
+    priority: int
+    effective_at: datetime
+    expires_at: datetime | None
+    source: Source
+    cost_basis: CostBasis
+    created_at: datetime
+    status: GrantStatus = GrantStatus.ACTIVE
+    remaining: Decimal = ZERO
+    closed_at: datetime | None = None
+    funding_key: str | None = None
+    reason: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def live(self) -> LiveGrant:
+        return LiveGrant(
+            grant_id=self.grant_id,
+            remaining=self.remaining,
+            category=self.category,
+            priority=self.priority,
+            effective_at=self.effective_at,
+            expires_at=self.expires_at,
+        )
+
+    def merged_with(self, live: LiveGrant | None, now: datetime) -> Grant:
+        """The grant as a reader sees it: live remaining and status when still live."""
+        if live is None:
+            return self
+        return replace(self, remaining=live.remaining, status=live.status(now))
+
+
+@dataclass(frozen=True)
+class Allocation:
+    grant_id: str
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """An immutable record of one change. ``entry_key`` is also the operation's idempotency key."""
+
+    entry_key: str
+    account_id: str
+    seq: int
+    type: EntryType
+    amount: Decimal
+    balance_after: Decimal
+    allocations: tuple[Allocation, ...]
+    reference: str | None
+    created_at: datetime
+    fingerprint: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClosedGrant:
+    """A grant leaving the live set in a change; its item is updated in the same transaction."""
+
+    grant_id: str
+    status: GrantStatus
+    closed_at: datetime
+
+
+@dataclass(frozen=True)
+class Change:
+    """The outcome of a pure transition: the new account state and what must be written with it."""
+
+    state: AccountState
+    entries: tuple[LedgerEntry, ...]
+    new_grants: tuple[Grant, ...] = ()
+    closed_grants: tuple[ClosedGrant, ...] = ()
+
+
+@dataclass(frozen=True)
+class Balance:
+    account_id: str
+    available: Decimal
+    ledger_balance: Decimal
+    paid: Decimal
+    promotional: Decimal
+    held: Decimal
+    pending: Decimal
+    next_expiry_at: datetime | None
+    next_expiry_amount: Decimal
+    as_of: datetime

@@ -1,0 +1,228 @@
+"""Pure state transitions of an account: given its state, return the new state and the ledger entries.
+
+Every function here is deterministic and does no I/O, so the same code decides a change in Lambda, in the
+hypothesis model tests and in the benchmark. The data layer writes a ``Change`` atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+
+from credits_ledger.domain import spend
+from credits_ledger.domain.errors import GrantNotDue, GrantNotLive, InvalidGrant, InvalidTransition
+from credits_ledger.domain.models import (
+    DEFAULT_PRIORITY,
+    AccountState,
+    Allocation,
+    Category,
+    Change,
+    ClosedGrant,
+    CostBasis,
+    EntryType,
+    Grant,
+    GrantStatus,
+    LedgerEntry,
+    LiveGrant,
+    Source,
+)
+from credits_ledger.domain.money import ZERO
+
+
+@dataclass(frozen=True)
+class EntryContext:
+    """Who asks and why: the entry's idempotency key, the request fingerprint and the external reference."""
+
+    entry_key: str
+    now: datetime
+    reference: str | None = None
+    fingerprint: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GrantSpec:
+    grant_id: str
+    amount: Decimal
+    source: Source
+    category: Category = Category.PAID
+    priority: int = DEFAULT_PRIORITY
+    effective_at: datetime | None = None
+    expires_at: datetime | None = None
+    cost_basis: CostBasis = CostBasis()
+    funding_key: str | None = None
+    reason: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _entry(
+    state: AccountState,
+    ctx: EntryContext,
+    entry_type: EntryType,
+    amount: Decimal,
+    allocations: Iterable[Allocation],
+) -> LedgerEntry:
+    return LedgerEntry(
+        entry_key=ctx.entry_key,
+        account_id=state.account_id,
+        seq=state.version + 1,
+        type=entry_type,
+        amount=amount,
+        balance_after=state.ledger_balance + amount,
+        allocations=tuple(allocations),
+        reference=ctx.reference,
+        created_at=ctx.now,
+        fingerprint=ctx.fingerprint,
+        metadata=dict(ctx.metadata),
+    )
+
+
+def _apply(
+    state: AccountState,
+    entry: LedgerEntry,
+    grants: dict[str, LiveGrant],
+    *,
+    new_grants: tuple[Grant, ...] = (),
+    closed: tuple[ClosedGrant, ...] = (),
+) -> Change:
+    new_state = state.with_changes(entries=1, balance_delta=entry.amount, grants=grants)
+    return Change(state=new_state, entries=(entry,), new_grants=new_grants, closed_grants=closed)
+
+
+def _live(state: AccountState, grant: Grant) -> LiveGrant:
+    live = state.grants.get(grant.grant_id)
+    if live is None:
+        raise GrantNotLive(grant.grant_id, grant.status.value)
+    return live
+
+
+def grant(state: AccountState, spec: GrantSpec, ctx: EntryContext) -> Change:
+    if spec.amount <= 0:
+        raise InvalidGrant("amount", "must be greater than 0")
+    if spec.priority < 0:
+        raise InvalidGrant("priority", "must be 0 or greater")
+    effective_at = spec.effective_at or ctx.now
+    if spec.expires_at is not None and spec.expires_at <= effective_at:
+        raise InvalidGrant("expires_at", "must be after effective_at")
+    new = Grant(
+        grant_id=spec.grant_id,
+        account_id=state.account_id,
+        amount=spec.amount,
+        remaining=spec.amount,
+        category=spec.category,
+        priority=spec.priority,
+        effective_at=effective_at,
+        expires_at=spec.expires_at,
+        source=spec.source,
+        cost_basis=spec.cost_basis,
+        created_at=ctx.now,
+        funding_key=spec.funding_key,
+        reason=spec.reason,
+        metadata=dict(spec.metadata),
+    )
+    new = replace(new, status=new.live().status(ctx.now))
+    grants = {**state.grants, new.grant_id: new.live()}
+    entry = _entry(state, ctx, EntryType.GRANT, spec.amount, [Allocation(new.grant_id, spec.amount)])
+    return _apply(state, entry, grants, new_grants=(new,))
+
+
+def debit(state: AccountState, amount: Decimal, ctx: EntryContext, entry_type: EntryType = EntryType.DEBIT) -> Change:
+    """Spend ``amount`` across the grants active at ``ctx.now``; raises InsufficientCredits, changing nothing."""
+    if amount <= 0:
+        raise InvalidGrant("amount", "must be greater than 0")
+    allocations = spend.allocate(state.account_id, state.grants.values(), amount, ctx.now)
+    grants = dict(state.grants)
+    closed: list[ClosedGrant] = []
+    for allocation in allocations:
+        left = grants[allocation.grant_id].remaining - allocation.amount
+        if left == 0:
+            del grants[allocation.grant_id]
+            closed.append(ClosedGrant(allocation.grant_id, GrantStatus.DEPLETED, ctx.now))
+        else:
+            grants[allocation.grant_id] = replace(grants[allocation.grant_id], remaining=left)
+    entry = _entry(state, ctx, entry_type, -amount, allocations)
+    return _apply(state, entry, grants, closed=tuple(closed))
+
+
+def _close(state: AccountState, grant_id: str, status: GrantStatus, ctx: EntryContext, entry_type: EntryType) -> Change:
+    live = state.grants[grant_id]
+    grants = {k: v for k, v in state.grants.items() if k != grant_id}
+    entry = _entry(state, ctx, entry_type, -live.remaining, [Allocation(grant_id, live.remaining)])
+    return _apply(state, entry, grants, closed=(ClosedGrant(grant_id, status, ctx.now),))
+
+
+def expire(state: AccountState, record: Grant, ctx: EntryContext) -> Change:
+    """Expire what remains of a grant whose ``expires_at`` is at or before ``ctx.now`` (the job's "now")."""
+    live = _live(state, record)
+    if not live.is_expired(ctx.now):
+        raise GrantNotDue(record.grant_id)
+    return _close(state, record.grant_id, GrantStatus.EXPIRED, ctx, EntryType.EXPIRE)
+
+
+def void(state: AccountState, record: Grant, ctx: EntryContext) -> Change:
+    _live(state, record)
+    return _close(state, record.grant_id, GrantStatus.VOIDED, ctx, EntryType.VOID)
+
+
+def hold(state: AccountState, record: Grant, ctx: EntryContext) -> Change:
+    live = _live(state, record)
+    if live.held:
+        raise InvalidTransition(record.grant_id, "is already held")
+    grants = {**state.grants, record.grant_id: replace(live, held=True)}
+    return _apply(state, _entry(state, ctx, EntryType.HOLD, ZERO, [Allocation(record.grant_id, live.remaining)]), grants)
+
+
+def release(state: AccountState, record: Grant, ctx: EntryContext) -> Change:
+    live = _live(state, record)
+    if not live.held:
+        raise InvalidTransition(record.grant_id, "is not held")
+    grants = {**state.grants, record.grant_id: replace(live, held=False)}
+    entry = _entry(state, ctx, EntryType.RELEASE, ZERO, [Allocation(record.grant_id, live.remaining)])
+    return _apply(state, entry, grants)
+
+
+def revoke(state: AccountState, record: Grant, amount: Decimal, ctx: EntryContext) -> Change:
+    """Take back up to ``amount`` of what remains (a refund); never below zero. The shortfall (credits already
+    spent, expired or voided) is recorded on the entry so finance can see what could not be clawed back."""
+    if amount <= 0:
+        raise InvalidGrant("amount", "must be greater than 0")
+    live = state.grants.get(record.grant_id)
+    remaining = live.remaining if live is not None else ZERO
+    taken = min(amount, remaining)
+    ctx = replace(ctx, metadata={**ctx.metadata, "requested": str(amount), "shortfall": str(amount - taken)})
+    grants = dict(state.grants)
+    closed: tuple[ClosedGrant, ...] = ()
+    if live is not None and taken == remaining:
+        del grants[record.grant_id]
+        closed = (ClosedGrant(record.grant_id, GrantStatus.VOIDED, ctx.now),)
+    elif live is not None:
+        grants[record.grant_id] = replace(live, remaining=remaining - taken)
+    allocations = [Allocation(record.grant_id, taken)] if taken else []
+    return _apply(state, _entry(state, ctx, EntryType.REVOKE, -taken, allocations), grants, closed=closed)
+
+
+def adjust(state: AccountState, amount: Decimal, ctx: EntryContext, grant_id: str) -> Change:
+    """A manual correction: positive adds a promotional grant, negative spends like a debit."""
+    if amount == 0:
+        raise InvalidGrant("amount", "must not be 0")
+    if amount < 0:
+        return debit(state, -amount, ctx, entry_type=EntryType.ADJUSTMENT)
+    spec = GrantSpec(grant_id=grant_id, amount=amount, source=Source("adjustment"), category=Category.PROMOTIONAL)
+    change = grant(state, spec, ctx)
+    entry = replace(change.entries[0], type=EntryType.ADJUSTMENT)
+    return replace(change, entries=(entry,))
+
+
+def combine(state: AccountState, changes: Iterable[Change]) -> Change:
+    """Several consecutive changes of one account as one atomic write (a usage batch)."""
+    collected = list(changes)
+    if not collected:
+        return Change(state=state, entries=())
+    return Change(
+        state=collected[-1].state,
+        entries=tuple(e for c in collected for e in c.entries),
+        new_grants=tuple(g for c in collected for g in c.new_grants),
+        closed_grants=tuple(g for c in collected for g in c.closed_grants),
+    )

@@ -1,0 +1,264 @@
+"""The ledger's operations: read the account, decide with pure transitions, commit atomically, retry on
+conflict, replay on a repeated idempotency key. Handlers call these functions and nothing below them."""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from credits_ledger.dal.accounts import AccountRepository, EntryExists, Page, VersionConflict
+from credits_ledger.domain import transitions
+from credits_ledger.domain.balance import balance as balance_of
+from credits_ledger.domain.errors import (
+    ConcurrencyConflict,
+    CreditsError,
+    GrantNotLive,
+    IdempotencyMismatch,
+    InsufficientCredits,
+)
+from credits_ledger.domain.models import AccountState, Balance, Change, Grant, GrantStatus, LedgerEntry
+from credits_ledger.domain.transitions import EntryContext, GrantSpec
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    """Time-ordered ids (millisecond prefix) so grant listings sort by creation."""
+    return f"{prefix}_{int(time.time() * 1000):012x}{uuid.uuid4().hex[:14]}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    entry: LedgerEntry
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class DebitRequest:
+    key: str
+    amount: Decimal
+    fingerprint: str = ""
+    reference: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DebitResult:
+    request: DebitRequest
+    outcome: Outcome | None = None
+    error: CreditsError | None = None
+
+
+def _replay(entry: LedgerEntry, fingerprint: str) -> Outcome:
+    if fingerprint and entry.fingerprint and entry.fingerprint != fingerprint:
+        raise IdempotencyMismatch(entry.entry_key)
+    return Outcome(entry=entry, replayed=True)
+
+
+def _with_available_after(change: Change, now: datetime) -> Change:
+    """Debit answers report what the customer can still spend; kept on the entry so a replay says the same."""
+    available = balance_of(change.state, now).available
+    entries = tuple(replace(e, metadata={**e.metadata, "available_after": str(available)}) for e in change.entries)
+    return replace(change, entries=entries)
+
+
+# A transaction holds at most 100 items: the account, the entries and the grants they deplete.
+MAX_DEBITS_PER_TRANSACTION = 40
+
+
+class Ledger:
+    def __init__(
+        self,
+        repository: AccountRepository,
+        clock: Callable[[], datetime] = utc_now,
+        max_attempts: int = 60,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.repository = repository
+        self._clock = clock
+        self._max_attempts = max_attempts
+        self._sleep = sleep
+
+    # ---- writes ------------------------------------------------------------------------------------------
+    def grant(self, account_id: str, spec: GrantSpec, key: str, fingerprint: str = "",
+              reference: str | None = None) -> Outcome:
+        now = self._clock()
+        ctx = EntryContext(entry_key=key, now=now, reference=reference, fingerprint=fingerprint)
+        return self._execute(account_id, key, fingerprint, lambda state: transitions.grant(state, spec, ctx))
+
+    def debit(self, account_id: str, request: DebitRequest) -> Outcome:
+        results = self.debit_many(account_id, [request])
+        result = results[0]
+        if result.error is not None:
+            raise result.error
+        assert result.outcome is not None
+        return result.outcome
+
+    def debit_many(self, account_id: str, requests: Sequence[DebitRequest]) -> list[DebitResult]:
+        """Debits of one account, each judged alone, written together (one transaction per chunk)."""
+        results: list[DebitResult] = []
+        for start in range(0, len(requests), MAX_DEBITS_PER_TRANSACTION):
+            results.extend(self._debit_chunk(account_id, requests[start : start + MAX_DEBITS_PER_TRANSACTION]))
+        return results
+
+    def expire(self, grant_id: str, as_of: datetime) -> Outcome | None:
+        """Expire what remains of a due grant; None when nothing remains (spent, voided or expired already)."""
+        return self._on_grant(grant_id, f"expire:{grant_id}", transitions.expire, now=as_of)
+
+    def void(self, grant_id: str, reference: str | None = None) -> Outcome | None:
+        return self._on_grant(grant_id, f"void:{grant_id}", transitions.void, reference=reference)
+
+    def hold(self, grant_id: str, key: str, reference: str | None = None) -> Outcome | None:
+        return self._on_grant(grant_id, key, transitions.hold, reference=reference)
+
+    def release(self, grant_id: str, key: str, reference: str | None = None) -> Outcome | None:
+        return self._on_grant(grant_id, key, transitions.release, reference=reference)
+
+    def revoke(self, grant_id: str, amount: Decimal, key: str, reference: str | None = None) -> Outcome:
+        record = self.repository.grant(grant_id)
+        ctx = EntryContext(entry_key=key, now=self._clock(), reference=reference, fingerprint=str(amount))
+        return self._execute(
+            record.account_id, key, ctx.fingerprint, lambda state: transitions.revoke(state, record, amount, ctx)
+        )
+
+    def adjust(self, account_id: str, amount: Decimal, key: str, reason: str | None = None) -> Outcome:
+        ctx = EntryContext(entry_key=key, now=self._clock(), fingerprint=str(amount),
+                           metadata={"reason": reason} if reason else {})
+        grant_id = new_id("gr")
+        return self._execute(
+            account_id, key, ctx.fingerprint, lambda state: transitions.adjust(state, amount, ctx, grant_id)
+        )
+
+    # ---- reads -------------------------------------------------------------------------------------------
+    def balance(self, account_id: str) -> Balance:
+        return balance_of(self.repository.state(account_id), self._clock())
+
+    def grant_view(self, grant_id: str) -> Grant:
+        record = self.repository.grant(grant_id)
+        state = self.repository.state(record.account_id, consistent=True)
+        return record.merged_with(state.grants.get(grant_id), self._clock())
+
+    def grants(self, account_id: str, limit: int, cursor: str | None = None,
+               status: GrantStatus | None = None) -> Page:
+        page = self.repository.grants_page(account_id, limit, cursor)
+        state = self.repository.state(account_id)
+        now = self._clock()
+        merged = [g.merged_with(state.grants.get(g.grant_id), now) for g in page.items]
+        if status is not None:
+            merged = [g for g in merged if g.status is status]
+        return Page(items=merged, next_cursor=page.next_cursor)
+
+    def transactions(self, account_id: str, limit: int, cursor: str | None = None) -> Page:
+        return self.repository.ledger_page(account_id, limit, cursor)
+
+    # ---- the commit loop ---------------------------------------------------------------------------------
+    def _on_grant(
+        self,
+        grant_id: str,
+        key: str,
+        transition: Callable[[AccountState, Grant, EntryContext], Change],
+        now: datetime | None = None,
+        reference: str | None = None,
+    ) -> Outcome | None:
+        record = self.repository.grant(grant_id)
+        ctx = EntryContext(entry_key=key, now=now or self._clock(), reference=reference)
+        try:
+            return self._execute(record.account_id, key, "", lambda state: transition(state, record, ctx))
+        except GrantNotLive:
+            return None
+
+    def _execute(self, account_id: str, key: str, fingerprint: str,
+                 build: Callable[[AccountState], Change]) -> Outcome:
+        state, existing = self.repository.load(account_id, [key])
+        consistent = False
+        for attempt in range(self._max_attempts):
+            if key in existing:
+                return _replay(existing[key], fingerprint)
+            try:
+                change = build(state)
+            except InsufficientCredits:
+                if consistent:
+                    raise
+                # An eventually consistent read may miss a grant that was just added: decide on a fresh one.
+                state, existing = self.repository.load(account_id, [key], consistent=True)
+                consistent = True
+                continue
+            try:
+                self.repository.commit(change, expected_version=state.version)
+                return Outcome(entry=change.entries[0])
+            except EntryExists as exc:
+                existing = exc.entries
+            except VersionConflict as exc:
+                state, existing, consistent = self._after_conflict(account_id, [key], exc, attempt)
+        raise ConcurrencyConflict(f"account {account_id}: gave up after {self._max_attempts} conflicting writes")
+
+    def _debit_chunk(self, account_id: str, requests: Sequence[DebitRequest]) -> list[DebitResult]:
+        keys = list(dict.fromkeys(r.key for r in requests))
+        state, existing = self.repository.load(account_id, keys)
+        consistent = False
+        for attempt in range(self._max_attempts):
+            now = self._clock()
+            results: list[DebitResult] = []
+            changes: list[Change] = []
+            planned: dict[str, int] = {}
+            current = state
+            retry_consistent = False
+            for request in requests:
+                previous = existing.get(request.key)
+                if previous is None and request.key in planned:
+                    previous = changes[planned[request.key]].entries[0]
+                if previous is not None:
+                    try:
+                        results.append(DebitResult(request, outcome=_replay(previous, request.fingerprint)))
+                    except IdempotencyMismatch as exc:
+                        results.append(DebitResult(request, error=exc))
+                    continue
+                ctx = EntryContext(entry_key=request.key, now=now, reference=request.reference,
+                                   fingerprint=request.fingerprint, metadata=request.metadata)
+                try:
+                    change = _with_available_after(transitions.debit(current, request.amount, ctx), now)
+                except InsufficientCredits as exc:
+                    if not consistent:
+                        retry_consistent = True
+                        break
+                    results.append(DebitResult(request, error=exc))
+                    continue
+                except CreditsError as exc:
+                    results.append(DebitResult(request, error=exc))
+                    continue
+                planned[request.key] = len(changes)
+                changes.append(change)
+                current = change.state
+                results.append(DebitResult(request, outcome=Outcome(entry=change.entries[0])))
+            if retry_consistent:
+                state, existing = self.repository.load(account_id, keys, consistent=True)
+                consistent = True
+                continue
+            if not changes:
+                return results
+            try:
+                self.repository.commit(transitions.combine(state, changes), expected_version=state.version)
+                return results
+            except EntryExists as exc:
+                existing = {**existing, **exc.entries}
+            except VersionConflict as exc:
+                state, fresh, consistent = self._after_conflict(account_id, keys, exc, attempt)
+                existing = {**existing, **fresh}
+        raise ConcurrencyConflict(f"account {account_id}: gave up after {self._max_attempts} conflicting writes")
+
+    def _after_conflict(
+        self, account_id: str, keys: list[str], exc: VersionConflict, attempt: int
+    ) -> tuple[AccountState, dict[str, LedgerEntry], bool]:
+        # Full jitter keeps concurrent writers on one account from retrying in lockstep.
+        self._sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
+        if exc.current is not None:
+            return exc.current, {}, True
+        state, existing = self.repository.load(account_id, keys, consistent=True)
+        return state, existing, True
