@@ -1,0 +1,106 @@
+"""Pricing configuration (CONTRACT.md section 2): meters and credit packs from a TOML file.
+
+The file ships with the functions (``config/pricing.toml`` beside the handler, or the repo's
+``config/pricing.toml``); ``CREDITS_PRICING_FILE`` names another one.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from credits_ledger.domain.models import Category
+from credits_ledger.domain.money import InvalidAmount, parse_amount
+
+
+class PricingError(ValueError):
+    """The pricing file is missing or malformed; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Meter:
+    name: str
+    credits_per_unit: Decimal
+
+
+@dataclass(frozen=True)
+class Pack:
+    name: str
+    credits: Decimal
+    valid_days: int | None
+    category: Category
+    stripe_prices: tuple[str, ...]
+    priority: int | None = None
+
+
+@dataclass(frozen=True)
+class Pricing:
+    meters: dict[str, Meter]
+    packs: dict[str, Pack]
+    raw: dict[str, Any]
+
+    def pack_for_price(self, price_id: str) -> Pack | None:
+        for pack in self.packs.values():
+            if price_id in pack.stripe_prices:
+                return pack
+        return None
+
+
+def _amount(value: object, where: str) -> Decimal:
+    try:
+        amount = parse_amount(value)
+    except InvalidAmount as exc:
+        raise PricingError(f"{where} {exc}") from exc
+    if amount <= 0:
+        raise PricingError(f"{where} must be greater than 0")
+    return amount
+
+
+def parse_pricing(data: dict[str, Any]) -> Pricing:
+    meters = {
+        name: Meter(name, _amount(spec.get("credits_per_unit"), f"meters.{name}.credits_per_unit"))
+        for name, spec in data.get("meters", {}).items()
+    }
+    packs: dict[str, Pack] = {}
+    for name, spec in data.get("packs", {}).items():
+        try:
+            category = Category(spec.get("category", "paid"))
+        except ValueError as exc:
+            raise PricingError(f"packs.{name}.category must be paid or promotional") from exc
+        valid_days = spec.get("valid_days")
+        if valid_days is not None and (not isinstance(valid_days, int) or valid_days <= 0):
+            raise PricingError(f"packs.{name}.valid_days must be a positive integer")
+        packs[name] = Pack(
+            name=name,
+            credits=_amount(spec.get("credits"), f"packs.{name}.credits"),
+            valid_days=valid_days,
+            category=category,
+            stripe_prices=tuple(spec.get("stripe_prices", [])),
+            priority=spec.get("priority"),
+        )
+    return Pricing(meters=meters, packs=packs, raw=data)
+
+
+def pricing_path() -> Path:
+    configured = os.environ.get("CREDITS_PRICING_FILE")
+    if configured:
+        return Path(configured)
+    for candidate in (Path.cwd() / "config" / "pricing.toml", Path(__file__).parent / "config" / "pricing.toml"):
+        if candidate.exists():
+            return candidate
+    raise PricingError("no pricing file: set CREDITS_PRICING_FILE or ship config/pricing.toml")
+
+
+@cache
+def load_pricing(path: Path | None = None) -> Pricing:
+    target = path or pricing_path()
+    try:
+        with target.open("rb") as handle:
+            return parse_pricing(tomllib.load(handle))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise PricingError(f"cannot read pricing file {target}: {exc}") from exc
