@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from credits_ledger.dal.accounts import AccountRepository, EntryExists, Page, VersionConflict
 from credits_ledger.domain import transitions
@@ -91,7 +92,7 @@ class Ledger:
               reference: str | None = None) -> Outcome:
         now = self._clock()
         ctx = EntryContext(entry_key=key, now=now, reference=reference, fingerprint=fingerprint)
-        return self._execute(account_id, key, fingerprint, lambda state: transitions.grant(state, spec, ctx))
+        return self.execute(account_id, key, fingerprint, lambda state: transitions.grant(state, spec, ctx))
 
     def debit(self, account_id: str, request: DebitRequest) -> Outcome:
         results = self.debit_many(account_id, [request])
@@ -124,7 +125,7 @@ class Ledger:
     def revoke(self, grant_id: str, amount: Decimal, key: str, reference: str | None = None) -> Outcome:
         record = self.repository.grant(grant_id)
         ctx = EntryContext(entry_key=key, now=self._clock(), reference=reference, fingerprint=str(amount))
-        return self._execute(
+        return self.execute(
             record.account_id, key, ctx.fingerprint, lambda state: transitions.revoke(state, record, amount, ctx)
         )
 
@@ -132,7 +133,7 @@ class Ledger:
         ctx = EntryContext(entry_key=key, now=self._clock(), fingerprint=str(amount),
                            metadata={"reason": reason} if reason else {})
         grant_id = new_id("gr")
-        return self._execute(
+        return self.execute(
             account_id, key, ctx.fingerprint, lambda state: transitions.adjust(state, amount, ctx, grant_id)
         )
 
@@ -170,12 +171,23 @@ class Ledger:
         record = self.repository.grant(grant_id)
         ctx = EntryContext(entry_key=key, now=now or self._clock(), reference=reference)
         try:
-            return self._execute(record.account_id, key, "", lambda state: transition(state, record, ctx))
+            return self.execute(record.account_id, key, "", lambda state: transition(state, record, ctx))
         except GrantNotLive:
             return None
 
-    def _execute(self, account_id: str, key: str, fingerprint: str,
-                 build: Callable[[AccountState], Change]) -> Outcome:
+    def execute(
+        self,
+        account_id: str,
+        key: str,
+        fingerprint: str,
+        build: Callable[[AccountState], Change],
+        extra_actions: Sequence[dict[str, Any]] = (),
+    ) -> Outcome:
+        """Decide ``build(state)`` on the account and commit it once under idempotency key ``key``.
+
+        Returns the first outcome again when ``key`` was committed before. ``extra_actions`` are written in the
+        same transaction; when one of their conditions fails, RelatedItemChanged propagates to the caller.
+        """
         state, existing = self.repository.load(account_id, [key])
         consistent = False
         for attempt in range(self._max_attempts):
@@ -191,7 +203,7 @@ class Ledger:
                 consistent = True
                 continue
             try:
-                self.repository.commit(change, expected_version=state.version)
+                self.repository.commit(change, expected_version=state.version, extra_actions=extra_actions)
                 return Outcome(entry=change.entries[0])
             except EntryExists as exc:
                 existing = exc.entries

@@ -40,6 +40,14 @@ class EntryExists(CreditsError):
         self.entries = entries
 
 
+class RelatedItemChanged(CreditsError):
+    """A condition on an item written alongside the change (e.g. a Stripe payment record) failed."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"related item {index} changed concurrently")
+        self.index = index
+
+
 class VersionConflict(CreditsError):
     """The account changed since it was read; ``current`` is its state now (None: read it again)."""
 
@@ -200,13 +208,19 @@ class AccountRepository:
         return Page(items=items, next_cursor=_encode_cursor(response.get("LastEvaluatedKey")))
 
     # ---- writes ------------------------------------------------------------------------------------------
-    def commit(self, change: Change, expected_version: int) -> None:
-        """Write ``change`` atomically, or raise EntryExists / VersionConflict and write nothing."""
+    def commit(self, change: Change, expected_version: int, extra_actions: Sequence[dict[str, Any]] = ()) -> None:
+        """Write ``change`` atomically, or raise EntryExists / VersionConflict / RelatedItemChanged and write
+        nothing. ``extra_actions`` (TransactWriteItems actions of other aggregates, each with its own condition)
+        commit in the same transaction, e.g. the Stripe payment record that says this effect was applied."""
         actions = [self._state_put(change.state, expected_version)]
         actions += [self._entry_put(entry) for entry in change.entries]
         actions += [self._grant_put(grant) for grant in change.new_grants]
-        actions += [self._grant_close(closed.grant_id, closed.status.value, closed.closed_at) for closed in
-                    change.closed_grants]
+        actions += [
+            self._grant_close(closed.grant_id, closed.status.value, closed.closed_at)
+            for closed in change.closed_grants
+        ]
+        first_extra = len(actions)
+        actions += list(extra_actions)
         try:
             self._client.transact_write_items(
                 TransactItems=actions,
@@ -217,9 +231,9 @@ class AccountRepository:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
                 raise
-            raise self._cancellation_error(exc, change) from exc
+            raise self._cancellation_error(exc, change, first_extra) from exc
 
-    def _cancellation_error(self, exc: ClientError, change: Change) -> CreditsError:
+    def _cancellation_error(self, exc: ClientError, change: Change, first_extra: int) -> CreditsError:
         reasons = exc.response.get("CancellationReasons") or []
         existing: dict[str, LedgerEntry] = {}
         state_reason: dict[str, Any] | None = reasons[0] if reasons else None
@@ -234,6 +248,9 @@ class AccountRepository:
                         existing[entry.entry_key] = found
         if existing:
             return EntryExists(existing)
+        for index, reason in enumerate(reasons[first_extra:]):
+            if reason.get("Code") == "ConditionalCheckFailed":
+                return RelatedItemChanged(index)
         current = None
         if state_reason and state_reason.get("Code") == "ConditionalCheckFailed" and state_reason.get("Item"):
             current = it.state_from_item(change.state.account_id, it.from_dynamo(state_reason["Item"]))
