@@ -36,6 +36,7 @@ class Pack:
     category: Category
     stripe_prices: tuple[str, ...]
     priority: int | None = None
+    bonus_credits: Decimal | None = None  # promotional credits on top, carrying their share of the cost basis
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,9 @@ def parse_pricing(data: dict[str, Any]) -> Pricing:
             category=category,
             stripe_prices=tuple(spec.get("stripe_prices", [])),
             priority=spec.get("priority"),
+            bonus_credits=_amount(spec["bonus_credits"], f"packs.{name}.bonus_credits")
+            if "bonus_credits" in spec
+            else None,
         )
     return Pricing(meters=meters, packs=packs, raw=data)
 

@@ -1,0 +1,198 @@
+"""Stripe events -> ledger, exactly once and in any order.
+
+1. ``interpret`` turns a verified event into payment facts (or ignores it, or marks it unprocessable).
+2. The facts are merged into their payment records together with the processed-event record, in one
+   transaction: a redelivered event changes nothing there.
+3. The payment converges: ``next_action`` names the missing ledger change (grant, revoke, hold, release,
+   void), which commits in the same transaction as the owner record's note that it was applied. Convergence
+   runs on every delivery, duplicates included, so a crash between 2 and 3 is repaired by Stripe's retry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from credits_ledger.dal.accounts import RelatedItemChanged
+from credits_ledger.dal.payments import EventAlreadyRecorded, PaymentChanged, PaymentRepository
+from credits_ledger.domain import transitions
+from credits_ledger.domain.errors import ConcurrencyConflict, GrantNotLive, InvalidTransition
+from credits_ledger.domain.models import DEFAULT_PRIORITY, AccountState, Change, CostBasis, Source
+from credits_ledger.domain.payments import (
+    Action,
+    DisputeAction,
+    DisputeEffect,
+    GrantAction,
+    PaymentRecord,
+    RevokeAction,
+    applied,
+    merge,
+    next_action,
+    owner_of,
+)
+from credits_ledger.domain.transitions import EntryContext, GrantSpec
+from credits_ledger.ledger import Ledger, new_id
+from credits_ledger.pricing import Pricing
+from credits_ledger.stripe_facts import Facts, Ignored, Unprocessable, interpret
+
+MAX_ROUNDS = 50
+MAX_GROUP_DEPTH = 3
+
+
+@dataclass(frozen=True)
+class WebhookResult:
+    status: str  # processed | duplicate | ignored | failed
+    reason: str | None = None
+    actions: int = 0
+
+
+class StripeWebhookProcessor:
+    def __init__(self, ledger: Ledger, payments: PaymentRepository, pricing: Pricing,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self._ledger = ledger
+        self._payments = payments
+        self._pricing = pricing
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    def process(self, event: dict[str, Any], payload: str | None = None) -> WebhookResult:
+        event_id, event_type = event["id"], event.get("type", "")
+        meaning = interpret(event, self._pricing)
+        if isinstance(meaning, Ignored):
+            return WebhookResult("ignored", meaning.reason)
+        if isinstance(meaning, Unprocessable):
+            try:
+                self._payments.record_failed(event_id, event_type, meaning.reason,
+                                             payload or json.dumps(event), self._clock())
+            except EventAlreadyRecorded:
+                pass
+            return WebhookResult("failed", meaning.reason)
+        duplicate = not self._merge(event_id, event_type, meaning)
+        actions = sum(self._converge(key) for key in dict.fromkeys(k for k, _ in meaning.items))
+        return WebhookResult("duplicate" if duplicate else "processed", actions=actions)
+
+    def replay_failed(self, event_id: str) -> WebhookResult:
+        """Process a stored failed event again (after the pricing file or the customer was fixed)."""
+        failed = self._payments.failed_event(event_id)
+        if failed is None:
+            return WebhookResult("ignored", "no failed event with this id")
+        return self.process(json.loads(failed.payload), failed.payload)
+
+    # ---- step 2: facts ---------------------------------------------------------------------------------
+    def _merge(self, event_id: str, event_type: str, facts: Facts) -> bool:
+        keys = [key for key, _ in facts.items]
+        for _ in range(MAX_ROUNDS):
+            records = self._payments.get_many(keys)
+            merged = dict(records)
+            for key, fact in facts.items:
+                merged[key] = merge(merged[key], fact)
+            changes = [(records[k], merged[k]) for k in merged if merged[k] != records[k]]
+            try:
+                self._payments.record_facts(event_id, event_type, changes, self._clock())
+                return True
+            except EventAlreadyRecorded:
+                return False
+            except PaymentChanged:
+                continue
+        raise ConcurrencyConflict(f"Stripe event {event_id}: payment records kept changing")
+
+    # ---- step 3: convergence -----------------------------------------------------------------------------
+    def _group(self, key: str) -> list[PaymentRecord]:
+        """The payment ``key`` belongs to (its invoice, PaymentIntent and charges), root first."""
+        record = self._payments.get_many([key])[key]
+        for _ in range(MAX_GROUP_DEPTH):
+            if record.parent is None:
+                break
+            record = self._payments.get_many([record.parent])[record.parent]
+        group, frontier = [record], list(record.children)
+        for _ in range(MAX_GROUP_DEPTH):
+            if not frontier:
+                break
+            found = self._payments.get_many(frontier)
+            group += found.values()
+            frontier = [c for r in found.values() for c in r.children if c not in {g.key for g in group}]
+        return group
+
+    def _converge(self, key: str) -> int:
+        for count in range(MAX_ROUNDS):
+            group = self._group(key)
+            action = next_action(group)
+            if action is None:
+                return count
+            owner = owner_of(group)
+            assert owner is not None and owner.purchase is not None
+            try:
+                self._apply(owner, action)
+            except (RelatedItemChanged, PaymentChanged):
+                continue
+        raise ConcurrencyConflict(f"payment {key} did not converge")
+
+    def _apply(self, owner: PaymentRecord, action: Action) -> None:
+        assert owner.purchase is not None
+        account = owner.purchase.account_id
+        now = self._clock()
+        if isinstance(action, GrantAction):
+            line, purchase = action.line, action.purchase
+            spec = GrantSpec(
+                grant_id=new_id("gr"),
+                amount=line.credits,
+                source=Source(purchase.source_type, purchase.source_id),
+                category=line.category,
+                priority=line.priority if line.priority is not None else DEFAULT_PRIORITY,
+                effective_at=purchase.paid_at,
+                expires_at=purchase.expires_at(line),
+                cost_basis=CostBasis(Decimal(line.cost_amount), line.currency),
+                funding_key=owner.key,
+                metadata={k: v for k, v in {"pack": line.pack, "line": line.line_id}.items() if v},
+            )
+            ctx = EntryContext(entry_key=f"stripe:grant:{owner.key}:{line.line_id}", now=now, reference=owner.key)
+            self._commit(owner, action, account, ctx, lambda state: transitions.grant(state, spec, ctx),
+                         spec.grant_id)
+            return
+        record = self._ledger.repository.grant(action.grant_id)
+        build: Callable[[AccountState], Change]
+        if isinstance(action, RevokeAction):
+            ctx = EntryContext(f"stripe:revoke:{action.grant_id}:{action.target}", now, owner.key,
+                               metadata={"refunded_target": str(action.target)})
+            build = lambda state: transitions.revoke(state, record, action.amount, ctx)  # noqa: E731
+        else:
+            assert isinstance(action, DisputeAction)
+            ctx = self._dispute_context(owner, action, now)
+            transition = {
+                DisputeEffect.HELD: transitions.hold,
+                DisputeEffect.RELEASED: transitions.release,
+                DisputeEffect.VOIDED: transitions.void,
+            }[action.effect]
+            build = lambda state: transition(state, record, ctx)  # noqa: E731
+        self._commit(owner, action, record.account_id, ctx, build, None)
+
+    @staticmethod
+    def _dispute_context(owner: PaymentRecord, action: DisputeAction, now: datetime) -> EntryContext:
+        if action.effect is DisputeEffect.VOIDED:
+            key = f"void:{action.grant_id}"  # the same key as an admin void: a grant is voided once
+        else:
+            # A grant may be held and released more than once (a second dispute): the owner record's version
+            # tells the rounds apart and is the same for every retry of this round.
+            key = f"stripe:{action.effect.value}:{action.grant_id}:{owner.version}"
+        return EntryContext(entry_key=key, now=now, reference=owner.key)
+
+    def _commit(self, owner: PaymentRecord, action: Action, account: str, ctx: EntryContext,
+                build: Callable[[AccountState], Change], grant_id: str | None) -> None:
+        update = applied(owner, action, grant_id)
+        try:
+            outcome = self._ledger.execute(account, ctx.entry_key, "", build,
+                                           extra_actions=[self._payments.put_action(owner, update)])
+        except (GrantNotLive, InvalidTransition):
+            # Nothing left to act on (spent, expired or voided already): note the effect as applied.
+            self._payments.save(owner, update)
+            return
+        if outcome.replayed:
+            # The ledger change was committed before (e.g. by the same key through another path); the record
+            # update did not ride with it this time.
+            if isinstance(action, GrantAction):
+                update = applied(owner, action, outcome.entry.allocations[0].grant_id)
+            self._payments.save(owner, update)
+
