@@ -7,13 +7,14 @@ template_path            Path of the SAM template the table fixtures read (proje
                          override it in a test module to use another template.
 moto_tables              ``Tables`` (a dict ``{logical_id: table_name}``) created inside ``moto.mock_aws()``;
                          sets ``TABLE_NAME`` to the first table's name. ``.client`` is a boto3 client.
+java_executable (session) path of Java 17+ (skips when absent, fails when absent and CI is set).
 dynamodb_local (session) endpoint URL (str) of one DynamoDB Local server for the whole run.
 dynamodb_local_server    the ``DynamoDBLocal`` object behind it (session).
 local_tables             ``Tables`` created on DynamoDB Local with a unique suffix per test, deleted after;
                          sets ``TABLE_NAME`` and ``AWS_ENDPOINT_URL_DYNAMODB`` so code that builds its own
                          boto3 client reaches DynamoDB Local.
 
-Tests using ``dynamodb_local``/``local_tables`` get the ``dynamodb_local`` marker automatically.
+Tests using ``dynamodb_local``/``local_tables``/``java_executable`` get the ``dynamodb_local`` marker automatically.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Tables(dict[str, str]):
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        if {"dynamodb_local", "dynamodb_local_server", "local_tables"} & set(fixtures):
+        if {"dynamodb_local", "dynamodb_local_server", "local_tables", "java_executable"} & set(fixtures):
             item.add_marker(pytest.mark.dynamodb_local)
 
 
@@ -126,8 +127,8 @@ def moto_tables(template_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 # ---------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def dynamodb_local_server() -> Iterator[DynamoDBLocal]:
-    """One DynamoDB Local (in memory, -sharedDb) for the session. Skips only when Java is absent."""
+def java_executable() -> str:
+    """Path of Java 17+. Skips when Java is absent (fails instead when CI is set); fails on Java < 17."""
     java = find_java()
     if java is None:
         reason = "DynamoDB Local needs Java 17+: no `java` on PATH and no JAVA_HOME"
@@ -137,7 +138,13 @@ def dynamodb_local_server() -> Iterator[DynamoDBLocal]:
     major = java_major_version(java)
     if major is not None and major < 17:
         pytest.fail(f"DynamoDB Local needs Java 17+, {java} is Java {major}", pytrace=False)
-    server = DynamoDBLocal()
+    return java
+
+
+@pytest.fixture(scope="session")
+def dynamodb_local_server(java_executable: str) -> Iterator[DynamoDBLocal]:
+    """One DynamoDB Local (in memory, -sharedDb) for the session. Skips only when Java is absent."""
+    server = DynamoDBLocal(java=java_executable)
     server.start()  # DynamoDBLocalError (e.g. jar missing: run `make node_modules`) fails the tests
     try:
         yield server

@@ -46,8 +46,8 @@ def test_local_tables_fixture_uses_template_and_env(local_tables) -> None:
     assert set(local_tables.values()) <= set(names)
 
 
-def test_second_server_starts_and_stops_cleanly(tmp_path) -> None:
-    server = DynamoDBLocal(db_path=tmp_path / "db")
+def test_second_server_starts_and_stops_cleanly(tmp_path, java_executable: str) -> None:
+    server = DynamoDBLocal(db_path=tmp_path / "db", java=java_executable)
     with server:
         assert server.running
         pid = server.process.pid
