@@ -1,0 +1,423 @@
+"""HTTP API models (pydantic): what requests may carry and what responses say, mapped explicitly from the
+domain dataclasses. Amounts arrive as JSON numbers (parsed as Decimal, never float) or strings and leave as
+strings; times leave as UTC ISO 8601 with ``Z``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictInt,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_serializer,
+)
+
+from credits_ledger.auth import ApiKey, Scope
+from credits_ledger.dal.items import iso
+from credits_ledger.domain.models import Balance, Category, Grant, GrantStatus, LedgerEntry
+from credits_ledger.domain.money import InvalidAmount, format_amount, parse_amount
+
+MAX_BATCH_EVENTS = 100
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 25
+USAGE_MAX_AHEAD = timedelta(minutes=5)
+USAGE_MAX_AGE = timedelta(days=35)
+# Entry metadata keys the service writes on usage debits; client metadata may not use them.
+RESERVED_METADATA_KEYS = frozenset({"meter", "quantity", "timestamp", "available_after"})
+
+# Amounts this large are no credit balance anyone has; the bound keeps quantity x rate exact in Decimal's
+# default 28-digit context.
+_MAX_AMOUNT_DIGITS = 15
+_PLAIN_DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+
+
+def _to_amount(value: object) -> Decimal:
+    if isinstance(value, bool | float):
+        raise ValueError("must be a decimal string or an exact JSON number")
+    if isinstance(value, str):
+        if len(value) > 40 or not _PLAIN_DECIMAL.fullmatch(value):
+            raise ValueError('must be a decimal number such as 12 or "0.25"')
+        value = Decimal(value)
+    elif isinstance(value, int):
+        value = Decimal(value)
+    if not isinstance(value, Decimal):
+        raise ValueError("must be a decimal string or an exact JSON number")
+    if not value.is_finite():
+        raise ValueError("must be a finite number")
+    if value != 0 and value.adjusted() >= _MAX_AMOUNT_DIGITS:
+        raise ValueError(f"must be less than 10^{_MAX_AMOUNT_DIGITS}")
+    try:
+        return parse_amount(value)
+    except InvalidAmount as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _positive(value: Decimal) -> Decimal:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _to_utc(value: object) -> datetime:
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValueError("must be an ISO 8601 date-time string such as 2024-05-01T12:00:00Z")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError("must be an ISO 8601 date-time such as 2024-05-01T12:00:00Z") from exc
+    if moment.tzinfo is None:
+        raise ValueError("must include a UTC offset (Z or +hh:mm)")
+    return moment.astimezone(UTC)
+
+
+_AMOUNT_SCHEMA = {
+    "anyOf": [{"type": "string", "pattern": r"^[+-]?(\d+(\.\d*)?|\.\d+)$"}, {"type": "number"}],
+    "description": "exact decimal, at most 6 fractional digits (string or JSON number)",
+}
+
+PositiveAmount = Annotated[
+    Decimal, BeforeValidator(_to_amount), AfterValidator(_positive), WithJsonSchema(_AMOUNT_SCHEMA)
+]
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(_to_utc),
+    WithJsonSchema({"type": "string", "format": "date-time", "description": "ISO 8601 with an offset"}),
+]
+# Identifiers: printable, no control characters.
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+AmountString = Annotated[str, Field(description='exact decimal as a string, e.g. "1500" or "0.25"')]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=40, pattern=r"^[^\x00-\x1f\x7f]+$")]
+MetadataValue = Annotated[str, StringConstraints(max_length=500)]
+
+
+def _cursor(value: str | None) -> str | None:
+    """A cursor is opaque, but it must be one this API could have returned (base64 of a DynamoDB key)."""
+    if value is None:
+        return None
+    try:
+        key = json.loads(base64.urlsafe_b64decode(value.encode("ascii")))
+    except (ValueError, UnicodeError, binascii.Error) as exc:
+        raise ValueError("is not a cursor this API returned") from exc
+    valid = (
+        isinstance(key, dict)
+        and 0 < len(key) <= 4
+        and all(
+            isinstance(name, str)
+            and isinstance(attr, dict)
+            and len(attr) == 1
+            and next(iter(attr)) in ("S", "N")
+            and isinstance(next(iter(attr.values())), str)
+            for name, attr in key.items()
+        )
+    )
+    if not valid:
+        raise ValueError("is not a cursor this API returned")
+    return value
+
+
+Cursor = Annotated[str | None, AfterValidator(_cursor)]
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- errors ----------------------------------------------------------------------------------------------
+class ErrorDetail(ApiModel):
+    field: str
+    message: str
+
+
+class ErrorBody(ApiModel):
+    code: str = Field(
+        description="invalid_request, unauthorized, forbidden, not_found, idempotency_mismatch, "
+        "insufficient_credits, payload_too_large, rate_limited or internal"
+    )
+    message: str
+    details: list[ErrorDetail] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("details") is None:
+            data.pop("details", None)
+        return data
+
+
+class ErrorResponse(ApiModel):
+    error: ErrorBody
+
+
+# ---- health ----------------------------------------------------------------------------------------------
+class Health(ApiModel):
+    status: Literal["ok"] = "ok"
+
+
+# ---- usage -----------------------------------------------------------------------------------------------
+class UsageRequest(ApiModel):
+    id: Identifier = Field(description="usage event id, the idempotency key (kept at least 35 days)")
+    customer: Identifier
+    meter: Identifier = Field(description="a meter of the pricing configuration")
+    quantity: PositiveAmount
+    timestamp: Timestamp | None = Field(
+        default=None, description="when the usage happened; at most 5 minutes ahead and 35 days old"
+    )
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(default=None, max_length=20)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _recent(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        now = datetime.now(UTC)
+        if value > now + USAGE_MAX_AHEAD:
+            raise ValueError("is more than 5 minutes in the future")
+        if value < now - USAGE_MAX_AGE:
+            raise ValueError("is more than 35 days old")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        reserved = sorted(RESERVED_METADATA_KEYS & set(value or {}))
+        if reserved:
+            raise ValueError(f"keys {', '.join(reserved)} are reserved")
+        return value
+
+
+class AllocationView(ApiModel):
+    grant_id: str
+    amount: AmountString
+
+
+class UsageResponse(ApiModel):
+    id: str
+    customer: str
+    meter: str
+    quantity: AmountString
+    credits: AmountString = Field(description="credits debited (quantity x credits_per_unit, rounded up)")
+    balance: AmountString = Field(description="credits available after this debit")
+    status: Literal["debited"] = "debited"
+    allocations: list[AllocationView]
+
+
+_BATCH_EVENTS_SCHEMA = {
+    "type": "array",
+    "maxItems": MAX_BATCH_EVENTS,
+    "items": {"$ref": "#/components/schemas/UsageRequest"},
+    "description": "usage events, each judged alone as by POST /v1/usage",
+}
+
+
+class UsageBatchRequest(ApiModel):
+    # Events stay raw here: each is validated alone, so one bad event is rejected without failing the batch.
+    events: Annotated[list[Any], Field(max_length=MAX_BATCH_EVENTS), WithJsonSchema(_BATCH_EVENTS_SCHEMA)]
+
+
+class UsageBatchResult(ApiModel):
+    id: str | None
+    status: Literal["debited", "replayed", "rejected"]
+    error: ErrorBody | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("error") is None:
+            data.pop("error", None)
+        return data
+
+
+class UsageBatchResponse(ApiModel):
+    results: list[UsageBatchResult]
+
+
+# ---- balance ---------------------------------------------------------------------------------------------
+class ByCategory(ApiModel):
+    paid: AmountString
+    promotional: AmountString
+
+
+class NextExpiry(ApiModel):
+    at: str
+    amount: AmountString
+
+
+class BalanceView(ApiModel):
+    customer: str
+    available: AmountString
+    ledger_balance: AmountString
+    by_category: ByCategory
+    held: AmountString
+    pending: AmountString
+    next_expiry: NextExpiry | None
+    as_of: str
+
+    @classmethod
+    def of(cls, balance: Balance) -> BalanceView:
+        next_expiry = None
+        if balance.next_expiry_at is not None:
+            next_expiry = NextExpiry(
+                at=iso(balance.next_expiry_at), amount=format_amount(balance.next_expiry_amount)
+            )
+        return cls(
+            customer=balance.account_id,
+            available=format_amount(balance.available),
+            ledger_balance=format_amount(balance.ledger_balance),
+            by_category=ByCategory(
+                paid=format_amount(balance.paid), promotional=format_amount(balance.promotional)
+            ),
+            held=format_amount(balance.held),
+            pending=format_amount(balance.pending),
+            next_expiry=next_expiry,
+            as_of=iso(balance.as_of),
+        )
+
+
+# ---- grants ----------------------------------------------------------------------------------------------
+class SourceView(ApiModel):
+    type: str
+    id: str | None
+
+
+class CostBasisView(ApiModel):
+    amount: AmountString
+    currency: str | None
+
+
+class GrantView(ApiModel):
+    id: str
+    customer: str
+    amount: AmountString
+    remaining: AmountString
+    category: Category
+    priority: int
+    effective_at: str
+    expires_at: str | None
+    status: GrantStatus
+    source: SourceView
+    cost_basis: CostBasisView
+    created_at: str
+    reason: str | None = None
+    metadata: dict[str, str]
+
+    @classmethod
+    def of(cls, grant: Grant) -> GrantView:
+        return cls(
+            id=grant.grant_id,
+            customer=grant.account_id,
+            amount=format_amount(grant.amount),
+            remaining=format_amount(grant.remaining),
+            category=grant.category,
+            priority=grant.priority,
+            effective_at=iso(grant.effective_at),
+            expires_at=iso(grant.expires_at) if grant.expires_at else None,
+            status=grant.status,
+            source=SourceView(type=grant.source.type, id=grant.source.id),
+            cost_basis=CostBasisView(
+                amount=format_amount(grant.cost_basis.amount), currency=grant.cost_basis.currency
+            ),
+            created_at=iso(grant.created_at),
+            reason=grant.reason,
+            metadata=dict(grant.metadata),
+        )
+
+
+class GrantList(ApiModel):
+    data: list[GrantView]
+    has_more: bool
+    next_cursor: str | None
+
+
+class GrantRequest(ApiModel):
+    id: Identifier | None = Field(default=None, description="makes the grant idempotent")
+    amount: PositiveAmount
+    category: Category = Field(
+        default=Category.PROMOTIONAL, description="admin grants default to promotional"
+    )
+    priority: StrictInt = Field(default=50, ge=0, le=1_000_000, description="lower is spent first")
+    effective_at: Timestamp | None = Field(default=None, description="default: now")
+    expires_at: Timestamp | None = Field(default=None, description="default: never expires")
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+# ---- transactions ----------------------------------------------------------------------------------------
+class TransactionView(ApiModel):
+    id: str = Field(description="the entry key (also the operation's idempotency key)")
+    type: str
+    amount: AmountString
+    balance_after: AmountString
+    allocations: list[AllocationView]
+    reference: str | None
+    created_at: str
+    metadata: dict[str, str]
+
+    @classmethod
+    def of(cls, entry: LedgerEntry) -> TransactionView:
+        return cls(
+            id=entry.entry_key,
+            type=entry.type.value,
+            amount=format_amount(entry.amount),
+            balance_after=format_amount(entry.balance_after),
+            allocations=[
+                AllocationView(grant_id=a.grant_id, amount=format_amount(a.amount)) for a in entry.allocations
+            ],
+            reference=entry.reference,
+            created_at=iso(entry.created_at),
+            metadata=dict(entry.metadata),
+        )
+
+
+class TransactionList(ApiModel):
+    data: list[TransactionView]
+    has_more: bool
+    next_cursor: str | None
+
+
+# ---- API keys --------------------------------------------------------------------------------------------
+class ApiKeyRequest(ApiModel):
+    scopes: list[Scope] = Field(min_length=1, max_length=3)
+    customers: list[Identifier] | None = Field(
+        default=None, min_length=1, max_length=100, description="accounts the key may touch (default: all)"
+    )
+    name: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+    @field_validator("customers")
+    @classmethod
+    def _no_admin_limits(cls, value: list[str] | None, info: Any) -> list[str] | None:
+        if value is not None and Scope.ADMIN in (info.data.get("scopes") or []):
+            raise ValueError("an admin key applies to every account: omit customers")
+        return value
+
+
+class ApiKeyCreated(ApiModel):
+    id: str
+    key: str = Field(description="the API key; shown only in this response")
+    scopes: list[Scope]
+    customers: list[str] | None
+    name: str | None
+    created_at: str
+
+    @classmethod
+    def of(cls, record: ApiKey, key: str) -> ApiKeyCreated:
+        return cls(
+            id=record.key_id,
+            key=key,
+            scopes=sorted(record.scopes),
+            customers=sorted(record.customers) if record.customers is not None else None,
+            name=record.name,
+            created_at=iso(record.created_at),
+        )

@@ -1,0 +1,204 @@
+"""Usage reported by client apps, turned into ledger debits: meter pricing -> DebitRequest, the request
+fingerprint for idempotency, and the usage answer rebuilt from the ledger entry (so a replay says exactly
+what the first answer said).
+
+The entry key is ``usage:<id>``, global: the same id sent for another customer is the same key with another
+fingerprint, i.e. an idempotency mismatch. Entry metadata keeps meter, quantity, the usage timestamp and (the
+Ledger adds it) ``available_after``, which is everything the answer needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from credits_ledger.api_models import (
+    AllocationView,
+    ErrorBody,
+    ErrorDetail,
+    UsageBatchResult,
+    UsageRequest,
+    UsageResponse,
+)
+from credits_ledger.auth import Forbidden
+from credits_ledger.dal.items import iso
+from credits_ledger.domain.errors import (
+    ConcurrencyConflict,
+    CreditsError,
+    IdempotencyMismatch,
+    InsufficientCredits,
+)
+from credits_ledger.domain.models import LedgerEntry
+from credits_ledger.domain.money import format_amount, round_up
+from credits_ledger.ledger import DebitRequest, DebitResult, Ledger, Outcome
+from credits_ledger.pricing import Pricing, load_pricing
+
+
+class InvalidUsage(CreditsError):
+    """A usage event the pricing cannot price (unknown meter): HTTP 422 naming the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def entry_key(usage_id: str) -> str:
+    return f"usage:{usage_id}"
+
+
+def fingerprint(event: UsageRequest) -> str:
+    """SHA-256 of the canonical validated request: equal requests, however spelled, share it."""
+    canonical: dict[str, Any] = {
+        "customer": event.customer,
+        "meter": event.meter,
+        "quantity": format_amount(event.quantity),
+        "metadata": sorted((event.metadata or {}).items()),
+    }
+    if event.timestamp is not None:
+        canonical["timestamp"] = iso(event.timestamp)
+    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(blob.encode("ascii")).hexdigest()
+
+
+def debit_request(event: UsageRequest, pricing: Pricing) -> DebitRequest:
+    meter = pricing.meters.get(event.meter)
+    if meter is None:
+        known = ", ".join(sorted(pricing.meters)) or "none"
+        raise InvalidUsage("meter", f"unknown meter {event.meter!r} (known: {known})")
+    metadata = dict(event.metadata or {})
+    metadata.update(meter=event.meter, quantity=format_amount(event.quantity))
+    if event.timestamp is not None:
+        metadata["timestamp"] = iso(event.timestamp)
+    return DebitRequest(
+        key=entry_key(event.id),
+        amount=round_up(event.quantity * meter.credits_per_unit),
+        fingerprint=fingerprint(event),
+        reference=event.id,
+        metadata=metadata,
+    )
+
+
+def usage_id_of(entry: LedgerEntry) -> str:
+    return entry.reference or entry.entry_key.removeprefix("usage:")
+
+
+def answer(entry: LedgerEntry) -> UsageResponse:
+    """The usage answer, from the ledger entry alone (first answer and replays alike)."""
+    return UsageResponse(
+        id=usage_id_of(entry),
+        customer=entry.account_id,
+        meter=entry.metadata.get("meter", ""),
+        quantity=entry.metadata.get("quantity", ""),
+        credits=format_amount(-entry.amount),
+        balance=entry.metadata.get("available_after", ""),
+        allocations=[
+            AllocationView(grant_id=a.grant_id, amount=format_amount(a.amount)) for a in entry.allocations
+        ],
+    )
+
+
+def record_usage(ledger: Ledger, event: UsageRequest, pricing: Pricing | None = None) -> Outcome:
+    """Debit one usage event now; raises InsufficientCredits / IdempotencyMismatch / InvalidUsage."""
+    return ledger.debit(event.customer, debit_request(event, pricing or load_pricing()))
+
+
+# ---- batches ---------------------------------------------------------------------------------------------
+def _error(code: str, message: str, details: list[ErrorDetail] | None = None) -> ErrorBody:
+    return ErrorBody(code=code, message=message, details=details)
+
+
+def error_of(exc: CreditsError) -> ErrorBody:
+    """The API error of a domain error, as a batch result reports it."""
+    if isinstance(exc, InsufficientCredits):
+        return _error("insufficient_credits", "not enough credits available")
+    if isinstance(exc, IdempotencyMismatch):
+        return _error("idempotency_mismatch", "this id was already used with a different request")
+    if isinstance(exc, InvalidUsage):
+        detail = ErrorDetail(field=exc.field, message=exc.message)
+        return _error("invalid_request", f"{exc.field}: {exc.message}", [detail])
+    if isinstance(exc, Forbidden):
+        return _error("forbidden", exc.message)
+    if isinstance(exc, ConcurrencyConflict):
+        return _error("rate_limited", "too many concurrent writes on this account; retry")
+    return _error("invalid_request", "the event was rejected")
+
+
+def validation_details(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[ErrorDetail]:
+    """Each failed field by its dotted location, with pydantic's message (no input echoed)."""
+    details: list[ErrorDetail] = []
+    for error in exc.errors(include_url=False, include_input=False):
+        details.append(ErrorDetail(field=field_name((*prefix, *error["loc"])), message=message_of(error)))
+    return details
+
+
+def field_name(loc: Sequence[str | int]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def message_of(error: Any) -> str:
+    message = str(error.get("msg", "is invalid"))
+    return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+@dataclass(frozen=True)
+class _Judged:
+    index: int
+    usage_id: str | None
+    event: UsageRequest | None = None
+    request: DebitRequest | None = None
+    error: ErrorBody | None = None
+
+
+def _judge(index: int, raw: Any, authorize: Callable[[str], None], pricing: Pricing) -> _Judged:
+    usage_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
+    try:
+        event = UsageRequest.model_validate(raw)
+        authorize(event.customer)
+        return _Judged(index, usage_id, event, debit_request(event, pricing))
+    except ValidationError as exc:
+        details = validation_details(exc)
+        return _Judged(index, usage_id, error=_error("invalid_request", "the event is invalid", details))
+    except (Forbidden, InvalidUsage) as exc:
+        return _Judged(index, usage_id, error=error_of(exc))
+
+
+def _result(judged: _Judged, outcome: DebitResult | None) -> UsageBatchResult:
+    if judged.error is not None:
+        return UsageBatchResult(id=judged.usage_id, status="rejected", error=judged.error)
+    assert outcome is not None
+    if outcome.error is not None:
+        return UsageBatchResult(id=judged.usage_id, status="rejected", error=error_of(outcome.error))
+    assert outcome.outcome is not None
+    return UsageBatchResult(id=judged.usage_id, status="replayed" if outcome.outcome.replayed else "debited")
+
+
+def record_batch(
+    ledger: Ledger,
+    raw_events: Sequence[Any],
+    authorize: Callable[[str], None],
+    pricing: Pricing | None = None,
+) -> list[UsageBatchResult]:
+    """Judge each event alone; debit the valid ones with one ``debit_many`` per customer (the account's items
+    are written once per chunk of 40), and report results in input order."""
+    prices = pricing or load_pricing()
+    judged = [_judge(i, raw, authorize, prices) for i, raw in enumerate(raw_events)]
+    by_customer: dict[str, list[_Judged]] = {}
+    for item in judged:
+        if item.event is not None:
+            by_customer.setdefault(item.event.customer, []).append(item)
+    outcomes: dict[int, DebitResult] = {}
+    for customer, items in by_customer.items():
+        requests = [item.request for item in items if item.request is not None]
+        try:
+            results = ledger.debit_many(customer, requests)
+        except ConcurrencyConflict as exc:
+            results = [DebitResult(request, error=exc) for request in requests]
+        for item, result in zip(items, results, strict=True):
+            outcomes[item.index] = result
+    return [_result(item, outcomes.get(item.index)) for item in judged]
