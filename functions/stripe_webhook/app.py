@@ -43,7 +43,9 @@ def stripe_webhook() -> Response:
     result = processor().process(event, payload)
     metrics.add_metric(name=f"StripeEvent_{result.status}", unit=MetricUnit.Count, value=1)
     if result.status == "failed":
-        logger.error("Stripe event recorded as failed; replay it after fixing the cause", reason=result.reason)
+        logger.error(
+            "Stripe event recorded as failed; replay it after fixing the cause", reason=result.reason
+        )
     return _json(HTTPStatus.OK, {"received": True, "status": result.status})
 
 

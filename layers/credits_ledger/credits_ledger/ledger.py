@@ -66,7 +66,9 @@ def _replay(entry: LedgerEntry, fingerprint: str) -> Outcome:
 def _with_available_after(change: Change, now: datetime) -> Change:
     """Debit answers report what the customer can still spend; kept on the entry so a replay says the same."""
     available = balance_of(change.state, now).available
-    entries = tuple(replace(e, metadata={**e.metadata, "available_after": str(available)}) for e in change.entries)
+    entries = tuple(
+        replace(e, metadata={**e.metadata, "available_after": str(available)}) for e in change.entries
+    )
     return replace(change, entries=entries)
 
 
@@ -88,8 +90,9 @@ class Ledger:
         self._sleep = sleep
 
     # ---- writes ------------------------------------------------------------------------------------------
-    def grant(self, account_id: str, spec: GrantSpec, key: str, fingerprint: str = "",
-              reference: str | None = None) -> Outcome:
+    def grant(
+        self, account_id: str, spec: GrantSpec, key: str, fingerprint: str = "", reference: str | None = None
+    ) -> Outcome:
         now = self._clock()
         ctx = EntryContext(entry_key=key, now=now, reference=reference, fingerprint=fingerprint)
         return self.execute(account_id, key, fingerprint, lambda state: transitions.grant(state, spec, ctx))
@@ -106,7 +109,9 @@ class Ledger:
         """Debits of one account, each judged alone, written together (one transaction per chunk)."""
         results: list[DebitResult] = []
         for start in range(0, len(requests), MAX_DEBITS_PER_TRANSACTION):
-            results.extend(self._debit_chunk(account_id, requests[start : start + MAX_DEBITS_PER_TRANSACTION]))
+            results.extend(
+                self._debit_chunk(account_id, requests[start : start + MAX_DEBITS_PER_TRANSACTION])
+            )
         return results
 
     def expire(self, grant_id: str, as_of: datetime) -> Outcome | None:
@@ -126,12 +131,19 @@ class Ledger:
         record = self.repository.grant(grant_id)
         ctx = EntryContext(entry_key=key, now=self._clock(), reference=reference, fingerprint=str(amount))
         return self.execute(
-            record.account_id, key, ctx.fingerprint, lambda state: transitions.revoke(state, record, amount, ctx)
+            record.account_id,
+            key,
+            ctx.fingerprint,
+            lambda state: transitions.revoke(state, record, amount, ctx),
         )
 
     def adjust(self, account_id: str, amount: Decimal, key: str, reason: str | None = None) -> Outcome:
-        ctx = EntryContext(entry_key=key, now=self._clock(), fingerprint=str(amount),
-                           metadata={"reason": reason} if reason else {})
+        ctx = EntryContext(
+            entry_key=key,
+            now=self._clock(),
+            fingerprint=str(amount),
+            metadata={"reason": reason} if reason else {},
+        )
         grant_id = new_id("gr")
         return self.execute(
             account_id, key, ctx.fingerprint, lambda state: transitions.adjust(state, amount, ctx, grant_id)
@@ -146,8 +158,9 @@ class Ledger:
         state = self.repository.state(record.account_id, consistent=True)
         return record.merged_with(state.grants.get(grant_id), self._clock())
 
-    def grants(self, account_id: str, limit: int, cursor: str | None = None,
-               status: GrantStatus | None = None) -> Page:
+    def grants(
+        self, account_id: str, limit: int, cursor: str | None = None, status: GrantStatus | None = None
+    ) -> Page:
         page = self.repository.grants_page(account_id, limit, cursor)
         state = self.repository.state(account_id)
         now = self._clock()
@@ -209,7 +222,9 @@ class Ledger:
                 existing = exc.entries
             except VersionConflict as exc:
                 state, existing, consistent = self._after_conflict(account_id, [key], exc, attempt)
-        raise ConcurrencyConflict(f"account {account_id}: gave up after {self._max_attempts} conflicting writes")
+        raise ConcurrencyConflict(
+            f"account {account_id}: gave up after {self._max_attempts} conflicting writes"
+        )
 
     def _debit_chunk(self, account_id: str, requests: Sequence[DebitRequest]) -> list[DebitResult]:
         keys = list(dict.fromkeys(r.key for r in requests))
@@ -232,8 +247,13 @@ class Ledger:
                     except IdempotencyMismatch as exc:
                         results.append(DebitResult(request, error=exc))
                     continue
-                ctx = EntryContext(entry_key=request.key, now=now, reference=request.reference,
-                                   fingerprint=request.fingerprint, metadata=request.metadata)
+                ctx = EntryContext(
+                    entry_key=request.key,
+                    now=now,
+                    reference=request.reference,
+                    fingerprint=request.fingerprint,
+                    metadata=request.metadata,
+                )
                 try:
                     change = _with_available_after(transitions.debit(current, request.amount, ctx), now)
                 except InsufficientCredits as exc:
@@ -263,7 +283,9 @@ class Ledger:
             except VersionConflict as exc:
                 state, fresh, consistent = self._after_conflict(account_id, keys, exc, attempt)
                 existing = {**existing, **fresh}
-        raise ConcurrencyConflict(f"account {account_id}: gave up after {self._max_attempts} conflicting writes")
+        raise ConcurrencyConflict(
+            f"account {account_id}: gave up after {self._max_attempts} conflicting writes"
+        )
 
     def _after_conflict(
         self, account_id: str, keys: list[str], exc: VersionConflict, attempt: int

@@ -88,20 +88,34 @@ def _amount(value: Any, field: str) -> Decimal:
 
 def _pack_lines(pack: Pack, quantity: int, line_id: str, priority: int | None) -> list[GrantLine]:
     lines = [
-        GrantLine(line_id, pack.credits * quantity, pack.category, priority or pack.priority, pack.valid_days,
-                  pack=pack.name)
+        GrantLine(
+            line_id,
+            pack.credits * quantity,
+            pack.category,
+            priority or pack.priority,
+            pack.valid_days,
+            pack=pack.name,
+        )
     ]
     if pack.bonus_credits:
         lines.append(
-            GrantLine(f"{line_id}:bonus", pack.bonus_credits * quantity, Category.PROMOTIONAL,
-                      priority or pack.priority, pack.valid_days, pack=pack.name)
+            GrantLine(
+                f"{line_id}:bonus",
+                pack.bonus_credits * quantity,
+                Category.PROMOTIONAL,
+                priority or pack.priority,
+                pack.valid_days,
+                pack=pack.name,
+            )
         )
     return lines
 
 
 def _metadata_lines(obj: dict[str, Any], pricing: Pricing, line_id: str) -> list[GrantLine] | None:
     metadata = obj.get("metadata") or {}
-    priority = int(metadata["credits_priority"]) if str(metadata.get("credits_priority", "")).isdigit() else None
+    priority = (
+        int(metadata["credits_priority"]) if str(metadata.get("credits_priority", "")).isdigit() else None
+    )
     if metadata.get("credits_pack"):
         pack = pricing.packs.get(metadata["credits_pack"])
         if pack is None:
@@ -115,16 +129,31 @@ def _metadata_lines(obj: dict[str, Any], pricing: Pricing, line_id: str) -> list
         days = metadata.get("credits_valid_days")
         if days is not None and not str(days).isdigit():
             raise _Reject("metadata.credits_valid_days must be a whole number of days")
-        return [GrantLine(line_id, _amount(metadata["credits"], "credits"), category, priority,
-                          int(days) if days else None)]
+        return [
+            GrantLine(
+                line_id,
+                _amount(metadata["credits"], "credits"),
+                category,
+                priority,
+                int(days) if days else None,
+            )
+        ]
     return None
 
 
 def _with_cost(lines: list[GrantLine], total_minor: int, currency: str | None) -> tuple[GrantLine, ...]:
     costs = split_cost(total_minor, [(line.line_id, line.credits) for line in lines])
     return tuple(
-        GrantLine(line.line_id, line.credits, line.category, line.priority, line.valid_days,
-                  costs[line.line_id], currency, line.pack)
+        GrantLine(
+            line.line_id,
+            line.credits,
+            line.category,
+            line.priority,
+            line.valid_days,
+            costs[line.line_id],
+            currency,
+            line.pack,
+        )
         for line in lines
     )
 
@@ -142,9 +171,15 @@ def _checkout(event: dict[str, Any], obj: dict[str, Any], pricing: Pricing) -> I
     if lines is None:
         return Ignored("checkout session without credits metadata")
     key = _id(obj.get("payment_intent")) or obj["id"]
-    cost = obj.get("amount_subtotal") if obj.get("amount_subtotal") is not None else obj.get("amount_total") or 0
-    purchase = Purchase(_account(obj), _with_cost(lines, int(cost), obj.get("currency")), _paid_at(event),
-                        "stripe_checkout_session", obj["id"])
+    subtotal = obj.get("amount_subtotal")  # before tax; amount_total includes it
+    cost: int = int(subtotal if subtotal is not None else obj.get("amount_total") or 0)
+    purchase = Purchase(
+        _account(obj),
+        _with_cost(lines, cost, obj.get("currency")),
+        _paid_at(event),
+        "stripe_checkout_session",
+        obj["id"],
+    )
     return Facts(((key, purchase),))
 
 
@@ -156,8 +191,13 @@ def _payment_intent(event: dict[str, Any], obj: dict[str, Any], pricing: Pricing
     lines = _metadata_lines(obj, pricing, "payment")
     if lines is not None:
         cost = obj.get("amount_received") or obj.get("amount") or 0
-        purchase = Purchase(_account(obj), _with_cost(lines, int(cost), obj.get("currency")), _paid_at(event),
-                            "stripe_payment_intent", obj["id"])
+        purchase = Purchase(
+            _account(obj),
+            _with_cost(lines, int(cost), obj.get("currency")),
+            _paid_at(event),
+            "stripe_payment_intent",
+            obj["id"],
+        )
         facts.append((obj["id"], purchase))
     return Facts(tuple(facts)) if facts else Ignored("payment intent without credits metadata")
 
@@ -173,7 +213,7 @@ def _line_price(line: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
 def _invoice(event: dict[str, Any], obj: dict[str, Any], pricing: Pricing) -> Interpretation:
     facts: list[tuple[str, Fact]] = []
     intent = _id(obj.get("payment_intent"))
-    for payment in ((obj.get("payments") or {}).get("data") or []):
+    for payment in (obj.get("payments") or {}).get("data") or []:
         intent = intent or _id((payment.get("payment") or {}).get("payment_intent"))
     if intent:
         facts += [(obj["id"], Link(obj["id"], intent)), (intent, Link(obj["id"], intent))]
@@ -209,7 +249,9 @@ def _invoice_payment(obj: dict[str, Any]) -> Interpretation:
 def _refund(obj: dict[str, Any]) -> Interpretation:
     intent = _id(obj.get("payment_intent"))
     key = intent or obj["id"]
-    facts: list[tuple[str, Fact]] = [(key, Refund(obj["id"], int(obj["amount"]), int(obj["amount_refunded"])))]
+    facts: list[tuple[str, Fact]] = [
+        (key, Refund(obj["id"], int(obj["amount"]), int(obj["amount_refunded"])))
+    ]
     if intent:
         facts += [(intent, Link(intent, obj["id"])), (obj["id"], Link(intent, obj["id"]))]
     invoice = _id(obj.get("invoice"))

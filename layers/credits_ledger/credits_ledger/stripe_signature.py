@@ -35,7 +35,9 @@ def verified_event(payload: str, signature_header: str | None, secrets: list[str
         raise InvalidSignature("no webhook secret configured")
     for endpoint_secret in secrets:
         try:
-            stripe.Webhook.construct_event(payload, signature_header, endpoint_secret, tolerance=TOLERANCE_SECONDS)
+            stripe.Webhook.construct_event(
+                payload, signature_header, endpoint_secret, tolerance=TOLERANCE_SECONDS
+            )
         except stripe.SignatureVerificationError:
             continue
         except ValueError as exc:

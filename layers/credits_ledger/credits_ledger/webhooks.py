@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,8 +52,13 @@ class WebhookResult:
 
 
 class StripeWebhookProcessor:
-    def __init__(self, ledger: Ledger, payments: PaymentRepository, pricing: Pricing,
-                 clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        payments: PaymentRepository,
+        pricing: Pricing,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self._ledger = ledger
         self._payments = payments
         self._pricing = pricing
@@ -64,11 +70,10 @@ class StripeWebhookProcessor:
         if isinstance(meaning, Ignored):
             return WebhookResult("ignored", meaning.reason)
         if isinstance(meaning, Unprocessable):
-            try:
-                self._payments.record_failed(event_id, event_type, meaning.reason,
-                                             payload or json.dumps(event), self._clock())
-            except EventAlreadyRecorded:
-                pass
+            with contextlib.suppress(EventAlreadyRecorded):
+                self._payments.record_failed(
+                    event_id, event_type, meaning.reason, payload or json.dumps(event), self._clock()
+                )
             return WebhookResult("failed", meaning.reason)
         duplicate = not self._merge(event_id, event_type, meaning)
         actions = sum(self._converge(key) for key in dict.fromkeys(k for k, _ in meaning.items))
@@ -148,15 +153,22 @@ class StripeWebhookProcessor:
                 funding_key=owner.key,
                 metadata={k: v for k, v in {"pack": line.pack, "line": line.line_id}.items() if v},
             )
-            ctx = EntryContext(entry_key=f"stripe:grant:{owner.key}:{line.line_id}", now=now, reference=owner.key)
-            self._commit(owner, action, account, ctx, lambda state: transitions.grant(state, spec, ctx),
-                         spec.grant_id)
+            ctx = EntryContext(
+                entry_key=f"stripe:grant:{owner.key}:{line.line_id}", now=now, reference=owner.key
+            )
+            self._commit(
+                owner, action, account, ctx, lambda state: transitions.grant(state, spec, ctx), spec.grant_id
+            )
             return
         record = self._ledger.repository.grant(action.grant_id)
         build: Callable[[AccountState], Change]
         if isinstance(action, RevokeAction):
-            ctx = EntryContext(f"stripe:revoke:{action.grant_id}:{action.target}", now, owner.key,
-                               metadata={"refunded_target": str(action.target)})
+            ctx = EntryContext(
+                f"stripe:revoke:{action.grant_id}:{action.target}",
+                now,
+                owner.key,
+                metadata={"refunded_target": str(action.target)},
+            )
             build = lambda state: transitions.revoke(state, record, action.amount, ctx)  # noqa: E731
         else:
             assert isinstance(action, DisputeAction)
@@ -179,12 +191,20 @@ class StripeWebhookProcessor:
             key = f"stripe:{action.effect.value}:{action.grant_id}:{owner.version}"
         return EntryContext(entry_key=key, now=now, reference=owner.key)
 
-    def _commit(self, owner: PaymentRecord, action: Action, account: str, ctx: EntryContext,
-                build: Callable[[AccountState], Change], grant_id: str | None) -> None:
+    def _commit(
+        self,
+        owner: PaymentRecord,
+        action: Action,
+        account: str,
+        ctx: EntryContext,
+        build: Callable[[AccountState], Change],
+        grant_id: str | None,
+    ) -> None:
         update = applied(owner, action, grant_id)
         try:
-            outcome = self._ledger.execute(account, ctx.entry_key, "", build,
-                                           extra_actions=[self._payments.put_action(owner, update)])
+            outcome = self._ledger.execute(
+                account, ctx.entry_key, "", build, extra_actions=[self._payments.put_action(owner, update)]
+            )
         except (GrantNotLive, InvalidTransition):
             # Nothing left to act on (spent, expired or voided already): note the effect as applied.
             self._payments.save(owner, update)
@@ -195,4 +215,3 @@ class StripeWebhookProcessor:
             if isinstance(action, GrantAction):
                 update = applied(owner, action, outcome.entry.allocations[0].grant_id)
             self._payments.save(owner, update)
-

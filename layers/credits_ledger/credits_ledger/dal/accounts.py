@@ -102,7 +102,9 @@ class AccountRepository:
         keys = [it.account_key(account_id), *(it.entry_key(k) for k in entry_keys)]
         found: list[dict[str, Any]] = []
         for chunk_start in range(0, len(keys), 100):
-            request = {self._table: {"Keys": keys[chunk_start : chunk_start + 100], "ConsistentRead": consistent}}
+            request = {
+                self._table: {"Keys": keys[chunk_start : chunk_start + 100], "ConsistentRead": consistent}
+            }
             while request:
                 response = self._client.batch_get_item(RequestItems=request)
                 found.extend(response["Responses"].get(self._table, []))
@@ -126,7 +128,9 @@ class AccountRepository:
         return it.state_from_item(account_id, it.from_dynamo(raw) if raw else None)
 
     def grant(self, grant_id: str) -> Grant:
-        response = self._client.get_item(TableName=self._table, Key=it.grant_key(grant_id), ConsistentRead=True)
+        response = self._client.get_item(
+            TableName=self._table, Key=it.grant_key(grant_id), ConsistentRead=True
+        )
         raw = response.get("Item")
         if not raw:
             raise GrantNotFound(grant_id)
@@ -208,7 +212,9 @@ class AccountRepository:
         return Page(items=items, next_cursor=_encode_cursor(response.get("LastEvaluatedKey")))
 
     # ---- writes ------------------------------------------------------------------------------------------
-    def commit(self, change: Change, expected_version: int, extra_actions: Sequence[dict[str, Any]] = ()) -> None:
+    def commit(
+        self, change: Change, expected_version: int, extra_actions: Sequence[dict[str, Any]] = ()
+    ) -> None:
         """Write ``change`` atomically, or raise EntryExists / VersionConflict / RelatedItemChanged and write
         nothing. ``extra_actions`` (TransactWriteItems actions of other aggregates, each with its own condition)
         commit in the same transaction, e.g. the Stripe payment record that says this effect was applied."""

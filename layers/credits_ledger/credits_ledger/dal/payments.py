@@ -1,7 +1,7 @@
 """PaymentRepository: Stripe payment records and processed-event records.
 
-  payment record   pk=PAYMENT#<pi_|in_|ch_ id>  sk=PAYMENT   (facts + what the ledger reflects; ``version``)
-  Stripe event     pk=STRIPE_EVENT#<evt id>     sk=EVENT     (processed or failed; TTL 35 days, failed 90)
+payment record   pk=PAYMENT#<pi_|in_|ch_ id>  sk=PAYMENT   (facts + what the ledger reflects; ``version``)
+Stripe event     pk=STRIPE_EVENT#<evt id>     sk=EVENT     (processed or failed; TTL 35 days, failed 90)
 """
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ def record_to_item(record: PaymentRecord) -> dict[str, Any]:
         "version": record.version,
         "purchase": {
             "account": purchase.account_id,
-            "lines": [{k: v for k, v in _line_to_item(line).items() if v is not None} for line in purchase.lines],
+            "lines": [
+                {k: v for k, v in _line_to_item(line).items() if v is not None} for line in purchase.lines
+            ],
             "paid_at": it.iso(purchase.paid_at),
             "source_type": purchase.source_type,
             "source_id": purchase.source_id,
@@ -170,8 +172,13 @@ class PaymentRepository:
     def save(self, old: PaymentRecord, new: PaymentRecord) -> None:
         self._transact([self.put_action(old, new)])
 
-    def record_facts(self, event_id: str, event_type: str, changes: Sequence[tuple[PaymentRecord, PaymentRecord]],
-                     now: datetime) -> None:
+    def record_facts(
+        self,
+        event_id: str,
+        event_type: str,
+        changes: Sequence[tuple[PaymentRecord, PaymentRecord]],
+        now: datetime,
+    ) -> None:
         """The event's facts and the record that the event was processed, in one transaction: a redelivered
         event raises EventAlreadyRecorded and changes nothing."""
         event_item = {
@@ -227,14 +234,17 @@ class PaymentRepository:
             raise EventAlreadyRecorded(event_id) from exc
 
     def failed_event(self, event_id: str) -> FailedEvent | None:
-        raw = self._client.get_item(TableName=self._table, Key=_event_key(event_id), ConsistentRead=True).get("Item")
+        raw = self._client.get_item(TableName=self._table, Key=_event_key(event_id), ConsistentRead=True).get(
+            "Item"
+        )
         if not raw:
             return None
         item = it.from_dynamo(raw)
         if item.get("status") != "failed":
             return None
-        return FailedEvent(event_id, item["event_type"], item["reason"], item["payload"],
-                           it.parse_iso(item["received_at"]))
+        return FailedEvent(
+            event_id, item["event_type"], item["reason"], item["payload"], it.parse_iso(item["received_at"])
+        )
 
     def _transact(self, actions: list[dict[str, Any]]) -> None:
         try:

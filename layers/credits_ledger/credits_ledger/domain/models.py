@@ -104,7 +104,10 @@ class AccountState:
         self, *, entries: int, balance_delta: Decimal, grants: dict[str, LiveGrant]
     ) -> AccountState:
         return replace(
-            self, version=self.version + entries, ledger_balance=self.ledger_balance + balance_delta, grants=grants
+            self,
+            version=self.version + entries,
+            ledger_balance=self.ledger_balance + balance_delta,
+            grants=grants,
         )
 
 

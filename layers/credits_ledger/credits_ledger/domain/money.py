@@ -19,7 +19,7 @@ def parse_amount(value: object) -> Decimal:
     Floats are refused because the caller has already lost precision; JSON bodies must be parsed with
     ``parse_float=Decimal`` so that numbers arrive here as Decimal.
     """
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, (bool, float)):
         raise InvalidAmount("must be a decimal string or an exact JSON number")
     try:
         amount = Decimal(value) if isinstance(value, int | str) else value

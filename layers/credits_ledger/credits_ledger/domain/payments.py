@@ -220,7 +220,9 @@ def split_cost(total_minor: int, lines: list[tuple[str, Decimal]]) -> dict[str, 
         if index == len(lines) - 1 or credits_total == 0:
             share = total_minor - assigned
         else:
-            share = int((Decimal(total_minor) * credits / credits_total).to_integral_value(rounding=ROUND_FLOOR))
+            share = int(
+                (Decimal(total_minor) * credits / credits_total).to_integral_value(rounding=ROUND_FLOOR)
+            )
         result[line_id] = share
         assigned += share
     return result

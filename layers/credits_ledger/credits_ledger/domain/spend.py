@@ -10,6 +10,7 @@ from credits_ledger.domain.errors import InsufficientCredits
 from credits_ledger.domain.models import Allocation, Category, LiveGrant
 from credits_ledger.domain.money import ZERO
 
+
 def spend_key(grant: LiveGrant) -> tuple[object, ...]:
     """Lowest priority first, then earliest expiry (never-expiring last), promotional before paid,
     oldest effective_at, then grant id so the order is total and every run agrees."""
@@ -32,7 +33,9 @@ def available_at(grants: Iterable[LiveGrant], now: datetime) -> Decimal:
     return sum((g.remaining for g in grants if g.is_spendable(now)), ZERO)
 
 
-def allocate(account_id: str, grants: Iterable[LiveGrant], amount: Decimal, now: datetime) -> list[Allocation]:
+def allocate(
+    account_id: str, grants: Iterable[LiveGrant], amount: Decimal, now: datetime
+) -> list[Allocation]:
     """Split ``amount`` over spendable grants in spend order; all or nothing."""
     ordered = spend_order(grants, now)
     available = sum((g.remaining for g in ordered), ZERO)

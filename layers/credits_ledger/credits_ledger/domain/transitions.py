@@ -128,7 +128,9 @@ def grant(state: AccountState, spec: GrantSpec, ctx: EntryContext) -> Change:
     return _apply(state, entry, grants, new_grants=(new,))
 
 
-def debit(state: AccountState, amount: Decimal, ctx: EntryContext, entry_type: EntryType = EntryType.DEBIT) -> Change:
+def debit(
+    state: AccountState, amount: Decimal, ctx: EntryContext, entry_type: EntryType = EntryType.DEBIT
+) -> Change:
     """Spend ``amount`` across the grants active at ``ctx.now``; raises InsufficientCredits, changing nothing."""
     if amount <= 0:
         raise InvalidGrant("amount", "must be greater than 0")
@@ -146,7 +148,9 @@ def debit(state: AccountState, amount: Decimal, ctx: EntryContext, entry_type: E
     return _apply(state, entry, grants, closed=tuple(closed))
 
 
-def _close(state: AccountState, grant_id: str, status: GrantStatus, ctx: EntryContext, entry_type: EntryType) -> Change:
+def _close(
+    state: AccountState, grant_id: str, status: GrantStatus, ctx: EntryContext, entry_type: EntryType
+) -> Change:
     live = state.grants[grant_id]
     grants = {k: v for k, v in state.grants.items() if k != grant_id}
     entry = _entry(state, ctx, entry_type, -live.remaining, [Allocation(grant_id, live.remaining)])
@@ -171,7 +175,9 @@ def hold(state: AccountState, record: Grant, ctx: EntryContext) -> Change:
     if live.held:
         raise InvalidTransition(record.grant_id, "is already held")
     grants = {**state.grants, record.grant_id: replace(live, held=True)}
-    return _apply(state, _entry(state, ctx, EntryType.HOLD, ZERO, [Allocation(record.grant_id, live.remaining)]), grants)
+    return _apply(
+        state, _entry(state, ctx, EntryType.HOLD, ZERO, [Allocation(record.grant_id, live.remaining)]), grants
+    )
 
 
 def release(state: AccountState, record: Grant, ctx: EntryContext) -> Change:
@@ -209,7 +215,9 @@ def adjust(state: AccountState, amount: Decimal, ctx: EntryContext, grant_id: st
         raise InvalidGrant("amount", "must not be 0")
     if amount < 0:
         return debit(state, -amount, ctx, entry_type=EntryType.ADJUSTMENT)
-    spec = GrantSpec(grant_id=grant_id, amount=amount, source=Source("adjustment"), category=Category.PROMOTIONAL)
+    spec = GrantSpec(
+        grant_id=grant_id, amount=amount, source=Source("adjustment"), category=Category.PROMOTIONAL
+    )
     change = grant(state, spec, ctx)
     entry = replace(change.entries[0], type=EntryType.ADJUSTMENT)
     return replace(change, entries=(entry,))
