@@ -100,30 +100,32 @@ app = APIGatewayHttpResolver(
     response_validation_error_http_code=HTTPStatus.INTERNAL_SERVER_ERROR,
 )
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"description": description, "content": {"application/json": {"model": ErrorResponse}}}
-    for status, description in {
-        400: "malformed request (invalid_request)",
-        401: "missing, wrong or revoked API key (unauthorized)",
-        403: "the key lacks the scope or may not touch this account (forbidden)",
-        413: "body larger than 256 KB (payload_too_large)",
-        422: "invalid field (invalid_request); details name each field",
-        429: "too many concurrent writes on the account (rate_limited); retry after Retry-After",
-        500: "internal error; the message and X-Request-Id carry the request id",
-    }.items()
+_ERROR_STATUSES = {
+    400: "malformed request or cursor (invalid_request)",
+    401: "missing, wrong or revoked API key (unauthorized)",
+    402: "not enough credits; nothing was debited (insufficient_credits)",
+    403: "the key lacks the scope or may not touch this account (forbidden)",
+    404: "no such resource (not_found)",
+    409: "this id was used before with another body (idempotency_mismatch)",
+    413: "body larger than 256 KB (payload_too_large)",
+    415: "Content-Type is not application/json (invalid_request)",
+    422: "invalid field (invalid_request); details name each field",
+    429: "too many concurrent writes on the account (rate_limited); retry after Retry-After seconds",
+    500: "internal error; the message and X-Request-Id carry the request id (internal)",
 }
+_COMMON_ERRORS = (400, 401, 403, 413, 415, 422, 429, 500)
+REPLAY = " (200 with Idempotent-Replayed: true when the same id and body were sent before)"
 
 
-def _errors(*extra: int) -> dict[int | str, dict[str, Any]]:
-    extras = {
-        402: "not enough credits; nothing was debited (insufficient_credits)",
-        404: "no such resource (not_found)",
-        409: "this id was used before with another body (idempotency_mismatch)",
-    }
-    responses = dict(ERRORS)
-    for status in extra:
-        responses[status] = {
-            "description": extras[status],
+def _responses(status: int, description: str, model: type[Any] | None, *errors: int) -> dict[int, Any]:
+    """OpenAPI responses of a route: its success answer and every error it may give."""
+    success: dict[str, Any] = {"description": description}
+    if model is not None:
+        success["content"] = {"application/json": {"model": model}}
+    responses: dict[int, Any] = {status: success}
+    for code in sorted({*_COMMON_ERRORS, *errors}):
+        responses[code] = {
+            "description": _ERROR_STATUSES[code],
             "content": {"application/json": {"model": ErrorResponse}},
         }
     return responses
@@ -152,19 +154,34 @@ def _replayable(body: Any, replayed: bool) -> Response[Any]:
 
 
 # ---- routes ----------------------------------------------------------------------------------------------
-@app.get("/health", summary="Liveness", tags=["health"])
+@app.get(
+    "/health",
+    summary="Liveness",
+    tags=["health"],
+    responses={200: {"description": "up", "content": {"application/json": {"model": Health}}}},
+)
 def health() -> Health:
     return Health()
 
 
-@app.post("/v1/usage", summary="Report usage: debit it now", tags=["usage"], responses=_errors(402, 409))
+@app.post(
+    "/v1/usage",
+    summary="Report usage: debit it now",
+    tags=["usage"],
+    responses=_responses(201, "debited" + REPLAY, UsageResponse, 402, 409),
+)
 def post_usage(body: UsageRequest) -> Response[UsageResponse]:
     caller().require(Scope.USAGE_WRITE, body.customer)
     outcome = record_usage(ledger(), body)
     return _replayable(answer(outcome.entry), outcome.replayed)
 
 
-@app.post("/v1/usage/batch", summary="Report up to 100 usage events", tags=["usage"], responses=_errors())
+@app.post(
+    "/v1/usage/batch",
+    summary="Report up to 100 usage events",
+    tags=["usage"],
+    responses=_responses(200, "one result per event, in input order", UsageBatchResponse),
+)
 def post_usage_batch(body: UsageBatchRequest) -> UsageBatchResponse:
     principal = caller()
     principal.require(Scope.USAGE_WRITE)
@@ -174,13 +191,23 @@ def post_usage_batch(body: UsageBatchRequest) -> UsageBatchResponse:
     return UsageBatchResponse(results=results)
 
 
-@app.get("/v1/customers/<customer>/balance", summary="Balance", tags=["balance"], responses=_errors())
+@app.get(
+    "/v1/customers/<customer>/balance",
+    summary="Balance",
+    tags=["balance"],
+    responses=_responses(200, "the balance now", BalanceView),
+)
 def get_balance(customer: CustomerId) -> BalanceView:
     caller().require(Scope.BALANCE_READ, customer)
     return BalanceView.of(ledger().balance(customer))
 
 
-@app.get("/v1/customers/<customer>/grants", summary="List grants", tags=["balance"], responses=_errors())
+@app.get(
+    "/v1/customers/<customer>/grants",
+    summary="List grants",
+    tags=["balance"],
+    responses=_responses(200, "a page of grants, oldest first", GrantList),
+)
 def list_grants(
     customer: CustomerId,
     status: Annotated[StatusFilter, Query(description="one status, or all")] = "all",
@@ -200,7 +227,7 @@ def list_grants(
     "/v1/customers/<customer>/transactions",
     summary="Ledger entries, newest first",
     tags=["balance"],
-    responses=_errors(),
+    responses=_responses(200, "a page of ledger entries, newest first", TransactionList),
 )
 def list_transactions(
     customer: CustomerId,
@@ -217,7 +244,10 @@ def list_transactions(
 
 
 @app.post(
-    "/v1/customers/<customer>/grants", summary="Grant credits (admin)", tags=["admin"], responses=_errors(409)
+    "/v1/customers/<customer>/grants",
+    summary="Grant credits (admin)",
+    tags=["admin"],
+    responses=_responses(201, "granted" + REPLAY, GrantView, 409),
 )
 def create_grant(customer: CustomerId, body: GrantRequest) -> Response[GrantView]:
     principal = caller()
@@ -230,7 +260,7 @@ def create_grant(customer: CustomerId, body: GrantRequest) -> Response[GrantView
     "/v1/grants/<grant>/void",
     summary="Void what remains of a grant (admin)",
     tags=["admin"],
-    responses=_errors(404),
+    responses=_responses(200, "the grant after the void", GrantView, 404),
 )
 def void(grant: Annotated[str, Path(min_length=1, max_length=255)]) -> GrantView:
     principal = caller()
@@ -238,7 +268,12 @@ def void(grant: Annotated[str, Path(min_length=1, max_length=255)]) -> GrantView
     return GrantView.of(void_grant(ledger(), grant, voided_by=principal.key_id))
 
 
-@app.post("/v1/api-keys", summary="Create an API key (admin)", tags=["admin"], responses=_errors())
+@app.post(
+    "/v1/api-keys",
+    summary="Create an API key (admin)",
+    tags=["admin"],
+    responses=_responses(201, "the new key, shown only here", ApiKeyCreated),
+)
 def create_api_key(body: ApiKeyRequest) -> Response[ApiKeyCreated]:
     caller().require_unrestricted_admin()
     issued = key_service().issue(scopes_from(body.scopes), customers_from(body.customers), body.name)
@@ -247,7 +282,12 @@ def create_api_key(body: ApiKeyRequest) -> Response[ApiKeyCreated]:
     )
 
 
-@app.delete("/v1/api-keys/<id>", summary="Revoke an API key (admin)", tags=["admin"], responses=_errors(404))
+@app.delete(
+    "/v1/api-keys/<id>",
+    summary="Revoke an API key (admin)",
+    tags=["admin"],
+    responses=_responses(204, "revoked", None, 404),
+)
 def revoke_api_key(id: Annotated[str, Path(min_length=1, max_length=64)]) -> Response[None]:  # noqa: A002
     caller().require_unrestricted_admin()
     key_service().revoke(id)
@@ -366,6 +406,38 @@ def internal(exc: Exception) -> Response[Any]:
 
 def internal_error() -> Response[Any]:
     return error(500, "internal", f"internal error; request id {request_id()}")
+
+
+# ---- OpenAPI ---------------------------------------------------------------------------------------------
+def openapi_spec() -> str:
+    """The OpenAPI document generated from the routes and models (committed as docs/openapi.json)."""
+    from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
+
+    generated = app.get_openapi_json_schema(
+        title="Credits API",
+        version="1.0.0",
+        description="Credits ledger HTTP API (CONTRACT.md section 3). Amounts are exact decimals sent as "
+        'strings; times are UTC ISO 8601. Errors: {"error": {"code", "message", "details"?}}; every '
+        "response carries X-Request-Id.",
+        security_schemes={"apiKey": HTTPBearer(bearerFormat="ck_<key id>_<secret>")},
+        security=[{"apiKey": []}],
+    )
+    spec = json.loads(generated)
+    # Powertools documents its own 422/500 shapes; ours are the contract's error object.
+    error_schema = {"$ref": "#/components/schemas/ErrorResponse"}
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            for code in ("422", "500"):
+                operation["responses"][code] = {
+                    "description": _ERROR_STATUSES[int(code)],
+                    "content": {"application/json": {"schema": error_schema}},
+                }
+            if path == "/health":
+                operation["security"] = []
+                operation["responses"].pop("422")
+    for unused in ("HTTPValidationError", "ValidationError", "ResponseValidationError"):
+        spec["components"]["schemas"].pop(unused, None)
+    return json.dumps(spec, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 # ---- entry point -----------------------------------------------------------------------------------------
