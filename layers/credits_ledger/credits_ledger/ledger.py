@@ -23,6 +23,8 @@ from credits_ledger.domain.errors import (
     InsufficientCredits,
 )
 from credits_ledger.domain.models import AccountState, Balance, Change, Grant, GrantStatus, LedgerEntry
+from credits_ledger.domain.rollover import RolloverPolicy
+from credits_ledger.domain.rollover import expire_with_rollover as _expire_with_rollover
 from credits_ledger.domain.transitions import EntryContext, GrantSpec
 
 
@@ -117,6 +119,23 @@ class Ledger:
     def expire(self, grant_id: str, as_of: datetime) -> Outcome | None:
         """Expire what remains of a due grant; None when nothing remains (spent, voided or expired already)."""
         return self._on_grant(grant_id, f"expire:{grant_id}", transitions.expire, now=as_of)
+
+    def expire_with_rollover(
+        self,
+        grant_id: str,
+        as_of: datetime,
+        policy_for: Callable[[Grant], RolloverPolicy | None],
+        reference: str | None = None,
+    ) -> Outcome | None:
+        """``expire``, plus, when ``policy_for(grant)`` gives a policy, the ``rollover`` grant in the same
+        transaction (domain/rollover.py). Same idempotency key as ``expire``: either replays the other."""
+        return self._on_grant(
+            grant_id,
+            f"expire:{grant_id}",
+            lambda state, record, ctx: _expire_with_rollover(state, record, ctx, policy_for(record)),
+            now=as_of,
+            reference=reference,
+        )
 
     def void(self, grant_id: str, reference: str | None = None) -> Outcome | None:
         return self._on_grant(grant_id, f"void:{grant_id}", transitions.void, reference=reference)

@@ -1,0 +1,93 @@
+"""The project's own EventBridge bus (``EVENT_BUS_NAME``): every event has source ``credits``.
+
+Detail types published: ``credits.grant.expiring``, ``credits.ledger.entry``, ``credits.balance.low``,
+``credits.balance.depleted``, ``credits.reconciliation.mismatch`` (payloads in docs/expiry.md). EventBridge
+does not deduplicate, so every detail carries an id downstream can deduplicate on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from functools import cache
+from typing import Any
+
+import boto3
+
+from credits_ledger.dal.client import CLIENT_CONFIG
+from credits_ledger.dal.items import iso
+from credits_ledger.domain.errors import CreditsError
+from credits_ledger.domain.money import format_amount
+
+SOURCE = "credits"
+MAX_ENTRIES_PER_CALL = 10
+
+
+class PublishFailed(CreditsError):
+    """EventBridge refused some entries (FailedEntryCount > 0): the caller must retry them."""
+
+    def __init__(self, failures: list[dict[str, Any]]) -> None:
+        codes = sorted({str(f.get("ErrorCode")) for f in failures})
+        super().__init__(f"{len(failures)} event(s) not published: {', '.join(codes)}")
+        self.failures = failures
+
+
+@dataclass(frozen=True)
+class BusEvent:
+    detail_type: str
+    detail: dict[str, Any]
+    resources: tuple[str, ...] = field(default_factory=tuple)
+    time: datetime | None = None
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, Decimal):
+        return format_amount(value)
+    if isinstance(value, datetime):
+        return iso(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+@cache
+def events_client() -> Any:
+    return boto3.client("events", config=CLIENT_CONFIG)
+
+
+def bus_name() -> str:
+    return os.environ["EVENT_BUS_NAME"]
+
+
+class EventBus:
+    def __init__(self, client: Any | None = None, name: str | None = None) -> None:
+        self._client = client or events_client()
+        self._name = name or bus_name()
+
+    def publish(self, events: Sequence[BusEvent]) -> None:
+        """Put ``events`` on the bus, 10 per call; raises PublishFailed when any entry failed (the ones that
+        went through stay published: consumers deduplicate on the detail's id)."""
+        failures: list[dict[str, Any]] = []
+        for start in range(0, len(events), MAX_ENTRIES_PER_CALL):
+            chunk = events[start : start + MAX_ENTRIES_PER_CALL]
+            entries = [self._entry(e) for e in chunk]
+            response = self._client.put_events(Entries=entries)
+            if response.get("FailedEntryCount", 0):
+                failures.extend(r for r in response.get("Entries", []) if r.get("ErrorCode"))
+        if failures:
+            raise PublishFailed(failures)
+
+    def _entry(self, event: BusEvent) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "Source": SOURCE,
+            "DetailType": event.detail_type,
+            "Detail": json.dumps(event.detail, default=_json_default, separators=(",", ":")),
+            "EventBusName": self._name,
+        }
+        if event.resources:
+            entry["Resources"] = list(event.resources)
+        if event.time is not None:
+            entry["Time"] = event.time
+        return entry

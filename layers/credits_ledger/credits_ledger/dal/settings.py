@@ -1,0 +1,150 @@
+"""AccountSettingsRepository: per-account settings and alert state in DynamoDB.
+
+  account settings   pk=ACCOUNT#<account>  sk=SETTINGS
+
+Attributes: ``low_balance_threshold`` (admin override of ``[alerts] low_balance_threshold``; absent: the
+pricing default), ``updated_at``; and, written only by the ledger stream function, ``alert_available``: the
+available balance last seen in a different alert band (the memory that makes alerts fire on crossings only).
+The item lives in the account's partition but never carries ``account_id``/``seq``/``grant_id``, so it is in
+no GSI. Every write states its invariant as a condition and a failed one becomes a named error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from credits_ledger.dal import items as it
+from credits_ledger.dal.client import dynamodb_client, table_name
+from credits_ledger.domain.errors import CreditsError
+
+SETTINGS_SK = "SETTINGS"
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    account_id: str
+    low_balance_threshold: Decimal | None = None
+    updated_at: datetime | None = None
+    alert_available: Decimal | None = None
+
+
+class StaleSettingsWrite(CreditsError):
+    """A newer settings write (later ``updated_at``) is already stored: this older one is dropped."""
+
+    def __init__(self, current: AccountSettings) -> None:
+        super().__init__(f"settings of {current.account_id} were changed at {current.updated_at}")
+        self.current = current
+
+
+class AlertStateChanged(CreditsError):
+    """The stored alert state is not the one this decision was based on (a concurrent or replayed batch)."""
+
+    def __init__(self, current: AccountSettings) -> None:
+        super().__init__(f"alert state of {current.account_id} changed concurrently")
+        self.current = current
+
+
+def settings_key(account_id: str) -> dict[str, Any]:
+    return it.to_dynamo({"pk": f"ACCOUNT#{account_id}", "sk": SETTINGS_SK})
+
+
+def settings_from_item(account_id: str, item: it.Item | None) -> AccountSettings:
+    if not item:
+        return AccountSettings(account_id)
+    return AccountSettings(
+        account_id=account_id,
+        low_balance_threshold=item.get("low_balance_threshold"),
+        updated_at=it.parse_iso(item["updated_at"]) if item.get("updated_at") else None,
+        alert_available=item.get("alert_available"),
+    )
+
+
+class AccountSettingsRepository:
+    def __init__(self, client: Any | None = None, table: str | None = None) -> None:
+        self._client = client or dynamodb_client()
+        self._table = table or table_name()
+
+    def get(self, account_id: str, *, consistent: bool = True) -> AccountSettings:
+        response = self._client.get_item(
+            TableName=self._table, Key=settings_key(account_id), ConsistentRead=consistent
+        )
+        raw = response.get("Item")
+        return settings_from_item(account_id, it.from_dynamo(raw) if raw else None)
+
+    def get_many(self, account_ids: Iterable[str], *, consistent: bool = True) -> dict[str, AccountSettings]:
+        """Settings of several accounts in BatchGetItem calls (an account without an item gets defaults)."""
+        wanted = list(dict.fromkeys(account_ids))
+        found: dict[str, AccountSettings] = {a: AccountSettings(a) for a in wanted}
+        for start in range(0, len(wanted), 100):
+            keys = [settings_key(a) for a in wanted[start : start + 100]]
+            request: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": consistent}}
+            while request:
+                response = self._client.batch_get_item(RequestItems=request)
+                for raw in response["Responses"].get(self._table, []):
+                    item = it.from_dynamo(raw)
+                    account_id = item["pk"].removeprefix("ACCOUNT#")
+                    found[account_id] = settings_from_item(account_id, item)
+                request = response.get("UnprocessedKeys") or {}
+        return found
+
+    def put_threshold(self, account_id: str, threshold: Decimal | None, now: datetime) -> AccountSettings:
+        """Set (or, with None, clear) the account's low-balance threshold. Invariant: never overwrite a write
+        stamped later than ``now`` (last writer by time wins, whatever order the requests arrive in)."""
+        names = {"#u": "updated_at", "#a": "account"}
+        values: dict[str, Any] = {":now": {"S": it.iso(now)}, ":a": {"S": account_id}}
+        if threshold is None:
+            update = "SET #u = :now, #a = :a REMOVE low_balance_threshold"
+        else:
+            update = "SET #u = :now, #a = :a, low_balance_threshold = :t"
+            values[":t"] = {"N": str(threshold)}
+        try:
+            response = self._client.update_item(
+                TableName=self._table,
+                Key=settings_key(account_id),
+                UpdateExpression=update,
+                ConditionExpression="attribute_not_exists(#u) OR #u <= :now",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            raise StaleSettingsWrite(settings_from_item(account_id, _old_item(exc))) from exc
+        return settings_from_item(account_id, it.from_dynamo(response["Attributes"]))
+
+    def set_alert_available(self, account_id: str, available: Decimal, previous: Decimal | None) -> None:
+        """Remember ``available`` as the alert state. Invariant: the stored state is still ``previous`` (absent
+        when None), so two deciders never both raise the same crossing."""
+        values: dict[str, Any] = {":new": {"N": str(available)}, ":a": {"S": account_id}}
+        if previous is None:
+            condition = "attribute_not_exists(alert_available)"
+        else:
+            condition = "alert_available = :prev"
+            values[":prev"] = {"N": str(previous)}
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=settings_key(account_id),
+                UpdateExpression="SET alert_available = :new, #a = :a",
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#a": "account"},
+                ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            raise AlertStateChanged(settings_from_item(account_id, _old_item(exc))) from exc
+
+
+def _old_item(exc: ClientError) -> it.Item | None:
+    raw = exc.response.get("Item")
+    return it.from_dynamo(raw) if raw else None

@@ -1,0 +1,131 @@
+"""Reconciliation of one account: its state item against its ledger, incrementally from a checkpoint.
+
+Pure. The invariants (CONTRACT.md section 1): the balance on the account equals the sum of its ledger
+amounts and the sum of its live grants' remaining credits; ``version`` equals the number of entries (seq
+1..version, no gap, no duplicate); every entry's ``balance_after`` continues the running sum. A checkpoint
+(last verified seq and ledger sum) lets a run read only the entries written since the last clean check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from decimal import Decimal
+
+from credits_ledger.domain.models import AccountState, LedgerEntry
+from credits_ledger.domain.money import ZERO, format_amount
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The ledger of an account was verified up to ``seq`` (inclusive), where its amounts summed to ``total``."""
+
+    account_id: str
+    seq: int = 0
+    total: Decimal = ZERO
+    verified_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    account_id: str
+    version: int
+    balance: Decimal
+    ledger_sum: Decimal
+    grants_sum: Decimal
+    entries_read: int
+    problems: tuple[Problem, ...] = field(default_factory=tuple)
+    checkpoint: Checkpoint | None = None  # the next checkpoint, only when everything matched
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def detail(self) -> dict[str, object]:
+        return {
+            "account": self.account_id,
+            "version": self.version,
+            "balance": format_amount(self.balance),
+            "ledger_sum": format_amount(self.ledger_sum),
+            "grants_remaining_sum": format_amount(self.grants_sum),
+            "entries_read": self.entries_read,
+            "problems": [{"code": p.code, "message": p.message} for p in self.problems],
+        }
+
+
+def missing_tail(checkpoint: Checkpoint, state: AccountState, entries: Sequence[LedgerEntry]) -> bool:
+    """True when the entries end before ``state.version`` without any other gap: what a lagging index
+    (LedgerByAccount is eventually consistent) looks like, worth one more read before calling it a mismatch."""
+    expected = range(checkpoint.seq + 1, checkpoint.seq + 1 + len(entries))
+    return [e.seq for e in entries] == list(expected) and checkpoint.seq + len(entries) < state.version
+
+
+def reconcile(
+    state: AccountState, checkpoint: Checkpoint, entries: Sequence[LedgerEntry], now: datetime
+) -> Reconciliation:
+    """Check ``state`` against ``checkpoint`` plus ``entries`` (the entries with seq > checkpoint.seq and
+    <= state.version, in seq order)."""
+    problems: list[Problem] = []
+    running = checkpoint.total
+    expected_seq = checkpoint.seq + 1
+    for entry in entries:
+        if entry.seq != expected_seq:
+            problems.append(Problem("sequence", f"expected entry seq {expected_seq}, found {entry.seq}"))
+            expected_seq = entry.seq
+        running += entry.amount
+        if entry.balance_after != running:
+            problems.append(
+                Problem(
+                    "balance_after",
+                    f"entry {entry.entry_key} (seq {entry.seq}) says balance_after {format_amount(entry.balance_after)}"
+                    f", the ledger sums to {format_amount(running)}",
+                )
+            )
+            running = entry.balance_after  # report each break once, not every entry after it
+        expected_seq += 1
+    ledger_sum = checkpoint.total + sum((e.amount for e in entries), ZERO)
+    last_seq = checkpoint.seq + len(entries)
+    if last_seq != state.version or (entries and entries[-1].seq != state.version):
+        problems.append(
+            Problem("version", f"version is {state.version}, the ledger has entries up to {last_seq}")
+        )
+    if ledger_sum != state.ledger_balance:
+        problems.append(
+            Problem(
+                "ledger_sum",
+                f"balance is {format_amount(state.ledger_balance)}, the ledger sums to {format_amount(ledger_sum)}",
+            )
+        )
+    grants_sum = sum((g.remaining for g in state.grants.values()), ZERO)
+    if grants_sum != state.ledger_balance:
+        problems.append(
+            Problem(
+                "grants_sum",
+                f"balance is {format_amount(state.ledger_balance)}, live grants hold {format_amount(grants_sum)}",
+            )
+        )
+    negative = sorted(g.grant_id for g in state.grants.values() if g.remaining <= 0)
+    if negative:
+        problems.append(
+            Problem("grant_remaining", f"live grants with nothing remaining: {', '.join(negative)}")
+        )
+    result = Reconciliation(
+        account_id=state.account_id,
+        version=state.version,
+        balance=state.ledger_balance,
+        ledger_sum=ledger_sum,
+        grants_sum=grants_sum,
+        entries_read=len(entries),
+        problems=tuple(problems),
+    )
+    if problems:
+        return result
+    next_checkpoint = Checkpoint(state.account_id, seq=state.version, total=ledger_sum, verified_at=now)
+    return replace(result, checkpoint=next_checkpoint)
