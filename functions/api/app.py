@@ -386,8 +386,13 @@ def invalid_request(exc: RequestValidationError) -> Response[Any]:
             [ErrorDetail(field="body", message="is not valid JSON")],
         )
     details = [ErrorDetail(field=_field(e.get("loc", ())), message=message_of(e)) for e in errors]
+    # A cursor is opaque: one the API did not hand out is a bad request (400), not an invalid field (422).
+    status = 400 if any(d.field == "cursor" for d in details) else 422
     return error(
-        422, "invalid_request", f"{details[0].field}: {details[0].message}" if details else "invalid", details
+        status,
+        "invalid_request",
+        f"{details[0].field}: {details[0].message}" if details else "invalid",
+        details,
     )
 
 

@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_api_support import NO_KEY, Api, api  # noqa: F401
+from tests.integration.test_api_support import NO_KEY, Api
+
+pytest_plugins = ["tests.integration.test_api_support"]
 
 
 def test_usage_debits_quantity_times_rate_now(api: Api) -> None:
