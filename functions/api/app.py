@@ -8,6 +8,7 @@ also the log correlation id.
 
 from __future__ import annotations
 
+import binascii
 import json
 import uuid
 from decimal import Decimal
@@ -370,21 +371,35 @@ def unsupported_type(exc: RequestUnsupportedContentType) -> Response[Any]:
     return error(415, "invalid_request", "Content-Type must be application/json")
 
 
-@app.exception_handler(RequestValidationError)
-def invalid_request(exc: RequestValidationError) -> Response[Any]:
-    # Validation runs before the route: check the key first so that callers without one learn nothing more.
+def _unauthenticated() -> Response[Any] | None:
+    """Validation runs before the route: check the key first, so callers without one learn nothing more."""
     try:
         caller()
     except Unauthorized as denied:
         return unauthorized(denied)
+    return None
+
+
+def _bad_body(message: str) -> Response[Any]:
+    return _unauthenticated() or error(
+        400, "invalid_request", f"the body {message}", [ErrorDetail(field="body", message=message)]
+    )
+
+
+@app.exception_handler([UnicodeDecodeError, binascii.Error])
+def undecodable(exc: ValueError) -> Response[Any]:
+    # Raised by Powertools while decoding the body (base64, then UTF-8), before any route code runs.
+    return _bad_body("is not valid base64-encoded UTF-8")
+
+
+@app.exception_handler(RequestValidationError)
+def invalid_request(exc: RequestValidationError) -> Response[Any]:
+    denied = _unauthenticated()
+    if denied is not None:
+        return denied
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
-        return error(
-            400,
-            "invalid_request",
-            "the body is not valid JSON",
-            [ErrorDetail(field="body", message="is not valid JSON")],
-        )
+        return _bad_body("is not valid JSON")
     details = [ErrorDetail(field=_field(e.get("loc", ())), message=message_of(e)) for e in errors]
     # A cursor is opaque: one the API did not hand out is a bad request (400), not an invalid field (422).
     status = 400 if any(d.field == "cursor" for d in details) else 422

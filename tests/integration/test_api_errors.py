@@ -1,0 +1,155 @@
+"""Error handling through the handler: the contract's error shape for every status, X-Request-Id on every
+response, no internal detail in any body, 5xx logged with the request id."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from credits_ledger.domain.errors import ConcurrencyConflict
+from tests.integration.test_api_support import EVENTS, NO_KEY, Api, load_event
+
+pytest_plugins = ["tests.integration.test_api_support"]
+
+SAMPLES = sorted(p.stem for p in Path(EVENTS).glob("*.json"))
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_every_sample_event_answers_with_its_request_id(api: Api, name: str) -> None:
+    event = load_event(name)
+    reply = api.invoke(event)
+    assert reply.status < 500, reply.raw
+    assert reply.headers["x-request-id"] == event["requestContext"]["requestId"]
+    assert reply.headers["cache-control"] == "no-store"
+
+
+def test_health_needs_no_key(api: Api) -> None:
+    reply = api.call("health", key=NO_KEY)
+    assert reply.status == 200
+    assert reply.body == {"status": "ok"}
+
+
+def test_a_body_over_256_kb_is_413(api: Api) -> None:
+    api.grant("cus_A", "5")
+    body = {
+        "id": "big",
+        "customer": "cus_A",
+        "meter": "api_call",
+        "quantity": 1,
+        "metadata": {"x": "y" * 300_000},
+    }
+    reply = api.call("usage", body=body)
+    assert reply.status == 413
+    assert reply.error["code"] == "payload_too_large"
+    assert api.available("cus_A") == "5"
+
+
+@pytest.mark.parametrize(
+    "raw", ["{", "not json", '{"id": "x",}', "[" * 100_000, '{"quantity": ' + "9" * 5000 + "}"]
+)
+def test_malformed_json_is_400(api: Api, raw: str) -> None:
+    reply = api.call("usage", raw_body=raw)
+    assert reply.status == 400
+    assert reply.error["code"] == "invalid_request"
+    assert reply.fields() == ["body"]
+
+
+def test_malformed_json_without_a_key_is_401(api: Api) -> None:
+    assert api.call("usage", key=NO_KEY, raw_body="{").status == 401
+
+
+def test_a_base64_encoded_body_is_read(api: Api) -> None:
+    api.grant("cus_A", "5")
+    event = api.event("usage", body={"id": "b64", "customer": "cus_A", "meter": "api_call", "quantity": 2})
+    event["body"] = base64.b64encode(event["body"].encode()).decode()
+    event["isBase64Encoded"] = True
+    assert api.invoke(event).status == 201
+    assert api.available("cus_A") == "3"
+
+
+def test_a_body_that_is_not_utf8_is_rejected_without_a_5xx(api: Api) -> None:
+    event = api.event("usage")
+    event["body"] = base64.b64encode(b"\xff\xfe{").decode()
+    event["isBase64Encoded"] = True
+    reply = api.invoke(event)
+    assert reply.status == 400
+    assert reply.error["code"] == "invalid_request"
+
+
+def test_another_content_type_is_415(api: Api) -> None:
+    reply = api.call("usage", headers={"content-type": "text/plain"})
+    assert reply.status == 415
+    assert reply.error["code"] == "invalid_request"
+
+
+def test_an_unknown_route_is_404_in_the_contract_shape(api: Api) -> None:
+    reply = api.call("health", path="/v1/nothing-here")
+    assert reply.status == 404
+    assert reply.error["code"] == "not_found"
+
+
+def test_too_many_concurrent_writers_is_429_with_retry_after(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api.grant("cus_A", "5")
+
+    def give_up(*args: Any, **kwargs: Any) -> Any:
+        raise ConcurrencyConflict("account cus_A: gave up after 60 conflicting writes")
+
+    monkeypatch.setattr(api.module.ledger(), "debit_many", give_up)
+    reply = api.usage()
+    assert reply.status == 429
+    assert reply.error["code"] == "rate_limited"
+    assert reply.headers["retry-after"] == "1"
+    assert "60" not in reply.error["message"]
+
+
+@pytest.fixture
+def log_lines(api: Api) -> Iterator[io.StringIO]:
+    """What the function logs, as Powertools formats it (JSON lines)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(api.module.logger.registered_formatter)
+    target = logging.getLogger(api.module.logger.name)
+    target.addHandler(handler)
+    yield stream
+    target.removeHandler(handler)
+
+
+def test_an_unexpected_error_is_500_with_the_request_id_and_no_detail(
+    api: Api, monkeypatch: pytest.MonkeyPatch, log_lines: io.StringIO
+) -> None:
+    # Given a data layer that fails in an unexpected way
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret internal detail at /var/task/credits_ledger/dal/accounts.py")
+
+    monkeypatch.setattr(api.module.ledger(), "balance", broken)
+    # When the balance is read
+    event = api.event("balance")
+    reply = api.invoke(event)
+    # Then 500 internal, naming the request id but nothing internal
+    request_id = event["requestContext"]["requestId"]
+    assert reply.status == 500
+    assert reply.error == {"code": "internal", "message": f"internal error; request id {request_id}"}
+    assert reply.headers["x-request-id"] == request_id
+    assert "secret" not in reply.raw["body"] and "Traceback" not in reply.raw["body"]
+    # And the log has the exception with that request id as correlation id
+    logged = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    errors = [entry for entry in logged if entry.get("level") == "ERROR"]
+    assert errors and errors[-1]["correlation_id"] == request_id
+    assert "secret internal detail" in errors[-1]["exception"]
+
+
+def test_an_event_without_a_request_id_still_gets_one(api: Api) -> None:
+    event = api.event("health")
+    del event["requestContext"]["requestId"]
+    reply = api.invoke(event)
+    assert reply.status == 200
+    assert len(reply.headers["x-request-id"]) == 36

@@ -1,0 +1,181 @@
+"""API keys through the handler: issued once, stored as a hash, scoped, revoked at once; bootstrap key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import boto3
+import pytest
+
+from credits_ledger.auth import Unauthorized
+from credits_ledger.keys import CACHE_SECONDS, KeyService
+from tests.integration.test_api_support import NO_KEY, Api
+
+pytest_plugins = ["tests.integration.test_api_support"]
+
+
+def _table_items(api: Api) -> list[dict[str, Any]]:
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    return client.scan(TableName=api.module.ledger().repository._table)["Items"]
+
+
+def test_sample_key_creation_returns_the_key_once_and_stores_only_its_hash(api: Api) -> None:
+    # When the sample key is created
+    reply = api.call("api_key_create")
+    # Then the answer shows the key, in our format, with what was asked
+    assert reply.status == 201
+    body = reply.body
+    key = body["key"]
+    assert key.startswith(f"ck_{body['id']}_") and len(key) > 50
+    assert body["scopes"] == ["balance:read", "usage:write"]
+    assert body["customers"] == ["cus_NffrFeUfNV2Hib"]
+    assert body["name"] == "search backend"
+    assert body["created_at"].endswith("Z")
+    # And the table holds its hash, never the key
+    dump = json.dumps(_table_items(api))
+    assert key not in dump
+    assert key.split("_", 2)[2] not in dump
+    assert hashlib.sha256(key.encode()).hexdigest() in dump
+
+
+def test_a_new_key_works_within_its_scopes_and_accounts(api: Api) -> None:
+    api.grant("cus_A", "10")
+    key = api.issue_key(["usage:write"], customers=["cus_A"])
+    assert api.usage(key=key).status == 201
+    assert api.usage(key=key, id="e2", customer="cus_B").status == 403
+    assert api.balance("cus_A", key=key).status == 403  # no balance:read
+    assert api.available("cus_A") == "9"
+
+
+def test_an_admin_key_issued_by_the_api_can_do_everything(api: Api) -> None:
+    admin = api.issue_key(["admin"])
+    assert api.grant("cus_A", "3", key=admin).status == 201
+    assert api.usage(key=admin).status == 201
+    assert api.balance("cus_A", key=admin).body["available"] == "2"
+    assert api.call("api_key_create", key=admin).status == 201
+
+
+def test_revoking_a_key_stops_it_at_once(api: Api) -> None:
+    # Given a key that was just used (so it is in the verification cache)
+    api.grant("cus_A", "10")
+    created = api.call("api_key_create", body={"scopes": ["balance:read"]}).body
+    assert api.balance("cus_A", key=created["key"]).status == 200
+    # When it is revoked
+    reply = api.call("api_key_revoke", path=f"/v1/api-keys/{created['id']}")
+    # Then 204, and the key is refused at once
+    assert reply.status == 204
+    assert reply.body is None
+    denied = api.balance("cus_A", key=created["key"])
+    assert denied.status == 401
+    assert denied.error["code"] == "unauthorized"
+    # And revoking it again is still 204
+    assert api.call("api_key_revoke", path=f"/v1/api-keys/{created['id']}").status == 204
+
+
+def test_revoking_an_unknown_key_is_404(api: Api) -> None:
+    reply = api.call("api_key_revoke")
+    assert reply.status == 404
+    assert reply.error["code"] == "not_found"
+
+
+def test_a_revocation_elsewhere_is_seen_within_the_cache_time(api: Api) -> None:
+    # Given a key verified by one Lambda instance (with a controllable clock)
+    key = api.issue_key(["balance:read"])
+    now = [1000.0]
+    service = KeyService(
+        api.module.key_service().repository, bootstrap=lambda: None, monotonic=lambda: now[0]
+    )
+    assert service.verify(key).key_id == key.split("_")[1]
+    # When another instance revokes it
+    api.call("api_key_revoke", path=f"/v1/api-keys/{key.split('_')[1]}")
+    # Then this instance may still accept it for at most CACHE_SECONDS, and refuses it after
+    now[0] += CACHE_SECONDS - 0.1
+    assert service.verify(key).key_id == key.split("_")[1]
+    now[0] += 0.2
+    with pytest.raises(Unauthorized):
+        service.verify(key)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "Bearer",
+        "Basic bG9jYWw6a2V5",
+        "Bearer wrong-key",
+        "Bearer ck_0123456789abcdef_notarealsecretnotarealsecretnotarealsecret0",
+        "Bearer ck_zz_x",
+    ],
+)
+def test_missing_or_wrong_keys_are_401(api: Api, authorization: str | None) -> None:
+    api.grant("cus_A", "5")
+    event = api.event("balance", key=NO_KEY, path="/v1/customers/cus_A/balance")
+    if authorization is not None:
+        event["headers"]["authorization"] = authorization
+    reply = api.invoke(event)
+    assert reply.status == 401
+    assert reply.error["code"] == "unauthorized"
+
+
+def test_a_key_with_a_right_id_and_a_wrong_secret_is_401(api: Api) -> None:
+    key = api.issue_key(["balance:read"])
+    forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    assert api.balance("cus_A", key=forged).status == 401
+
+
+def test_bearer_scheme_is_case_insensitive(api: Api) -> None:
+    event = api.event("balance")
+    event["headers"]["authorization"] = "bearer local-admin-key"
+    assert api.invoke(event).status == 200
+
+
+def test_keys_are_managed_only_by_unrestricted_admin_keys(api: Api) -> None:
+    usage_key = api.issue_key(["usage:write", "balance:read"])
+    limited = api.issue_key(["usage:write"], customers=["cus_A"])
+    assert api.call("api_key_create", key=usage_key).status == 403
+    assert api.call("api_key_create", key=limited).status == 403
+    victim = api.call("api_key_create", body={"scopes": ["balance:read"]}).body["id"]
+    assert api.call("api_key_revoke", key=limited, path=f"/v1/api-keys/{victim}").status == 403
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"scopes": []}, "scopes"),
+        ({"scopes": ["root"]}, "scopes.0"),
+        ({"scopes": ["admin"], "customers": ["cus_A"]}, "customers"),
+        ({"scopes": ["usage:write"], "customers": []}, "customers"),
+        ({}, "scopes"),
+    ],
+)
+def test_invalid_key_requests_are_422(api: Api, body: dict[str, Any], field: str) -> None:
+    reply = api.call("api_key_create", body=body)
+    assert reply.status == 422
+    assert field in reply.fields()
+
+
+def test_bootstrap_admin_key_from_an_ssm_securestring(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the bootstrap key in SSM (as in AWS) and not in the environment
+    from aws_lambda_powertools.utilities import parameters
+
+    boto3.client("ssm", region_name="us-east-1").put_parameter(
+        Name="/credits/admin-api-key", Value="ssm-admin-key-0123456789", Type="SecureString"
+    )
+    monkeypatch.delenv("CREDITS_ADMIN_KEY")
+    monkeypatch.setenv("ADMIN_KEY_PARAMETER", "/credits/admin-api-key")
+    parameters.clear_caches()
+    api.module.key_service.cache_clear()
+    try:
+        # Then that key is an admin key, and the local one is not
+        assert api.grant("cus_A", "5", key="ssm-admin-key-0123456789").status == 201
+        assert api.balance("cus_A", key="local-admin-key").status == 401
+    finally:
+        parameters.clear_caches()
+
+
+def test_without_a_bootstrap_key_only_issued_keys_work(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CREDITS_ADMIN_KEY")
+    assert api.balance("cus_A").status == 401
