@@ -6,6 +6,9 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
 SCALE = Decimal("0.000001")
 MAX_FRACTION_DIGITS = 6
+# 18 integer + 6 fractional digits stay inside Decimal's default 28-digit context (and DynamoDB's 38), so
+# arithmetic on amounts is exact; nobody sells 10^18 credits.
+MAX_INTEGER_DIGITS = 18
 ZERO = Decimal(0)
 
 
@@ -27,6 +30,8 @@ def parse_amount(value: object) -> Decimal:
         raise InvalidAmount("is not a decimal number") from exc
     if not isinstance(amount, Decimal) or not amount.is_finite():
         raise InvalidAmount("is not a finite decimal number")
+    if amount != 0 and amount.adjusted() >= MAX_INTEGER_DIGITS:
+        raise InvalidAmount(f"is too large (at most {MAX_INTEGER_DIGITS} integer digits)")
     exponent = amount.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -MAX_FRACTION_DIGITS and amount != amount.quantize(SCALE):
         raise InvalidAmount(f"has more than {MAX_FRACTION_DIGITS} fractional digits")
