@@ -484,6 +484,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             "body": json.dumps(body),
             "isBase64Encoded": False,
         }
+    response["statusCode"] = int(response["statusCode"])
     headers = response.setdefault("headers", {})
     headers["X-Request-Id"] = rid
     headers.setdefault("Cache-Control", "no-store")

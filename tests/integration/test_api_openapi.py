@@ -1,0 +1,57 @@
+"""The committed OpenAPI spec, the template's routes, the sample events and the code agree."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.integration.test_api_support import EVENTS, load_event
+from tests.support.tables import load_template
+from tools.gen_openapi import SPEC, render
+
+
+def _template_routes() -> set[tuple[str, str]]:
+    events = load_template()["Resources"]["ApiFunction"]["Properties"]["Events"]
+    return {(e["Properties"]["Method"].upper(), e["Properties"]["Path"]) for e in events.values()}
+
+
+def _spec_routes(spec: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(method.upper(), path) for path, ops in spec["paths"].items() for method in ops}
+
+
+def test_committed_spec_matches_the_code() -> None:
+    # Regenerate with: python tools/gen_openapi.py
+    assert SPEC.read_text(encoding="utf-8") == render(), (
+        "docs/openapi.json is stale: run tools/gen_openapi.py"
+    )
+
+
+def test_template_declares_exactly_the_routes_of_the_spec() -> None:
+    spec = json.loads(SPEC.read_text(encoding="utf-8"))
+    assert _template_routes() == _spec_routes(spec)
+    assert ("POST", "/v1/webhooks/stripe") not in _template_routes()
+
+
+def test_there_is_a_sample_event_for_every_route() -> None:
+    keys = {tuple(load_event(p.stem)["routeKey"].split(" ", 1)) for p in EVENTS.glob("*.json")}
+    assert keys == _template_routes()
+
+
+def test_every_route_but_health_requires_the_api_key() -> None:
+    spec = json.loads(SPEC.read_text(encoding="utf-8"))
+    assert spec["security"] == [{"apiKey": []}]
+    public = {path for path, ops in spec["paths"].items() for op in ops.values() if op.get("security") == []}
+    assert public == {"/health"}
+
+
+def test_every_error_response_is_the_contract_error_object() -> None:
+    spec = json.loads(SPEC.read_text(encoding="utf-8"))
+    for ops in spec["paths"].values():
+        for op in ops.values():
+            for status, response in op["responses"].items():
+                if int(status) >= 400:
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (
+                        status,
+                        op["operationId"],
+                    )
