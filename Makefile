@@ -1,6 +1,8 @@
 # Build / test tooling for the credits ledger (AWS SAM + Lambda + DynamoDB).
 #
-#   make test       everything CI runs: venvs, DynamoDB Local, lint, types, cfn-lint, sam validate, pytest
+#   make test       everything CI runs: venvs, DynamoDB Local, lint, types, cfn-lint (+ custom rules), sam validate,
+#                   sam build, pytest
+#   make build      `sam build` (python3.13, arm64, no Docker) into .aws-sam/build, then the package sizes
 #   make pytest PYTEST_ARGS='-k ledger -x'
 #
 # Environments (each rebuilt only when its pin files change, tracked by a stamp file):
@@ -35,14 +37,28 @@ TEMPLATE    ?= template.yaml
 LINT_PATHS   = $(wildcard layers functions tests tools)
 PYTEST_ARGS ?=
 
+# `sam build` (BuildMethod python3.13) looks for an executable named python3.13 on PATH and needs it to run:
+# the first directory holding a working 3.13 (the pyenv shim on PATH may exist but fail).
+# Override with `make build SAM_PYTHON_DIR=/path/to/bin`.
+ifeq ($(origin SAM_PYTHON_DIR),undefined)
+SAM_PYTHON_DIR := $(shell for p in $$(command -v python3.13 2>/dev/null) /root/.pyenv/versions/3.13*/bin/python3.13 \
+	  "$$HOME"/.pyenv/versions/3.13*/bin/python3.13 /usr/local/bin/python3.13 /usr/bin/python3.13; do \
+	  if "$$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' >/dev/null 2>&1; then \
+	    dirname "$$p"; break; fi; done)
+endif
+SAM_BUILD_DIR := .aws-sam/build
+CFN_LINT_RULES := tools/cfnlint_rules
+
 # sam / cfn-lint run offline: no credentials, fixed region, no telemetry.
 AWS_OFFLINE_ENV := env -u AWS_PROFILE SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1 \
 	AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN=testing
 
-.PHONY: help venv tools node_modules lint format typecheck cfn-lint sam-validate pytest test bench dev clean
+.PHONY: help venv tools node_modules lint format typecheck cfn-lint sam-validate sam-build build package-sizes \
+	pytest test bench dev clean
 
 help:
-	@echo "targets: venv tools node_modules lint format typecheck cfn-lint sam-validate pytest test bench dev clean"
+	@echo "targets: venv tools node_modules lint format typecheck cfn-lint sam-validate sam-build build package-sizes"
+	@echo "         pytest test bench dev clean"
 	@echo "python:  $(or $(PYTHON),<none found>)"
 
 # ---------------------------------------------------------------------------------------------------------
@@ -88,7 +104,8 @@ typecheck: $(VENV_STAMP)
 
 cfn-lint: $(TOOLS_STAMP)
 	@if [ ! -f "$(TEMPLATE)" ]; then echo ">> cfn-lint: no $(TEMPLATE) yet, skipped"; exit 0; fi; \
-	$(AWS_OFFLINE_ENV) $(TOOLS_VENV)/bin/cfn-lint $(TEMPLATE) && echo ">> cfn-lint $(TEMPLATE): ok"
+	$(AWS_OFFLINE_ENV) $(TOOLS_VENV)/bin/cfn-lint --append-rules $(CFN_LINT_RULES) -- $(TEMPLATE) \
+	  && echo ">> cfn-lint $(TEMPLATE) (with the custom rules of $(CFN_LINT_RULES)): ok"
 
 sam-validate: $(TOOLS_STAMP)
 	@if [ ! -f "$(TEMPLATE)" ]; then echo ">> sam validate: no $(TEMPLATE) yet, skipped"; exit 0; fi; \
@@ -97,7 +114,38 @@ sam-validate: $(TOOLS_STAMP)
 pytest: $(VENV_STAMP) $(NODE_STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-test: venv tools node_modules lint typecheck cfn-lint sam-validate pytest
+# No Docker: pip fetches manylinux aarch64 wheels for the layer's pins (PyPI must be reachable, or pip's cache
+# warm). --cached skips unchanged code (the source hash follows symlinks, so config/pricing.toml counts).
+# Then: drop what Lambda never imports (bytecode caches, packaged test suites, the layer's requirements.txt)
+# and check that the pricing file is inside the layer (credits_ledger.pricing.pricing_path()).
+sam-build: $(TOOLS_STAMP)
+	@test -n "$(SAM_PYTHON_DIR)" || { echo "error: sam build needs a working python3.13 (none found on PATH or \
+	under ~/.pyenv/versions/3.13*); set SAM_PYTHON_DIR=/dir/with/python3.13" >&2; exit 1; }
+	@echo ">> sam build with $$($(SAM_PYTHON_DIR)/python3.13 --version) from $(SAM_PYTHON_DIR)"
+	$(AWS_OFFLINE_ENV) PATH="$(abspath $(SAM_PYTHON_DIR)):$$PATH" \
+	  $(TOOLS_VENV)/bin/sam build --cached --parallel --template-file $(TEMPLATE) --build-dir $(SAM_BUILD_DIR)
+	find $(SAM_BUILD_DIR) -depth \( -name __pycache__ -o -name '*.pyc' \
+	  -o \( -path '*/python/*' -name tests -type d \) \) -exec rm -rf {} +
+	rm -f $(SAM_BUILD_DIR)/*/python/requirements.txt $(SAM_BUILD_DIR)/*/requirements.txt
+	test -f $(SAM_BUILD_DIR)/CreditsLedgerLayer/python/credits_ledger/config/pricing.toml
+	@echo ">> sam build: ok ($(SAM_BUILD_DIR); pricing file in the layer)"
+
+# What each artifact weighs zipped (deflate, as `sam deploy` uploads it) and unzipped (Lambda's 250 MB limit
+# counts a function and its layers unzipped).
+package-sizes:
+	@test -d $(SAM_BUILD_DIR) || { echo "error: no $(SAM_BUILD_DIR); run make build" >&2; exit 1; }
+	@tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	for dir in $(SAM_BUILD_DIR)/*/; do \
+	  name="$$(basename "$$dir")"; \
+	  (cd "$$dir" && $(PYTHON) -m zipfile -c "$$tmp/$$name.zip" *); \
+	  zipped="$$(stat -c %s "$$tmp/$$name.zip")"; unzipped="$$(du -sb "$$dir" | cut -f1)"; \
+	  awk -v n="$$name" -v z="$$zipped" -v u="$$unzipped" \
+	    'BEGIN { printf "%-28s zip %8.1f KB   unzipped %8.1f KB\n", n, z / 1024, u / 1024 }'; \
+	done
+
+build: sam-build package-sizes
+
+test: venv tools node_modules lint typecheck cfn-lint sam-validate sam-build pytest
 
 # ---------------------------------------------------------------------------------------------------------
 # tools/bench.py and credits_ledger/local.py are written by the application side.
