@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.integration.test_api_support import EVENTS, load_event
+import pytest
+
+from tests.integration.test_api_support import EVENTS, ROOT, load_event
 from tests.support.tables import load_template
 from tools.gen_openapi import SPEC, render
 
@@ -55,3 +57,20 @@ def test_every_error_response_is_the_contract_error_object() -> None:
                         status,
                         op["operationId"],
                     )
+
+
+def test_the_function_package_ships_the_pricing_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the function's code root as working directory (Lambda's /var/task) and no CREDITS_PRICING_FILE
+    from credits_ledger.pricing import load_pricing, pricing_path
+
+    shipped = ROOT / "functions" / "api" / "config" / "pricing.toml"
+    assert shipped.read_bytes() == (ROOT / "config" / "pricing.toml").read_bytes()
+    monkeypatch.delenv("CREDITS_PRICING_FILE", raising=False)
+    monkeypatch.chdir(ROOT / "functions" / "api")
+    # Then load_pricing finds the shipped copy and its meters
+    load_pricing.cache_clear()
+    try:
+        assert pricing_path().resolve() == shipped.resolve()
+        assert {"api_call", "storage_gb_hour"} <= set(load_pricing().meters)
+    finally:
+        load_pricing.cache_clear()
