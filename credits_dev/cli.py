@@ -225,7 +225,7 @@ def render_grants(grants: list[dict[str, Any]]) -> str:
                 g.get("priority"),
                 short_time(g.get("effective_at")),
                 short_time(g.get("expires_at")) or "never",
-                f"{source.get('type')}{':' + source['id'] if source.get('id') else ''}",
+                f"{source.get('type')}{':' + _short(source['id']) if source.get('id') else ''}",
             ]
         )
     return render_table(
@@ -233,6 +233,10 @@ def render_grants(grants: list[dict[str, Any]]) -> str:
         rows,
         right=(2, 3, 5),
     )
+
+
+def _short(value: str, width: int = 24) -> str:
+    return value if len(value) <= width else value[: width - 1] + "…"
 
 
 def render_transactions(entries: list[dict[str, Any]]) -> str:

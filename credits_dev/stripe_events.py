@@ -366,6 +366,46 @@ def invoice(options: EventOptions, now: int) -> dict[str, Any]:
 
 
 # ---- events ----------------------------------------------------------------------------------------------
+_PLACEHOLDER_TIME = 1234567890
+_PLACEHOLDER_STRINGS = {
+    "obj_123",
+    "message",
+    "name",
+    "type",
+    "status",
+    "flow",
+    "client_secret",
+    "invoice",
+    "invoice_item",
+    "subscription",
+    "subscription_item",
+    "quote",
+    "invoice_line_items",
+}
+
+
+def scrub(value: Any, now: int, currency: str) -> Any:
+    """Replace what is left of stripe-mock's placeholders (after the builders set the fields that matter):
+    timestamp 1234567890 -> now, ``"currency": "currency"`` -> the currency, placeholder strings -> null."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key == "currency" and item == "currency":
+                out[key] = currency
+            elif key == "object" or key == "type":
+                out[key] = item if item != "type" else None
+            else:
+                out[key] = scrub(item, now, currency)
+        return out
+    if isinstance(value, list):
+        return [scrub(item, now, currency) for item in value]
+    if value == _PLACEHOLDER_TIME and isinstance(value, int):
+        return now
+    if isinstance(value, str) and value in _PLACEHOLDER_STRINGS:
+        return None
+    return value
+
+
 def build_event(event_type: str, options: EventOptions) -> dict[str, Any]:
     """A Stripe ``event`` of ``event_type`` as Stripe would deliver it to a webhook endpoint."""
     now = options.created or int(time.time())
@@ -387,6 +427,7 @@ def build_event(event_type: str, options: EventOptions) -> dict[str, Any]:
         )
     import stripe
 
+    obj = scrub(obj, now, options.currency)
     envelope = load_fixture("event")
     envelope.update(
         id=options.event_id or stripe_id("evt"),

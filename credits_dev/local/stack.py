@@ -22,7 +22,7 @@ from credits_dev.local.engine import Engine, choose_engine, dynamodb_client
 from credits_dev.local.runtime import FunctionRuntime
 from credits_dev.local.schedules import Scheduler
 from credits_dev.local.server import LocalServer
-from credits_dev.local.streams import BatchFailed, StreamPoller
+from credits_dev.local.streams import BatchFailed, Checkpoints, StreamPoller
 from credits_dev.local.tables import ensure_tables
 from credits_dev.local.template import REGION, Function, LocalNames, StackModel, load_stack, read_tables
 
@@ -167,6 +167,7 @@ class LocalStack:
         self.router = Router(self.model.routes())
         failures = self.runtime.preload()
         # 4. event sources
+        checkpoints = Checkpoints(s.state_dir / "streams.json")
         for fn in self.model.functions.values():
             for rule in fn.event_rules:
                 self.bus.subscribe(
@@ -188,6 +189,7 @@ class LocalStack:
                     dynamodb_client(self.engine.endpoint),
                     self._stream_invoke,
                     self.log,
+                    checkpoints,
                 )
                 poller.start()
                 self.pollers.append(poller)

@@ -2,8 +2,10 @@
 event source reads the table's stream from the local engine and invokes the function with batches in the
 shape Lambda's event source mapping sends (``{"Records": [...]}``).
 
-* Start: shards seen for the first time start at ``LATEST`` when the stack starts (what was written while
-  the stack was down is not replayed), shards created later at ``TRIM_HORIZON``.
+* Position: like an event source mapping, each poller remembers how far it got, per stream and shard, in
+  ``<state dir>/streams.json``, so a restart resumes after the last delivered record (what was written
+  while the stack was down is delivered then). A stream it never read starts at the template's
+  ``StartingPosition`` (``TRIM_HORIZON`` or ``LATEST``); shards that appear later start at their beginning.
 * ``FilterCriteria`` patterns are applied (records that match no filter are dropped, as in AWS).
 * A failed batch (the function raised) is retried with a growing pause, at most ``MaximumRetryAttempts``
   times (AWS's default, -1, retries until it works: so does this), then skipped with a log line.
@@ -13,8 +15,10 @@ shape Lambda's event source mapping sends (``{"Records": [...]}``).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from credits_dev.local.patterns import matches
@@ -58,6 +62,38 @@ def _jsonable_record(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class Checkpoints:
+    """``{poller label: {stream ARN: {shard id: last delivered sequence number}}}`` in a JSON file."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.data: dict[str, dict[str, dict[str, str]]] = {}
+        if path is not None and path.is_file():
+            try:
+                self.data = json.loads(path.read_text())
+            except ValueError:
+                self.data = {}
+
+    def get(self, label: str, arn: str, shard: str) -> str | None:
+        with self.lock:
+            return self.data.get(label, {}).get(arn, {}).get(shard)
+
+    def known(self, label: str, arn: str) -> bool:
+        with self.lock:
+            return arn in self.data.get(label, {})
+
+    def set(self, label: str, arn: str, shard: str, sequence: str | None) -> None:
+        with self.lock:
+            shards = self.data.setdefault(label, {}).setdefault(arn, {})
+            if sequence is not None:
+                shards[shard] = sequence
+            if self.path is not None:
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.data, indent=1))
+                tmp.replace(self.path)
+
+
 class StreamPoller:
     def __init__(
         self,
@@ -68,6 +104,7 @@ class StreamPoller:
         ddb_client: Any,
         invoke: Callable[[Function, Any], Any],
         log: Callable[[str], None] = print,
+        checkpoints: Checkpoints | None = None,
     ) -> None:
         self.function = function
         self.source = source
@@ -80,6 +117,7 @@ class StreamPoller:
         self.thread: threading.Thread | None = None
         self.iterators: dict[str, str | None] = {}  # shard id -> iterator (None: closed and drained)
         self.delivered = 0
+        self.checkpoints = checkpoints or Checkpoints(None)
 
     @property
     def label(self) -> str:
@@ -102,11 +140,15 @@ class StreamPoller:
         if not arn:
             self.log(f"stream {self.label}: table {self.table_name} has no stream; not polled")
             return
-        first = True
+        start = self.source.starting_position.upper()
+        first = (
+            "LATEST" if start == "LATEST" and not self.checkpoints.known(self.label, arn) else "TRIM_HORIZON"
+        )
+        self.checkpoints.set(self.label, arn, "", None)  # from now on this stream is known
         while not self.stopping.is_set():
             try:
-                self._discover(client, arn, "LATEST" if first else "TRIM_HORIZON")
-                first = False
+                self._discover(client, arn, first)
+                first = "TRIM_HORIZON"
                 busy = self._poll(client, arn)
             except Exception as exc:  # noqa: BLE001 - the engine may be restarting: retry later
                 self.log(f"stream {self.label}: {exc.__class__.__name__}: {exc}")
@@ -130,8 +172,21 @@ class StreamPoller:
             if shard_id in self.iterators:
                 continue
             closed = "EndingSequenceNumber" in (shard.get("SequenceNumberRange") or {})
-            kind = "TRIM_HORIZON" if closed and position == "LATEST" else position
-            if closed and position == "LATEST":
+            kind = position
+            after = self.checkpoints.get(self.label, arn, shard_id)
+            if after is not None:
+                try:
+                    self.iterators[shard_id] = client.get_shard_iterator(
+                        StreamArn=arn,
+                        ShardId=shard_id,
+                        ShardIteratorType="AFTER_SEQUENCE_NUMBER",
+                        SequenceNumber=after,
+                    )["ShardIterator"]
+                    continue
+                except Exception as exc:  # noqa: BLE001 - trimmed or unknown: from the oldest record kept
+                    self.log(f"stream {self.label}: cannot resume shard {shard_id} ({exc}); from its start")
+                    kind = "TRIM_HORIZON"
+            if closed and kind == "LATEST":
                 self.iterators[shard_id] = None  # history from before the start: not replayed
                 continue
             self.iterators[shard_id] = client.get_shard_iterator(
@@ -149,19 +204,24 @@ class StreamPoller:
                 record["eventSourceARN"] = arn
             if records:
                 busy = True
-                self._deliver(records)
+                if not self._deliver(records):
+                    return busy  # stopping: this batch was not delivered, keep the position
+                self.checkpoints.set(self.label, arn, shard_id, records[-1]["dynamodb"].get("SequenceNumber"))
             self.iterators[shard_id] = answer.get("NextShardIterator")
         return busy
 
-    def _deliver(self, records: list[dict[str, Any]]) -> None:
+    def _deliver(self, records: list[dict[str, Any]]) -> bool:
+        """True when the batch is done with (delivered, filtered out, or skipped after its retries)."""
         if self.source.filters:
             records = [r for r in records if any(matches(p, r) for p in self.source.filters)]
         attempt = 0
-        while records and not self.stopping.is_set():
+        while records:
+            if self.stopping.is_set():
+                return False
             try:
                 self.invoke(self.function, {"Records": records})
                 self.delivered += len(records)
-                return
+                return True
             except BatchFailed as failed:
                 if failed.first_failed_sequence is not None and self.source.report_batch_item_failures:
                     cut = next(
@@ -177,7 +237,8 @@ class StreamPoller:
                 limit = self.source.maximum_retry_attempts
                 if 0 <= limit < attempt:
                     self.log(f"stream {self.label}: batch of {len(records)} failed {attempt} times: skipped")
-                    return
+                    return True
                 pause = min(30.0, 0.5 * 2 ** min(attempt, 6))
                 self.log(f"stream {self.label}: batch failed ({failed}); retry {attempt} in {pause:.1f}s")
                 self.stopping.wait(pause)
+        return True

@@ -197,6 +197,7 @@ class Resolver:
         self.parameters = {**self._parameter_defaults(), **names.parameter_values}
         self.conditions: Mapping[str, Any] = template.get("Conditions") or {}
         self._condition_cache: dict[str, bool] = {}
+        self._depth = 0
 
     def _parameter_defaults(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -279,9 +280,18 @@ class Resolver:
     def arn(self, service: str, resource: str) -> str:
         return f"arn:aws:{service}:{self.names.region}:{self.names.account_id}:{resource}"
 
-    @staticmethod
-    def _literal_or(value: Any, fallback: str) -> str:
-        return value if isinstance(value, str) else fallback
+    def _literal_or(self, value: Any, fallback: str) -> str:
+        """A name property, resolved (``!Sub credits-${Environment}``), else the fallback."""
+        if value is None:
+            return fallback
+        if self._depth > 20:
+            return fallback
+        self._depth += 1
+        try:
+            resolved = self.resolve(value)
+        finally:
+            self._depth -= 1
+        return resolved if isinstance(resolved, str) and resolved else fallback
 
     # -- conditions -----------------------------------------------------------------------------------------
     def condition(self, name: str) -> bool:

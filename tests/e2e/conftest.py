@@ -72,11 +72,11 @@ class StackProcess:
         if template is not None:
             extra["CREDITS_TEMPLATE"] = str(template)
         self.env = _clean_env(extra)
-        self.log_path = state_dir.parent / f"{state_dir.name}-stack.log"
+        self.log_path = state_dir.parent / f"{state_dir.name.lstrip('.')}-stack.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
-    def start(self, timeout: float = 90.0) -> StackProcess:
+    def start(self, timeout: float = 120.0) -> StackProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes it; closed at stop
         self._log = log
@@ -172,10 +172,12 @@ def require_java() -> None:
         pytest.skip("the local stack tests need Java 17 (DynamoDB Local)")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackProcess]:
+    """One stack on template.yaml for the session, state in ``<tmp>/work/.local`` as ``make dev`` keeps it in
+    ``.local`` (so ``. .local/dev.env`` works from ``stack.state_dir.parent``). Tests use their own accounts."""
     require_java()
-    process = StackProcess(tmp_path_factory.mktemp("stack") / "state").start()
+    process = StackProcess(tmp_path_factory.mktemp("stack") / "work" / ".local").start()
     try:
         yield process
     finally:
