@@ -174,6 +174,10 @@ def _second_function_sharing_the_role(t: dict[str, Any]) -> None:
     other = copy.deepcopy(t["Resources"]["JobFunction"])
     del other["Properties"]["Events"]
     t["Resources"]["OtherFunction"] = other
+    for metric in ("Errors", "Throttles"):
+        t["Resources"][f"Other{metric}Alarm"] = _alarm(
+            "AWS/Lambda", metric, "FunctionName", {"Ref": "OtherFunction"}
+        )
 
 
 def _stream_without_on_failure(t: dict[str, Any]) -> None:
@@ -258,6 +262,13 @@ BAD: list[tuple[str, str, Mutation]] = [
         "literal_stripe_secret",
         "E9110",
         lambda t: _job(t)["Environment"]["Variables"].update(SOMETHING="whsec_" + "abcdefgh12345678"),
+    ),
+    ("no_errors_alarm", "E9111", lambda t: _resources(t).pop("JobErrorsAlarm")),
+    ("no_throttles_alarm", "E9111", lambda t: _resources(t).pop("JobThrottlesAlarm")),
+    (
+        "alarm_without_action",
+        "E9111",
+        lambda t: _resources(t)["JobDlqAlarm"]["Properties"].pop("AlarmActions"),
     ),
 ]
 

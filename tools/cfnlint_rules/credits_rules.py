@@ -611,3 +611,36 @@ class NoPlainSecrets(CloudFormationLintRule):
                     )
                     break
         return matches
+
+
+class FunctionsAreAlarmed(CloudFormationLintRule):
+    id = "E9111"
+    shortdesc = "Errors and Throttles alarms on every function; alarms notify"
+    description = (
+        "Every function has an AWS::CloudWatch::Alarm on AWS/Lambda Errors and one on Throttles "
+        "(FunctionName dimension), and every alarm has AlarmActions"
+    )
+    tags = ["credits", "lambda", "alarms"]
+
+    def match(self, cfn: Any) -> list[RuleMatch]:
+        matches: list[RuleMatch] = []
+        for metric in ("Errors", "Throttles"):
+            watched = alarmed(cfn, "AWS/Lambda", metric)
+            for name, _ in resources(cfn, FUNCTION_TYPES):
+                if name not in watched:
+                    matches.append(
+                        RuleMatch(
+                            ["Resources", name],
+                            f"Function {name} has no alarm on AWS/Lambda {metric} (Dimensions FunctionName: "
+                            f"!Ref {name})",
+                        )
+                    )
+        for name, alarm in resources(cfn, ("AWS::CloudWatch::Alarm", "AWS::CloudWatch::CompositeAlarm")):
+            if not properties(alarm).get("AlarmActions"):
+                matches.append(
+                    RuleMatch(
+                        ["Resources", name, "Properties"],
+                        f"Alarm {name} has no AlarmActions: nobody hears it",
+                    )
+                )
+        return matches
