@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from credits_ledger.domain.errors import ConcurrencyConflict
 from tests.integration.test_api_support import Api
 
 pytest_plugins = ["tests.integration.test_api_support"]
@@ -142,3 +143,28 @@ def test_a_batch_writes_each_account_once(api: Api, monkeypatch: pytest.MonkeyPa
     assert {r["status"] for r in reply.body["results"]} == {"debited"}
     assert commits == [10] * 10
     assert {api.available(c) for c in customers} == {"90"}
+
+
+def test_an_account_with_too_many_concurrent_writers_gets_its_events_rate_limited(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two accounts, and one whose writes keep conflicting
+    api.grant("cus_A", "5")
+    api.grant("cus_B", "5")
+    ledger = api.module.ledger()
+    original = ledger.debit_many
+
+    def contended(customer: str, requests: Any) -> Any:
+        if customer == "cus_B":
+            raise ConcurrencyConflict("account cus_B: gave up")
+        return original(customer, requests)
+
+    monkeypatch.setattr(ledger, "debit_many", contended)
+    # When a batch covers both
+    reply = api.call("usage_batch", body={"events": [_event(1), _event(2, customer="cus_B")]})
+    # Then the other account's events still go through, and the contended ones say retry
+    assert reply.status == 200
+    results = reply.body["results"]
+    assert [r["status"] for r in results] == ["debited", "rejected"]
+    assert results[1]["error"]["code"] == "rate_limited"
+    assert (api.available("cus_A"), api.available("cus_B")) == ("4", "5")
