@@ -14,6 +14,7 @@ failed (5xx); 2 the command line is wrong or the API cannot be reached.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -928,6 +929,10 @@ def main(argv: Sequence[str] | None = None, out: Printer | None = None, err: Tex
     except KeyboardInterrupt:
         print("interrupted", file=err)
         return 130
+    except BrokenPipeError:  # `credits ... | head`: the reader is gone, nothing more to say
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -388,7 +388,7 @@ def scrub(value: Any, now: int, currency: str) -> Any:
     """Replace what is left of stripe-mock's placeholders (after the builders set the fields that matter):
     timestamp 1234567890 -> now, ``"currency": "currency"`` -> the currency, placeholder strings -> null."""
     if isinstance(value, dict):
-        out = {}
+        out: dict[str, Any] = {}
         for key, item in value.items():
             if key == "currency" and item == "currency":
                 out[key] = currency
@@ -453,4 +453,4 @@ def sign(payload: str, secret: str, timestamp: int | None = None) -> str:
     """The ``Stripe-Signature`` header for ``payload`` (stripe-python's own signer)."""
     import stripe
 
-    return stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp=timestamp)
+    return str(stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp=timestamp))

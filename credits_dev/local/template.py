@@ -33,7 +33,7 @@ class TemplateError(ValueError):
 
 # ---------------------------------------------------------------------------------------------------------
 # YAML with CloudFormation short forms
-class CfnLoader(yaml.SafeLoader):
+class CfnLoader(yaml.SafeLoader):  # type: ignore[misc]
     """SafeLoader turning ``!Ref X`` into ``{"Ref": "X"}``, ``!GetAtt A.B`` into ``{"Fn::GetAtt": ["A", "B"]}``,
     ``!Condition C`` into ``{"Condition": "C"}`` and any other ``!Fn`` into ``{"Fn::Fn": ...}``."""
 
@@ -45,7 +45,7 @@ def _construct_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
     else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+        value = loader.construct_mapping(node, deep=True)
     if suffix == "Ref":
         return {"Ref": value}
     if suffix == "Condition":
@@ -219,7 +219,7 @@ class Resolver:
             f"{self.names.stack_name}/00000000-0000-0000-0000-000000000000",
             "AWS::Partition": "aws",
             "AWS::URLSuffix": "amazonaws.com",
-            "AWS::NoValue": None,  # type: ignore[dict-item]
+            "AWS::NoValue": None,
             "AWS::NotificationARNs": "",
         }.get(name, f"<{name}>")
 
@@ -567,6 +567,9 @@ def load_stack(
         if "Condition" in resource and not resolver.condition(str(resource["Condition"])):
             continue
         props = _merge_globals(template, resource.get("Properties") or {})
+        for key in ("CodeUri", "Handler", "Timeout", "MemorySize", "FunctionName", "Runtime", "PackageType"):
+            if key in props:
+                props[key] = resolver.resolve(props[key])
         code_uri = props.get("CodeUri")
         handler = props.get("Handler")
         if (
