@@ -4,7 +4,8 @@
 Timing is an approximation of EventBridge's: ``rate(N unit)`` fires every N units counted from the start of
 the stack (not on the first one); ``cron(...)`` fires at the next matching minute, UTC (minutes, hours,
 day of month, month, day of week with ``* , - /`` and ``?``; ``L``, ``W`` and ``#`` are read as ``*``);
-``at(...)`` fires once. No catch-up for times the stack was not running.
+``at(...)`` fires once; cron and at are read in the schedule's ``ScheduleExpressionTimezone``. No catch-up
+for times the stack was not running.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def next_fire(expression: str, after: dt.datetime, started: dt.datetime | None =
         return origin + dt.timedelta(seconds=seconds * periods)
     at = re.fullmatch(r"at\(\s*([0-9T:\-]+)\s*\)", expr)
     if at:
-        moment = dt.datetime.fromisoformat(at.group(1)).replace(tzinfo=UTC)
+        moment = dt.datetime.fromisoformat(at.group(1)).replace(tzinfo=after.tzinfo or UTC)
         return moment if moment > after else None
     cron = re.fullmatch(r"cron\((.+)\)", expr)
     if not cron:
@@ -135,6 +136,18 @@ def next_fire(expression: str, after: dt.datetime, started: dt.datetime | None =
     return None
 
 
+def fire_after(
+    schedule: Schedule, after: dt.datetime, started: dt.datetime | None = None
+) -> dt.datetime | None:
+    """next_fire() in the schedule's ScheduleExpressionTimezone, returned in UTC."""
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(schedule.timezone) if schedule.timezone not in ("UTC", "Etc/UTC") else UTC
+    local_started = started.astimezone(zone) if started else None
+    moment = next_fire(schedule.expression, after.astimezone(zone), local_started)
+    return moment.astimezone(UTC) if moment is not None else None
+
+
 class Scheduler:
     """One thread per enabled schedule; ``invoke(function, event)`` runs the function."""
 
@@ -161,7 +174,7 @@ class Scheduler:
                     )
                     continue
                 try:
-                    first = next_fire(schedule.expression, started, started)
+                    first = fire_after(schedule, started, started)
                 except (ValueError, KeyError) as exc:
                     lines.append(f"{fn.logical_id}.{schedule.name}: not run locally ({exc})")
                     continue
@@ -184,7 +197,7 @@ class Scheduler:
     def _loop(self, fn: Function, schedule: Schedule, started: dt.datetime) -> None:
         now = dt.datetime.now(UTC)
         while not self.stopping.is_set():
-            when = next_fire(schedule.expression, now, started)
+            when = fire_after(schedule, now, started)
             if when is None:
                 return
             if self.stopping.wait(max(0.0, (when - dt.datetime.now(UTC)).total_seconds())):

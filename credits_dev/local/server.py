@@ -144,7 +144,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             compiled, params = found
             function = compiled.target
             host = (
-                self.headers.get("Host") or f"{self.server.server_address[0]!s}:{self.server.server_address[1]}"
+                self.headers.get("Host")
+                or f"{self.server.server_address[0]!s}:{self.server.server_address[1]}"
             )
             event = build_event(
                 route=compiled.route,

@@ -347,7 +347,8 @@ class LocalStack:
         s = self.settings
         assert self.engine is not None
         generated = s.generated
-        rel = os.path.relpath(s.state_dir / "dev.env")
+        env_file = s.state_dir / "dev.env"
+        rel = os.path.relpath(env_file) if env_file.is_relative_to(Path.cwd()) else str(env_file)
         lines = [
             "",
             "credits local stack",

@@ -98,6 +98,7 @@ class Schedule:
     input: str | None
     enabled: bool
     kind: str  # Schedule or ScheduleV2
+    timezone: str = "UTC"  # ScheduleExpressionTimezone (cron and at are read in it)
 
 
 @dataclass(frozen=True)
@@ -455,6 +456,7 @@ def _schedules(resolver: Resolver, events: Mapping[str, Any]) -> list[Schedule]:
                 input=props.get("Input") if isinstance(props.get("Input"), str) else None,
                 enabled=enabled,
                 kind=str(event["Type"]),
+                timezone=str(props.get("ScheduleExpressionTimezone") or "UTC"),
             )
         )
     return out

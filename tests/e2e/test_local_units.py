@@ -17,7 +17,7 @@ import pytest
 from credits_dev.local.apigw import Router, build_event, to_http_response
 from credits_dev.local.patterns import matches
 from credits_dev.local.runtime import FunctionRuntime
-from credits_dev.local.schedules import event_for, next_fire, scheduled_event
+from credits_dev.local.schedules import event_for, fire_after, next_fire, scheduled_event
 from credits_dev.local.template import Function, LocalNames, Route, Schedule, load_stack
 from tests.e2e.conftest import REPO_ROOT
 
@@ -271,6 +271,8 @@ def test_next_fire() -> None:
     assert next_fire("at(2026-11-23T10:00:00)", start) is None
     with pytest.raises(ValueError):
         next_fire("every day", start)
+    paris = Schedule("N", "cron(0 9 * * ? *)", None, True, "ScheduleV2", "Europe/Paris")
+    assert fire_after(paris, start) == dt.datetime(2026, 11, 24, 8, 0, tzinfo=UTC)  # 09:00 CET
 
 
 def test_scheduled_events() -> None:
