@@ -97,13 +97,14 @@ def test_invalid_quantities_are_refused(value: Any) -> None:
 
 
 def test_timestamps_need_an_offset_and_a_recent_time() -> None:
+    now = datetime.now(UTC)  # not NOW: the window is relative to when the test runs
     assert usage(
-        timestamp="2024-05-01T12:00:00+02:00".replace("2024-05-01", NOW.date().isoformat())
+        timestamp=(now - timedelta(hours=1)).astimezone(timezone(timedelta(hours=2))).isoformat()
     ).timestamp
     for bad in [
-        (NOW + timedelta(minutes=6)).isoformat(),
-        (NOW - timedelta(days=35, minutes=1)).isoformat(),
-        NOW.replace(tzinfo=None).isoformat(),
+        (now + timedelta(minutes=6)).isoformat(),
+        (now - timedelta(days=35, minutes=1)).isoformat(),
+        now.replace(tzinfo=None).isoformat(),
         "today",
         1716557826,
     ]:
@@ -113,7 +114,7 @@ def test_timestamps_need_an_offset_and_a_recent_time() -> None:
 
 
 def test_timestamps_are_kept_in_utc() -> None:
-    local = (NOW - timedelta(hours=1)).astimezone(UTC).replace(microsecond=0)
+    local = (datetime.now(UTC) - timedelta(hours=1)).astimezone(UTC).replace(microsecond=0)
     stamp = local.astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat()
     assert usage(timestamp=stamp).timestamp == local
 
@@ -134,7 +135,7 @@ def test_fingerprint_is_canonical() -> None:
     assert fingerprint(usage(quantity="2.6", metadata={"a": "1", "b": "2"})) != base
     assert fingerprint(usage(customer="cus_B", quantity="2.5", metadata={"a": "1", "b": "2"})) != base
     assert fingerprint(usage(quantity="2.5")) != base
-    when = (NOW - timedelta(hours=1)).replace(microsecond=0)
+    when = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
     assert fingerprint(usage(timestamp=when.isoformat())) == fingerprint(
         usage(timestamp=when.astimezone(timezone(timedelta(hours=-3))).isoformat())
     )
