@@ -276,3 +276,32 @@ def test_dev_env_file_points_the_cli_at_the_stack(stack: StackProcess) -> None:
     assert f"export CREDITS_URL={stack.url}" in text
     assert f"export CREDITS_API_KEY={ADMIN_KEY}" in text
     assert f"export STRIPE_WEBHOOK_SECRET={stack.webhook_secret}" in text
+
+
+def test_external_endpoint_and_pricing_file(tmp_path: Path) -> None:
+    """AWS_ENDPOINT_URL_DYNAMODB: no engine of its own, tables created there; CREDITS_PRICING_FILE honoured."""
+    require_java()
+    if "ApiFunction" not in template_functions():
+        pytest.skip("ApiFunction is not in template.yaml yet")
+    from tests.support.dynamodb_local import DynamoDBLocal
+
+    pricing = tmp_path / "pricing.toml"
+    pricing.write_text('[meters.e2e_meter]\ncredits_per_unit = "2.5"\n')
+    with DynamoDBLocal() as engine:
+        stack = StackProcess(
+            tmp_path / "state",
+            env={"AWS_ENDPOINT_URL_DYNAMODB": engine.endpoint_url, "CREDITS_PRICING_FILE": str(pricing)},
+        ).start()
+        try:
+            assert "CreditsTable" in engine.client().list_tables()["TableNames"]
+            assert stack.leftovers() == []  # no DynamoDB Local of its own
+            stack.request("POST", "/v1/customers/cus_ext/grants", {"amount": 10}, key=ADMIN_KEY)
+            status, body, _ = stack.request(
+                "POST",
+                "/v1/usage",
+                {"id": "e1", "customer": "cus_ext", "meter": "e2e_meter", "quantity": 2},
+                key=ADMIN_KEY,
+            )
+            assert (status, body["credits"], body["balance"]) == (201, "5", "5")
+        finally:
+            assert stack.stop() == 0
