@@ -30,10 +30,10 @@ MAX_ENTRIES_PER_CALL = 10
 class PublishFailed(CreditsError):
     """EventBridge refused some entries (FailedEntryCount > 0): the caller must retry them."""
 
-    def __init__(self, failures: list[dict[str, Any]]) -> None:
-        codes = sorted({str(f.get("ErrorCode")) for f in failures})
+    def __init__(self, failures: dict[int, str]) -> None:
+        codes = sorted(set(failures.values()))
         super().__init__(f"{len(failures)} event(s) not published: {', '.join(codes)}")
-        self.failures = failures
+        self.failures = failures  # index in the published sequence -> error code
 
 
 @dataclass(frozen=True)
@@ -67,15 +67,17 @@ class EventBus:
         self._name = name or bus_name()
 
     def publish(self, events: Sequence[BusEvent]) -> None:
-        """Put ``events`` on the bus, 10 per call; raises PublishFailed when any entry failed (the ones that
-        went through stay published: consumers deduplicate on the detail's id)."""
-        failures: list[dict[str, Any]] = []
+        """Put ``events`` on the bus, 10 per call; raises PublishFailed naming the events that failed (the ones
+        that went through stay published: consumers deduplicate on the detail's id). An API error (throttling
+        after botocore's retries, access denied) propagates as is: then nothing of that call was published."""
+        failures: dict[int, str] = {}
         for start in range(0, len(events), MAX_ENTRIES_PER_CALL):
             chunk = events[start : start + MAX_ENTRIES_PER_CALL]
-            entries = [self._entry(e) for e in chunk]
-            response = self._client.put_events(Entries=entries)
+            response = self._client.put_events(Entries=[self._entry(e) for e in chunk])
             if response.get("FailedEntryCount", 0):
-                failures.extend(r for r in response.get("Entries", []) if r.get("ErrorCode"))
+                for offset, result in enumerate(response.get("Entries", [])):
+                    if result.get("ErrorCode"):
+                        failures[start + offset] = str(result["ErrorCode"])
         if failures:
             raise PublishFailed(failures)
 

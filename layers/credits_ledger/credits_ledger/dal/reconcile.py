@@ -152,6 +152,24 @@ class ReconcileRepository:
             },
         )
 
+    def scan_account_ids(self, cursor: str | None = None, limit: int = 1000) -> tuple[list[str], str | None]:
+        """One-off backfill of the registry (accounts created before the stream function existed): a Scan of
+        the whole table filtered to state items. Costs a read of the entire table; never part of the nightly
+        run."""
+        scan: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": "sk = :state",
+            "ProjectionExpression": "account_id",
+            "ExpressionAttributeValues": {":state": {"S": it.STATE_SK}},
+            "Limit": limit,
+        }
+        if cursor:
+            scan["ExclusiveStartKey"] = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        response = self._client.scan(**scan)
+        ids = [str(it.from_dynamo(raw)["account_id"]) for raw in response.get("Items", [])]
+        last = response.get("LastEvaluatedKey")
+        return ids, base64.urlsafe_b64encode(json.dumps(last).encode()).decode() if last else None
+
     # ---- the account's ledger, by seq range (GSI LedgerByAccount) -----------------------------------------
     def entries_between(self, account_id: str, after_seq: int, upto_seq: int) -> Iterator[LedgerEntry]:
         """Entries with ``after_seq < seq <= upto_seq`` in seq order: cost follows the entries since the

@@ -1,0 +1,34 @@
+"""ExpiryFunction: the nightly expiry run (CONTRACT.md section 5), then expiry reminders.
+
+Input: the EventBridge Scheduled Event (template.yaml's ScheduleV2 sends one, ``time`` = the scheduled
+time, which is the run's "now"). Near the deadline it stops cleanly and re-invokes itself asynchronously with
+the same event plus a continuation. Returns the run's summary. Design: docs/expiry.md.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from credits_ledger.bus import EventBus
+from credits_ledger.dal.accounts import AccountRepository
+from credits_ledger.dal.reminders import ReminderRepository
+from credits_ledger.jobs.expiry import ExpiryJob
+from credits_ledger.jobs.scheduled import run_scheduled
+from credits_ledger.ledger import Ledger
+from credits_ledger.observability import logger, metrics, tracer
+from credits_ledger.pricing import load_pricing
+
+
+@cache
+def job() -> ExpiryJob:
+    return ExpiryJob(Ledger(AccountRepository()), ReminderRepository(), EventBus(), load_pricing())
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return run_scheduled(event, context, job())

@@ -1,0 +1,36 @@
+"""LedgerStreamFunction: the table's DynamoDB stream -> ``credits.ledger.entry`` for every new ledger entry,
+``credits.balance.low`` / ``credits.balance.depleted`` on available-balance crossings, and the reconcile
+registry. Partial batch failures are reported (``ReportBatchItemFailures``): a failed record and every
+record after it in the batch are retried, then go to the OnFailure queue. Design: docs/expiry.md.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from credits_ledger.bus import EventBus
+from credits_ledger.dal.reconcile import ReconcileRepository
+from credits_ledger.dal.settings import AccountSettingsRepository
+from credits_ledger.jobs.ledger_stream import LedgerStream
+from credits_ledger.observability import logger, metrics, tracer
+from credits_ledger.pricing import load_pricing
+
+
+@cache
+def stream() -> LedgerStream:
+    return LedgerStream(EventBus(), AccountSettingsRepository(), ReconcileRepository(), load_pricing())
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    batch = stream().batch(event)
+    processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+    return process_partial_response(
+        event=event, record_handler=batch.handle, processor=processor, context=context
+    )

@@ -1,0 +1,268 @@
+"""The nightly expiry run (CONTRACT.md section 5): expire what is due, then send expiry reminders.
+
+Phase ``expire``: page through the sparse ``ExpiringGrants`` index up to "now" (only live grants with an
+expiry are in it, and a grant leaves it when it is closed, so the read cost follows what is due, not the
+table) and call ``Ledger.expire_with_rollover`` per grant. The entry key ``expire:<grant>`` makes a second
+run (or a concurrent duplicate) a replay; concurrent debits are serialised by the account's version lock, so
+a grant spent between read and write expires exactly what is left.
+
+Phase ``remind``: the same index up to now + the widest reminder threshold; per grant the tightest threshold
+it is inside of (domain/reminders.py), claimed with a conditional write, then published as
+``credits.grant.expiring``.
+
+Both phases check the deadline before each grant and report where to resume (the page cursor the current
+page was read with: a resumed page re-reads at most one page, whose done grants are replays or gone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from credits_ledger.bus import BusEvent, EventBus, PublishFailed
+from credits_ledger.dal.accounts import AccountRepository, Page
+from credits_ledger.dal.items import iso
+from credits_ledger.dal.reminders import Reminder, ReminderAlreadySent, ReminderRepository
+from credits_ledger.domain.errors import CreditsError
+from credits_ledger.domain.models import Grant, LiveGrant
+from credits_ledger.domain.money import ZERO, format_amount
+from credits_ledger.domain.reminders import due_threshold, reminder_window
+from credits_ledger.domain.rollover import RolloverPolicy
+from credits_ledger.jobs.scheduled import Continuation, Deadline, ScheduledEvent
+from credits_ledger.ledger import Ledger
+from credits_ledger.observability import logger, metrics
+from credits_ledger.pricing import Pricing
+
+EXPIRE, REMIND = "expire", "remind"
+PHASES = (EXPIRE, REMIND)
+EXPIRING = "credits.grant.expiring"
+
+
+@dataclass
+class ExpirySummary:
+    now: datetime
+    run_id: str
+    expired: int = 0
+    expired_amount: Decimal = ZERO
+    rolled_over: int = 0
+    rollover_amount: Decimal = ZERO
+    replays: int = 0
+    nothing_left: int = 0
+    failed: int = 0
+    reminders_sent: int = 0
+    reminders_already_sent: int = 0
+    reminders_failed: int = 0
+    continuation: Continuation | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def remaining(self) -> bool:
+        return self.continuation is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "as_of": iso(self.now),
+            "run_id": self.run_id,
+            "expired": self.expired,
+            "expired_amount": format_amount(self.expired_amount),
+            "rolled_over": self.rolled_over,
+            "rollover_amount": format_amount(self.rollover_amount),
+            "replays": self.replays,
+            "nothing_left": self.nothing_left,
+            "failed": self.failed,
+            "reminders_sent": self.reminders_sent,
+            "reminders_already_sent": self.reminders_already_sent,
+            "reminders_failed": self.reminders_failed,
+            "remaining": self.remaining,
+            "continuation": self.continuation.model_dump() if self.continuation else None,
+        }
+
+
+@dataclass(frozen=True)
+class _Due:
+    account_id: str
+    grant_id: str
+    live: LiveGrant
+    days: int
+    expires_at: datetime
+
+
+class ExpiryJob:
+    def __init__(
+        self,
+        ledger: Ledger,
+        reminders: ReminderRepository,
+        bus: EventBus,
+        pricing: Pricing,
+        page_size: int = 100,
+    ) -> None:
+        self.ledger = ledger
+        self.accounts: AccountRepository = ledger.repository
+        self.reminders = reminders
+        self.bus = bus
+        self.pricing = pricing
+        self.page_size = page_size
+
+    def __call__(self, event: ScheduledEvent, deadline: Deadline) -> ExpirySummary:
+        return self.run(event.now, event.id, deadline, event.continuation)
+
+    def run(
+        self, now: datetime, run_id: str, deadline: Deadline, resume: Continuation | None = None
+    ) -> ExpirySummary:
+        summary = ExpirySummary(now=now, run_id=run_id)
+        hop = (resume.hop if resume else 1) + 1  # the invocation number that would continue this run
+        start = PHASES.index(resume.phase) if resume else 0
+        for phase in PHASES[start:]:
+            cursor = resume.cursor if resume and phase == resume.phase else None
+            stopped_at = (
+                self._expire(summary, cursor, deadline)
+                if phase == EXPIRE
+                else self._remind(summary, cursor, deadline)
+            )
+            if stopped_at is not None:
+                summary.continuation = Continuation(phase=phase, cursor=stopped_at or None, hop=hop)
+                break
+        self._measure(summary)
+        logger.info("expiry run", **summary.as_dict())
+        return summary
+
+    # ---- phase 1: expire ---------------------------------------------------------------------------------
+    def _pages(self, before: datetime, cursor: str | None) -> Iterator[tuple[str | None, Page]]:
+        """(the cursor a page was read with, the page)."""
+        while True:
+            page = self.accounts.expiring(before, limit=self.page_size, cursor=cursor)
+            yield cursor, page
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def _expire(self, summary: ExpirySummary, cursor: str | None, deadline: Deadline) -> str | None:
+        """None when done; else the cursor to resume with ("" = from the start)."""
+        for page_cursor, page in self._pages(summary.now, cursor):
+            for _account_id, grant_id in page.items:
+                if deadline.near():
+                    return page_cursor or ""
+                self._expire_one(summary, grant_id)
+        return None
+
+    def _policy(self, record: Grant) -> RolloverPolicy | None:
+        pack = self.pricing.packs.get(record.metadata.get("pack", ""))
+        return pack.rollover if pack else None
+
+    def _expire_one(self, summary: ExpirySummary, grant_id: str) -> None:
+        try:
+            outcome = self.ledger.expire_with_rollover(
+                grant_id, as_of=summary.now, policy_for=self._policy, reference=summary.run_id
+            )
+        except CreditsError as exc:  # e.g. ConcurrencyConflict: the grant stays in the index for the next run
+            summary.failed += 1
+            summary.failures.append(f"{grant_id}: {exc}")
+            logger.warning("grant not expired", grant_id=grant_id, error=str(exc))
+            return
+        if outcome is None:
+            summary.nothing_left += 1
+        elif outcome.replayed:
+            summary.replays += 1
+        else:
+            summary.expired += 1
+            summary.expired_amount += -outcome.entry.amount
+            rolled = outcome.entry.metadata.get("rolled_over")
+            if rolled:
+                summary.rolled_over += 1
+                summary.rollover_amount += Decimal(rolled)
+
+    # ---- phase 2: remind ---------------------------------------------------------------------------------
+    def _remind(self, summary: ExpirySummary, cursor: str | None, deadline: Deadline) -> str | None:
+        window = reminder_window(summary.now, self.pricing.reminder_days)
+        if window is None:
+            return None
+        for page_cursor, page in self._pages(window, cursor):
+            due = self._due_reminders(summary.now, page.items)
+            already = self.reminders.sent((d.grant_id, d.days) for d in due)
+            claimed: list[tuple[Reminder, BusEvent]] = []
+            for item in due:
+                if deadline.near():
+                    self._publish(summary, claimed)
+                    return page_cursor or ""
+                if (item.grant_id, item.days) in already:
+                    summary.reminders_already_sent += 1
+                    continue
+                reminder = Reminder(
+                    item.account_id, item.grant_id, item.days, item.expires_at, summary.run_id
+                )
+                try:
+                    self.reminders.record(reminder, summary.now)
+                except ReminderAlreadySent:
+                    summary.reminders_already_sent += 1
+                    continue
+                claimed.append((reminder, self._event(summary, item)))
+            self._publish(summary, claimed)
+        return None
+
+    def _due_reminders(self, now: datetime, pairs: list[tuple[str, str]]) -> list[_Due]:
+        states = {
+            account_id: self.accounts.state(account_id) for account_id in dict.fromkeys(a for a, _ in pairs)
+        }
+        due: list[_Due] = []
+        for account_id, grant_id in pairs:
+            live = states[account_id].grants.get(grant_id)
+            if live is None or live.expires_at is None:
+                continue  # closed since the index was read
+            days = due_threshold(live.expires_at, now, self.pricing.reminder_days)
+            if days is not None:
+                due.append(_Due(account_id, grant_id, live, days, live.expires_at))
+        return due
+
+    @staticmethod
+    def _event(summary: ExpirySummary, item: _Due) -> BusEvent:
+        return BusEvent(
+            EXPIRING,
+            {
+                "reminder_id": f"{item.grant_id}#{item.days}",
+                "account": item.account_id,
+                "grant": item.grant_id,
+                "remaining": format_amount(item.live.remaining),
+                "category": item.live.category.value,
+                "expires_at": iso(item.expires_at),
+                "threshold_days": item.days,
+                "as_of": iso(summary.now),
+            },
+            time=summary.now,
+        )
+
+    def _publish(self, summary: ExpirySummary, claimed: list[tuple[Reminder, BusEvent]]) -> None:
+        """Publish the claimed reminders; a reminder that did not go out is un-claimed for the next run."""
+        if not claimed:
+            return
+        failed: set[int] = set()
+        try:
+            self.bus.publish([event for _, event in claimed])
+        except PublishFailed as exc:
+            failed = set(exc.failures)
+        except Exception:  # the whole call failed: nothing was published
+            logger.exception("publishing expiry reminders failed")
+            failed = set(range(len(claimed)))
+        for index, (reminder, _) in enumerate(claimed):
+            if index in failed:
+                self.reminders.forget(reminder)
+                summary.reminders_failed += 1
+            else:
+                summary.reminders_sent += 1
+        claimed.clear()
+
+    @staticmethod
+    def _measure(summary: ExpirySummary) -> None:
+        metrics.add_metric(name="ExpiredGrants", unit=MetricUnit.Count, value=summary.expired)
+        metrics.add_metric(name="ExpiredCredits", unit=MetricUnit.Count, value=float(summary.expired_amount))
+        metrics.add_metric(name="RolledOverGrants", unit=MetricUnit.Count, value=summary.rolled_over)
+        metrics.add_metric(name="ExpiryReplays", unit=MetricUnit.Count, value=summary.replays)
+        metrics.add_metric(name="ExpiryFailures", unit=MetricUnit.Count, value=summary.failed)
+        metrics.add_metric(name="ExpiryRemindersSent", unit=MetricUnit.Count, value=summary.reminders_sent)
+        metrics.add_metric(
+            name="ExpiryRemindersFailed", unit=MetricUnit.Count, value=summary.reminders_failed
+        )

@@ -1,0 +1,173 @@
+"""The reconciliation run: every registered account checked against its ledger, from its checkpoint.
+
+Per account: one strongly consistent read of the state item, and (only when its version moved since the
+checkpoint) one Query of ``LedgerByAccount`` for the entries after the checkpoint. A clean account advances
+its checkpoint; a mismatch is counted, published as ``credits.reconciliation.mismatch`` with the details,
+noted on the checkpoint item, and checked again (from the same checkpoint) on every run until fixed.
+
+Cost per run: the registry (one small item per account, ~50 per read unit) + 1 read unit per account (state
+item up to 4 KB) + the ledger entries written since the last run (~0.5 read unit per 4 KB of entries) + one
+write per account that changed. It grows with the number of accounts and with the ledger's growth rate, not
+with the ledger's size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from credits_ledger.bus import BusEvent, EventBus
+from credits_ledger.dal.accounts import AccountRepository
+from credits_ledger.dal.items import iso
+from credits_ledger.dal.reconcile import BUCKETS, CheckpointMoved, ReconcileRepository
+from credits_ledger.domain.reconcile import Checkpoint, Reconciliation, missing_tail, reconcile
+from credits_ledger.jobs.scheduled import Continuation, Deadline, ScheduledEvent
+from credits_ledger.observability import logger, metrics
+
+MISMATCH = "credits.reconciliation.mismatch"
+BACKFILL = "backfill"
+MAX_LISTED = 100
+
+
+def _bucket_phase(bucket: int) -> str:
+    return f"bucket-{bucket:02d}"
+
+
+@dataclass
+class ReconcileSummary:
+    now: datetime
+    run_id: str
+    checked: int = 0
+    mismatched: int = 0
+    entries_read: int = 0
+    checkpoints_advanced: int = 0
+    registered: int = 0
+    mismatched_accounts: list[str] = field(default_factory=list)
+    continuation: Continuation | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "as_of": iso(self.now),
+            "run_id": self.run_id,
+            "checked": self.checked,
+            "mismatched": self.mismatched,
+            "entries_read": self.entries_read,
+            "checkpoints_advanced": self.checkpoints_advanced,
+            "registered": self.registered,
+            "mismatched_accounts": self.mismatched_accounts,
+            "remaining": self.continuation is not None,
+            "continuation": self.continuation.model_dump() if self.continuation else None,
+        }
+
+
+class ReconcileJob:
+    def __init__(
+        self,
+        accounts: AccountRepository,
+        registry: ReconcileRepository,
+        bus: EventBus,
+        sleep: Callable[[float], None] = time.sleep,
+        index_lag_retries: int = 3,
+    ) -> None:
+        self.accounts = accounts
+        self.registry = registry
+        self.bus = bus
+        self._sleep = sleep
+        self._retries = index_lag_retries
+
+    def __call__(self, event: ScheduledEvent, deadline: Deadline) -> ReconcileSummary:
+        backfill = bool(event.detail.get(BACKFILL))
+        return self.run(event.now, event.id, deadline, event.continuation, backfill=backfill)
+
+    def run(
+        self,
+        now: datetime,
+        run_id: str,
+        deadline: Deadline,
+        resume: Continuation | None = None,
+        *,
+        backfill: bool = False,
+    ) -> ReconcileSummary:
+        summary = ReconcileSummary(now=now, run_id=run_id)
+        hop = (resume.hop if resume else 1) + 1  # the invocation number that would continue this run
+        phases = ([BACKFILL] if backfill else []) + [_bucket_phase(b) for b in range(BUCKETS)]
+        start = phases.index(resume.phase) if resume else 0
+        for phase in phases[start:]:
+            cursor = resume.cursor if resume and resume.phase == phase else None
+            if phase == BACKFILL:
+                stopped = self._backfill(summary, cursor, deadline)
+            else:
+                stopped = self._bucket(summary, int(phase.removeprefix("bucket-")), cursor, deadline)
+            if stopped is not None:
+                summary.continuation = Continuation(phase=phase, cursor=stopped or None, hop=hop)
+                break
+        metrics.add_metric(name="CheckedAccounts", unit=MetricUnit.Count, value=summary.checked)
+        metrics.add_metric(name="MismatchedAccounts", unit=MetricUnit.Count, value=summary.mismatched)
+        metrics.add_metric(name="ReconcileEntriesRead", unit=MetricUnit.Count, value=summary.entries_read)
+        logger.info("reconciliation run", **summary.as_dict())
+        return summary
+
+    def _backfill(self, summary: ReconcileSummary, cursor: str | None, deadline: Deadline) -> str | None:
+        while True:
+            if deadline.near():
+                return cursor or ""
+            account_ids, cursor = self.registry.scan_account_ids(cursor)
+            for account_id in account_ids:
+                summary.registered += int(self.registry.register(account_id, summary.now))
+            if cursor is None:
+                return None
+
+    def _bucket(
+        self, summary: ReconcileSummary, bucket: int, cursor: str | None, deadline: Deadline
+    ) -> str | None:
+        while True:
+            page = self.registry.registry_page(bucket, cursor)
+            for checkpoint in page.checkpoints:
+                if deadline.near():
+                    return cursor or ""
+                self.check(checkpoint, summary)
+            if page.next_cursor is None:
+                return None
+            cursor = page.next_cursor
+
+    def check(self, checkpoint: Checkpoint, summary: ReconcileSummary) -> Reconciliation:
+        state = self.accounts.state(checkpoint.account_id, consistent=True)
+        entries = list(self.registry.entries_between(checkpoint.account_id, checkpoint.seq, state.version))
+        for attempt in range(self._retries):
+            if not missing_tail(checkpoint, state, entries):
+                break
+            # LedgerByAccount is eventually consistent: the newest entries may not be indexed yet.
+            self._sleep(0.2 * (attempt + 1))
+            entries = list(
+                self.registry.entries_between(checkpoint.account_id, checkpoint.seq, state.version)
+            )
+        result = reconcile(state, checkpoint, entries, summary.now)
+        summary.checked += 1
+        summary.entries_read += len(entries)
+        if result.checkpoint is not None:
+            if result.checkpoint.seq != checkpoint.seq or checkpoint.verified_at is None:
+                try:
+                    self.registry.save_checkpoint(result.checkpoint, checkpoint)
+                    summary.checkpoints_advanced += 1
+                except CheckpointMoved:
+                    logger.info("checkpoint moved by a concurrent run", account_id=checkpoint.account_id)
+            return result
+        summary.mismatched += 1
+        if len(summary.mismatched_accounts) < MAX_LISTED:
+            summary.mismatched_accounts.append(checkpoint.account_id)
+        detail = {
+            "mismatch_id": f"{summary.run_id}:{checkpoint.account_id}",
+            "run_id": summary.run_id,
+            "as_of": iso(summary.now),
+            "checkpoint_seq": checkpoint.seq,
+            **result.detail(),
+        }
+        logger.error("reconciliation mismatch", extra=detail)
+        self.bus.publish([BusEvent(MISMATCH, detail, time=summary.now)])
+        self.registry.mark_mismatch(checkpoint.account_id, detail, summary.now)
+        return result

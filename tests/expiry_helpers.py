@@ -1,0 +1,211 @@
+"""Helpers for the expiry-side tests (expiry job, ledger stream, reconciliation) on moto.
+
+ctx = FakeContext(remaining_ms=[900_000, 900_000, 1_000])   # Lambda context whose remaining time runs out
+bus = CapturedBus.create()                                   # moto bus + rule -> SQS queue; bus.events()
+rec = StreamRecorder(client, table, clock)                   # DynamoDB stream records from table diffs
+with rec.capture(): ledger.debit(...)                         # -> rec.drain() == {"Records": [...]}
+load_event("expiry/scheduled.json", time=...)                 # a sample event from events/, optionally retimed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+
+from credits_ledger.dal.items import iso
+
+ROOT = Path(__file__).resolve().parents[1]
+EVENTS = ROOT / "events"
+REGION = "us-east-1"
+FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:credits-test"
+
+
+def load_handler(function: str) -> ModuleType:
+    """``functions/<function>/app.py`` under a unique module name (every handler module is called app), with
+    its cached dependencies cleared so it binds to this test's moto resources, env and pricing file."""
+    from credits_ledger.pricing import load_pricing
+
+    name = f"credits_{function}_app"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "functions" / function / "app.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    for attribute in ("job", "stream"):
+        cached = getattr(module, attribute, None)
+        if cached is not None and hasattr(cached, "cache_clear"):
+            cached.cache_clear()
+    load_pricing.cache_clear()
+    return module
+
+
+def load_event(name: str, **overrides: Any) -> dict[str, Any]:
+    """A sample event from ``events/``; ``time=datetime`` retimes a scheduled event."""
+    event = json.loads((EVENTS / name).read_text())
+    for key, value in overrides.items():
+        event[key] = iso(value) if isinstance(value, datetime) else value
+    return event
+
+
+class FakeContext:
+    """Lambda context; ``remaining_ms`` is a constant or a list consumed one value per call (the last repeats),
+    to simulate the deadline approaching after a number of checks."""
+
+    function_name = "credits-test"
+    function_version = "$LATEST"
+    invoked_function_arn = FUNCTION_ARN
+    memory_limit_in_mb = 512
+    aws_request_id = "req-test"
+    log_group_name = "/aws/lambda/credits-test"
+    log_stream_name = "test"
+
+    def __init__(self, remaining_ms: int | list[int] = 900_000) -> None:
+        self._remaining = list(remaining_ms) if isinstance(remaining_ms, list) else [remaining_ms]
+        self.calls = 0
+
+    def get_remaining_time_in_millis(self) -> int:
+        self.calls += 1
+        return self._remaining.pop(0) if len(self._remaining) > 1 else self._remaining[0]
+
+
+def time_runs_out_after(checks: int) -> FakeContext:
+    """Plenty of time for ``checks`` deadline checks, then 1 s left (below any margin)."""
+    return FakeContext([900_000] * checks + [1_000])
+
+
+class Reinvocations:
+    """Stands in for the asynchronous self re-invocation: records (context, event)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, context: Any, event: dict[str, Any]) -> None:
+        self.events.append(json.loads(json.dumps(event)))
+
+
+class CapturedBus:
+    """A custom EventBridge bus on moto with a catch-all rule for source ``credits`` delivering to an SQS
+    queue, so tests read back exactly what was put on the bus (set ``EVENT_BUS_NAME`` to ``name``)."""
+
+    def __init__(self, name: str, queue_url: str) -> None:
+        self.name = name
+        self.queue_url = queue_url
+        self._sqs = boto3.client("sqs", region_name=REGION)
+        self._seen: list[dict[str, Any]] = []
+
+    @classmethod
+    def create(cls, name: str = "credits-test-bus") -> CapturedBus:
+        events = boto3.client("events", region_name=REGION)
+        sqs = boto3.client("sqs", region_name=REGION)
+        events.create_event_bus(Name=name)
+        queue_url = sqs.create_queue(QueueName=f"{name}-capture")["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        events.put_rule(
+            Name="all-credits", EventBusName=name, EventPattern=json.dumps({"source": ["credits"]})
+        )
+        events.put_targets(
+            Rule="all-credits", EventBusName=name, Targets=[{"Id": "capture", "Arn": queue_arn}]
+        )
+        return cls(name, queue_url)
+
+    def events(self, detail_type: str | None = None) -> list[dict[str, Any]]:
+        """Every event delivered so far (accumulated across calls), optionally of one detail type."""
+        while True:
+            response = self._sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10)
+            messages = response.get("Messages", [])
+            if not messages:
+                break
+            for message in messages:
+                self._seen.append(json.loads(message["Body"]))
+                self._sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        return [e for e in self._seen if detail_type is None or e["detail-type"] == detail_type]
+
+
+class StreamRecorder:
+    """DynamoDB stream records (NEW_AND_OLD_IMAGES) computed from table snapshots taken around an operation.
+
+    moto does not feed a Lambda from the stream, so tests build the records the way DynamoDB would: one per
+    changed item, INSERT / MODIFY / REMOVE, with ``ApproximateCreationDateTime`` from ``clock``.
+    """
+
+    def __init__(self, client: Any, table: str, clock: Callable[[], datetime]) -> None:
+        self.client = client
+        self.table = table
+        self.clock = clock
+        self.records: list[dict[str, Any]] = []
+        self._seq = 0
+
+    def snapshot(self) -> dict[tuple[str, str], dict[str, Any]]:
+        items: dict[tuple[str, str], dict[str, Any]] = {}
+        kwargs: dict[str, Any] = {"TableName": self.table}
+        while True:
+            response = self.client.scan(**kwargs)
+            for raw in response["Items"]:
+                items[(raw["pk"]["S"], raw["sk"]["S"])] = raw
+            if "LastEvaluatedKey" not in response:
+                return items
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[None]:
+        before = self.snapshot()
+        yield
+        after = self.snapshot()
+        # ledger entries first, then the account items, like a transaction's records in the shard
+        order = sorted(set(before) | set(after), key=lambda k: (not k[0].startswith("ENTRY#"), k))
+        for key in order:
+            old, new = before.get(key), after.get(key)
+            if old == new:
+                continue
+            name = "INSERT" if old is None else "REMOVE" if new is None else "MODIFY"
+            self._seq += 1
+            dynamodb: dict[str, Any] = {
+                "ApproximateCreationDateTime": int(self.clock().timestamp()),
+                "Keys": {"pk": {"S": key[0]}, "sk": {"S": key[1]}},
+                "SequenceNumber": f"{self._seq:024d}",
+                "SizeBytes": 100,
+                "StreamViewType": "NEW_AND_OLD_IMAGES",
+            }
+            if new is not None:
+                dynamodb["NewImage"] = new
+            if old is not None:
+                dynamodb["OldImage"] = old
+            self.records.append(
+                {
+                    "eventID": uuid.uuid4().hex,
+                    "eventName": name,
+                    "eventVersion": "1.1",
+                    "eventSource": "aws:dynamodb",
+                    "awsRegion": REGION,
+                    "dynamodb": dynamodb,
+                    "eventSourceARN": f"arn:aws:dynamodb:{REGION}:123456789012:table/{self.table}/stream/x",
+                }
+            )
+
+    def drain(self, only: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """The records captured so far as one stream event (optionally filtered like the event source
+        mapping's FilterCriteria), and forget them."""
+        records = [r for r in self.records if only is None or only(r)]
+        self.records = []
+        return {"Records": records}
+
+
+def template_filter(record: dict[str, Any]) -> bool:
+    """What the LedgerStreamFunction's FilterCriteria in template.yaml let through."""
+    keys = record["dynamodb"]["Keys"]
+    pk, sk = keys["pk"]["S"], keys["sk"]["S"]
+    return (pk.startswith("ENTRY#") and record["eventName"] == "INSERT") or sk == "STATE"

@@ -1,0 +1,229 @@
+"""ReconcileFunction on moto with events/reconcile/: clean accounts advance their checkpoints and later runs
+read only new entries; deliberately corrupted items are reported (metric, event, checkpoint note) on every
+run until fixed; the run resumes after a simulated deadline; the backfill event registers old accounts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from credits_ledger.bus import EventBus
+from credits_ledger.dal.accounts import AccountRepository
+from credits_ledger.dal.reconcile import ReconcileRepository, bucket_of, registry_key
+from credits_ledger.jobs import scheduled
+from credits_ledger.jobs.reconcile import ReconcileJob
+from credits_ledger.jobs.scheduled import Deadline
+from credits_ledger.ledger import DebitRequest, Ledger
+from credits_ledger.observability import metrics
+from tests.expiry_helpers import CapturedBus, FakeContext, load_event, load_handler, time_runs_out_after
+from tests.ledger_helpers import FakeClock, make_ledger, spec
+
+D = Decimal
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+TABLE = "CreditsTable"
+MISMATCH = "credits.reconciliation.mismatch"
+
+
+class FakeLambdaClient:
+    def __init__(self) -> None:
+        self.payloads: list[dict[str, Any]] = []
+
+    def invoke(self, **kwargs: Any) -> dict[str, Any]:
+        self.payloads.append(json.loads(kwargs["Payload"]))
+        return {"StatusCode": 202}
+
+
+@dataclass
+class Env:
+    handler: ModuleType
+    ledger: Ledger
+    registry: ReconcileRepository
+    bus: CapturedBus
+    lambda_client: FakeLambdaClient
+    client: Any
+
+    def run(self, context: FakeContext | None = None, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.handler.lambda_handler(
+            event or load_event("reconcile/scheduled.json"), context or FakeContext()
+        )
+        return result
+
+    def account(self, account: str, *debits: str, register: bool = True) -> None:
+        self.ledger.grant(account, spec(f"g_{account}", "100"), key=f"grant:{account}")
+        for i, amount in enumerate(debits):
+            self.ledger.debit(account, DebitRequest(key=f"{account}:u{i}", amount=D(amount)))
+        if register:
+            self.registry.register(account, T0)
+
+    def checkpoint(self, account: str) -> dict[str, Any]:
+        raw = self.client.get_item(TableName=TABLE, Key=registry_key(account))["Item"]
+        return {k: next(iter(v.values())) for k, v in raw.items()}
+
+
+@pytest.fixture
+def env(moto_tables: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    bus = CapturedBus.create()
+    monkeypatch.setenv("EVENT_BUS_NAME", bus.name)
+    fake_lambda = FakeLambdaClient()
+    monkeypatch.setattr(scheduled, "lambda_client", lambda: fake_lambda)
+    metrics.clear_metrics()  # jobs run outside a handler elsewhere leave unflushed values behind
+    yield Env(
+        load_handler("reconcile"),
+        make_ledger(moto_tables.client, TABLE, FakeClock(T0)),
+        ReconcileRepository(moto_tables.client, TABLE),
+        bus,
+        fake_lambda,
+        moto_tables.client,
+    )
+
+
+def emitted_metrics(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    """The EMF metrics the handler flushed to stdout."""
+    found: dict[str, Any] = {}
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            blob = json.loads(line)
+            for metric in blob["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
+                value = blob[metric["Name"]]
+                found[metric["Name"]] = sum(value) if isinstance(value, list) else value
+    return found
+
+
+def test_clean_accounts_pass_and_later_runs_read_only_new_entries(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given three consistent accounts with 1, 2 and 3 ledger entries
+    env.account("cus_a")
+    env.account("cus_b", "10")
+    env.account("cus_c", "10", "5")
+    # When the scheduled run fires
+    first = env.run()
+    # Then all are checked, none mismatched, every checkpoint set to (version, sum); metrics say so
+    assert (first["checked"], first["mismatched"], first["entries_read"], first["checkpoints_advanced"]) == (
+        3,
+        0,
+        6,
+        3,
+    )
+    assert emitted_metrics(capsys)["MismatchedAccounts"] == 0.0
+    assert (env.checkpoint("cus_c")["checked_seq"], env.checkpoint("cus_c")["checked_total"]) == ("3", "85")
+    # When it runs again with nothing new / Then no ledger entry is read and no checkpoint written
+    second = env.run()
+    assert (second["checked"], second["entries_read"], second["checkpoints_advanced"]) == (3, 0, 0)
+    # When one account gets one more debit / Then the next run reads exactly that entry
+    env.ledger.debit("cus_b", DebitRequest(key="cus_b:late", amount=D(1)))
+    third = env.run()
+    assert (third["entries_read"], third["checkpoints_advanced"], third["mismatched"]) == (1, 1, 0)
+    assert emitted_metrics(capsys)["CheckedAccounts"] == 3.0
+    assert env.bus.events(MISMATCH) == []
+
+
+def test_a_corrupted_balance_is_reported_on_every_run_until_fixed(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given two accounts, one whose state item balance was tampered with (+5)
+    env.account("cus_ok", "10")
+    env.account("cus_bad", "10")
+    env.run()
+    env.client.update_item(
+        TableName=TABLE,
+        Key={"pk": {"S": "ACCOUNT#cus_bad"}, "sk": {"S": "STATE"}},
+        UpdateExpression="SET balance = balance + :five",
+        ExpressionAttributeValues={":five": {"N": "5"}},
+    )
+    # When the run fires
+    summary = env.run()
+    # Then exactly that account is mismatched: metric, event with the details, a note on its checkpoint
+    assert (summary["checked"], summary["mismatched"], summary["mismatched_accounts"]) == (2, 1, ["cus_bad"])
+    assert emitted_metrics(capsys)["MismatchedAccounts"] == 1.0
+    (event,) = env.bus.events(MISMATCH)
+    detail = event["detail"]
+    assert (detail["account"], detail["balance"], detail["ledger_sum"], detail["grants_remaining_sum"]) == (
+        "cus_bad",
+        "95",
+        "90",
+        "90",
+    )
+    assert [p["code"] for p in detail["problems"]] == ["ledger_sum", "grants_sum"]
+    assert detail["mismatch_id"] == f"{load_event('reconcile/scheduled.json')['id']}:cus_bad"
+    assert json.loads(env.checkpoint("cus_bad")["mismatch"])["account"] == "cus_bad"
+    assert env.checkpoint("cus_bad")["checked_seq"] == "2"  # the checkpoint did not move
+    # When the next run fires with the item still wrong / Then it is reported again
+    assert env.run()["mismatched_accounts"] == ["cus_bad"]
+    assert len(env.bus.events(MISMATCH)) == 2
+
+
+def test_a_missing_or_altered_ledger_entry_is_caught(env: Env) -> None:
+    # Given an account whose second (of three) entries was deleted, and one whose entry amount was altered
+    env.account("cus_gap", "10", "20")
+    env.account("cus_alt", "10")
+    env.client.delete_item(TableName=TABLE, Key={"pk": {"S": "ENTRY#cus_gap:u0"}, "sk": {"S": "ENTRY"}})
+    env.client.update_item(
+        TableName=TABLE,
+        Key={"pk": {"S": "ENTRY#cus_alt:u0"}, "sk": {"S": "ENTRY"}},
+        UpdateExpression="SET amount = :a",
+        ExpressionAttributeValues={":a": {"N": "-11"}},
+    )
+    # When the run fires
+    summary = env.run()
+    # Then both are mismatched with what is wrong named
+    assert sorted(summary["mismatched_accounts"]) == ["cus_alt", "cus_gap"]
+    problems = {
+        e["detail"]["account"]: [p["code"] for p in e["detail"]["problems"]] for e in env.bus.events(MISMATCH)
+    }
+    assert {"sequence", "version", "ledger_sum"} <= set(problems["cus_gap"])
+    assert {"balance_after", "ledger_sum"} <= set(problems["cus_alt"])
+
+
+def test_a_missing_newest_entry_is_rechecked_before_being_reported(env: Env) -> None:
+    # Given an account whose newest entry is missing (what a lagging index also looks like)
+    env.account("cus_tail", "10")
+    env.client.delete_item(TableName=TABLE, Key={"pk": {"S": "ENTRY#cus_tail:u0"}, "sk": {"S": "ENTRY"}})
+    sleeps: list[float] = []
+    job = ReconcileJob(AccountRepository(env.client, TABLE), env.registry, EventBus(), sleep=sleeps.append)
+    # When the job checks it
+    summary = job.run(T0, "run", Deadline(None))
+    # Then it re-read the ledger a few times (waiting for the index) and then reported it
+    assert sleeps == pytest.approx([0.2, 0.4, 0.6])
+    assert summary.mismatched_accounts == ["cus_tail"]
+
+
+def test_stops_before_the_deadline_and_continues_where_it_stopped(env: Env) -> None:
+    # Given six registered accounts
+    accounts = [f"cus_{i}" for i in range(6)]
+    for account in accounts:
+        env.account(account, "1")
+    # When the run's time runs out after three accounts
+    first = env.run(time_runs_out_after(3))
+    # Then it checked three and re-invoked itself with where to continue
+    assert (first["checked"], first["remaining"], first["continued"]) == (3, True, True)
+    (follow,) = env.lambda_client.payloads
+    assert follow["time"] == load_event("reconcile/scheduled.json")["time"]
+    assert follow["detail"]["continuation"]["phase"].startswith("bucket-")
+    # When the re-invocation runs / Then it checks the other three, and every account was checked once
+    second = env.run(event=follow)
+    assert (second["checked"], second["remaining"]) == (3, False)
+    assert all(env.checkpoint(a)["checked_seq"] == "2" for a in accounts)
+    assert first["checkpoints_advanced"] + second["checkpoints_advanced"] == 6
+
+
+def test_the_backfill_event_registers_accounts_the_stream_never_saw(env: Env) -> None:
+    # Given two accounts that were never registered (created before the stream function existed)
+    env.account("cus_old1", register=False)
+    env.account("cus_old2", "10", register=False)
+    assert env.run()["checked"] == 0
+    # When the backfill event (events/reconcile/backfill.json) runs
+    summary = env.run(event=load_event("reconcile/backfill.json"))
+    # Then both are registered and checked in the same run; a second backfill registers nothing new
+    assert (summary["registered"], summary["checked"], summary["mismatched"]) == (2, 2, 0)
+    assert env.run(event=load_event("reconcile/backfill.json"))["registered"] == 0
+    assert {c.account_id for c in env.registry.registry_page(bucket_of("cus_old1")).checkpoints} >= {
+        "cus_old1"
+    }
