@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import secrets
@@ -18,13 +19,21 @@ from typing import Any
 
 from credits_dev.local.apigw import Router
 from credits_dev.local.aws_stubs import AwsStubs, EventBus
-from credits_dev.local.engine import Engine, choose_engine, dynamodb_client
+from credits_dev.local.engine import Engine, EngineError, choose_engine, dynamodb_client
 from credits_dev.local.runtime import FunctionRuntime
 from credits_dev.local.schedules import Scheduler
 from credits_dev.local.server import LocalServer
 from credits_dev.local.streams import BatchFailed, Checkpoints, StreamPoller
 from credits_dev.local.tables import ensure_tables
-from credits_dev.local.template import REGION, Function, LocalNames, StackModel, load_stack, read_tables
+from credits_dev.local.template import (
+    REGION,
+    Function,
+    LocalNames,
+    StackModel,
+    TemplateError,
+    load_stack,
+    read_tables,
+)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _REF_SUFFIXES = (
@@ -148,10 +157,10 @@ class LocalStack:
         self.server = LocalServer((s.host, s.port), self)
         port = self.server.server_address[1]
         self.url = f"http://{s.host}:{port}"
-        # 2. the engine and the tables
+        # 2. the engine and the tables (the template is read first: a broken one starts nothing)
+        tables = read_tables(self._raw_template())
         self.engine = choose_engine(s.state_dir, [s.template.parent, Path.cwd(), PACKAGE_ROOT], self.log)
         self.engine.start()
-        tables = read_tables(self._raw_template())
         ensure_tables(dynamodb_client(self.engine.endpoint), tables, self.log)
         # 3. the process environment every function sees, then the functions
         self._base_environment()
@@ -438,13 +447,26 @@ def main() -> int:
         signal.signal(signal.SIGHUP, on_signal)
     try:
         stack.start()
+    except OSError as exc:
+        stack.stop()
+        if exc.errno == errno.EADDRINUSE:
+            print(
+                f"error: port {settings.port} is in use (another `make dev`?): set PORT=...", file=sys.stderr
+            )
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (TemplateError, EngineError) as exc:
+        stack.stop()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BaseException:
+        stack.stop()
+        raise
+    try:
         while not stopping.wait(0.5):
             pass
         stack.log("stopping ...")
-    except OSError as exc:
-        stack.stop()
-        print(f"error: {exc} (is another `make dev` on port {settings.port}? set PORT=...)", file=sys.stderr)
-        return 1
     finally:
         stack.stop()
     stack.log("stopped")

@@ -60,8 +60,13 @@ CfnLoader.add_multi_constructor("!", _construct_tag)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.load(handle, Loader=CfnLoader)  # noqa: S506 - a SafeLoader subclass
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.load(handle, Loader=CfnLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise TemplateError(f"{path} is not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise TemplateError(f"cannot read {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise TemplateError(f"{path}: not a CloudFormation template (top level is not a mapping)")
     return data
