@@ -1,0 +1,422 @@
+"""Stateful model test: random sequences of ledger operations on moto against an independent in-memory model.
+
+The model below is written from the contract alone (its own spend order, its own bookkeeping); it never calls
+credits_ledger.domain to compute an expected value. After every step the table must agree with it:
+balance == sum of ledger amounts == model balance, never negative, each live grant's remaining and held flag
+as in the model; every debit's allocations are the model's spend order; every replay is a no-op that returns
+the first entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import boto3
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from moto import mock_aws
+
+from credits_ledger.domain.balance import balance as balance_of
+from credits_ledger.domain.errors import (
+    GrantNotDue,
+    IdempotencyMismatch,
+    InsufficientCredits,
+    InvalidTransition,
+)
+from credits_ledger.domain.models import Allocation, Category, EntryType, LedgerEntry
+from credits_ledger.ledger import DebitRequest, Outcome
+from tests.ledger_helpers import FakeClock, all_entries, make_ledger, spec
+from tests.support.tables import DEFAULT_TEMPLATE, delete_tables, load_template, table_requests
+
+D = Decimal
+ACCT = "cus_model"
+FAR = datetime.max.replace(tzinfo=UTC)
+
+amounts = st.decimals(min_value="0.01", max_value="40", places=2) | st.decimals(
+    min_value="0.000001", max_value="5", places=6
+)
+# (amount, category, priority, expires in hours or None, starts in hours): few distinct values, so ties happen
+GrantShape = tuple[Decimal, str, int, int | None, int]
+grant_shapes = st.tuples(
+    amounts,
+    st.sampled_from(["paid", "promotional"]),
+    st.sampled_from([10, 50, 50]),
+    st.sampled_from([None, None, 24, 48, 48]),
+    st.sampled_from([0, 0, 0, 6]),
+)
+
+
+# ---- the independent model ---------------------------------------------------------------------------------
+@dataclass
+class ModelGrant:
+    grant_id: str
+    remaining: Decimal
+    category: str  # "paid" | "promotional"
+    priority: int
+    effective_at: datetime
+    expires_at: datetime | None
+    held: bool = False
+    closed: str | None = None  # None while live, else "depleted" | "expired" | "voided"
+
+
+@dataclass
+class Replayable:
+    """A committed operation: running it again must return ``first`` and change nothing."""
+
+    name: str
+    run: Callable[[], Outcome | None]
+    first: LedgerEntry
+
+
+class Model:
+    def __init__(self) -> None:
+        self.grants: dict[str, ModelGrant] = {}
+        self.committed: dict[str, LedgerEntry] = {}  # idempotency key -> first entry
+        self.balance = D(0)
+
+    def live(self) -> dict[str, ModelGrant]:
+        return {g.grant_id: g for g in self.grants.values() if g.closed is None}
+
+    def spendable(self, now: datetime) -> list[ModelGrant]:
+        usable = [
+            g
+            for g in self.live().values()
+            if not g.held and g.effective_at <= now and (g.expires_at is None or now < g.expires_at)
+        ]
+        # Contract: lowest priority, earliest expiry (never-expiring last), promotional before paid,
+        # oldest effective_at, grant id.
+        return sorted(
+            usable,
+            key=lambda g: (
+                g.priority,
+                g.expires_at or FAR,
+                g.category != "promotional",
+                g.effective_at,
+                g.grant_id,
+            ),
+        )
+
+    def available(self, now: datetime) -> Decimal:
+        return sum((g.remaining for g in self.spendable(now)), D(0))
+
+    def plan_debit(self, amount: Decimal, now: datetime) -> list[tuple[str, Decimal]] | None:
+        left, plan = amount, []
+        for grant in self.spendable(now):
+            if left == 0:
+                break
+            take = min(left, grant.remaining)
+            plan.append((grant.grant_id, take))
+            left -= take
+        return plan if left == 0 else None
+
+    def take(self, grant_id: str, amount: Decimal, closes_as: str) -> None:
+        grant = self.grants[grant_id]
+        grant.remaining -= amount
+        self.balance -= amount
+        if grant.remaining == 0:
+            grant.closed = closes_as
+
+
+# ---- the machine -------------------------------------------------------------------------------------------
+class LedgerMachine(RuleBasedStateMachine):
+    replayables = Bundle("replayables")
+
+    # Set by the test: one moto mock, client and parsed template.yaml for all examples (starting moto and
+    # parsing the template cost more than an example); each example creates fresh tables from the template's
+    # definitions (key schema and indexes as declared there) and deletes them when it ends.
+    client: Any = None
+    template: dict[str, Any] = {}
+    examples = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        LedgerMachine.examples += 1
+        suffix = f"-{LedgerMachine.examples}"
+        self.tables: dict[str, str] = {}
+        for logical_id, request in table_requests(self.template, name_suffix=suffix).items():
+            request.pop("_ttl", None)  # TTL plays no part here
+            self.client.create_table(**request)
+            self.tables[logical_id] = request["TableName"]
+        self.clock = FakeClock()
+        self.ledger = make_ledger(self.client, self.tables["CreditsTable"], self.clock)
+        self.model = Model()
+        self.counter = 0
+        self.entries_seen = 0
+        self.ledger_sum = D(0)
+
+    def teardown(self) -> None:
+        try:
+            # the whole ledger, read once: same entries, same sum as seen step by step
+            entries = all_entries(self.ledger, ACCT)
+            assert len(entries) == len(self.model.committed)
+            assert sum((e.amount for e in entries), D(0)) == self.model.balance
+            assert {e.entry_key: e for e in entries} == self.model.committed
+        finally:
+            delete_tables(self.client, self.tables.values())
+
+    # -- helpers --
+    def _next(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter:03d}"
+
+    def _version(self) -> int:
+        return self.ledger.repository.state(ACCT, consistent=True).version
+
+    def _committed(self, key: str, entry: LedgerEntry, run: Callable[[], Outcome | None], name: str) -> Any:
+        assert entry.entry_key == key
+        assert entry.balance_after == self.model.balance
+        self.model.committed[key] = entry
+        return Replayable(name, run, entry)
+
+    def _expect_replay(self, key: str, outcome: Outcome | None) -> Any:
+        assert outcome is not None and outcome.replayed, f"{key} should replay"
+        assert outcome.entry == self.model.committed[key]
+        return multiple()
+
+    # -- rules --
+    def _pick_grant(self, data: st.DataObject) -> str:
+        return data.draw(st.sampled_from(sorted(self.model.grants)), label="grant")
+
+    def _grant(self, shape: GrantShape) -> Replayable:
+        amount, category, priority, expires_in_hours, starts_in_hours = shape
+        grant_id, key = self._next("gr_"), self._next("g:")
+        now = self.clock.now
+        effective = now + timedelta(hours=starts_in_hours)
+        expires = effective + timedelta(hours=expires_in_hours) if expires_in_hours is not None else None
+        grant_spec = spec(
+            grant_id,
+            amount,
+            category=Category(category),
+            priority=priority,
+            effective_at=effective if starts_in_hours else None,
+            expires_at=expires,
+        )
+        run = lambda: self.ledger.grant(ACCT, grant_spec, key=key, fingerprint=key)  # noqa: E731
+        outcome = run()
+        self.model.grants[grant_id] = ModelGrant(grant_id, amount, category, priority, effective, expires)
+        self.model.balance += amount
+        assert not outcome.replayed
+        assert (outcome.entry.type, outcome.entry.amount) == (EntryType.GRANT, amount)
+        return self._committed(key, outcome.entry, run, "grant")
+
+    @initialize(target=replayables, shapes=st.lists(grant_shapes, min_size=1, max_size=5))
+    def start_with_grants(self, shapes: list[GrantShape]) -> Any:
+        # Given an account with a few grants that often tie on priority/expiry (so every key of the
+        # spend order matters)
+        return multiple(*(self._grant(shape) for shape in shapes))
+
+    @rule(target=replayables, shape=grant_shapes)
+    def grant(self, shape: GrantShape) -> Any:
+        return self._grant(shape)
+
+    @rule(target=replayables, amount=amounts)
+    def debit(self, amount: Decimal) -> Any:
+        key = self._next("use:")
+        request = DebitRequest(key=key, amount=amount, fingerprint=f"body-{key}")
+        run = lambda: self.ledger.debit(ACCT, request)  # noqa: E731
+        plan = self.model.plan_debit(amount, self.clock.now)
+        if plan is None:
+            version = self._version()
+            try:
+                run()
+            except InsufficientCredits as exc:
+                assert exc.available == self.model.available(self.clock.now)
+            else:
+                raise AssertionError(
+                    f"debit of {amount} should be refused: model has {self.model.available(self.clock.now)}"
+                )
+            assert self._version() == version
+            return multiple()
+        outcome = run()
+        # debits follow spend order: the allocations are exactly the model's plan
+        assert outcome.entry.allocations == tuple(Allocation(g, a) for g, a in plan)
+        assert (outcome.entry.type, outcome.entry.amount) == (EntryType.DEBIT, -amount)
+        for grant_id, take in plan:
+            self.model.take(grant_id, take, "depleted")
+        return self._committed(key, outcome.entry, run, "debit")
+
+    @rule(hours=st.integers(1, 48))
+    def advance_clock(self, hours: int) -> None:
+        self.clock.advance(hours=hours)
+
+    @precondition(lambda self: self.model.grants)
+    @rule(target=replayables, data=st.data())
+    def expire(self, data: st.DataObject) -> Any:
+        grant_id = self._pick_grant(data)
+        grant = self.model.grants[grant_id]
+        key = f"expire:{grant_id}"
+        if grant.expires_at is not None and self.clock.now < grant.expires_at:
+            self.clock.set(grant.expires_at + timedelta(minutes=1))  # the job runs after the expiry
+        as_of = self.clock.now
+        run = lambda: self.ledger.expire(grant_id, as_of)  # noqa: E731
+        if key in self.model.committed:
+            return self._expect_replay(key, run())
+        if grant.closed is None and grant.expires_at is None:
+            with pytest.raises(GrantNotDue):
+                run()
+            return multiple()
+        outcome = run()
+        if grant.closed is not None:
+            assert outcome is None
+            return multiple()
+        assert outcome is not None
+        assert outcome.entry.allocations == (Allocation(grant_id, grant.remaining),)
+        assert (outcome.entry.type, outcome.entry.amount) == (EntryType.EXPIRE, -grant.remaining)
+        self.model.take(grant_id, grant.remaining, "expired")
+        return self._committed(key, outcome.entry, run, "expire")
+
+    @precondition(lambda self: self.model.grants)
+    @rule(target=replayables, data=st.data())
+    def void(self, data: st.DataObject) -> Any:
+        grant_id = self._pick_grant(data)
+        grant = self.model.grants[grant_id]
+        key = f"void:{grant_id}"
+        run = lambda: self.ledger.void(grant_id)  # noqa: E731
+        if key in self.model.committed:
+            return self._expect_replay(key, run())
+        outcome = run()
+        if grant.closed is not None:
+            assert outcome is None
+            return multiple()
+        assert outcome is not None
+        assert (outcome.entry.type, outcome.entry.amount) == (EntryType.VOID, -grant.remaining)
+        self.model.take(grant_id, grant.remaining, "voided")
+        return self._committed(key, outcome.entry, run, "void")
+
+    @precondition(lambda self: self.model.grants)
+    @rule(target=replayables, data=st.data())
+    def hold(self, data: st.DataObject) -> Any:
+        grant_id = self._pick_grant(data)
+        grant = self.model.grants[grant_id]
+        key = self._next("hold:")
+        run = lambda: self.ledger.hold(grant_id, key=key)  # noqa: E731
+        if grant.closed is not None:
+            assert run() is None
+            return multiple()
+        if grant.held:
+            with pytest.raises(InvalidTransition):
+                run()
+            return multiple()
+        outcome = run()
+        assert outcome is not None
+        assert (outcome.entry.type, outcome.entry.amount) == (EntryType.HOLD, 0)
+        assert outcome.entry.allocations == (Allocation(grant_id, grant.remaining),)
+        grant.held = True
+        return self._committed(key, outcome.entry, run, "hold")
+
+    @precondition(lambda self: self.model.grants)
+    @rule(target=replayables, data=st.data())
+    def release(self, data: st.DataObject) -> Any:
+        grant_id = self._pick_grant(data)
+        grant = self.model.grants[grant_id]
+        key = self._next("release:")
+        run = lambda: self.ledger.release(grant_id, key=key)  # noqa: E731
+        if grant.closed is not None:
+            assert run() is None
+            return multiple()
+        if not grant.held:
+            with pytest.raises(InvalidTransition):
+                run()
+            return multiple()
+        outcome = run()
+        assert outcome is not None
+        assert (outcome.entry.type, outcome.entry.amount) == (EntryType.RELEASE, 0)
+        grant.held = False
+        return self._committed(key, outcome.entry, run, "release")
+
+    @precondition(lambda self: self.model.grants)
+    @rule(target=replayables, data=st.data(), amount=amounts)
+    def revoke(self, data: st.DataObject, amount: Decimal) -> Any:
+        grant_id = self._pick_grant(data)
+        grant = self.model.grants[grant_id]
+        key = self._next("refund:")
+        run = lambda: self.ledger.revoke(grant_id, amount, key=key)  # noqa: E731
+        taken = min(amount, grant.remaining) if grant.closed is None else D(0)
+        outcome = run()
+        assert (outcome.entry.type, outcome.entry.amount) == (EntryType.REVOKE, -taken)
+        assert outcome.entry.allocations == ((Allocation(grant_id, taken),) if taken else ())
+        assert D(outcome.entry.metadata["shortfall"]) == amount - taken
+        if taken:
+            self.model.take(grant_id, taken, "voided")
+        return self._committed(key, outcome.entry, run, "revoke")
+
+    @rule(previous=replayables)
+    def replay(self, previous: Replayable) -> None:
+        # Given an operation that committed earlier; When it is sent again
+        version, balance = self._version(), self.model.balance
+        outcome = previous.run()
+        # Then it is a no-op returning the first entry
+        assert outcome is not None and outcome.replayed, f"replay of {previous.name} was applied again"
+        assert outcome.entry == previous.first
+        assert self._version() == version and self.model.balance == balance
+
+    @rule(previous=replayables)
+    def replay_debit_with_other_body(self, previous: Replayable) -> None:
+        if previous.name != "debit":
+            return
+        version = self._version()
+        with pytest.raises(IdempotencyMismatch):
+            self.ledger.debit(
+                ACCT, DebitRequest(key=previous.first.entry_key, amount=D(1), fingerprint="other")
+            )
+        assert self._version() == version
+
+    # -- invariants --
+    @invariant()
+    def books_agree_with_the_model(self) -> None:
+        state = self.ledger.repository.state(ACCT, consistent=True)
+        assert state.ledger_balance == self.model.balance
+        assert state.ledger_balance >= 0
+        assert state.version == len(self.model.committed)
+        # sum of ledger amounts == balance: entries are immutable, so read only the ones new since the last
+        # step (newest first) and keep a running sum; teardown re-reads the whole ledger once
+        new = state.version - self.entries_seen
+        page = self.ledger.transactions(ACCT, max(new, 1))
+        fresh = [e for e in page.items if e.seq > self.entries_seen]
+        assert [e.seq for e in fresh] == list(range(state.version, self.entries_seen, -1))  # newest first
+        for entry in reversed(fresh):
+            self.ledger_sum += entry.amount
+            assert entry.balance_after == self.ledger_sum
+        self.entries_seen = state.version
+        assert self.ledger_sum == state.ledger_balance
+        live = self.model.live()
+        assert {g: (x.remaining, x.held) for g, x in state.grants.items()} == {
+            g: (x.remaining, x.held) for g, x in live.items()
+        }
+        # what Ledger.balance reports for this state (without another read)
+        balance = balance_of(state, self.clock.now)
+        assert balance.available == self.model.available(self.clock.now)
+        assert balance.ledger_balance == self.model.balance
+
+
+def test_ledger_matches_independent_model() -> None:
+    with mock_aws():
+        LedgerMachine.client = boto3.client("dynamodb", region_name="us-east-1")
+        LedgerMachine.template = load_template(DEFAULT_TEMPLATE)
+        try:
+            run_state_machine_as_test(
+                LedgerMachine,
+                settings=settings(
+                    max_examples=30,
+                    stateful_step_count=20,
+                    deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+                ),
+            )
+        finally:
+            LedgerMachine.client = None
