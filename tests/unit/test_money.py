@@ -80,6 +80,22 @@ def test_parse_amount_huge_values_are_a_clean_answer(raw: object) -> None:
     assert amount == Decimal(raw)
 
 
+@pytest.mark.parametrize("raw", ["999999999999999999.999999", "-999999999999999999.999999", "1E+17"])
+def test_parse_amount_largest_accepted_values_are_exact(raw: str) -> None:
+    # Given the largest amounts the contract still accepts (18 integer + 6 fractional digits)
+    amount = parse_amount(raw)
+    # Then they are exact, and arithmetic on them (a balance plus a grant) stays exact
+    assert amount == Decimal(raw)
+    assert parse_amount(format_amount(amount)) == amount
+    assert (amount + Decimal("0.000001")) - amount == Decimal("0.000001")
+
+
+@pytest.mark.parametrize("raw", ["1e18", "1000000000000000000", "-1e18", Decimal("1E+18")])
+def test_parse_amount_refuses_more_than_18_integer_digits(raw: object) -> None:
+    with pytest.raises(InvalidAmount):
+        parse_amount(raw)
+
+
 @given(st.decimals(min_value=-(10**12), max_value=10**12, places=6, allow_nan=False, allow_infinity=False))
 def test_parse_amount_round_trips_through_the_wire_form(value: Decimal) -> None:
     # Given any amount with at most 6 fractional digits
