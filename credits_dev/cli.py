@@ -840,8 +840,7 @@ def cmd_stripe_send(api: Api, args: argparse.Namespace, out: Printer) -> int:
         raise CliError(str(exc), EXIT_USAGE) from exc
     payload = serialize(event)
     signature = sign(payload, secret)
-    obj = event["data"]["object"]
-    intent = obj.get("payment_intent") if obj.get("object") != "payment_intent" else obj.get("id")
+    intent = options.payment_intent  # given, or generated (and related to the charge / dispute ids)
     if args.dry_run:
         out(f"Stripe-Signature: {signature}")
         out(payload)
