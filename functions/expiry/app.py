@@ -12,7 +12,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from credits_ledger.bus import EventBus
+from credits_ledger.bus import default_bus
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.reminders import ReminderRepository
 from credits_ledger.jobs.expiry import ExpiryJob
@@ -24,7 +24,7 @@ from credits_ledger.pricing import load_pricing
 
 @cache
 def job() -> ExpiryJob:
-    return ExpiryJob(Ledger(AccountRepository()), ReminderRepository(), EventBus(), load_pricing())
+    return ExpiryJob(Ledger(AccountRepository()), ReminderRepository(), default_bus(), load_pricing())
 
 
 @logger.inject_lambda_context

@@ -12,7 +12,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from credits_ledger.bus import EventBus
+from credits_ledger.bus import default_bus
 from credits_ledger.dal.reconcile import ReconcileRepository
 from credits_ledger.dal.settings import AccountSettingsRepository
 from credits_ledger.jobs.ledger_stream import LedgerStream
@@ -22,7 +22,7 @@ from credits_ledger.pricing import load_pricing
 
 @cache
 def stream() -> LedgerStream:
-    return LedgerStream(EventBus(), AccountSettingsRepository(), ReconcileRepository(), load_pricing())
+    return LedgerStream(default_bus(), AccountSettingsRepository(), ReconcileRepository(), load_pricing())
 
 
 @logger.inject_lambda_context

@@ -11,7 +11,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from credits_ledger.bus import EventBus
+from credits_ledger.bus import default_bus
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.reconcile import ReconcileRepository
 from credits_ledger.jobs.reconcile import ReconcileJob
@@ -21,7 +21,7 @@ from credits_ledger.observability import logger, metrics, tracer
 
 @cache
 def job() -> ReconcileJob:
-    return ReconcileJob(AccountRepository(), ReconcileRepository(), EventBus())
+    return ReconcileJob(AccountRepository(), ReconcileRepository(), default_bus())
 
 
 @logger.inject_lambda_context

@@ -385,3 +385,18 @@ def test_a_rollover_grant_expires_without_rolling_again(env: Env) -> None:
     assert env.entry_types("cus_a")[-1] == ("expire", "expire:g_pro-ro1", D(-100))
     assert [e.type for e in all_entries(env.ledger, "cus_a")].count(EntryType.ROLLOVER) == 1
     assert assert_books_balance(env.ledger, "cus_a") == D(0)
+
+
+def test_without_a_configured_bus_the_run_still_expires_and_only_logs_events(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given no EVENT_BUS_NAME (the local stack has no EventBridge), a due grant and one 5 days from expiry
+    monkeypatch.delenv("EVENT_BUS_NAME")
+    handler = load_handler("expiry")
+    env.grant("cus_a", "g_due", "10", RUN_AT - timedelta(hours=1))
+    env.grant("cus_a", "g_soon", "10", RUN_AT + timedelta(days=5))
+    # When the run fires
+    summary = handler.lambda_handler(load_event("expiry/scheduled.json"), FakeContext())
+    # Then it expires as usual, and the reminder is recorded as sent but goes to the log, not to a bus
+    assert (summary["expired"], summary["reminders_sent"]) == (1, 1)
+    assert env.bus.events() == []

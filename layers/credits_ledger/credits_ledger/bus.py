@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import cache
-from typing import Any
+from typing import Any, Protocol
 
 import boto3
 
@@ -22,6 +22,7 @@ from credits_ledger.dal.client import CLIENT_CONFIG
 from credits_ledger.dal.items import iso
 from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.money import format_amount
+from credits_ledger.observability import logger
 
 SOURCE = "credits"
 MAX_ENTRIES_PER_CALL = 10
@@ -93,3 +94,26 @@ class EventBus:
         if event.time is not None:
             entry["Time"] = event.time
         return entry
+
+
+class Publisher(Protocol):
+    def publish(self, events: Sequence[BusEvent]) -> None: ...
+
+
+class LogOnlyBus:
+    """Stands in where no bus is configured (``EVENT_BUS_NAME`` unset: the local stack, a bare test run):
+    events are logged, not sent. Deployed functions always have the variable (template.yaml)."""
+
+    def publish(self, events: Sequence[BusEvent]) -> None:
+        for event in events:
+            logger.info(
+                "event not published: no EVENT_BUS_NAME", detail_type=event.detail_type, detail=event.detail
+            )
+
+
+def default_bus() -> Publisher:
+    """The configured bus, or a LogOnlyBus (with a warning) when ``EVENT_BUS_NAME`` is unset."""
+    if os.environ.get("EVENT_BUS_NAME"):
+        return EventBus()
+    logger.warning("EVENT_BUS_NAME is not set: events will be logged, not published")
+    return LogOnlyBus()

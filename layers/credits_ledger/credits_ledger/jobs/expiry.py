@@ -24,7 +24,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from credits_ledger.bus import BusEvent, EventBus, PublishFailed
+from credits_ledger.bus import BusEvent, Publisher, PublishFailed
 from credits_ledger.dal.accounts import AccountRepository, Page
 from credits_ledger.dal.items import iso
 from credits_ledger.dal.reminders import Reminder, ReminderAlreadySent, ReminderRepository
@@ -97,7 +97,7 @@ class ExpiryJob:
         self,
         ledger: Ledger,
         reminders: ReminderRepository,
-        bus: EventBus,
+        bus: Publisher,
         pricing: Pricing,
         page_size: int = 100,
     ) -> None:

@@ -32,7 +32,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
     DynamoDBRecordEventName,
 )
 
-from credits_ledger.bus import BusEvent, EventBus
+from credits_ledger.bus import BusEvent, Publisher
 from credits_ledger.dal import items as it
 from credits_ledger.dal.reconcile import ReconcileRepository
 from credits_ledger.dal.settings import AccountSettings, AccountSettingsRepository
@@ -77,7 +77,7 @@ class LedgerStream:
 
     def __init__(
         self,
-        bus: EventBus,
+        bus: Publisher,
         settings: AccountSettingsRepository,
         registry: ReconcileRepository,
         pricing: Pricing,

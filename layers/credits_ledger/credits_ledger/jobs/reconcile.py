@@ -21,7 +21,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from credits_ledger.bus import BusEvent, EventBus
+from credits_ledger.bus import BusEvent, Publisher
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.items import iso
 from credits_ledger.dal.reconcile import BUCKETS, CheckpointMoved, ReconcileRepository
@@ -70,7 +70,7 @@ class ReconcileJob:
         self,
         accounts: AccountRepository,
         registry: ReconcileRepository,
-        bus: EventBus,
+        bus: Publisher,
         sleep: Callable[[float], None] = time.sleep,
         index_lag_retries: int = 3,
     ) -> None:
