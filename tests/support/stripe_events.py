@@ -1,0 +1,940 @@
+"""Realistic Stripe webhook events for tests, built from Stripe's own object fixtures, and signed API Gateway
+HTTP API (payload v2) events that carry them to the webhook handler.
+
+The object shapes come from the shared fixtures (``$STRIPE_FIXTURES_DIR``, else ``../shared/fixtures/stripe``
+beside the repository, else the copy in ``tests/fixtures/stripe``). Their placeholder values (``obj_123``,
+``"currency": "currency"``, timestamps 1234567890, ``"type": "type"``...) are replaced with realistic ones:
+Stripe-looking ids, the real status values, current timestamps, consistent amounts.
+
+    ev = checkout_session_completed("cus_Q1", pack="starter", amount_subtotal=1900)
+    api = signed_api_event(body(ev), "whsec_test")            # what API Gateway hands the Lambda function
+    lambda_handler(api, lambda_context())
+    api = resign(api, "whsec_test")                            # a stored sample, with a fresh timestamp
+
+Every builder returns a full ``event`` dict (``ev["data"]["object"]`` is the Stripe object); ``event(type,
+obj)`` wraps any object. ``python -m tests.support.stripe_events`` rewrites ``events/stripe_webhook/*.json``.
+"""
+
+from __future__ import annotations
+
+import base64 as b64
+import copy
+import json
+import os
+import random
+import string
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import stripe
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FIXTURES_ENV = "STRIPE_FIXTURES_DIR"
+SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "stripe"
+LOCAL_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "stripe"
+SAMPLE_DIR = REPO_ROOT / "events" / "stripe_webhook"
+SAMPLE_SECRET = "whsec_local_sample_secret"  # documented in events/README.md; never a real secret
+API_VERSION = "2026-07-29.dahlia"  # the GA spec the fixtures were taken from
+ROUTE = "/v1/webhooks/stripe"
+
+# Values of the stripe-mock fixtures that are not real data (besides a string equal to its own key, such as
+# "currency": "currency"); a built event must contain none of them.
+PLACEHOLDER_NUMBERS = frozenset({1234567890, 1028554472})
+
+Json = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+def fixtures_dir() -> Path:
+    """Where the Stripe object fixtures are: ``$STRIPE_FIXTURES_DIR``, the shared folder, the local copy."""
+    configured = os.environ.get(FIXTURES_ENV)
+    if configured:
+        return Path(configured)
+    for candidate in (SHARED_FIXTURES, LOCAL_FIXTURES):
+        if (candidate / "event.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"no Stripe fixtures in ${FIXTURES_ENV}, {SHARED_FIXTURES} or {LOCAL_FIXTURES}")
+
+
+@cache
+def _fixture_text(directory: Path, name: str) -> str:
+    return (directory / f"{name}.json").read_text(encoding="utf-8")
+
+
+def fixture(name: str) -> Json:
+    """A fresh deep copy of a fixture object, e.g. ``fixture("checkout.session")``."""
+    return json.loads(_fixture_text(fixtures_dir(), name))
+
+
+# ---------------------------------------------------------------------------------------------- ids, time
+_ALPHABET = string.ascii_letters + string.digits
+
+
+class Ids:
+    """Stripe-looking ids (``pi_3Q...``); seeded for reproducible sample files, random otherwise."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._rng = random.Random(seed if seed is not None else uuid.uuid4().int)
+
+    def __call__(self, prefix: str, length: int = 24) -> str:
+        body = "".join(self._rng.choice(_ALPHABET) for _ in range(length))
+        if prefix in {"pi", "ch", "re", "evt", "in", "il", "dp", "pm", "inpay", "price"}:
+            body = ("3" if prefix in {"pi", "ch", "re"} else "1") + "Q" + body[2:]
+        return f"{prefix}_{body}"
+
+    def customer(self) -> str:
+        return self("cus", 14)
+
+    def session(self) -> str:
+        return self("cs_test_a1", 56)
+
+
+new_id = Ids()
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def charge_for(payment_intent: str) -> str:
+    """The charge id tests use for a PaymentIntent's (only) charge: same suffix, so links are easy to read."""
+    return "ch_" + payment_intent.removeprefix("pi_")
+
+
+def _request(ids: Ids) -> Json:
+    return {"id": ids("req", 14), "idempotency_key": str(uuid.UUID(int=ids._rng.getrandbits(128), version=4))}
+
+
+def _address() -> Json:
+    return {
+        "city": "Berlin",
+        "country": "DE",
+        "line1": "Friedrichstrasse 123",
+        "line2": None,
+        "postal_code": "10117",
+        "state": None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- events
+def event(
+    type: str,
+    obj: Json,
+    id: str | None = None,
+    created: int | None = None,
+    *,
+    ids: Ids | None = None,
+    previous_attributes: Json | None = None,
+) -> Json:
+    """A snapshot event (``event.json`` envelope) carrying ``obj``."""
+    ids = ids or new_id
+    ev = fixture("event")
+    ev.update(
+        id=id or ids("evt"),
+        api_version=API_VERSION,
+        created=created if created is not None else now(),
+        type=type,
+        pending_webhooks=1,
+        livemode=False,
+        request=_request(ids),
+    )
+    ev["data"] = {"object": obj}
+    if previous_attributes is not None:
+        ev["data"]["previous_attributes"] = previous_attributes
+    return ev
+
+
+def body(ev: Json) -> str:
+    """The body as Stripe sends it: pretty-printed JSON (the signature covers exactly these bytes)."""
+    return json.dumps(ev, indent=2)
+
+
+def _metadata(
+    pack: str | None, credits: str | int | None, metadata: Mapping[str, Any] | None
+) -> dict[str, str]:
+    result: dict[str, str] = {}
+    if pack is not None:
+        result["credits_pack"] = pack
+    if credits is not None:
+        result["credits"] = str(credits)
+    result.update({k: str(v) for k, v in (metadata or {}).items()})
+    return result
+
+
+# ---- checkout.session.* ----------------------------------------------------------------------------------
+def checkout_session(
+    customer: str | None,
+    pack: str | None = None,
+    credits: str | int | None = None,
+    *,
+    payment_intent: str | None = None,
+    amount_subtotal: int = 1900,
+    amount_tax: int = 0,
+    currency: str = "eur",
+    payment_status: str = "paid",
+    mode: str = "payment",
+    metadata: Mapping[str, Any] | None = None,
+    session_id: str | None = None,
+    created: int | None = None,
+    ids: Ids | None = None,
+) -> Json:
+    """A completed Checkout Session (``checkout.session.json``) of mode ``payment``."""
+    ids = ids or new_id
+    created = created if created is not None else now() - 120
+    obj = fixture("checkout.session")
+    session_id = session_id or ids.session()
+    total = amount_subtotal + amount_tax
+    obj.update(
+        id=session_id,
+        created=created,
+        expires_at=created + 86_400,
+        customer=customer,
+        customer_creation=None,
+        customer_email=None,
+        currency=currency,
+        amount_subtotal=amount_subtotal,
+        amount_total=total,
+        mode=mode,
+        payment_intent=payment_intent or (ids("pi") if mode == "payment" else None),
+        payment_status=payment_status,
+        status="complete",
+        url=None,
+        metadata=_metadata(pack, credits, metadata),
+        payment_method_configuration_details={"id": ids("pmc"), "parent": None},
+        shipping_address_collection=None,
+        shipping_cost=None,
+        shipping_options=[],
+        currency_conversion=None,
+        custom_text={
+            "after_submit": None,
+            "shipping_address": None,
+            "submit": None,
+            "terms_of_service_acceptance": None,
+        },
+        total_details={"amount_discount": 0, "amount_shipping": 0, "amount_tax": amount_tax},
+        invoice_creation={"enabled": False, "invoice_data": obj["invoice_creation"]["invoice_data"]},
+        collected_information=None,
+        after_expiration=None,
+        managed_payments={"enabled": False},
+        adaptive_pricing={"enabled": False},
+    )
+    obj["customer_details"].update(
+        address=_address(), email="ada@example.com", name="Ada Lovelace", tax_exempt="none"
+    )
+    obj["automatic_tax"].update(enabled=amount_tax > 0, status="complete" if amount_tax else None)
+    return obj
+
+
+def checkout_session_completed(
+    customer: str | None,
+    pack: str | None = None,
+    credits: str | int | None = None,
+    *,
+    event_id: str | None = None,
+    event_created: int | None = None,
+    type: str = "checkout.session.completed",
+    **session: Any,
+) -> Json:
+    """``checkout.session.completed`` (or ``type=`` one of the async_payment_* events) for a new session."""
+    obj = checkout_session(customer, pack, credits, **session)
+    return event(type, obj, event_id, event_created, ids=session.get("ids"))
+
+
+def checkout_session_event(type: str, session: Json, event_id: str | None = None, **changes: Any) -> Json:
+    """Another event about an existing session (e.g. ``checkout.session.async_payment_succeeded`` once the
+    bank transfer arrived: ``payment_status="paid"``)."""
+    obj = copy.deepcopy(session)
+    obj.update(changes)
+    return event(type, obj, event_id)
+
+
+# ---- payment_intent.succeeded ------------------------------------------------------------------------------
+def payment_intent(
+    customer: str | None,
+    amount: int,
+    *,
+    currency: str = "eur",
+    pack: str | None = None,
+    credits: str | int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    payment_intent: str | None = None,
+    latest_charge: str | None = "derive",
+    status: str = "succeeded",
+    created: int | None = None,
+    ids: Ids | None = None,
+) -> Json:
+    """A PaymentIntent (``payment_intent.json``); ``latest_charge`` defaults to ``charge_for(id)``."""
+    ids = ids or new_id
+    created = created if created is not None else now() - 60
+    pi_id = payment_intent or ids("pi")
+    obj = fixture("payment_intent")
+    obj.update(
+        id=pi_id,
+        amount=amount,
+        amount_received=amount if status == "succeeded" else 0,
+        amount_details={"tip": {}},
+        canceled_at=None,
+        client_secret=f"{pi_id}_secret_{ids('x', 25)[2:]}",
+        created=created,
+        currency=currency,
+        customer=customer,
+        description="Credit top-up",
+        last_payment_error=None,
+        latest_charge=charge_for(pi_id) if latest_charge == "derive" else latest_charge,
+        metadata=_metadata(pack, credits, metadata),
+        next_action=None,
+        payment_method=ids("pm"),
+        payment_method_configuration_details={"id": ids("pmc"), "parent": None},
+        processing=None,
+        status=status,
+        transfer_data=None,
+        managed_payments={"enabled": False},
+        automatic_payment_methods={"enabled": True, "allow_redirects": "always"},
+    )
+    return obj
+
+
+def payment_intent_succeeded(
+    customer: str | None,
+    amount: int,
+    *,
+    event_id: str | None = None,
+    event_created: int | None = None,
+    **fields: Any,
+) -> Json:
+    return event(
+        "payment_intent.succeeded",
+        payment_intent(customer, amount, **fields),
+        event_id,
+        event_created,
+        ids=fields.get("ids"),
+    )
+
+
+# ---- invoice.paid / invoice_payment.paid -------------------------------------------------------------------
+LineSpec = tuple[str | None, int, int] | Mapping[str, Any]
+
+
+def _invoice_line(spec: LineSpec, invoice_id: str, currency: str, period: int, ids: Ids) -> Json:
+    """``(price_id, quantity, amount)`` or a dict with those keys plus ``metadata`` / ``price_metadata``."""
+    if isinstance(spec, Mapping):
+        price_id, quantity, amount = spec.get("price"), spec.get("quantity", 1), spec["amount"]
+        line_metadata, price_metadata = spec.get("metadata", {}), spec.get("price_metadata")
+    else:
+        price_id, quantity, amount = spec
+        line_metadata, price_metadata = {}, None
+    line = copy.deepcopy(fixture("invoice")["lines"]["data"][0])
+    item = ids("ii")
+    price: Any = price_id
+    if price_metadata is not None:  # an expanded price (lines.data.pricing.price_details.price)
+        price = {
+            "id": price_id or ids("price"),
+            "object": "price",
+            "currency": currency,
+            "metadata": {k: str(v) for k, v in price_metadata.items()},
+            "unit_amount": amount // max(quantity, 1),
+            "product": ids("prod", 14),
+        }
+    line.update(
+        id=ids("il"),
+        invoice=invoice_id,
+        amount=amount,
+        currency=currency,
+        description=f"{quantity} x credits",
+        metadata={k: str(v) for k, v in line_metadata.items()},
+        quantity=quantity,
+        quantity_decimal=str(quantity),
+        period={"start": period, "end": period},
+        subtotal=amount,
+        discountable=True,
+        parent={
+            "type": "invoice_item_details",
+            "invoice_item_details": {
+                "invoice_item": item,
+                "proration": False,
+                "proration_details": {"credited_items": None},
+                "subscription": None,
+            },
+            "subscription_item_details": None,
+        },
+        pricing={
+            "type": "price_details",
+            "price_details": {"price": price, "product": ids("prod", 14)} if price is not None else None,
+            "unit_amount_decimal": str(amount // max(quantity, 1)),
+        },
+    )
+    return line
+
+
+def invoice(
+    customer: str | None,
+    lines: Sequence[LineSpec],
+    *,
+    payment_intent: str | None = None,
+    link: str = "payments",
+    currency: str = "eur",
+    amount_tax: int = 0,
+    metadata: Mapping[str, Any] | None = None,
+    invoice_id: str | None = None,
+    created: int | None = None,
+    ids: Ids | None = None,
+) -> Json:
+    """A paid invoice (``invoice.json``). ``payment_intent`` is linked as the API does: ``link="payments"``
+    (an ``invoice_payment`` in ``payments.data``, API 2025-03-31+), ``"field"`` (the old ``payment_intent``
+    field) or ``"none"`` (the link only arrives with ``invoice_payment.paid``)."""
+    ids = ids or new_id
+    created = created if created is not None else now() - 300
+    invoice_id = invoice_id or ids("in")
+    obj = fixture("invoice")
+    data = [_invoice_line(spec, invoice_id, currency, created, ids) for spec in lines]
+    subtotal = sum(line["amount"] for line in data)
+    total = subtotal + amount_tax
+    obj.update(
+        id=invoice_id,
+        customer=customer,
+        customer_email="ada@example.com",
+        customer_name="Ada Lovelace",
+        customer_address=_address(),
+        created=created,
+        currency=currency,
+        due_date=None,
+        effective_at=created,
+        period_start=created,
+        period_end=created,
+        next_payment_attempt=None,
+        webhooks_delivered_at=created + 1,
+        status="paid",
+        number=f"{ids('x', 8)[2:].upper()}-0001",
+        attempt_count=1,
+        attempted=True,
+        auto_advance=False,
+        amount_due=total,
+        amount_paid=total,
+        amount_remaining=0,
+        amount_overpaid=0,
+        subtotal=subtotal,
+        subtotal_excluding_tax=subtotal,
+        total=total,
+        total_excluding_tax=subtotal,
+        from_invoice=None,
+        last_finalization_error=None,
+        shipping_cost=None,
+        parent=None,
+        metadata={k: str(v) for k, v in (metadata or {}).items()},
+        hosted_invoice_url=f"https://invoice.stripe.com/i/acct_1Q/{ids('test', 40)}",
+        invoice_pdf=f"https://pay.stripe.com/invoice/acct_1Q/{ids('test', 40)}/pdf",
+        status_transitions={
+            "finalized_at": created + 1,
+            "marked_uncollectible_at": None,
+            "paid_at": created + 2,
+            "voided_at": None,
+        },
+        total_taxes=[],
+    )
+    obj["lines"] = {
+        "object": "list",
+        "data": data,
+        "has_more": False,
+        "url": f"/v1/invoices/{invoice_id}/lines",
+    }
+    obj["payment_settings"]["payment_method_options"] = None
+    if payment_intent and link == "field":
+        obj["payment_intent"] = payment_intent
+    elif payment_intent and link == "payments":
+        payment = invoice_payment(
+            invoice_id, payment_intent, total, currency=currency, created=created + 1, ids=ids
+        )
+        obj["payments"] = {
+            "object": "list",
+            "data": [payment],
+            "has_more": False,
+            "url": f"/v1/invoice_payments?invoice={invoice_id}",
+        }
+    return obj
+
+
+def invoice_paid(
+    customer: str | None,
+    lines: Sequence[LineSpec],
+    *,
+    event_id: str | None = None,
+    event_created: int | None = None,
+    **fields: Any,
+) -> Json:
+    """``invoice.paid``; ``lines`` are ``(price_id, quantity, amount)`` tuples (amount in minor units, tax
+    excluded) or dicts ``{"price", "quantity", "amount", "metadata", "price_metadata"}``."""
+    return event(
+        "invoice.paid", invoice(customer, lines, **fields), event_id, event_created, ids=fields.get("ids")
+    )
+
+
+def invoice_payment(
+    invoice_id: str,
+    payment_intent: str,
+    amount: int = 0,
+    *,
+    currency: str = "eur",
+    created: int | None = None,
+    ids: Ids | None = None,
+) -> Json:
+    ids = ids or new_id
+    created = created if created is not None else now() - 200
+    obj = fixture("invoice_payment")
+    obj.update(
+        id=ids("inpay"),
+        amount_paid=amount,
+        amount_requested=amount,
+        created=created,
+        currency=currency,
+        invoice=invoice_id,
+        is_default=True,
+        livemode=False,
+        payment={"type": "payment_intent", "payment_intent": payment_intent},
+        status="paid",
+        status_transitions={"canceled_at": None, "paid_at": created + 1},
+    )
+    return obj
+
+
+def invoice_payment_paid(
+    invoice_id: str,
+    payment_intent: str,
+    amount: int = 0,
+    *,
+    event_id: str | None = None,
+    event_created: int | None = None,
+    **fields: Any,
+) -> Json:
+    obj = invoice_payment(invoice_id, payment_intent, amount, **fields)
+    return event("invoice_payment.paid", obj, event_id, event_created, ids=fields.get("ids"))
+
+
+# ---- charge.refunded -----------------------------------------------------------------------------------------
+def charge(
+    payment_intent: str | None,
+    amount: int,
+    amount_refunded: int = 0,
+    *,
+    charge_id: str | None = None,
+    customer: str | None = None,
+    currency: str = "eur",
+    created: int | None = None,
+    ids: Ids | None = None,
+) -> Json:
+    """A captured card charge (``charge.json``) of ``payment_intent``, refunded up to ``amount_refunded``."""
+    ids = ids or new_id
+    created = created if created is not None else now() - 60
+    charge_id = charge_id or (charge_for(payment_intent) if payment_intent else ids("ch"))
+    obj = fixture("charge")
+    refunds = []
+    if amount_refunded:
+        refund = fixture("refund")
+        refund.update(
+            id=ids("re"),
+            amount=amount_refunded,
+            charge=charge_id,
+            created=created + 3_600,
+            currency=currency,
+            payment_intent=payment_intent,
+            reason="requested_by_customer",
+            balance_transaction=ids("txn"),
+        )
+        refunds.append(refund)
+    obj.update(
+        id=charge_id,
+        amount=amount,
+        amount_captured=amount,
+        amount_refunded=amount_refunded,
+        refunded=amount_refunded >= amount,
+        captured=True,
+        paid=True,
+        created=created,
+        currency=currency,
+        customer=customer,
+        description=None,
+        payment_intent=payment_intent,
+        payment_method=ids("pm"),
+        balance_transaction=ids("txn"),
+        outcome={
+            "advice_code": None,
+            "network_advice_code": None,
+            "network_decline_code": None,
+            "network_status": "approved_by_network",
+            "reason": None,
+            "risk_level": "normal",
+            "seller_message": "Payment complete.",
+            "type": "authorized",
+        },
+        receipt_url=f"https://pay.stripe.com/receipts/payment/{ids('x', 60)[2:]}",
+        transfer_data=None,
+        source=None,
+        refunds={
+            "object": "list",
+            "data": refunds,
+            "has_more": False,
+            "url": f"/v1/charges/{charge_id}/refunds",
+        },
+    )
+    obj["billing_details"].update(address=_address(), email="ada@example.com", name="Ada Lovelace")
+    obj["payment_method_details"]["card"]["wallet"] = None
+    obj["payment_method_details"]["card"]["overcapture"]["maximum_amount_capturable"] = amount
+    return obj
+
+
+def charge_refunded(
+    payment_intent: str | None,
+    amount: int,
+    amount_refunded: int,
+    *,
+    event_id: str | None = None,
+    event_created: int | None = None,
+    **fields: Any,
+) -> Json:
+    """``charge.refunded``: ``amount_refunded`` is cumulative over every refund of the charge."""
+    obj = charge(payment_intent, amount, amount_refunded, **fields)
+    return event(
+        "charge.refunded",
+        obj,
+        event_id,
+        event_created,
+        ids=fields.get("ids"),
+        previous_attributes={"amount_refunded": 0, "refunded": False} if amount_refunded else None,
+    )
+
+
+# ---- charge.dispute.* ----------------------------------------------------------------------------------------
+def dispute(
+    payment_intent: str | None,
+    status: str = "needs_response",
+    *,
+    amount: int = 1900,
+    charge_id: str | None = None,
+    dispute_id: str | None = None,
+    currency: str = "eur",
+    reason: str = "fraudulent",
+    created: int | None = None,
+    ids: Ids | None = None,
+) -> Json:
+    """A dispute (``dispute.json``) of the charge of ``payment_intent``; ``payment_intent=None`` names only
+    the charge (``charge_id``), as older API versions did."""
+    ids = ids or new_id
+    created = created if created is not None else now() - 30
+    obj = fixture("dispute")
+    obj.update(
+        id=dispute_id or ids("dp"),
+        amount=amount,
+        charge=charge_id or (charge_for(payment_intent) if payment_intent else ids("ch")),
+        payment_intent=payment_intent,
+        created=created,
+        currency=currency,
+        reason=reason,
+        status=status,
+        is_charge_refundable=status in {"warning_needs_response", "needs_response"},
+    )
+    obj["evidence_details"].update(due_by=created + 14 * 86_400)
+    obj["payment_method_details"]["card"]["case_type"] = (
+        "inquiry" if status.startswith("warning") else "chargeback"
+    )
+    return obj
+
+
+def dispute_created(
+    payment_intent: str | None,
+    status: str = "needs_response",
+    *,
+    event_id: str | None = None,
+    event_created: int | None = None,
+    **fields: Any,
+) -> Json:
+    obj = dispute(payment_intent, status, **fields)
+    return event("charge.dispute.created", obj, event_id, event_created, ids=fields.get("ids"))
+
+
+def dispute_closed(
+    payment_intent: str | None,
+    status: str,
+    *,
+    event_id: str | None = None,
+    event_created: int | None = None,
+    **fields: Any,
+) -> Json:
+    """``charge.dispute.closed`` with ``status`` ``won``, ``lost`` or ``warning_closed``."""
+    obj = dispute(payment_intent, status, **fields)
+    return event("charge.dispute.closed", obj, event_id, event_created, ids=fields.get("ids"))
+
+
+# ---------------------------------------------------------------------------------------------- placeholders
+def placeholders(value: Any, path: str = "") -> Iterator[str]:
+    """Paths of values left over from the stripe-mock fixtures (``obj_123``, ``"currency"``, 1234567890...)."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from placeholders(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from placeholders(item, f"{path}[{index}]")
+    elif isinstance(value, str):
+        leaf = path.rsplit(".", 1)[-1]
+        if value == "obj_123" or value == leaf:
+            yield f"{path}={value!r}"
+    elif isinstance(value, int) and not isinstance(value, bool) and value in PLACEHOLDER_NUMBERS:
+        yield f"{path}={value}"
+
+
+# ---------------------------------------------------------------------------------------------- API Gateway
+def signature_header(payload: str, secret: str, timestamp: int | None = None) -> str:
+    """``t=<unix>,v1=<hmac>`` exactly as Stripe computes it (stripe-python's own test helper)."""
+    return stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp=timestamp)
+
+
+def signed_api_event(
+    body_str: str,
+    secret: str | Iterable[str] | None,
+    base64: bool = False,
+    timestamp: int | None = None,
+    *,
+    header: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    request_id: str | None = None,
+) -> Json:
+    """The API Gateway HTTP API (payload format 2.0) event for ``POST /v1/webhooks/stripe`` with ``body_str``
+    signed by ``secret`` (several secrets: one ``v1`` each, as Stripe does during a rotation). ``header``
+    overrides the computed Stripe-Signature; ``secret=None`` and no header sends none."""
+    ts = timestamp if timestamp is not None else now()
+    if header is None and secret is not None:
+        secrets = [secret] if isinstance(secret, str) else list(secret)
+        parts = [signature_header(body_str, s, ts).split(",", 1)[1] for s in secrets]
+        header = ",".join([f"t={ts}", *parts])
+    raw = body_str.encode("utf-8")
+    event_headers = {
+        "accept": "*/*; q=0.5, application/xml",
+        "cache-control": "no-cache",
+        "content-length": str(len(raw)),
+        "content-type": "application/json; charset=utf-8",
+        "host": "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com",
+        "user-agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+        "x-amzn-trace-id": "Root=1-6740f0c2-0123456789abcdef01234567",
+        "x-forwarded-for": "3.18.12.63",
+        "x-forwarded-port": "443",
+        "x-forwarded-proto": "https",
+    }
+    if header is not None:
+        event_headers["stripe-signature"] = header
+    event_headers.update(headers or {})
+    return {
+        "version": "2.0",
+        "routeKey": f"POST {ROUTE}",
+        "rawPath": ROUTE,
+        "rawQueryString": "",
+        "headers": event_headers,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "a1b2c3d4e5",
+            "domainName": "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "a1b2c3d4e5",
+            "http": {
+                "method": "POST",
+                "path": ROUTE,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "3.18.12.63",
+                "userAgent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+            },
+            "requestId": request_id or f"{uuid.uuid4().hex[:14]}=",
+            "routeKey": f"POST {ROUTE}",
+            "stage": "$default",
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(ts)),
+            "timeEpoch": ts * 1000,
+        },
+        "isBase64Encoded": base64,
+        "body": b64.b64encode(raw).decode("ascii") if base64 else body_str,
+    }
+
+
+def api_body(api_event: Json) -> str:
+    """The raw body an API Gateway event carries (decoded when ``isBase64Encoded``)."""
+    raw = api_event.get("body") or ""
+    return b64.b64decode(raw).decode("utf-8") if api_event.get("isBase64Encoded") else raw
+
+
+def resign(api_event: Json, secret: str, timestamp: int | None = None) -> Json:
+    """A copy of ``api_event`` signed again with a fresh timestamp (stored samples are older than the
+    300 s tolerance)."""
+    fresh = copy.deepcopy(api_event)
+    fresh["headers"]["stripe-signature"] = signature_header(api_body(api_event), secret, timestamp or now())
+    return fresh
+
+
+def stripe_event_of(api_event: Json) -> Json:
+    return json.loads(api_body(api_event))
+
+
+class LambdaContext:
+    """The bits of the Lambda context object Powertools reads."""
+
+    function_name = "StripeWebhookFunction"
+    function_version = "$LATEST"
+    memory_limit_in_mb = 256
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:StripeWebhookFunction"
+    log_group_name = "/aws/lambda/StripeWebhookFunction"
+    log_stream_name = "2026/11/23/[$LATEST]0123456789abcdef"
+
+    def __init__(self) -> None:
+        self.aws_request_id = str(uuid.uuid4())
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 30_000
+
+
+def lambda_context() -> LambdaContext:
+    return LambdaContext()
+
+
+def deliver(
+    ev: Json | str, secret: str, *, base64: bool = False, timestamp: int | None = None
+) -> tuple[int, Json]:
+    """Sign ``ev`` (an event dict or a raw body) and run it through the webhook's ``lambda_handler``:
+    (HTTP status, parsed JSON body)."""
+    from functions.stripe_webhook import app  # imported lazily: it reads its environment on first use
+
+    payload = ev if isinstance(ev, str) else body(ev)
+    response = app.lambda_handler(signed_api_event(payload, secret, base64, timestamp), lambda_context())
+    return response["statusCode"], json.loads(response.get("body") or "null")
+
+
+def reset_webhook_caches() -> None:
+    """Forget the webhook's cached processor, pricing and DynamoDB client (call before and after a test that
+    changes TABLE_NAME, CREDITS_PRICING_FILE or the DynamoDB endpoint)."""
+    from credits_ledger.dal.client import dynamodb_client
+    from credits_ledger.pricing import load_pricing
+    from functions.stripe_webhook import app
+
+    app.processor.cache_clear()
+    load_pricing.cache_clear()
+    dynamodb_client.cache_clear()
+
+
+def fast_tables(request: Any) -> tuple[Any, bool]:
+    """(tables, on_dynamodb_local): DynamoDB Local's tables when Java is there (``local_tables``, much faster
+    than moto for many transactions), else ``moto_tables``. For the long property tests."""
+    import pytest
+
+    try:
+        return request.getfixturevalue("local_tables"), True
+    except pytest.skip.Exception:
+        return request.getfixturevalue("moto_tables"), False
+
+
+# ---------------------------------------------------------------------------------------------- samples
+SAMPLE_CREATED = 1_795_000_000  # 2026-11-18T08:53:20Z; samples are re-signed before use
+SAMPLE_CUSTOMER = "cus_RsmplAda1Lvlc"
+
+
+def sample_events() -> dict[str, Json]:
+    """One Stripe event of each handled type, about one customer's purchases (deterministic ids):
+
+    - ``pi_a``: Checkout of pack ``starter`` (20.00 EUR + 20 % VAT), also announced by
+      ``payment_intent.succeeded`` (grants once), then half refunded (12.00 of 24.00 EUR);
+    - ``pi_b``: a SEPA Checkout (``payment_status`` unpaid at completion) that succeeded later;
+    - ``pi_c``: a SEPA Checkout whose payment failed;
+    - ``in_``/``pi_d``: an invoice for 2 x pack ``pro`` paid by ``pi_d``, disputed and the dispute won.
+    """
+    ids = Ids(seed=20261118)
+    t = SAMPLE_CREATED
+    cus = SAMPLE_CUSTOMER
+    pi_a, pi_b, pi_c, pi_d = ids("pi"), ids("pi"), ids("pi"), ids("pi")
+    invoice_id = ids("in")
+    session_a: dict[str, Any] = dict(
+        payment_intent=pi_a, amount_subtotal=2000, amount_tax=400, created=t - 90, ids=ids
+    )
+    sepa: dict[str, Any] = dict(amount_subtotal=1900, created=t - 60, ids=ids, payment_status="unpaid")
+    samples = {
+        "checkout_session_completed": checkout_session_completed(
+            cus, "starter", event_id=ids("evt"), event_created=t, **session_a
+        ),
+        "checkout_session_async_payment_succeeded": checkout_session_completed(
+            cus,
+            "starter",
+            type="checkout.session.async_payment_succeeded",
+            event_id=ids("evt"),
+            event_created=t + 86_400,
+            **{**sepa, "payment_intent": pi_b, "payment_status": "paid"},
+        ),
+        "checkout_session_async_payment_failed": checkout_session_completed(
+            cus,
+            "starter",
+            type="checkout.session.async_payment_failed",
+            event_id=ids("evt"),
+            event_created=t + 86_400,
+            **{**sepa, "payment_intent": pi_c},
+        ),
+        "payment_intent_succeeded": payment_intent_succeeded(
+            cus,
+            2400,
+            pack="starter",
+            payment_intent=pi_a,
+            created=t - 90,
+            ids=ids,
+            event_id=ids("evt"),
+            event_created=t + 1,
+        ),
+        "invoice_paid": invoice_paid(
+            cus,
+            [("price_EUR_pro", 2, 19800)],
+            payment_intent=pi_d,
+            invoice_id=invoice_id,
+            created=t - 30,
+            ids=ids,
+            event_id=ids("evt"),
+            event_created=t + 2,
+        ),
+        "invoice_payment_paid": invoice_payment_paid(
+            invoice_id, pi_d, 19800, created=t - 20, ids=ids, event_id=ids("evt"), event_created=t + 2
+        ),
+        "charge_refunded": charge_refunded(
+            pi_a,
+            2400,
+            1200,
+            customer=cus,
+            created=t - 90,
+            ids=ids,
+            event_id=ids("evt"),
+            event_created=t + 600,
+        ),
+        "charge_dispute_created": dispute_created(
+            pi_d, amount=19800, created=t + 900, ids=ids, event_id=ids("evt"), event_created=t + 900
+        ),
+        "charge_dispute_closed": dispute_closed(
+            pi_d, "won", amount=19800, created=t + 900, ids=ids, event_id=ids("evt"), event_created=t + 2_000
+        ),
+    }
+    samples["charge_dispute_closed"]["data"]["object"]["id"] = samples["charge_dispute_created"]["data"][
+        "object"
+    ]["id"]
+    samples["charge_dispute_closed"]["data"]["object"]["is_charge_refundable"] = False
+    return samples
+
+
+def write_samples(directory: Path = SAMPLE_DIR, secret: str = SAMPLE_SECRET) -> list[Path]:
+    """Rewrite ``events/stripe_webhook/<event>.json``: API Gateway events signed with ``secret`` at the
+    event's own ``created`` time (stale on purpose: re-sign with ``resign`` before sending them)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, ev in sample_events().items():
+        api = signed_api_event(body(ev), secret, timestamp=ev["created"], request_id=f"sample-{name}")
+        path = directory / f"{name}.json"
+        path.write_text(json.dumps(api, indent=2) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def load_sample(name: str, directory: Path = SAMPLE_DIR) -> Json:
+    return json.loads((directory / f"{name}.json").read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":  # python -m tests.support.stripe_events
+    for written_path in write_samples():
+        print(written_path.relative_to(REPO_ROOT))
