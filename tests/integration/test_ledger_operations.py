@@ -28,6 +28,7 @@ from tests.ledger_helpers import (
     FakeClock,
     SleepRecorder,
     all_entries,
+    all_grants,
     assert_books_balance,
     make_ledger,
     spec,
@@ -323,6 +324,15 @@ def test_debit_spanning_more_than_98_grants_succeeds(
     outcome = ledger.debit(ACCT, debit("use:1", "100"))
     assert outcome.entry.balance_after == 0
     assert assert_books_balance(ledger, ACCT) == 0
+    # And every grant reads as depleted, though only some were closed in the debit's own transaction
+    assert {g.status for g in all_grants(ledger, ACCT)} == {GrantStatus.DEPLETED}
+    left_live = len(ledger.repository.state(ACCT, consistent=True).grants)
+    assert 0 < left_live < 100
+    # When the account changes again (two grants) / Then the leftovers are closed along the way
+    ledger.grant(ACCT, spec("gr_new1", "5"), key="grant:new1")
+    ledger.grant(ACCT, spec("gr_new2", "5"), key="grant:new2")
+    assert set(ledger.repository.state(ACCT, consistent=True).grants) == {"gr_new1", "gr_new2"}
+    assert assert_books_balance(ledger, ACCT) == 10
 
 
 # =================================================================================================== debit_many

@@ -74,8 +74,13 @@ def _with_available_after(change: Change, now: datetime) -> Change:
     return replace(change, entries=entries)
 
 
-# A transaction holds at most 100 items: the account, the entries and the grants they deplete.
+# A transaction holds at most 100 actions: the account, the entries and the grants they deplete.
 MAX_DEBITS_PER_TRANSACTION = 40
+MAX_ACTIONS_PER_TRANSACTION = 100
+
+
+def _actions(change: Change) -> int:
+    return len(change.entries) + len(change.new_grants) + len(change.closed_grants)
 
 
 class Ledger:
@@ -180,13 +185,27 @@ class Ledger:
     def grants(
         self, account_id: str, limit: int, cursor: str | None = None, status: GrantStatus | None = None
     ) -> Page:
-        page = self.repository.grants_page(account_id, limit, cursor)
+        """Grants as readers see them (live remaining and status merged in), oldest first, ``limit`` per page.
+
+        With a ``status`` filter, pages are filled by reading on until ``limit`` grants match, so a page is
+        short only at the end; the cost follows the grants read, matching or not.
+        """
         state = self.repository.state(account_id)
         now = self._clock()
-        merged = [g.merged_with(state.grants.get(g.grant_id), now) for g in page.items]
-        if status is not None:
-            merged = [g for g in merged if g.status is status]
-        return Page(items=merged, next_cursor=page.next_cursor)
+        collected: list[Grant] = []
+        while True:
+            page = self.repository.grants_page(account_id, limit, cursor)
+            for index, record in enumerate(page.items):
+                view = record.merged_with(state.grants.get(record.grant_id), now)
+                if status is not None and view.status is not status:
+                    continue
+                collected.append(view)
+                if len(collected) == limit:
+                    more = index < len(page.items) - 1 or page.next_cursor is not None
+                    return Page(collected, self.repository.grant_cursor(record) if more else None)
+            if page.next_cursor is None:
+                return Page(collected, None)
+            cursor = page.next_cursor
 
     def transactions(self, account_id: str, limit: int, cursor: str | None = None) -> Page:
         return self.repository.ledger_page(account_id, limit, cursor)
@@ -246,6 +265,8 @@ class Ledger:
         )
 
     def _debit_chunk(self, account_id: str, requests: Sequence[DebitRequest]) -> list[DebitResult]:
+        """Judge and write debits of one account in one transaction; returns results for the leading requests
+        that fit in it (at least one), the caller passes the rest again."""
         keys = list(dict.fromkeys(r.key for r in requests))
         state, existing = self.repository.load(account_id, keys)
         consistent = False
@@ -255,6 +276,7 @@ class Ledger:
             changes: list[Change] = []
             planned: dict[str, int] = {}
             current = state
+            actions = 1  # the account item
             retry_consistent = False
             for request in requests:
                 previous = existing.get(request.key)
@@ -284,6 +306,9 @@ class Ledger:
                 except CreditsError as exc:
                     results.append(DebitResult(request, error=exc))
                     continue
+                if changes and actions + _actions(change) > MAX_ACTIONS_PER_TRANSACTION:
+                    break  # this one and the rest go into the next transaction
+                actions += _actions(change)
                 planned[request.key] = len(changes)
                 changes.append(change)
                 current = change.state

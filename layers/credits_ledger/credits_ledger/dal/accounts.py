@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ParamValidationError
 
 from credits_ledger.dal import items as it
 from credits_ledger.dal.client import dynamodb_client, table_name
-from credits_ledger.domain.errors import CreditsError, GrantNotFound
+from credits_ledger.domain.errors import CreditsError, GrantNotFound, InvalidGrant
 from credits_ledger.domain.models import TERMINAL_STATUSES, AccountState, Change, Grant, LedgerEntry
 
 LEDGER_INDEX = "LedgerByAccount"
@@ -164,6 +164,21 @@ class AccountRepository:
             mapper=it.grant_from_item,
         )
 
+    @staticmethod
+    def grant_cursor(grant: Grant) -> str:
+        """A cursor that continues a grants listing right after ``grant``."""
+        key = it.to_dynamo(
+            {
+                "pk": f"GRANT#{grant.grant_id}",
+                "sk": it.GRANT_SK,
+                "account_id": grant.account_id,
+                "grant_id": grant.grant_id,
+            }
+        )
+        cursor = _encode_cursor(key)
+        assert cursor is not None
+        return cursor
+
     def grants_funded_by(self, funding_key: str) -> list[Grant]:
         grants: list[Grant] = []
         cursor = None
@@ -208,6 +223,8 @@ class AccountRepository:
             if start is not None and exc.response.get("Error", {}).get("Code") == "ValidationException":
                 raise InvalidCursor() from exc
             raise
+        except ParamValidationError as exc:  # a cursor whose values are not DynamoDB attribute values
+            raise InvalidCursor() from exc
         items = [mapper(it.from_dynamo(raw)) for raw in response.get("Items", [])]
         return Page(items=items, next_cursor=_encode_cursor(response.get("LastEvaluatedKey")))
 
@@ -240,25 +257,36 @@ class AccountRepository:
             raise self._cancellation_error(exc, change, first_extra) from exc
 
     def _cancellation_error(self, exc: ClientError, change: Change, first_extra: int) -> CreditsError:
+        """Name why DynamoDB cancelled the transaction, from the reasons in action order:
+        account, entries, new grants, closed grants, extra actions."""
         reasons = exc.response.get("CancellationReasons") or []
+
+        def failed(start: int, stop: int) -> list[tuple[int, dict[str, Any]]]:
+            return [
+                (i, reasons[i])
+                for i in range(start, min(stop, len(reasons)))
+                if reasons[i].get("Code") == "ConditionalCheckFailed"
+            ]
+
+        entries_end = 1 + len(change.entries)
         existing: dict[str, LedgerEntry] = {}
-        state_reason: dict[str, Any] | None = reasons[0] if reasons else None
-        for reason, entry in zip(reasons[1:], change.entries, strict=False):
-            if reason.get("Code") == "ConditionalCheckFailed":
-                raw = reason.get("Item")
-                if raw:
-                    existing[entry.entry_key] = it.entry_from_item(it.from_dynamo(raw))
-                else:
-                    found = self.entry(entry.entry_key)
-                    if found is not None:
-                        existing[entry.entry_key] = found
+        for index, reason in failed(1, entries_end):
+            key = change.entries[index - 1].entry_key
+            found = (
+                it.entry_from_item(it.from_dynamo(reason["Item"])) if reason.get("Item") else self.entry(key)
+            )
+            if found is not None:
+                existing[key] = found
         if existing:
             return EntryExists(existing)
-        for index, reason in enumerate(reasons[first_extra:]):
-            if reason.get("Code") == "ConditionalCheckFailed":
-                return RelatedItemChanged(index)
+        if failed(entries_end, entries_end + len(change.new_grants)):
+            return InvalidGrant("grant_id", "is already used by another grant")
+        extras = failed(first_extra, len(reasons))
+        if extras:
+            return RelatedItemChanged(extras[0][0] - first_extra)
+        state_reason = reasons[0] if reasons else {}
         current = None
-        if state_reason and state_reason.get("Code") == "ConditionalCheckFailed" and state_reason.get("Item"):
+        if state_reason.get("Code") == "ConditionalCheckFailed" and state_reason.get("Item"):
             current = it.state_from_item(change.state.account_id, it.from_dynamo(state_reason["Item"]))
         return VersionConflict(current)
 

@@ -82,6 +82,8 @@ class LiveGrant:
         return not self.held and self.effective_at <= now and not self.is_expired(now)
 
     def status(self, now: datetime) -> GrantStatus:
+        if self.remaining == 0:
+            return GrantStatus.DEPLETED
         if self.is_expired(now):
             return GrantStatus.EXPIRED
         if self.held:

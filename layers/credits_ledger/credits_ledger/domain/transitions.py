@@ -79,6 +79,22 @@ def _entry(
     )
 
 
+# Grants closed in one change are updated in its transaction (at most 100 actions): a debit spanning more
+# spent grants leaves the rest live at 0 (status depleted) for the account's next changes to close.
+MAX_CLOSED_PER_CHANGE = 40
+
+
+def _sweep_spent(
+    grants: dict[str, LiveGrant], closed: tuple[ClosedGrant, ...], now: datetime
+) -> tuple[dict[str, LiveGrant], tuple[ClosedGrant, ...]]:
+    room = MAX_CLOSED_PER_CHANGE - len(closed)
+    spent = sorted(grant_id for grant_id, grant in grants.items() if grant.remaining == 0)[: max(room, 0)]
+    if not spent:
+        return grants, closed
+    kept = {grant_id: grant for grant_id, grant in grants.items() if grant_id not in spent}
+    return kept, closed + tuple(ClosedGrant(grant_id, GrantStatus.DEPLETED, now) for grant_id in spent)
+
+
 def _apply(
     state: AccountState,
     entry: LedgerEntry,
@@ -87,6 +103,7 @@ def _apply(
     new_grants: tuple[Grant, ...] = (),
     closed: tuple[ClosedGrant, ...] = (),
 ) -> Change:
+    grants, closed = _sweep_spent(grants, closed, entry.created_at)
     new_state = state.with_changes(entries=1, balance_delta=entry.amount, grants=grants)
     return Change(state=new_state, entries=(entry,), new_grants=new_grants, closed_grants=closed)
 
@@ -95,6 +112,8 @@ def _live(state: AccountState, grant: Grant) -> LiveGrant:
     live = state.grants.get(grant.grant_id)
     if live is None:
         raise GrantNotLive(grant.grant_id, grant.status.value)
+    if live.remaining == 0:
+        raise GrantNotLive(grant.grant_id, GrantStatus.DEPLETED.value)
     return live
 
 
@@ -136,16 +155,12 @@ def debit(
         raise InvalidGrant("amount", "must be greater than 0")
     allocations = spend.allocate(state.account_id, state.grants.values(), amount, ctx.now)
     grants = dict(state.grants)
-    closed: list[ClosedGrant] = []
-    for allocation in allocations:
-        left = grants[allocation.grant_id].remaining - allocation.amount
-        if left == 0:
-            del grants[allocation.grant_id]
-            closed.append(ClosedGrant(allocation.grant_id, GrantStatus.DEPLETED, ctx.now))
-        else:
-            grants[allocation.grant_id] = replace(grants[allocation.grant_id], remaining=left)
+    for allocation in allocations:  # spent grants are closed (depleted) by _apply
+        grants[allocation.grant_id] = replace(
+            grants[allocation.grant_id], remaining=grants[allocation.grant_id].remaining - allocation.amount
+        )
     entry = _entry(state, ctx, entry_type, -amount, allocations)
-    return _apply(state, entry, grants, closed=tuple(closed))
+    return _apply(state, entry, grants)
 
 
 def _close(
@@ -200,7 +215,7 @@ def revoke(state: AccountState, record: Grant, amount: Decimal, ctx: EntryContex
     ctx = replace(ctx, metadata={**ctx.metadata, "requested": str(amount), "shortfall": str(amount - taken)})
     grants = dict(state.grants)
     closed: tuple[ClosedGrant, ...] = ()
-    if live is not None and taken == remaining:
+    if live is not None and taken == remaining and taken > 0:
         del grants[record.grant_id]
         closed = (ClosedGrant(record.grant_id, GrantStatus.VOIDED, ctx.now),)
     elif live is not None:
