@@ -6,12 +6,17 @@ it; far-future ones sort after "now" and are never read), so both runs must cons
 (within 10%): cost follows the number of due grants, not the table size. Read and write units are counted
 from ``ReturnConsumedCapacity`` on DynamoDB Local (every DynamoDB call of the run is instrumented).
 
-    python -m tools.bench_expiry            # standalone: starts DynamoDB Local, prints the table, exit 1 if >10%
-    make bench                              # as the "expiry" section of tools/bench.py
+    python -m tools.bench_expiry                          # starts DynamoDB Local; exit 1 if they differ by >10%
+    python -m tools.bench_expiry http://127.0.0.1:8000    # an endpoint that is already running
+    run(endpoint) -> list[Row]                            # the "expiry" section of tools/bench.py
+    BENCH_EXPIRY_DUE / BENCH_EXPIRY_FILLER / BENCH_EXPIRY_FAR override the sizes (1,000 / 100,000 / 10,000)
+
+Writing the 110,000 filler items dominates the time (minutes on DynamoDB Local).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import uuid
@@ -40,6 +45,7 @@ from credits_ledger.jobs.scheduled import Deadline  # noqa: E402
 from credits_ledger.ledger import Ledger  # noqa: E402
 from credits_ledger.pricing import parse_pricing  # noqa: E402
 
+SECTION = "expiry"
 READS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems"})
 WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -80,6 +86,20 @@ class CapacityMeter:
     @property
     def write_units(self) -> float:
         return sum(v for k, v in self.units.items() if k in WRITES)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One bench figure (same shape as the other sections' rows)."""
+
+    section: str
+    name: str
+    value: float
+    unit: str
+    note: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.section:8} {self.name:44} {self.value:>10.2f} {self.unit:6} {self.note}"
 
 
 class NullBus:
@@ -195,7 +215,7 @@ def compare(empty: Scenario, full: Scenario) -> tuple[float, bool]:
 def render(empty: Scenario, full: Scenario) -> str:
     difference, ok = compare(empty, full)
     lines = [
-        "expiry run over 1,000 due grants (100 accounts x 10), DynamoDB Local, ReturnConsumedCapacity",
+        f"expiry run over {empty.expired:,} due grants (10 per account), ReturnConsumedCapacity on every call",
         f"{'table':<44} {'expired':>8} {'read units':>11} {'RU/grant':>9} {'write units':>12} {'s':>6}",
     ]
     for s in (empty, full):
@@ -225,34 +245,90 @@ def bench(
     return empty, full
 
 
-def _local_tables(server: Any) -> tuple[Callable[[], Any], Callable[[Any], str]]:
+def _table_factory(
+    endpoint: str, client_for: Callable[[str], Any] | None
+) -> tuple[Callable[[], Any], Callable[[Any], str]]:
+    """(a client maker, a table creator) for the DynamoDB at ``endpoint``: one client per thread (boto3
+    sessions are not thread-safe), tables from template.yaml with a unique suffix."""
+    import boto3
+
     from tests.support.tables import create_tables_from_template
 
-    def create_table(client: Any) -> str:
-        names = create_tables_from_template(
-            client, ROOT / "template.yaml", name_suffix=f"-bench-{uuid.uuid4().hex[:6]}"
+    def make_client() -> Any:
+        if client_for is not None:
+            return client_for(endpoint)
+        return boto3.session.Session().client(
+            "dynamodb",
+            endpoint_url=endpoint,
+            region_name=os.environ.get("AWS_REGION", "us-east-1"),
+            aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+            aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
         )
-        return names["CreditsTable"]
 
-    return server.client, create_table
+    def create_table(client: Any) -> str:
+        suffix = f"-exp-{uuid.uuid4().hex[:6]}"
+        return str(
+            create_tables_from_template(client, ROOT / "template.yaml", name_suffix=suffix)["CreditsTable"]
+        )
+
+    return make_client, create_table
 
 
-def section(server: Any, log: Callable[[str], None] = print) -> bool:
-    """The ``expiry`` bench section on a running DynamoDB Local (``tests.support.dynamodb_local``); True if
-    the two runs are within 10%."""
-    make_client, create_table = _local_tables(server)
-    empty, full = bench(make_client, create_table, log=log)
+def _sizes() -> tuple[int, int, int]:
+    """(due grants, filler without expiry, far-future filler); BENCH_EXPIRY_* override for a quick look."""
+    return (
+        int(os.environ.get("BENCH_EXPIRY_DUE", 1_000)),
+        int(os.environ.get("BENCH_EXPIRY_FILLER", 100_000)),
+        int(os.environ.get("BENCH_EXPIRY_FAR", 10_000)),
+    )
+
+
+def rows(empty: Scenario, full: Scenario) -> list[Row]:
+    difference, ok = compare(empty, full)
+    found: list[Row] = []
+    for s in (empty, full):
+        note = (
+            f"{s.filler_without_expiry:,} grants without expiry + {s.filler_far_future:,} far-future in table"
+        )
+        found.append(
+            Row(SECTION, f"run over {s.expired:,} due grants, {s.name} table", s.read_units, "RCU", note)
+        )
+        found.append(
+            Row(SECTION, f"  per due grant, {s.name} table", s.read_units / max(s.expired, 1), "RCU")
+        )
+        found.append(Row(SECTION, f"  write units, {s.name} table", s.write_units, "WCU"))
+    verdict = "OK" if ok else "FAIL: cost follows table size"
+    found.append(Row(SECTION, "read units, full vs empty", difference * 100, "%", f"limit 10%: {verdict}"))
+    return found
+
+
+def run(
+    endpoint: str, *, client_for: Callable[[str], Any] | None = None, log: Callable[[str], None] = print
+) -> list[Row]:
+    """The section's rows on the DynamoDB at ``endpoint`` (``client_for(endpoint)`` may supply the clients,
+    e.g. tools.bench's counted ones). Slow by design: it writes 110,000 filler items."""
+    due, filler, far_future = _sizes()
+    make_client, create_table = _table_factory(endpoint, client_for)
+    empty, full = bench(
+        make_client, create_table, expiring=due, filler=filler, far_future=far_future, log=log
+    )
     log(render(empty, full))
-    return compare(empty, full)[1]
+    return rows(empty, full)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.support.dynamodb_local import DynamoDBLocal
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args:
+        found = run(args[0])
+    else:
+        from tests.support.dynamodb_local import DynamoDBLocal
 
-    with DynamoDBLocal() as server:
-        ok = section(server)
-    return 0 if ok else 1
+        with DynamoDBLocal() as server:
+            found = run(server.endpoint_url)
+    for row in found:
+        print(row)
+    return 0 if "OK" in found[-1].note else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())
