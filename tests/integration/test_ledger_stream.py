@@ -23,7 +23,7 @@ from credits_ledger.jobs.ledger_stream import LedgerStream
 from credits_ledger.jobs.scheduled import Deadline
 from credits_ledger.ledger import DebitRequest, Ledger
 from credits_ledger.pricing import load_pricing
-from credits_ledger.settings import put_settings
+from credits_ledger.settings import get_settings, put_settings
 from tests.expiry_helpers import (
     CapturedBus,
     FakeContext,
@@ -299,3 +299,17 @@ def test_records_the_function_does_not_care_about_are_ignored(env: Env) -> None:
     assert result == {"batchItemFailures": []}
     assert env.bus.events() == []
     assert all_entries(env.ledger, "cus_a")  # the void itself was recorded by the ledger
+
+
+def test_settings_writes_keep_the_latest_and_null_resets_to_the_default(env: Env) -> None:
+    # Given a threshold set at 12:00
+    repository = AccountSettingsRepository(env.client, TABLE)
+    noon, morning = T0 + timedelta(hours=12), T0 + timedelta(hours=9)
+    put_settings("cus_a", {"low_balance_threshold": "500"}, repository=repository, clock=lambda: noon)
+    # When a write stamped 09:00 arrives late / Then it is dropped and the answer is the stored 12:00 one
+    late = put_settings("cus_a", {"low_balance_threshold": "1"}, repository=repository, clock=lambda: morning)
+    assert (late["low_balance_threshold"], late["updated_at"]) == ("500", "2030-01-01T12:00:00.000000Z")
+    # When the admin resets it with null / Then the pricing default applies again
+    reset = put_settings("cus_a", {"low_balance_threshold": None}, repository=repository, clock=lambda: noon)
+    assert (reset["low_balance_threshold"], reset["effective_low_balance_threshold"]) == (None, "100")
+    assert get_settings("cus_a", repository=repository)["effective_low_balance_threshold"] == "100"
