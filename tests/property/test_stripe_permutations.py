@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def purchase_events(purchase: Purchase) -> tuple[str, list[dict[str, Any]]]:
 
 def expected_state(purchase: Purchase) -> dict[str, tuple[Decimal, GrantStatus, bool]]:
     """{line: (remaining, status, held)} from the final facts."""
-    share = min(D(1), D(purchase.second_refund) / D(purchase.amount))
+    share = min(Fraction(1), Fraction(purchase.second_refund, purchase.amount))
     result = {}
     for line, credits in PURCHASES[purchase.kind][2].items():
         left = credits - revoke_target(share, credits)

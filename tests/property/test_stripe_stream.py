@@ -41,11 +41,9 @@ PAYMENTS = 100
 HANDLER_EVERY = 25
 SEED = int(os.environ.get("STRIPE_STREAM_SEED", "20261123"))
 
-# Charge amounts are 2^i * 5^j minor units, so amount_refunded / amount is a terminating decimal and the
-# service's Decimal arithmetic is exact: this test checks convergence, ordering and the shortfall/void
-# accounting exactly. Amounts with other prime factors (e.g. 1/3 refunds) hit a rounding bug of the service,
-# pinned by test_refund_of_a_third_revokes_exactly_a_third (xfail) in tests/integration/test_stripe_webhook.py.
-AMOUNTS = [1000, 1250, 2000, 2500, 3200, 4000, 5000, 6400, 8000, 10_000, 12_500, 20_000, 25_000, 50_000]
+# Charge amounts include ones with prime factors other than 2 and 5 (3000, 7000), so refunded shares like
+# 1/3 or 3/7 are not terminating decimals: the service must compute them exactly (floor to 6 decimals once).
+AMOUNTS = [1000, 1250, 2000, 2500, 3000, 3200, 4000, 5000, 6400, 7000, 8000, 10_000, 12_500, 20_000, 50_000]
 
 
 # ---------------------------------------------------------------------------------------------- the packs

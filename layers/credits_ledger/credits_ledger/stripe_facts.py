@@ -92,7 +92,7 @@ def _pack_lines(pack: Pack, quantity: int, line_id: str, priority: int | None) -
             line_id,
             pack.credits * quantity,
             pack.category,
-            priority or pack.priority,
+            priority if priority is not None else pack.priority,
             pack.valid_days,
             pack=pack.name,
         )
@@ -103,7 +103,7 @@ def _pack_lines(pack: Pack, quantity: int, line_id: str, priority: int | None) -
                 f"{line_id}:bonus",
                 pack.bonus_credits * quantity,
                 Category.PROMOTIONAL,
-                priority or pack.priority,
+                priority if priority is not None else pack.priority,
                 pack.valid_days,
                 pack=pack.name,
             )
@@ -179,6 +179,7 @@ def _checkout(event: dict[str, Any], obj: dict[str, Any], pricing: Pricing) -> I
         _paid_at(event),
         "stripe_checkout_session",
         obj["id"],
+        charged=int(obj.get("amount_total") or cost),
     )
     return Facts(((key, purchase),))
 
@@ -197,6 +198,7 @@ def _payment_intent(event: dict[str, Any], obj: dict[str, Any], pricing: Pricing
             _paid_at(event),
             "stripe_payment_intent",
             obj["id"],
+            charged=int(cost),
         )
         facts.append((obj["id"], purchase))
     return Facts(tuple(facts)) if facts else Ignored("payment intent without credits metadata")
@@ -233,7 +235,14 @@ def _invoice(event: dict[str, Any], obj: dict[str, Any], pricing: Pricing) -> In
             continue
         grant_lines += _with_cost(lines, int(line.get("amount") or 0), obj.get("currency"))
     if grant_lines:
-        purchase = Purchase(_account(obj), tuple(grant_lines), _paid_at(event), "stripe_invoice", obj["id"])
+        purchase = Purchase(
+            _account(obj),
+            tuple(grant_lines),
+            _paid_at(event),
+            "stripe_invoice",
+            obj["id"],
+            charged=int(obj.get("amount_paid") or 0),
+        )
         facts.append((obj["id"], purchase))
     return Facts(tuple(facts)) if facts else Ignored("invoice without credit lines")
 

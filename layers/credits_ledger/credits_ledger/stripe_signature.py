@@ -26,8 +26,9 @@ def webhook_secrets() -> list[str]:
 def verified_event(payload: str, signature_header: str | None, secrets: list[str]) -> dict[str, Any]:
     """The event as a plain dict once one of ``secrets`` verifies ``signature_header`` on ``payload``.
 
-    The SDK checks every ``v1`` signature in the header (Stripe sends several while the secret rotates) and
-    rejects timestamps older than the tolerance.
+    The SDK's ``verify_header`` (what ``Webhook.construct_event`` calls before building an object we don't
+    need) checks every ``v1`` signature in the header (Stripe sends several while the secret rotates) and
+    rejects timestamps older than the tolerance. The body is parsed only once the signature holds.
     """
     if not signature_header:
         raise InvalidSignature("missing Stripe-Signature header")
@@ -35,15 +36,16 @@ def verified_event(payload: str, signature_header: str | None, secrets: list[str
         raise InvalidSignature("no webhook secret configured")
     for endpoint_secret in secrets:
         try:
-            stripe.Webhook.construct_event(
-                payload, signature_header, endpoint_secret, tolerance=TOLERANCE_SECONDS
+            stripe.WebhookSignature.verify_header(
+                payload, signature_header, endpoint_secret, TOLERANCE_SECONDS
             )
         except stripe.SignatureVerificationError:
             continue
+        try:
+            event = json.loads(payload)
         except ValueError as exc:
-            raise InvalidSignature("body is not a JSON Stripe event") from exc
-        event = json.loads(payload)
-        if not isinstance(event, dict) or "id" not in event:
+            raise InvalidSignature("body is not JSON") from exc
+        if not isinstance(event, dict) or not isinstance(event.get("id"), str) or "type" not in event:
             raise InvalidSignature("body is not a Stripe event")
         return event
     raise InvalidSignature("signature does not match the endpoint secret, or is older than 300 s")

@@ -98,6 +98,7 @@ def record_to_item(record: PaymentRecord) -> dict[str, Any]:
             "paid_at": it.iso(purchase.paid_at),
             "source_type": purchase.source_type,
             "source_id": purchase.source_id,
+            "charged": purchase.charged,
         }
         if purchase
         else None,
@@ -122,6 +123,7 @@ def record_from_item(key: str, item: dict[str, Any] | None) -> PaymentRecord:
             paid_at=it.parse_iso(raw["paid_at"]),
             source_type=raw["source_type"],
             source_id=raw["source_id"],
+            charged=int(raw.get("charged", 0)),
         )
         if raw
         else None

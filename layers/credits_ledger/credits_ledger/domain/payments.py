@@ -9,13 +9,15 @@ is committed together with the record of it having been applied.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from enum import StrEnum
+from fractions import Fraction
 
 from credits_ledger.domain.models import Category
-from credits_ledger.domain.money import SCALE, ZERO, canonical
+from credits_ledger.domain.money import ZERO, canonical
 
 
 class DisputeStatus(StrEnum):
@@ -53,6 +55,7 @@ class Purchase:
     paid_at: datetime
     source_type: str
     source_id: str
+    charged: int = 0  # what the payment charged in total (tax included), the base of refund shares
 
     def expires_at(self, line: GrantLine) -> datetime | None:
         return self.paid_at + timedelta(days=line.valid_days) if line.valid_days else None
@@ -99,17 +102,29 @@ class PaymentRecord:
     dispute_effects: dict[str, DisputeEffect] = field(default_factory=dict)
 
 
+# Several events may announce one PaymentIntent's purchase; a Checkout Session knows the amount before tax,
+# a bare PaymentIntent only the total. Until credits are granted, the most precise announcement wins.
+_SOURCE_PRECEDENCE = {"stripe_checkout_session": 0, "stripe_invoice": 1, "stripe_payment_intent": 2}
+
+
+def _precedence(purchase: Purchase) -> tuple[int, str]:
+    return (_SOURCE_PRECEDENCE.get(purchase.source_type, 9), purchase.source_id)
+
+
 def merge(record: PaymentRecord, fact: Fact) -> PaymentRecord:
     """Add a fact; merging the same fact again, or facts in another order, gives the same record."""
     if isinstance(fact, Purchase):
-        return record if record.purchase is not None else replace(record, purchase=fact)
+        known = record.purchase
+        if known is None or (not record.granted and _precedence(fact) < _precedence(known)):
+            return replace(record, purchase=fact)
+        return record
     if isinstance(fact, Refund):
         amount, refunded = record.refunds.get(fact.charge_id, (fact.amount, 0))
         level = (max(amount, fact.amount), max(refunded, fact.amount_refunded))
         return replace(record, refunds={**record.refunds, fact.charge_id: level})
     if isinstance(fact, Dispute):
-        known = record.disputes.get(fact.dispute_id)
-        if known is not None and _DISPUTE_RANK[known] >= _DISPUTE_RANK[fact.status]:
+        status = record.disputes.get(fact.dispute_id)
+        if status is not None and _DISPUTE_RANK[status] >= _DISPUTE_RANK[fact.status]:
             return record
         return replace(record, disputes={**record.disputes, fact.dispute_id: fact.status})
     if record.key == fact.parent:
@@ -153,14 +168,15 @@ def owner_of(group: list[PaymentRecord]) -> PaymentRecord | None:
     return with_purchase[0] if with_purchase else None
 
 
-def refunded_share(group: list[PaymentRecord]) -> Decimal:
-    """Cumulative refunded share of what was charged (amount_refunded / amount over the payment's charges)."""
+def refunded_share(group: list[PaymentRecord], charged: int) -> Fraction:
+    """Cumulative refunded share of the payment: refunds reported on its charges over what it charged in
+    total (``charged``; the reporting charges' amounts when unknown). Exact: a third is a third."""
     levels = {charge: level for record in group for charge, level in record.refunds.items()}
-    charged = sum(amount for amount, _ in levels.values())
     refunded = sum(refunded for _, refunded in levels.values())
-    if charged <= 0:
-        return ZERO
-    return min(Decimal(1), Decimal(refunded) / Decimal(charged))
+    total = charged if charged > 0 else sum(amount for amount, _ in levels.values())
+    if total <= 0:
+        return Fraction(0)
+    return min(Fraction(1), Fraction(refunded, total))
 
 
 def dispute_effect(group: list[PaymentRecord]) -> DisputeEffect:
@@ -172,9 +188,11 @@ def dispute_effect(group: list[PaymentRecord]) -> DisputeEffect:
     return DisputeEffect.RELEASED if statuses else DisputeEffect.NONE
 
 
-def revoke_target(share: Decimal, granted: Decimal) -> Decimal:
-    """Credits to take back for a refunded share; rounded down so a refund never takes more than its share."""
-    return canonical((share * granted).quantize(SCALE, rounding=ROUND_FLOOR))
+def revoke_target(share: Fraction, granted: Decimal) -> Decimal:
+    """Credits to take back for a refunded share, floored to 6 decimals so a refund never takes more than
+    its share; computed on exact fractions (no intermediate rounding)."""
+    micro = math.floor(Fraction(granted) * share * 1_000_000)
+    return canonical(Decimal(micro).scaleb(-6))
 
 
 def next_action(group: list[PaymentRecord]) -> Action | None:
@@ -185,7 +203,7 @@ def next_action(group: list[PaymentRecord]) -> Action | None:
     for line in owner.purchase.lines:
         if line.line_id not in owner.granted:
             return GrantAction(owner.key, line, owner.purchase)
-    share = refunded_share(group)
+    share = refunded_share(group, owner.purchase.charged)
     effect = dispute_effect(group)
     for line in owner.purchase.lines:
         grant_id = owner.granted[line.line_id]
