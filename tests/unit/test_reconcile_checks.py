@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from credits_ledger.domain import transitions as tr
-from credits_ledger.domain.models import AccountState, LedgerEntry, Source
+from credits_ledger.domain.models import AccountState, Category, LedgerEntry, LiveGrant, Source
 from credits_ledger.domain.reconcile import Checkpoint, missing_tail, reconcile
 from credits_ledger.domain.transitions import EntryContext, GrantSpec
 
@@ -86,3 +86,18 @@ def test_missing_tail_recognises_a_lagging_index() -> None:
     assert missing_tail(Checkpoint("acct"), state, entries[:3])
     assert not missing_tail(Checkpoint("acct"), state, entries)
     assert not missing_tail(Checkpoint("acct"), state, [entries[0], entries[2]])
+
+
+def test_a_live_grant_at_zero_is_allowed_but_below_zero_is_not() -> None:
+    # Given a consistent account with one extra live grant left at 0 (the core closes it on a later change)
+    state, entries = history()
+    at_zero = LiveGrant("g_spent", D(0), Category.PAID, 50, T0, None)
+    with_zero = replace(state, grants={**state.grants, "g_spent": at_zero})
+    # When reconciled / Then clean
+    assert reconcile(with_zero, Checkpoint("acct"), entries, T0).ok
+    # And a grant below zero is a problem (the sums are kept equal so only that one is named)
+    below = replace(at_zero, remaining=D(-1))
+    gid = next(iter(state.grants))
+    compensated = {**state.grants, gid: replace(state.grants[gid], remaining=state.grants[gid].remaining + 1)}
+    broken = replace(state, grants={**compensated, "g_spent": below})
+    assert codes(reconcile(broken, Checkpoint("acct"), entries, T0)) == ["grant_remaining"]

@@ -211,8 +211,8 @@ class ExpiryJob:
         due: list[_Due] = []
         for account_id, grant_id in pairs:
             live = states[account_id].grants.get(grant_id)
-            if live is None or live.expires_at is None:
-                continue  # closed since the index was read
+            if live is None or live.expires_at is None or live.remaining <= 0:
+                continue  # closed since the index was read, or spent and not yet closed by the core
             days = due_threshold(live.expires_at, now, self.pricing.reminder_days)
             if days is not None:
                 due.append(_Due(account_id, grant_id, live, days, live.expires_at))
