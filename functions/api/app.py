@@ -72,6 +72,7 @@ from credits_ledger.domain.models import GrantStatus
 from credits_ledger.keys import KeyService
 from credits_ledger.ledger import Ledger
 from credits_ledger.observability import logger, tracer
+from credits_ledger.settings import InvalidSettings, get_settings, put_settings
 from credits_ledger.usage import InvalidUsage, answer, field_name, message_of, record_batch, record_usage
 
 MAX_BODY_BYTES = 256 * 1024
@@ -269,6 +270,28 @@ def void(grant: Annotated[str, Path(min_length=1, max_length=255)]) -> GrantView
     return GrantView.of(void_grant(ledger(), grant, voided_by=principal.key_id))
 
 
+@app.put(
+    "/v1/customers/<customer>/settings",
+    summary="Account settings (admin): the low-balance alert threshold",
+    tags=["admin"],
+    responses=_responses(200, "the settings as stored", None, 422),
+)
+def put_customer_settings(customer: CustomerId) -> dict[str, Any]:
+    caller().require(Scope.ADMIN, customer)
+    return put_settings(customer, app.current_event.json_body)
+
+
+@app.get(
+    "/v1/customers/<customer>/settings",
+    summary="Account settings (admin)",
+    tags=["admin"],
+    responses=_responses(200, "the settings (defaults when never set)", None),
+)
+def get_customer_settings(customer: CustomerId) -> dict[str, Any]:
+    caller().require(Scope.ADMIN, customer)
+    return get_settings(customer)
+
+
 @app.post(
     "/v1/api-keys",
     summary="Create an API key (admin)",
@@ -337,8 +360,8 @@ def not_found(exc: Exception) -> Response[Any]:
     return error(404, "not_found", f"no such {what}")
 
 
-@app.exception_handler([InvalidGrant, InvalidUsage])
-def invalid_field(exc: InvalidGrant | InvalidUsage) -> Response[Any]:
+@app.exception_handler([InvalidGrant, InvalidUsage, InvalidSettings])
+def invalid_field(exc: InvalidGrant | InvalidUsage | InvalidSettings) -> Response[Any]:
     return error(
         422,
         "invalid_request",
