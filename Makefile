@@ -34,7 +34,7 @@ PIP_QUIET   ?= -qq
 PIP_FLAGS   := $(PIP_QUIET) --disable-pip-version-check --no-input
 
 TEMPLATE    ?= template.yaml
-LINT_PATHS   = $(wildcard layers functions tests tools)
+LINT_PATHS   = $(wildcard layers functions credits_dev tests tools)
 PYTEST_ARGS ?=
 
 # `sam build` (BuildMethod python3.13) looks for an executable named python3.13 on PATH and needs it to run:
@@ -100,7 +100,7 @@ format: $(VENV_STAMP)
 	$(VENV)/bin/ruff format $(LINT_PATHS)
 
 typecheck: $(VENV_STAMP)
-	$(VENV)/bin/mypy layers/credits_ledger
+	$(VENV)/bin/mypy layers/credits_ledger credits_dev
 
 cfn-lint: $(TOOLS_STAMP)
 	@if [ ! -f "$(TEMPLATE)" ]; then echo ">> cfn-lint: no $(TEMPLATE) yet, skipped"; exit 0; fi; \
@@ -148,7 +148,7 @@ build: sam-build package-sizes
 test: venv tools node_modules lint typecheck cfn-lint sam-validate sam-build pytest
 
 # ---------------------------------------------------------------------------------------------------------
-# tools/bench.py and credits_ledger/local.py are written by the application side.
+# bench: tools/bench.py (request units and timings on DynamoDB Local); dev: the local stack, credits_dev/local.
 bench: $(VENV_STAMP) $(NODE_STAMP)
 	$(VENV)/bin/python -m tools.bench
 

@@ -213,7 +213,7 @@ class FunctionRuntime:
         target = getattr(self.module(fn), fn.function_name, None)
         if not callable(target):
             raise ImportError(f"{fn.logical_id}: {fn.handler}: no callable {fn.function_name!r}")
-        return target  # type: ignore[no-any-return]
+        return target
 
     # -- invoke --------------------------------------------------------------------------------------------
     def invoke(self, fn: Function, event: Any, request_id: str | None = None) -> Invocation:

@@ -490,7 +490,7 @@ def _request_id(event: dict[str, Any]) -> str:
     return found if isinstance(found, str) and found else str(uuid.uuid4())
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rid = _request_id(event)

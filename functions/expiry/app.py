@@ -27,7 +27,7 @@ def job() -> ExpiryJob:
     return ExpiryJob(Ledger(AccountRepository()), ReminderRepository(), default_bus(), load_pricing())
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

@@ -25,7 +25,7 @@ def stream() -> LedgerStream:
     return LedgerStream(default_bus(), AccountSettingsRepository(), ReconcileRepository(), load_pricing())
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

@@ -24,7 +24,7 @@ def job() -> ReconcileJob:
     return ReconcileJob(AccountRepository(), ReconcileRepository(), default_bus())
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def processing_failed(exc: Exception) -> Response:
     return _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": {"code": "internal", "message": message}})
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
