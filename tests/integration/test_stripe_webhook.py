@@ -470,12 +470,6 @@ def test_one_payment_announced_twice_and_redelivered_grants_once(
     assert webhook.books(customer) == 1000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when payment_intent.succeeded (amount_received, tax included) arrives before "
-    "checkout.session.completed for the same PaymentIntent, the first Purchase wins (domain.payments.merge "
-    "keeps the first), so cost_basis is 2400 instead of amount_subtotal 2000: the result depends on order",
-)
 def test_cost_basis_is_amount_before_tax_whichever_event_announces_first(
     webhook: Webhook, customer: str
 ) -> None:

@@ -25,6 +25,7 @@ from credits_ledger.domain.errors import ConcurrencyConflict, GrantNotLive, Inva
 from credits_ledger.domain.models import DEFAULT_PRIORITY, AccountState, Change, CostBasis, Source
 from credits_ledger.domain.payments import (
     Action,
+    CostBasisAction,
     DisputeAction,
     DisputeEffect,
     GrantAction,
@@ -139,6 +140,13 @@ class StripeWebhookProcessor:
         assert owner.purchase is not None
         account = owner.purchase.account_id
         now = self._clock()
+        if isinstance(action, CostBasisAction):
+            updates = [
+                self._ledger.repository.cost_basis_update(grant_id, Decimal(cost), currency)
+                for grant_id, cost, currency in action.costs
+            ]
+            self._payments.save(owner, applied(owner, action), with_actions=updates)
+            return
         if isinstance(action, GrantAction):
             line, purchase = action.line, action.purchase
             spec = GrantSpec(

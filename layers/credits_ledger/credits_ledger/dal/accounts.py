@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from botocore.exceptions import ClientError, ParamValidationError
@@ -337,6 +338,20 @@ class AccountRepository:
                     ":at": {"S": it.iso(closed_at)},
                     **{f":t{i}": {"S": s.value} for i, s in enumerate(sorted(TERMINAL_STATUSES))},
                 },
+            }
+        }
+
+    def cost_basis_update(self, grant_id: str, amount: Decimal, currency: str | None) -> dict[str, Any]:
+        """A transaction action correcting a grant's cost basis (not a ledger change: credits stay as they are)."""
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": it.grant_key(grant_id),
+                "UpdateExpression": "SET cost_amount = :amount, cost_currency = :currency"
+                if currency
+                else "SET cost_amount = :amount REMOVE cost_currency",
+                "ConditionExpression": "attribute_exists(pk)",
+                "ExpressionAttributeValues": it.to_dynamo({":amount": amount, ":currency": currency}),
             }
         }
 

@@ -84,24 +84,39 @@ def _line_from_item(item: dict[str, Any]) -> GrantLine:
     )
 
 
+def _purchase_to_item(purchase: Purchase | None) -> dict[str, Any] | None:
+    if purchase is None:
+        return None
+    return {
+        "account": purchase.account_id,
+        "lines": [{k: v for k, v in _line_to_item(line).items() if v is not None} for line in purchase.lines],
+        "paid_at": it.iso(purchase.paid_at),
+        "source_type": purchase.source_type,
+        "source_id": purchase.source_id,
+        "charged": purchase.charged,
+    }
+
+
+def _purchase_from_item(raw: dict[str, Any] | None) -> Purchase | None:
+    if not raw:
+        return None
+    return Purchase(
+        account_id=raw["account"],
+        lines=tuple(_line_from_item(line) for line in raw["lines"]),
+        paid_at=it.parse_iso(raw["paid_at"]),
+        source_type=raw["source_type"],
+        source_id=raw["source_id"],
+        charged=int(raw.get("charged", 0)),
+    )
+
+
 def record_to_item(record: PaymentRecord) -> dict[str, Any]:
-    purchase = record.purchase
     return {
         "pk": f"PAYMENT#{record.key}",
         "sk": PAYMENT_SK,
         "version": record.version,
-        "purchase": {
-            "account": purchase.account_id,
-            "lines": [
-                {k: v for k, v in _line_to_item(line).items() if v is not None} for line in purchase.lines
-            ],
-            "paid_at": it.iso(purchase.paid_at),
-            "source_type": purchase.source_type,
-            "source_id": purchase.source_id,
-            "charged": purchase.charged,
-        }
-        if purchase
-        else None,
+        "purchase": _purchase_to_item(record.purchase),
+        "preferred": _purchase_to_item(record.preferred),
         "refunds": {charge: {"a": a, "r": r} for charge, (a, r) in record.refunds.items()},
         "disputes": {d: s.value for d, s in record.disputes.items()},
         "parent": record.parent,
@@ -115,23 +130,11 @@ def record_to_item(record: PaymentRecord) -> dict[str, Any]:
 def record_from_item(key: str, item: dict[str, Any] | None) -> PaymentRecord:
     if item is None:
         return PaymentRecord(key=key)
-    raw = item.get("purchase")
-    purchase = (
-        Purchase(
-            account_id=raw["account"],
-            lines=tuple(_line_from_item(line) for line in raw["lines"]),
-            paid_at=it.parse_iso(raw["paid_at"]),
-            source_type=raw["source_type"],
-            source_id=raw["source_id"],
-            charged=int(raw.get("charged", 0)),
-        )
-        if raw
-        else None
-    )
     return PaymentRecord(
         key=key,
         version=int(item["version"]),
-        purchase=purchase,
+        purchase=_purchase_from_item(item.get("purchase")),
+        preferred=_purchase_from_item(item.get("preferred")),
         refunds={c: (int(v["a"]), int(v["r"])) for c, v in (item.get("refunds") or {}).items()},
         disputes={d: DisputeStatus(s) for d, s in (item.get("disputes") or {}).items()},
         parent=item.get("parent"),
@@ -171,8 +174,11 @@ class PaymentRepository:
             put["ExpressionAttributeValues"] = {":v": {"N": str(old.version)}}
         return {"Put": put}
 
-    def save(self, old: PaymentRecord, new: PaymentRecord) -> None:
-        self._transact([self.put_action(old, new)])
+    def save(
+        self, old: PaymentRecord, new: PaymentRecord, with_actions: Sequence[dict[str, Any]] = ()
+    ) -> None:
+        """Replace ``old`` by ``new`` (and write ``with_actions`` in the same transaction)."""
+        self._transact([*with_actions, self.put_action(old, new)])
 
     def record_facts(
         self,

@@ -100,6 +100,7 @@ class PaymentRecord:
     granted: dict[str, str] = field(default_factory=dict)
     revoked: dict[str, Decimal] = field(default_factory=dict)
     dispute_effects: dict[str, DisputeEffect] = field(default_factory=dict)
+    preferred: Purchase | None = None  # a more precise announcement seen after granting: corrects cost basis
 
 
 # Several events may announce one PaymentIntent's purchase; a Checkout Session knows the amount before tax,
@@ -117,6 +118,8 @@ def merge(record: PaymentRecord, fact: Fact) -> PaymentRecord:
         known = record.purchase
         if known is None or (not record.granted and _precedence(fact) < _precedence(known)):
             return replace(record, purchase=fact)
+        if record.granted and _precedence(fact) < _precedence(record.preferred or known):
+            return replace(record, preferred=fact)
         return record
     if isinstance(fact, Refund):
         amount, refunded = record.refunds.get(fact.charge_id, (fact.amount, 0))
@@ -154,7 +157,34 @@ class DisputeAction:
     effect: DisputeEffect
 
 
-Action = GrantAction | RevokeAction | DisputeAction
+@dataclass(frozen=True)
+class CostBasisAction:
+    """Grants already made from a less precise announcement get the cost basis of the more precise one
+    (same credits per line), so the cost basis does not depend on which event arrived first."""
+
+    owner: str
+    costs: tuple[tuple[str, int, str | None], ...]  # (grant id, cost in minor units, currency)
+    corrected: Purchase
+
+
+Action = GrantAction | RevokeAction | DisputeAction | CostBasisAction
+
+
+def _cost_correction(owner: PaymentRecord) -> CostBasisAction | None:
+    known, better = owner.purchase, owner.preferred
+    if known is None or better is None or len(known.lines) != len(better.lines):
+        return None
+    if any(old.credits != new.credits for old, new in zip(known.lines, better.lines, strict=True)):
+        return None  # a different purchase, not a better description of this one: grants stay as made
+    lines = tuple(
+        replace(old, cost_amount=new.cost_amount, currency=new.currency)
+        for old, new in zip(known.lines, better.lines, strict=True)
+    )
+    corrected = replace(
+        known, lines=lines, charged=better.charged, source_type=better.source_type, source_id=better.source_id
+    )
+    costs = tuple((owner.granted[line.line_id], line.cost_amount, line.currency) for line in lines)
+    return CostBasisAction(owner.key, costs, corrected)
 
 
 def owner_of(group: list[PaymentRecord]) -> PaymentRecord | None:
@@ -203,6 +233,10 @@ def next_action(group: list[PaymentRecord]) -> Action | None:
     for line in owner.purchase.lines:
         if line.line_id not in owner.granted:
             return GrantAction(owner.key, line, owner.purchase)
+    if owner.preferred is not None:
+        correction = _cost_correction(owner)
+        if correction is not None:
+            return correction
     share = refunded_share(group, owner.purchase.charged)
     effect = dispute_effect(group)
     for line in owner.purchase.lines:
@@ -226,6 +260,8 @@ def applied(record: PaymentRecord, action: Action, grant_id: str | None = None) 
         return replace(record, granted={**record.granted, action.line.line_id: grant_id})
     if isinstance(action, RevokeAction):
         return replace(record, revoked={**record.revoked, action.grant_id: action.target})
+    if isinstance(action, CostBasisAction):
+        return replace(record, purchase=action.corrected, preferred=None)
     return replace(record, dispute_effects={**record.dispute_effects, action.grant_id: action.effect})
 
 
