@@ -1,0 +1,173 @@
+"""Bench section ``api``: request units and time of the HTTP API's usage routes through the real handler.
+
+    python -m tools.bench --only api          # within make bench
+    python -m tools.bench_api [ENDPOINT]      # alone (starts DynamoDB Local when no endpoint is given)
+
+Issue 3's figures: a single usage debit, its replay, and a batch of 100 events spread over 10 accounts
+(per event). Every account holds 10 live grants, as in the ledger section. Units are AWS figures from
+``tools.bench.counted_client`` (transactional writes modelled item by item); time is the handler's wall time
+on DynamoDB Local, median of RUNS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "api"
+RUNS = int(os.environ.get("BENCH_API_RUNS", "15"))
+ACCOUNTS = 10
+GRANTS_PER_ACCOUNT = 10
+BATCH = 100
+ADMIN_KEY = "bench-admin-key"
+
+
+@dataclass(frozen=True)
+class ApiRow:
+    name: str
+    read_units: float
+    write_units: float
+    ms: float
+    note: str = ""
+
+    def __str__(self) -> str:
+        return (
+            f"{SECTION:8} {self.name:46} {self.read_units:7.2f} RRU {self.write_units:7.2f} WRU "
+            f"{self.ms:8.2f} ms  {self.note}"
+        )
+
+
+class _Context:
+    def get_remaining_time_in_millis(self) -> int:
+        return 10_000
+
+    function_name = "ApiFunction"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ApiFunction"
+    aws_request_id = "bench"
+
+
+def _event(name: str, body: Any) -> dict[str, Any]:
+    event = json.loads((ROOT / "events" / "api" / f"{name}.json").read_text())
+    event["headers"]["authorization"] = f"Bearer {ADMIN_KEY}"
+    event["body"] = json.dumps(body)
+    event["requestContext"]["requestId"] = uuid.uuid4().hex
+    return event
+
+
+def _handler(client: Any, table: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    from credits_ledger.dal.accounts import AccountRepository
+    from credits_ledger.dal.api_keys import ApiKeyRepository
+    from credits_ledger.keys import KeyService
+    from credits_ledger.ledger import Ledger
+    from tools.gen_openapi import load_api_app
+
+    os.environ["CREDITS_ADMIN_KEY"] = ADMIN_KEY  # the bootstrap key is checked without a DynamoDB read
+    os.environ.setdefault("CREDITS_PRICING_FILE", str(ROOT / "config" / "pricing.toml"))
+    app = load_api_app()
+    ledger = Ledger(AccountRepository(client, table))
+    keys = KeyService(ApiKeyRepository(client, table))
+    app.ledger = lambda: ledger
+    app.key_service = lambda: keys
+
+    def call(event: dict[str, Any]) -> dict[str, Any]:
+        reply = app.lambda_handler(event, _Context())
+        if reply["statusCode"] >= 300:
+            raise RuntimeError(f"{event['rawPath']}: {reply['statusCode']} {reply.get('body')}")
+        return dict(reply)
+
+    return call
+
+
+def _seed(call: Callable[[dict[str, Any]], dict[str, Any]], customers: list[str]) -> None:
+    for customer in customers:
+        for index in range(GRANTS_PER_ACCOUNT):
+            event = _event("grant_create", {"amount": "1000000", "priority": 10 * (index + 1)})
+            event["rawPath"] = event["requestContext"]["http"]["path"] = f"/v1/customers/{customer}/grants"
+            event["pathParameters"] = {"customer": customer}
+            call(event)
+
+
+def _measure(counter: Any, runs: int, op: Callable[[int], Any]) -> tuple[float, float, float]:
+    reads, writes, times = [], [], []
+    for run in range(runs):
+        counter.reset()
+        began = time.perf_counter()
+        op(run)
+        elapsed = time.perf_counter() - began
+        sample = counter.snapshot()
+        reads.append(sample["read"])
+        writes.append(sample["write"])
+        times.append((elapsed - sample["overhead"]) * 1000)
+    return statistics.median(reads), statistics.median(writes), statistics.median(times)
+
+
+def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None, runs: int = RUNS) -> list[ApiRow]:
+    from tests.support.tables import create_tables_from_template
+    from tools.bench import counted_client
+
+    client, counter = counted_client(endpoint)
+    suffix = f"-api-{uuid.uuid4().hex[:6]}"
+    table = create_tables_from_template(client, ROOT / "template.yaml", name_suffix=suffix)["CreditsTable"]
+    call = _handler(client, table)
+    customers = [f"cus_bench{index:02d}{uuid.uuid4().hex[:4]}" for index in range(ACCOUNTS)]
+    _seed(call, customers)
+
+    def usage(run: int) -> dict[str, Any]:
+        body = {"id": f"u-single-{run}", "customer": customers[0], "meter": "api_call", "quantity": 1}
+        return call(_event("usage", body))
+
+    single = _measure(counter, runs, usage)
+    replay = _measure(counter, runs, usage)  # the same ids again: each run replays its first answer
+
+    def batch(run: int) -> dict[str, Any]:
+        events = [
+            {
+                "id": f"u-batch-{run}-{i}",
+                "customer": customers[i % ACCOUNTS],
+                "meter": "api_call",
+                "quantity": 1,
+            }
+            for i in range(BATCH)
+        ]
+        return call(_event("usage_batch", {"events": events}))
+
+    batch_units = _measure(counter, max(3, runs // 3), batch)
+    return [
+        ApiRow("POST /v1/usage (one debit, 10 live grants)", *single),
+        ApiRow("POST /v1/usage replay (same id and body)", *replay),
+        ApiRow(
+            f"POST /v1/usage/batch, per event ({BATCH} over {ACCOUNTS} accounts)",
+            batch_units[0] / BATCH,
+            batch_units[1] / BATCH,
+            batch_units[2] / BATCH,
+            note=f"whole batch: {batch_units[0]:.1f} RRU, {batch_units[1]:.1f} WRU, {batch_units[2]:.0f} ms",
+        ),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args:
+        rows = run(args[0])
+    else:
+        from tests.support.dynamodb_local import DynamoDBLocal
+
+        with DynamoDBLocal() as server:
+            rows = run(server.endpoint_url)
+    for row in rows:
+        print(row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
