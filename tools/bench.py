@@ -697,10 +697,15 @@ def reference_read_ms(ctx: BenchContext) -> float:
     """Median time of a balance read (eventually consistent GetItem of an account item with 10 grants): the
     unit of the ``x balance read`` column, which stays meaningful on a noisy machine."""
     fx = Fixtures(ctx)
+    # warm DynamoDB Local's JIT up (reads and transactions) before any figure is taken
+    for _ in range(5):
+        warm, _ = fx.account(10)
+        for _ in range(20):
+            fx.debit(warm, "1")
     account, _ = fx.account(10)
-    for _ in range(50):  # warm-up
+    for _ in range(200):
         fx.ledger.balance(account)
-    return measure(ctx, "reference", "balance read", lambda _s: fx.ledger.balance(account), runs=51).ms
+    return measure(ctx, "reference", "balance read", lambda _s: fx.ledger.balance(account), runs=101).ms
 
 
 def model_self_check(ctx: BenchContext) -> str:
@@ -780,13 +785,6 @@ def ledger_section(ctx: BenchContext) -> list[Any]:
 
     def fresh(funded: bool = False) -> Callable[[], tuple[str, list[str]]]:
         return lambda: fx.account(10, funded=funded)
-
-    # warm DynamoDB Local's JIT up so the first operations measured are not the slow ones
-    for _ in range(3):
-        account, _ids_ = fx.account(10)
-        for _ in range(20):
-            fx.debit(account, "1")
-        led.balance(account)
 
     rows.append(
         measure(
