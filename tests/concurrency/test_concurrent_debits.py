@@ -245,7 +245,10 @@ def test_concurrent_debits_never_overdraw_lose_or_double(local_tables: Any) -> N
     # the grant voided and the grant expired mid-run: one entry each, nothing spent after it, nothing twice
     totals = audit.totals
     voided, expiring = totals[grant_ids["voided"]], totals[grant_ids["expiring"]]
-    assert voided.void_entries == 1 and voided.closed_as is GrantStatus.VOIDED
+    if admin_log["void"] is not None:
+        assert voided.void_entries == 1 and voided.closed_as is GrantStatus.VOIDED
+    else:  # only if the void thread was starved until debits had spent the whole grant
+        assert voided.void_entries == 0 and voided.closed_as is GrantStatus.DEPLETED
     assert voided.spent + voided.voided == Decimal(250)
     assert expiring.expire_entries <= 1
     assert expiring.spent + expiring.expired == Decimal(200) or expiring.closed_as is None
