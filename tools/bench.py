@@ -471,6 +471,36 @@ def counted_client(endpoint: str) -> tuple[Any, CapacityCounter]:
     return client, instrument(client, endpoint)
 
 
+@dataclass(frozen=True)
+class ValueRow:
+    """One figure of a section that is not a units/time row (an import time, a per-event total...)."""
+
+    section: str
+    name: str
+    value: float
+    unit: str
+    note: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.section:8} {self.name:44} {self.value:>10.2f} {self.unit:6} {self.note}"
+
+
+def section_main(run: Callable[[str], list[Any]], argv: list[str] | None = None) -> list[Any]:
+    """``python -m tools.bench_<name> [ENDPOINT]``: one section on its own, on ENDPOINT or on a DynamoDB Local
+    it starts and stops; prints and returns the rows."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args:
+        rows = run(args[0])
+    else:
+        from tests.support.dynamodb_local import DynamoDBLocal
+
+        with DynamoDBLocal() as server:
+            rows = run(server.endpoint_url)
+    for row in rows:
+        print(row)
+    return rows
+
+
 # =========================================================================================================
 # DynamoDB item size (AWS's rules: names + values; numbers ~1 byte per 2 significant digits + 1)
 # =========================================================================================================

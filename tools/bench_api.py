@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tools.bench import counted_client, section_main
+
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "api"
 RUNS = int(os.environ.get("BENCH_API_RUNS", "15"))
@@ -113,7 +115,6 @@ def _measure(counter: Any, runs: int, op: Callable[[int], Any]) -> tuple[float, 
 
 def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None, runs: int = RUNS) -> list[ApiRow]:
     from tests.support.tables import create_tables_from_template
-    from tools.bench import counted_client
 
     client, counter = counted_client(endpoint)
     suffix = f"-api-{uuid.uuid4().hex[:6]}"
@@ -156,16 +157,7 @@ def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None, runs: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args:
-        rows = run(args[0])
-    else:
-        from tests.support.dynamodb_local import DynamoDBLocal
-
-        with DynamoDBLocal() as server:
-            rows = run(server.endpoint_url)
-    for row in rows:
-        print(row)
+    section_main(run, argv)
     return 0
 
 

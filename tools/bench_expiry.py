@@ -29,6 +29,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from tools.bench import ValueRow as Row
+from tools.bench import section_main
+
 ROOT = Path(__file__).resolve().parents[1]
 for _path in (ROOT / "layers" / "credits_ledger", ROOT):
     if str(_path) not in sys.path:
@@ -86,20 +89,6 @@ class CapacityMeter:
     @property
     def write_units(self) -> float:
         return sum(v for k, v in self.units.items() if k in WRITES)
-
-
-@dataclass(frozen=True)
-class Row:
-    """One bench figure (same shape as the other sections' rows)."""
-
-    section: str
-    name: str
-    value: float
-    unit: str
-    note: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.section:8} {self.name:44} {self.value:>10.2f} {self.unit:6} {self.note}"
 
 
 class NullBus:
@@ -317,16 +306,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args:
-        found = run(args[0])
-    else:
-        from tests.support.dynamodb_local import DynamoDBLocal
-
-        with DynamoDBLocal() as server:
-            found = run(server.endpoint_url)
-    for row in found:
-        print(row)
+    found = section_main(run, argv)
     return 0 if "OK" in found[-1].note else 1
 
 

@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tools.bench import ValueRow as Row
+from tools.bench import section_main
+
 ROOT = Path(__file__).resolve().parents[1]
 LAYER = ROOT / "layers" / "credits_ledger"
 for _path in (LAYER, ROOT):
@@ -40,18 +43,6 @@ IMPORT_RUNS = 5
 READS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems"})
 WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
 HEAVY = ("stripe", "requests", "boto3", "botocore", "aws_lambda_powertools", "aws_xray_sdk", "pydantic")
-
-
-@dataclass(frozen=True)
-class Row:
-    section: str
-    name: str
-    value: float
-    unit: str
-    note: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.section:8} {self.name:44} {self.value:>10.2f} {self.unit:6} {self.note}"
 
 
 # ---------------------------------------------------------------------------------------------- import time
@@ -244,16 +235,7 @@ def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None) -> lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args:
-        rows = run(args[0])
-    else:
-        from tests.support.dynamodb_local import DynamoDBLocal
-
-        with DynamoDBLocal() as server:
-            rows = run(server.endpoint_url)
-    for row in rows:
-        print(row)
+    section_main(run, argv)
     return 0
 
 
