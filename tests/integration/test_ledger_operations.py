@@ -295,16 +295,14 @@ def test_debit_with_six_fractional_digits_is_exact(ledger: Ledger) -> None:
     assert assert_books_balance(ledger, ACCT) == D("0.000001")
 
 
-def test_debit_spanning_more_than_98_grants_succeeds(
-    ledger: Ledger, moto_tables: Any, clock: FakeClock
-) -> None:
-    # Given an account with 100 live grants of 1 credit (e.g. daily promotional credits), seeded directly
-    # in the table with the repository's own item mappers (100 Ledger.grant calls are too slow on moto)
+def seed_unit_grants(moto_tables: Any, clock: FakeClock, count: int = 100) -> None:
+    """``count`` live grants of 1 credit (e.g. daily promotional credits), written directly with the
+    repository's own item mappers (that many Ledger.grant calls are too slow on moto)."""
     from credits_ledger.domain import transitions as tr
 
     state = AccountState(account_id=ACCT)
     writes = []
-    for index in range(100):
+    for index in range(count):
         change = tr.grant(
             state, spec(f"gr_{index:03d}", "1"), tr.EntryContext(entry_key=f"g:{index}", now=clock.now)
         )
@@ -319,6 +317,13 @@ def test_debit_spanning_more_than_98_grants_succeeds(
                 table: [{"PutRequest": {"Item": it.to_dynamo(item)}} for item in writes[start : start + 25]]
             }
         )
+
+
+def test_debit_spanning_more_than_98_grants_succeeds(
+    ledger: Ledger, moto_tables: Any, clock: FakeClock
+) -> None:
+    # Given an account with 100 live grants of 1 credit
+    seed_unit_grants(moto_tables, clock)
     assert ledger.balance(ACCT).available == D(100)
     # When 100 is debited / Then it succeeds and empties the account
     outcome = ledger.debit(ACCT, debit("use:1", "100"))
@@ -333,6 +338,20 @@ def test_debit_spanning_more_than_98_grants_succeeds(
     ledger.grant(ACCT, spec("gr_new2", "5"), key="grant:new2")
     assert set(ledger.repository.state(ACCT, consistent=True).grants) == {"gr_new1", "gr_new2"}
     assert assert_books_balance(ledger, ACCT) == 10
+
+
+def test_debit_many_that_fills_a_transaction_answers_every_request(
+    ledger: Ledger, moto_tables: Any, clock: FakeClock
+) -> None:
+    # Given 100 grants of 1 credit
+    seed_unit_grants(moto_tables, clock)
+    # When one batch spends 50, 30 and 20: the grants they close exceed one transaction's 100 actions
+    results = ledger.debit_many(ACCT, [debit("b:1", "50"), debit("b:2", "30"), debit("b:3", "20")])
+    # Then every request is answered and debited once, in order, and the books balance
+    assert [r.request.key for r in results] == ["b:1", "b:2", "b:3"]
+    assert [r.error for r in results] == [None, None, None]
+    assert [r.outcome.entry.balance_after for r in results if r.outcome] == [50, 20, 0]
+    assert assert_books_balance(ledger, ACCT) == 0
 
 
 # =================================================================================================== debit_many

@@ -115,10 +115,12 @@ class Ledger:
     def debit_many(self, account_id: str, requests: Sequence[DebitRequest]) -> list[DebitResult]:
         """Debits of one account, each judged alone, written together (one transaction per chunk)."""
         results: list[DebitResult] = []
-        for start in range(0, len(requests), MAX_DEBITS_PER_TRANSACTION):
-            results.extend(
-                self._debit_chunk(account_id, requests[start : start + MAX_DEBITS_PER_TRANSACTION])
-            )
+        pending = list(requests)
+        while pending:
+            # a chunk may answer fewer requests than it got (transaction full): the rest go round again
+            answered = self._debit_chunk(account_id, pending[:MAX_DEBITS_PER_TRANSACTION])
+            results.extend(answered)
+            pending = pending[len(answered) :]
         return results
 
     def expire(self, grant_id: str, as_of: datetime) -> Outcome | None:
