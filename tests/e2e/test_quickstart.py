@@ -1,4 +1,4 @@
-"""docs/quickstart.md, run as a new user would: every fenced ``sh`` block in order, in one shell session (so
+"""The README's quickstart section, run as a new user would: every fenced ``sh`` block in order, in one shell session (so
 variables and ``. .local/dev.env`` carry over), against a fresh local stack started as ``make dev`` starts
 it (``python -m credits_dev.local``; the block that says ``make dev`` is that start). The ``text`` block that
 follows a command block is its expected output: ``...`` matches anything within a line, a line of just
@@ -20,7 +20,17 @@ from tests.e2e.conftest import REPO_ROOT, StackProcess, require_java
 
 pytestmark = pytest.mark.slow
 
-QUICKSTART = REPO_ROOT / "docs" / "quickstart.md"
+README = REPO_ROOT / "README.md"
+QUICKSTART_SECTION = re.compile(r"<!-- quickstart:start -->\n(.*?)<!-- quickstart:end -->", re.DOTALL)
+
+
+def quickstart_text() -> str:
+    """The quickstart section of the README (between its markers), where a new user reads it."""
+    found = QUICKSTART_SECTION.search(README.read_text())
+    assert found, "README.md has no quickstart section (<!-- quickstart:start --> ... end markers)"
+    return found.group(1)
+
+
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 
 
@@ -89,11 +99,11 @@ def test_expected_output_matcher() -> None:
 
 
 def test_the_quickstart_has_commands_and_expectations() -> None:
-    steps = parse(QUICKSTART.read_text())
+    steps = parse(quickstart_text())
     assert steps[0].starts_the_stack
     assert len(steps) >= 10
     assert sum(s.expected is not None for s in steps) >= len(steps) - 2
-    text = QUICKSTART.read_text()
+    text = quickstart_text()
     for needed in (
         "credits keys create",
         "credits stripe send",
@@ -144,7 +154,7 @@ def run_session(steps: list[Step], cwd: Path, env: dict[str, str]) -> list[tuple
 
 
 def test_quickstart_runs_as_written(fresh_stack: StackProcess) -> None:
-    steps = [s for s in parse(QUICKSTART.read_text()) if not s.starts_the_stack]
+    steps = [s for s in parse(quickstart_text()) if not s.starts_the_stack]
     env = dict(fresh_stack.env)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["TMPDIR"] = str(fresh_stack.state_dir.parent)
@@ -153,7 +163,7 @@ def test_quickstart_runs_as_written(fresh_stack: StackProcess) -> None:
     outputs = run_session(steps, fresh_stack.state_dir.parent, env)
     failures = []
     for step, (status, output) in zip(steps, outputs, strict=True):
-        where = f"docs/quickstart.md line {step.line}: {step.code.strip()}"
+        where = f"README quickstart line {step.line}: {step.code.strip()}"
         if status != 0:
             failures.append(f"{where}\n  exited with {status}; output:\n{output}")
         elif step.expected is not None and not matches(step.expected, output):
