@@ -802,7 +802,7 @@ def cmd_expire(api: Api, args: argparse.Namespace, out: Printer) -> int:
 
 
 def cmd_stripe_send(api: Api, args: argparse.Namespace, out: Printer) -> int:
-    from credits_dev.stripe_events import EventBuildError, EventOptions, build_event, serialize, sign
+    from credits_dev.stripe_events import EventBuildError, EventOptions, body, build_event, signature_header
 
     secret = args.secret or os.environ.get("STRIPE_WEBHOOK_SECRET")
     if not secret:
@@ -838,8 +838,8 @@ def cmd_stripe_send(api: Api, args: argparse.Namespace, out: Printer) -> int:
         event = build_event(args.event_type, options)
     except EventBuildError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
-    payload = serialize(event)
-    signature = sign(payload, secret)
+    payload = body(event)
+    signature = signature_header(payload, secret)
     intent = options.payment_intent  # given, or generated (and related to the charge / dispute ids)
     if args.dry_run:
         out(f"Stripe-Signature: {signature}")

@@ -1,29 +1,664 @@
-"""Realistic, signed Stripe webhook events for development (``credits stripe send``), built from Stripe's own
-example objects (``credits_dev/fixtures``, MIT, see the README there) with the placeholders replaced.
+"""Realistic, signed Stripe webhook events, built from Stripe's own example objects (``credits_dev/fixtures``,
+MIT, see the README there) with their placeholders (``obj_123``, ``"currency": "currency"``, timestamps
+1234567890, ``"type": "type"``...) replaced by realistic values: Stripe-looking ids, the real status values,
+current timestamps, consistent amounts. The one builder of the repository: ``credits stripe send``, the local
+stack, the tests, ``make bench`` and the stored samples all use it.
 
-    options = EventOptions(customer="cus_123", credits="500", amount=1000, currency="eur")
-    event = build_event("checkout.session.completed", options)
-    body = serialize(event)                               # the exact bytes to POST
-    header = sign(body, "whsec_...")                      # Stripe-Signature: t=...,v1=...
+Keyword builders (tests, bench) return a full ``event`` dict (``ev["data"]["object"]`` is the Stripe object);
+``event(type, obj)`` wraps any object:
+
+    ev = checkout_session_completed("cus_Q1", pack="starter", amount_subtotal=1900)
+    api = signed_api_event(body(ev), "whsec_test")            # what API Gateway hands the Lambda function
+    api = resign(api, "whsec_test")                            # a stored sample, with a fresh timestamp
+
+The command line's view (``credits stripe send``) is one ``EventOptions`` per event type:
+
+    event = build_event("checkout.session.completed", EventOptions(customer="cus_123", credits="500"))
+    header = signature_header(body(event), "whsec_...")        # Stripe-Signature: t=...,v1=...
 
 Related objects share one suffix: payment intent ``pi_X`` -> charge ``ch_X`` -> dispute ``dp_X``, so a refund
 or dispute sent later with ``--payment-intent pi_X`` names the same payment as the purchase.
+``python -m credits_dev.stripe_events`` rewrites ``events/stripe_webhook/*.json``.
 """
 
 from __future__ import annotations
 
+import base64 as b64
 import copy
 import json
-import secrets
+import random
 import string
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-FIXTURES = Path(__file__).parent / "fixtures"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SAMPLE_DIR = REPO_ROOT / "events" / "stripe_webhook"
+SAMPLE_SECRET = "whsec_local_sample_secret"  # documented in events/README.md; never a real secret
+API_VERSION = "2026-07-29.dahlia"  # the GA spec the fixtures were taken from
+ROUTE = "/v1/webhooks/stripe"
 
+# Values of the stripe-mock fixtures that are not real data (besides a string equal to its own key, such as
+# "currency": "currency"); a built event must contain none of them.
+PLACEHOLDER_NUMBERS = frozenset({1234567890, 1028554472})
+
+Json = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@cache
+def _fixture_text(directory: Path, name: str) -> str:
+    return (directory / f"{name}.json").read_text(encoding="utf-8")
+
+
+def fixture(name: str) -> Json:
+    """A fresh deep copy of a fixture object, e.g. ``fixture("checkout.session")``."""
+    return json.loads(_fixture_text(FIXTURES, name))
+
+
+# ---------------------------------------------------------------------------------------------- ids, time
+_ALPHABET = string.ascii_letters + string.digits
+
+
+class Ids:
+    """Stripe-looking ids (``pi_3Q...``); seeded for reproducible sample files, random otherwise."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._rng = random.Random(seed if seed is not None else uuid.uuid4().int)
+
+    def __call__(self, prefix: str, length: int = 24) -> str:
+        body = "".join(self._rng.choice(_ALPHABET) for _ in range(length))
+        if prefix in {"pi", "ch", "re", "evt", "in", "il", "dp", "pm", "inpay", "price"}:
+            body = ("3" if prefix in {"pi", "ch", "re"} else "1") + "Q" + body[2:]
+        return f"{prefix}_{body}"
+
+    def customer(self) -> str:
+        return self("cus", 14)
+
+    def session(self) -> str:
+        return self("cs_test_a1", 56)
+
+
+new_id = Ids()
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def charge_for(payment_intent: str) -> str:
+    """The charge id tests use for a PaymentIntent's (only) charge: same suffix, so links are easy to read."""
+    return "ch_" + payment_intent.removeprefix("pi_")
+
+
+def _request(ids: Ids) -> Json:
+    return {"id": ids("req", 14), "idempotency_key": str(uuid.UUID(int=ids._rng.getrandbits(128), version=4))}
+
+
+def _address() -> Json:
+    return {
+        "city": "Berlin",
+        "country": "DE",
+        "line1": "Friedrichstrasse 123",
+        "line2": None,
+        "postal_code": "10117",
+        "state": None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- events
+def event(
+    type: str,
+    obj: Json,
+    id: str | None = None,
+    created: int | None = None,
+    *,
+    ids: Ids | None = None,
+    previous_attributes: Json | None = None,
+) -> Json:
+    """A snapshot event (``event.json`` envelope) carrying ``obj``."""
+    ids = ids or new_id
+    ev = fixture("event")
+    ev.update(
+        id=id or ids("evt"),
+        api_version=API_VERSION,
+        created=created if created is not None else now(),
+        type=type,
+        pending_webhooks=1,
+        livemode=False,
+        request=_request(ids),
+    )
+    ev["data"] = {"object": obj}
+    if previous_attributes is not None:
+        ev["data"]["previous_attributes"] = previous_attributes
+    return ev
+
+
+def body(ev: Json) -> str:
+    """The body as Stripe sends it: pretty-printed JSON (the signature covers exactly these bytes)."""
+    return json.dumps(ev, indent=2)
+
+
+def _metadata(
+    pack: str | None, credits: str | int | None, metadata: Mapping[str, Any] | None
+) -> dict[str, str]:
+    result: dict[str, str] = {}
+    if pack is not None:
+        result["credits_pack"] = pack
+    if credits is not None:
+        result["credits"] = str(credits)
+    result.update({k: str(v) for k, v in (metadata or {}).items()})
+    return result
+
+
+# ---- checkout.session.* ----------------------------------------------------------------------------------
+def checkout_session(
+    customer: str | None,
+    pack: str | None = None,
+    credits: str | int | None = None,
+    *,
+    payment_intent: str | None = None,
+    amount_subtotal: int = 1900,
+    amount_tax: int = 0,
+    currency: str = "eur",
+    payment_status: str = "paid",
+    mode: str = "payment",
+    metadata: Mapping[str, Any] | None = None,
+    session_id: str | None = None,
+    created: int | None = None,
+    ids: Ids | None = None,
+) -> Json:
+    """A completed Checkout Session (``checkout.session.json``) of mode ``payment``."""
+    ids = ids or new_id
+    created = created if created is not None else now() - 120
+    obj = fixture("checkout.session")
+    session_id = session_id or ids.session()
+    total = amount_subtotal + amount_tax
+    obj.update(
+        id=session_id,
+        created=created,
+        expires_at=created + 86_400,
+        customer=customer,
+        customer_creation=None,
+        customer_email=None,
+        currency=currency,
+        amount_subtotal=amount_subtotal,
+        amount_total=total,
+        mode=mode,
+        payment_intent=payment_intent or (ids("pi") if mode == "payment" else None),
+        payment_status=payment_status,
+        status="complete",
+        url=None,
+        metadata=_metadata(pack, credits, metadata),
+        payment_method_configuration_details={"id": ids("pmc"), "parent": None},
+        shipping_address_collection=None,
+        shipping_cost=None,
+        shipping_options=[],
+        currency_conversion=None,
+        custom_text={
+            "after_submit": None,
+            "shipping_address": None,
+            "submit": None,
+            "terms_of_service_acceptance": None,
+        },
+        total_details={"amount_discount": 0, "amount_shipping": 0, "amount_tax": amount_tax},
+        invoice_creation={"enabled": False, "invoice_data": obj["invoice_creation"]["invoice_data"]},
+        collected_information=None,
+        after_expiration=None,
+        managed_payments={"enabled": False},
+        adaptive_pricing={"enabled": False},
+    )
+    obj["customer_details"].update(
+        address=_address(), email="ada@example.com", name="Ada Lovelace", tax_exempt="none"
+    )
+    obj["automatic_tax"].update(enabled=amount_tax > 0, status="complete" if amount_tax else None)
+    return obj
+
+
+def checkout_session_completed(
+    customer: str | None,
+    pack: str | None = None,
+    credits: str | int | None = None,
+    *,
+    event_id: str | None = None,
+    event_created: int | None = None,
+    type: str = "checkout.session.completed",
+    **session: Any,
+) -> Json:
+    """``checkout.session.completed`` (or ``type=`` one of the async_payment_* events) for a new session."""
+    obj = checkout_session(customer, pack, credits, **session)
+    return event(type, obj, event_id, event_created, ids=session.get("ids"))
+
+
+def checkout_session_event(type: str, session: Json, event_id: str | None = None, **changes: Any) -> Json:
+    """Another event about an existing session (e.g. ``checkout.session.async_payment_succeeded`` once the
+    bank transfer arrived: ``payment_status="paid"``)."""
+    obj = copy.deepcopy(session)
+    obj.update(changes)
+    return event(type, obj, event_id)
+
+
+# ---- payment_intent.succeeded ------------------------------------------------------------------------------
+def payment_intent(
+    customer: str | None,
+    amount: int,
+    *,
+    currency: str = "eur",
+    pack: str | None = None,
+    credits: str | int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    payment_intent: str | None = None,
+    latest_charge: str | None = "derive",
+    status: str = "succeeded",
+    created: int | None = None,
+    ids: Ids | None = None,
+) -> Json:
+    """A PaymentIntent (``payment_intent.json``); ``latest_charge`` defaults to ``charge_for(id)``."""
+    ids = ids or new_id
+    created = created if created is not None else now() - 60
+    pi_id = payment_intent or ids("pi")
+    obj = fixture("payment_intent")
+    obj.update(
+        id=pi_id,
+        amount=amount,
+        amount_received=amount if status == "succeeded" else 0,
+        amount_details={"tip": {}},
+        canceled_at=None,
+        client_secret=f"{pi_id}_secret_{ids('x', 25)[2:]}",
+        created=created,
+        currency=currency,
+        customer=customer,
+        description="Credit top-up",
+        last_payment_error=None,
+        latest_charge=charge_for(pi_id) if latest_charge == "derive" else latest_charge,
+        metadata=_metadata(pack, credits, metadata),
+        next_action=None,
+        payment_method=ids("pm"),
+        payment_method_configuration_details={"id": ids("pmc"), "parent": None},
+        processing=None,
+        status=status,
+        transfer_data=None,
+        managed_payments={"enabled": False},
+        automatic_payment_methods={"enabled": True, "allow_redirects": "always"},
+    )
+    return obj
+
+
+def payment_intent_succeeded(
+    customer: str | None,
+    amount: int,
+    *,
+    event_id: str | None = None,
+    event_created: int | None = None,
+    **fields: Any,
+) -> Json:
+    return event(
+        "payment_intent.succeeded",
+        payment_intent(customer, amount, **fields),
+        event_id,
+        event_created,
+        ids=fields.get("ids"),
+    )
+
+
+# ---- invoice.paid / invoice_payment.paid -------------------------------------------------------------------
+LineSpec = tuple[str | None, int, int] | Mapping[str, Any]
+
+
+def _invoice_line(spec: LineSpec, invoice_id: str, currency: str, period: int, ids: Ids) -> Json:
+    """``(price_id, quantity, amount)`` or a dict with those keys plus ``metadata`` / ``price_metadata``."""
+    if isinstance(spec, Mapping):
+        price_id, quantity, amount = spec.get("price"), spec.get("quantity", 1), spec["amount"]
+        line_metadata, price_metadata = spec.get("metadata", {}), spec.get("price_metadata")
+    else:
+        price_id, quantity, amount = spec
+        line_metadata, price_metadata = {}, None
+    line = copy.deepcopy(fixture("invoice")["lines"]["data"][0])
+    item = ids("ii")
+    price: Any = price_id
+    if price_metadata is not None:  # an expanded price (lines.data.pricing.price_details.price)
+        price = {
+            "id": price_id or ids("price"),
+            "object": "price",
+            "currency": currency,
+            "metadata": {k: str(v) for k, v in price_metadata.items()},
+            "unit_amount": amount // max(quantity, 1),
+            "product": ids("prod", 14),
+        }
+    line.update(
+        id=ids("il"),
+        invoice=invoice_id,
+        amount=amount,
+        currency=currency,
+        description=f"{quantity} x credits",
+        metadata={k: str(v) for k, v in line_metadata.items()},
+        quantity=quantity,
+        quantity_decimal=str(quantity),
+        period={"start": period, "end": period},
+        subtotal=amount,
+        discountable=True,
+        parent={
+            "type": "invoice_item_details",
+            "invoice_item_details": {
+                "invoice_item": item,
+                "proration": False,
+                "proration_details": {"credited_items": None},
+                "subscription": None,
+            },
+            "subscription_item_details": None,
+        },
+        pricing={
+            "type": "price_details",
+            "price_details": {"price": price, "product": ids("prod", 14)} if price is not None else None,
+            "unit_amount_decimal": str(amount // max(quantity, 1)),
+        },
+    )
+    return line
+
+
+def invoice(
+    customer: str | None,
+    lines: Sequence[LineSpec],
+    *,
+    payment_intent: str | None = None,
+    link: str = "payments",
+    currency: str = "eur",
+    amount_tax: int = 0,
+    metadata: Mapping[str, Any] | None = None,
+    invoice_id: str | None = None,
+    created: int | None = None,
+    ids: Ids | None = None,
+) -> Json:
+    """A paid invoice (``invoice.json``). ``payment_intent`` is linked as the API does: ``link="payments"``
+    (an ``invoice_payment`` in ``payments.data``, API 2025-03-31+), ``"field"`` (the old ``payment_intent``
+    field) or ``"none"`` (the link only arrives with ``invoice_payment.paid``)."""
+    ids = ids or new_id
+    created = created if created is not None else now() - 300
+    invoice_id = invoice_id or ids("in")
+    obj = fixture("invoice")
+    data = [_invoice_line(spec, invoice_id, currency, created, ids) for spec in lines]
+    subtotal = sum(line["amount"] for line in data)
+    total = subtotal + amount_tax
+    obj.update(
+        id=invoice_id,
+        customer=customer,
+        customer_email="ada@example.com",
+        customer_name="Ada Lovelace",
+        customer_address=_address(),
+        created=created,
+        currency=currency,
+        due_date=None,
+        effective_at=created,
+        period_start=created,
+        period_end=created,
+        next_payment_attempt=None,
+        webhooks_delivered_at=created + 1,
+        status="paid",
+        number=f"{ids('x', 8)[2:].upper()}-0001",
+        attempt_count=1,
+        attempted=True,
+        auto_advance=False,
+        amount_due=total,
+        amount_paid=total,
+        amount_remaining=0,
+        amount_overpaid=0,
+        subtotal=subtotal,
+        subtotal_excluding_tax=subtotal,
+        total=total,
+        total_excluding_tax=subtotal,
+        from_invoice=None,
+        last_finalization_error=None,
+        shipping_cost=None,
+        parent=None,
+        metadata={k: str(v) for k, v in (metadata or {}).items()},
+        hosted_invoice_url=f"https://invoice.stripe.com/i/acct_1Q/{ids('test', 40)}",
+        invoice_pdf=f"https://pay.stripe.com/invoice/acct_1Q/{ids('test', 40)}/pdf",
+        status_transitions={
+            "finalized_at": created + 1,
+            "marked_uncollectible_at": None,
+            "paid_at": created + 2,
+            "voided_at": None,
+        },
+        total_taxes=[],
+    )
+    obj["lines"] = {
+        "object": "list",
+        "data": data,
+        "has_more": False,
+        "url": f"/v1/invoices/{invoice_id}/lines",
+    }
+    obj["payment_settings"]["payment_method_options"] = None
+    if payment_intent and link == "field":
+        obj["payment_intent"] = payment_intent
+    elif payment_intent and link == "payments":
+        payment = invoice_payment(
+            invoice_id, payment_intent, total, currency=currency, created=created + 1, ids=ids
+        )
+        obj["payments"] = {
+            "object": "list",
+            "data": [payment],
+            "has_more": False,
+            "url": f"/v1/invoice_payments?invoice={invoice_id}",
+        }
+    return obj
+
+
+def invoice_paid(
+    customer: str | None,
+    lines: Sequence[LineSpec],
+    *,
+    event_id: str | None = None,
+    event_created: int | None = None,
+    **fields: Any,
+) -> Json:
+    """``invoice.paid``; ``lines`` are ``(price_id, quantity, amount)`` tuples (amount in minor units, tax
+    excluded) or dicts ``{"price", "quantity", "amount", "metadata", "price_metadata"}``."""
+    return event(
+        "invoice.paid", invoice(customer, lines, **fields), event_id, event_created, ids=fields.get("ids")
+    )
+
+
+def invoice_payment(
+    invoice_id: str,
+    payment_intent: str,
+    amount: int = 0,
+    *,
+    currency: str = "eur",
+    created: int | None = None,
+    ids: Ids | None = None,
+) -> Json:
+    ids = ids or new_id
+    created = created if created is not None else now() - 200
+    obj = fixture("invoice_payment")
+    obj.update(
+        id=ids("inpay"),
+        amount_paid=amount,
+        amount_requested=amount,
+        created=created,
+        currency=currency,
+        invoice=invoice_id,
+        is_default=True,
+        livemode=False,
+        payment={"type": "payment_intent", "payment_intent": payment_intent},
+        status="paid",
+        status_transitions={"canceled_at": None, "paid_at": created + 1},
+    )
+    return obj
+
+
+def invoice_payment_paid(
+    invoice_id: str,
+    payment_intent: str,
+    amount: int = 0,
+    *,
+    event_id: str | None = None,
+    event_created: int | None = None,
+    **fields: Any,
+) -> Json:
+    obj = invoice_payment(invoice_id, payment_intent, amount, **fields)
+    return event("invoice_payment.paid", obj, event_id, event_created, ids=fields.get("ids"))
+
+
+# ---- charge.refunded -----------------------------------------------------------------------------------------
+def charge(
+    payment_intent: str | None,
+    amount: int,
+    amount_refunded: int = 0,
+    *,
+    charge_id: str | None = None,
+    customer: str | None = None,
+    currency: str = "eur",
+    created: int | None = None,
+    ids: Ids | None = None,
+) -> Json:
+    """A captured card charge (``charge.json``) of ``payment_intent``, refunded up to ``amount_refunded``."""
+    ids = ids or new_id
+    created = created if created is not None else now() - 60
+    charge_id = charge_id or (charge_for(payment_intent) if payment_intent else ids("ch"))
+    obj = fixture("charge")
+    refunds = []
+    if amount_refunded:
+        refund = fixture("refund")
+        refund.update(
+            id=ids("re"),
+            amount=amount_refunded,
+            charge=charge_id,
+            created=created + 3_600,
+            currency=currency,
+            payment_intent=payment_intent,
+            reason="requested_by_customer",
+            balance_transaction=ids("txn"),
+        )
+        refunds.append(refund)
+    obj.update(
+        id=charge_id,
+        amount=amount,
+        amount_captured=amount,
+        amount_refunded=amount_refunded,
+        refunded=amount_refunded >= amount,
+        captured=True,
+        paid=True,
+        created=created,
+        currency=currency,
+        customer=customer,
+        description=None,
+        payment_intent=payment_intent,
+        payment_method=ids("pm"),
+        balance_transaction=ids("txn"),
+        outcome={
+            "advice_code": None,
+            "network_advice_code": None,
+            "network_decline_code": None,
+            "network_status": "approved_by_network",
+            "reason": None,
+            "risk_level": "normal",
+            "seller_message": "Payment complete.",
+            "type": "authorized",
+        },
+        receipt_url=f"https://pay.stripe.com/receipts/payment/{ids('x', 60)[2:]}",
+        transfer_data=None,
+        source=None,
+        refunds={
+            "object": "list",
+            "data": refunds,
+            "has_more": False,
+            "url": f"/v1/charges/{charge_id}/refunds",
+        },
+    )
+    obj["billing_details"].update(address=_address(), email="ada@example.com", name="Ada Lovelace")
+    obj["payment_method_details"]["card"]["wallet"] = None
+    obj["payment_method_details"]["card"]["overcapture"]["maximum_amount_capturable"] = amount
+    return obj
+
+
+def charge_refunded(
+    payment_intent: str | None,
+    amount: int,
+    amount_refunded: int,
+    *,
+    event_id: str | None = None,
+    event_created: int | None = None,
+    **fields: Any,
+) -> Json:
+    """``charge.refunded``: ``amount_refunded`` is cumulative over every refund of the charge."""
+    obj = charge(payment_intent, amount, amount_refunded, **fields)
+    return event(
+        "charge.refunded",
+        obj,
+        event_id,
+        event_created,
+        ids=fields.get("ids"),
+        previous_attributes={"amount_refunded": 0, "refunded": False} if amount_refunded else None,
+    )
+
+
+# ---- charge.dispute.* ----------------------------------------------------------------------------------------
+def dispute(
+    payment_intent: str | None,
+    status: str = "needs_response",
+    *,
+    amount: int = 1900,
+    charge_id: str | None = None,
+    dispute_id: str | None = None,
+    currency: str = "eur",
+    reason: str = "fraudulent",
+    created: int | None = None,
+    ids: Ids | None = None,
+) -> Json:
+    """A dispute (``dispute.json``) of the charge of ``payment_intent``; ``payment_intent=None`` names only
+    the charge (``charge_id``), as older API versions did."""
+    ids = ids or new_id
+    created = created if created is not None else now() - 30
+    obj = fixture("dispute")
+    obj.update(
+        id=dispute_id or ids("dp"),
+        amount=amount,
+        charge=charge_id or (charge_for(payment_intent) if payment_intent else ids("ch")),
+        payment_intent=payment_intent,
+        created=created,
+        currency=currency,
+        reason=reason,
+        status=status,
+        is_charge_refundable=status in {"warning_needs_response", "needs_response"},
+    )
+    obj["evidence_details"].update(due_by=created + 14 * 86_400)
+    obj["payment_method_details"]["card"]["case_type"] = (
+        "inquiry" if status.startswith("warning") else "chargeback"
+    )
+    return obj
+
+
+def dispute_created(
+    payment_intent: str | None,
+    status: str = "needs_response",
+    *,
+    event_id: str | None = None,
+    event_created: int | None = None,
+    **fields: Any,
+) -> Json:
+    obj = dispute(payment_intent, status, **fields)
+    return event("charge.dispute.created", obj, event_id, event_created, ids=fields.get("ids"))
+
+
+def dispute_closed(
+    payment_intent: str | None,
+    status: str,
+    *,
+    event_id: str | None = None,
+    event_created: int | None = None,
+    **fields: Any,
+) -> Json:
+    """``charge.dispute.closed`` with ``status`` ``won``, ``lost`` or ``warning_closed``."""
+    obj = dispute(payment_intent, status, **fields)
+    return event("charge.dispute.closed", obj, event_id, event_created, ids=fields.get("ids"))
+
+
+# ---------------------------------------------------------------------------------------------- the CLI's view
 PURCHASE_TYPES = (
     "checkout.session.completed",
     "checkout.session.async_payment_succeeded",
@@ -32,15 +667,10 @@ PURCHASE_TYPES = (
 )
 CHARGE_TYPES = ("charge.refunded", "charge.dispute.created", "charge.dispute.closed")
 SUPPORTED_TYPES = PURCHASE_TYPES + CHARGE_TYPES
-_ALPHABET = string.ascii_letters + string.digits
 
 
 class EventBuildError(ValueError):
     """The options cannot make this event (the message says which option is missing or wrong)."""
-
-
-def stripe_id(prefix: str, length: int = 24) -> str:
-    return f"{prefix}_{''.join(secrets.choice(_ALPHABET) for _ in range(length))}"
 
 
 def suffix_of(object_id: str) -> str:
@@ -49,6 +679,8 @@ def suffix_of(object_id: str) -> str:
 
 @dataclass
 class EventOptions:
+    """What ``credits stripe send`` lets the user choose (one field per command-line option)."""
+
     customer: str | None = None
     credits: str | None = None  # metadata.credits
     pack: str | None = None  # metadata.credits_pack
@@ -69,388 +701,338 @@ class EventOptions:
     metadata: dict[str, str] = field(default_factory=dict)
 
     def ids(self) -> tuple[str, str]:
-        """(payment intent, charge) ids, related by suffix; generated when not given."""
+        """(payment intent, charge) ids, related by suffix; generated (and kept) when not given."""
         if self.payment_intent is None:
-            self.payment_intent = f"pi_{suffix_of(self.charge)}" if self.charge else stripe_id("pi")
+            self.payment_intent = f"pi_{suffix_of(self.charge)}" if self.charge else new_id("pi")
         if self.charge is None:
             self.charge = f"ch_{suffix_of(self.payment_intent)}"
         return self.payment_intent, self.charge
 
+    def credits_metadata(self, required: bool = True) -> dict[str, str]:
+        metadata = dict(self.metadata)
+        for key, value in (
+            ("credits", self.credits),
+            ("credits_pack", self.pack),
+            ("credits_valid_days", self.valid_days),
+            ("credits_category", self.category),
+            ("credits_customer", self.account),
+        ):
+            if value is not None:
+                metadata[key] = str(value)
+        if required and "credits" not in metadata and "credits_pack" not in metadata:
+            raise EventBuildError("say what the payment buys: --credits N or --pack NAME")
+        return metadata
 
-def load_fixture(name: str) -> dict[str, Any]:
-    with open(FIXTURES / f"{name}.json", encoding="utf-8") as handle:
-        data: dict[str, Any] = json.load(handle)
-    return data
-
-
-def _credits_metadata(options: EventOptions, required: bool = True) -> dict[str, str]:
-    metadata = dict(options.metadata)
-    if options.credits is not None:
-        metadata["credits"] = str(options.credits)
-    if options.pack is not None:
-        metadata["credits_pack"] = options.pack
-    if options.valid_days is not None:
-        metadata["credits_valid_days"] = str(options.valid_days)
-    if options.category is not None:
-        metadata["credits_category"] = options.category
-    if options.account is not None:
-        metadata["credits_customer"] = options.account
-    if required and "credits" not in metadata and "credits_pack" not in metadata:
-        raise EventBuildError("say what the payment buys: --credits N or --pack NAME")
-    return metadata
-
-
-def _require_customer(options: EventOptions) -> str:
-    if not options.customer and not options.account:
-        raise EventBuildError("a purchase needs --customer cus_... (the account that receives the credits)")
-    return options.customer or ""
+    def purchaser(self) -> str | None:
+        if not self.customer and not self.account:
+            raise EventBuildError(
+                "a purchase needs --customer cus_... (the account that receives the credits)"
+            )
+        return self.customer or None
 
 
-# ---- objects ---------------------------------------------------------------------------------------------
-def checkout_session(options: EventOptions, now: int) -> dict[str, Any]:
-    customer = _require_customer(options)
-    intent, _ = options.ids()
-    session = load_fixture("checkout.session")
-    session_id = f"cs_test_{''.join(secrets.choice(_ALPHABET) for _ in range(58))}"
-    session.update(
-        id=session_id,
-        amount_subtotal=options.amount,
-        amount_total=options.amount,
-        created=now - 60,
-        currency=options.currency,
-        customer=customer or None,
-        customer_creation=None,
-        customer_email=None,
-        expires_at=now - 60 + 86400,
-        metadata=_credits_metadata(options),
-        mode="payment",
-        payment_intent=intent,
-        payment_status="paid",
-        status="complete",
-        url=None,
-        shipping_cost=None,
-        shipping_address_collection=None,
-        shipping_options=[],
-        total_details={"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
-        currency_conversion=None,
-        custom_text={
-            "after_submit": None,
-            "shipping_address": None,
-            "submit": None,
-            "terms_of_service_acceptance": None,
-        },
-        collected_information={"shipping_details": None, "business_name": None, "individual_name": None},
-        payment_method_configuration_details={"id": stripe_id("pmc", 24), "parent": None},
-        after_expiration=None,
-        managed_payments={"enabled": False},
-    )
-    session["customer_details"] = {
-        **session["customer_details"],
-        "email": "jenny.rosen@example.com",
-        "name": "Jenny Rosen",
-        "address": {**session["customer_details"]["address"], "country": "DE"},
-    }
-    session["invoice_creation"] = {**session["invoice_creation"], "enabled": False}
-    return session
-
-
-def payment_intent(options: EventOptions, now: int) -> dict[str, Any]:
-    customer = _require_customer(options)
-    intent_id, charge_id = options.ids()
-    intent = load_fixture("payment_intent")
-    intent.update(
-        id=intent_id,
-        amount=options.amount,
-        amount_received=options.amount,
-        canceled_at=None,
-        client_secret=f"{intent_id}_secret_{''.join(secrets.choice(_ALPHABET) for _ in range(25))}",
-        created=now - 5,
-        currency=options.currency,
-        customer=customer or None,
-        description="Credits top-up",
-        last_payment_error=None,
-        latest_charge=charge_id,
-        metadata=_credits_metadata(options),
-        next_action=None,
-        payment_method=stripe_id("pm", 24),
-        payment_method_configuration_details=None,
-        processing=None,
-        status="succeeded",
-        transfer_data=None,
-        managed_payments={"enabled": False},
-    )
-    return intent
-
-
-def charge(options: EventOptions, now: int) -> dict[str, Any]:
-    intent_id, charge_id = options.ids()
-    refunded = options.amount if options.amount_refunded is None else options.amount_refunded
-    if not 0 <= refunded <= options.amount:
-        raise EventBuildError("--amount-refunded must be between 0 and --amount (the charge's amount)")
-    obj = load_fixture("charge")
-    refund = load_fixture("refund")
-    refund.update(
-        id=stripe_id("re"),
-        amount=refunded,
-        charge=charge_id,
-        payment_intent=intent_id,
-        created=now,
-        currency=options.currency,
-        balance_transaction=stripe_id("txn"),
-        customer=options.customer,
-        reason="requested_by_customer",
-    )
-    obj.update(
-        id=charge_id,
-        amount=options.amount,
-        amount_captured=options.amount,
-        amount_refunded=refunded,
-        balance_transaction=stripe_id("txn"),
-        captured=True,
-        created=now - 3600,
-        currency=options.currency,
-        customer=options.customer,
-        description="Credits purchase",
-        payment_intent=intent_id,
-        payment_method=stripe_id("pm", 24),
-        receipt_url=f"https://pay.stripe.com/receipts/payment/{secrets.token_urlsafe(48)}",
-        refunded=refunded == options.amount,
-        refunds={
-            "object": "list",
-            "data": [refund] if refunded else [],
-            "has_more": False,
-            "total_count": 1 if refunded else 0,
-            "url": f"/v1/charges/{charge_id}/refunds",
-        },
-        source=None,
-        transfer_data=None,
-        outcome={
-            "advice_code": None,
-            "network_advice_code": None,
-            "network_decline_code": None,
-            "network_status": "approved_by_network",
-            "reason": None,
-            "risk_level": "normal",
-            "risk_score": 32,
-            "seller_message": "Payment complete.",
-            "type": "authorized",
-        },
-    )
-    obj["billing_details"] = {**obj["billing_details"], "email": "jenny.rosen@example.com"}
-    obj["payment_method_details"]["card"]["wallet"] = None
-    obj["payment_method_details"]["card"]["overcapture"] = {
-        "maximum_amount_capturable": options.amount,
-        "status": "unavailable",
-    }
-    return obj
-
-
-def dispute(options: EventOptions, now: int, closed: bool) -> dict[str, Any]:
-    intent_id, charge_id = options.ids()
-    status = "needs_response"
-    if closed:
-        if options.status not in ("won", "lost"):
-            raise EventBuildError("charge.dispute.closed needs --status won or --status lost")
-        status = options.status
-    obj = load_fixture("dispute")
-    obj.update(
-        id=options.dispute or f"dp_{suffix_of(intent_id)}",
-        amount=options.amount,
-        charge=charge_id,
-        created=now - (86400 if closed else 0),
-        currency=options.currency,
-        payment_intent=intent_id,
-        reason="fraudulent",
-        status=status,
-        is_charge_refundable=False,
-        enhanced_eligibility_types=[],
-    )
-    obj["evidence_details"] = {
-        **obj["evidence_details"],
-        "due_by": now + 7 * 86400,
-        "enhanced_eligibility": {},
-    }
-    obj["payment_method_details"] = {
-        "card": {
-            "brand": "visa",
-            "case_type": "chargeback",
-            "network_reason_code": "10.4",
-            "network": "visa",
-        },
-        "type": "card",
-    }
-    return obj
-
-
-def invoice(options: EventOptions, now: int) -> dict[str, Any]:
-    customer = _require_customer(options)
-    if not options.price and not options.credits:
-        raise EventBuildError("invoice.paid needs --price price_... (a pack's Stripe price) or --credits N")
-    intent_id, _ = options.ids()
-    obj = load_fixture("invoice")
-    invoice_id = stripe_id("in")
-    template_line = obj["lines"]["data"][0]
-    line = copy.deepcopy(template_line)
-    line.update(
-        id=stripe_id("il"),
-        amount=options.amount,
-        currency=options.currency,
-        description=f"{options.quantity} x credits",
-        invoice=invoice_id,
-        metadata={"credits": str(options.credits)} if options.credits and not options.price else {},
-        period={"end": now, "start": now},
-        quantity=options.quantity,
-        subtotal=options.amount,
-        pricing={
-            "type": "price_details",
-            "unit_amount_decimal": str(options.amount // max(options.quantity, 1)),
-            "price_details": {
-                "price": options.price or stripe_id("price", 24),
-                "product": stripe_id("prod", 14),
-            },
-        },
-        parent={
-            "type": "invoice_item_details",
-            "subscription_item_details": None,
-            "invoice_item_details": {
-                "invoice_item": stripe_id("ii", 24),
-                "proration": False,
-                "proration_details": {"credited_items": None},
-                "subscription": None,
-            },
-        },
-    )
-    obj.update(
-        id=invoice_id,
-        amount_due=options.amount,
-        amount_paid=options.amount,
-        amount_remaining=0,
-        created=now - 60,
-        currency=options.currency,
-        customer=customer or None,
-        lines={
-            "object": "list",
-            "data": [line],
-            "has_more": False,
-            "total_count": 1,
-            "url": f"/v1/invoices/{invoice_id}/lines",
-        },
-        metadata=_credits_metadata(options, required=False) if options.account else {},
-        paid=True,
-        status="paid",
-        subtotal=options.amount,
-        total=options.amount,
-        parent=None,
-        payments={
-            "object": "list",
-            "has_more": False,
-            "url": "/v1/invoice_payments",
-            "data": [
-                {
-                    "id": stripe_id("inpay"),
-                    "object": "invoice_payment",
-                    "invoice": invoice_id,
-                    "is_default": True,
-                    "status": "paid",
-                    "amount_paid": options.amount,
-                    "currency": options.currency,
-                    "payment": {"type": "payment_intent", "payment_intent": intent_id},
-                }
-            ],
-        },
-    )
-    for key in ("status_transitions",):
-        if isinstance(obj.get(key), dict):
-            obj[key] = {**obj[key], "paid_at": now, "finalized_at": now - 60}
-    return obj
-
-
-# ---- events ----------------------------------------------------------------------------------------------
-_PLACEHOLDER_TIME = 1234567890
-_PLACEHOLDER_STRINGS = {
-    "obj_123",
-    "message",
-    "name",
-    "type",
-    "status",
-    "flow",
-    "client_secret",
-    "invoice",
-    "invoice_item",
-    "subscription",
-    "subscription_item",
-    "quote",
-    "invoice_line_items",
-}
-
-
-def scrub(value: Any, now: int, currency: str) -> Any:
-    """Replace what is left of stripe-mock's placeholders (after the builders set the fields that matter):
-    timestamp 1234567890 -> now, ``"currency": "currency"`` -> the currency, placeholder strings -> null."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if key == "currency" and item == "currency":
-                out[key] = currency
-            elif key == "object" or key == "type":
-                out[key] = item if item != "type" else None
-            else:
-                out[key] = scrub(item, now, currency)
-        return out
-    if isinstance(value, list):
-        return [scrub(item, now, currency) for item in value]
-    if value == _PLACEHOLDER_TIME and isinstance(value, int):
-        return now
-    if isinstance(value, str) and value in _PLACEHOLDER_STRINGS:
-        return None
-    return value
-
-
-def build_event(event_type: str, options: EventOptions) -> dict[str, Any]:
+def build_event(event_type: str, options: EventOptions) -> Json:
     """A Stripe ``event`` of ``event_type`` as Stripe would deliver it to a webhook endpoint."""
-    now = options.created or int(time.time())
-    if event_type in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
-        obj = checkout_session(options, now)
-    elif event_type == "payment_intent.succeeded":
-        obj = payment_intent(options, now)
-    elif event_type == "invoice.paid":
-        obj = invoice(options, now)
-    elif event_type == "charge.refunded":
-        obj = charge(options, now)
-    elif event_type == "charge.dispute.created":
-        obj = dispute(options, now, closed=False)
-    elif event_type == "charge.dispute.closed":
-        obj = dispute(options, now, closed=True)
-    else:
+    now_ = options.created or now()
+    stamp: dict[str, Any] = {"event_id": options.event_id, "event_created": now_}
+    if event_type not in SUPPORTED_TYPES:
         raise EventBuildError(
             f"unsupported event type {event_type!r}; supported: {', '.join(SUPPORTED_TYPES)}"
         )
-    import stripe
-
-    obj = scrub(obj, now, options.currency)
-    envelope = load_fixture("event")
-    envelope.update(
-        id=options.event_id or stripe_id("evt"),
-        api_version=stripe.api_version,
-        created=now,
-        data={"object": obj},
-        livemode=False,
-        pending_webhooks=1,
-        request={"id": None, "idempotency_key": None}
-        if event_type.startswith(("checkout.", "invoice.", "charge.dispute"))
-        else {"id": stripe_id("req", 14), "idempotency_key": str(uuid.uuid4())},
-        type=event_type,
+    if event_type in PURCHASE_TYPES:
+        customer = options.purchaser()
+    if event_type.startswith("checkout.session."):
+        intent, _ = options.ids()
+        return checkout_session_completed(
+            customer,
+            type=event_type,
+            payment_intent=intent,
+            amount_subtotal=options.amount,
+            currency=options.currency,
+            metadata=options.credits_metadata(),
+            created=now_ - 60,
+            **stamp,
+        )
+    if event_type == "payment_intent.succeeded":
+        intent, charge_id = options.ids()
+        return payment_intent_succeeded(
+            customer,
+            options.amount,
+            currency=options.currency,
+            metadata=options.credits_metadata(),
+            payment_intent=intent,
+            latest_charge=charge_id,
+            created=now_ - 5,
+            **stamp,
+        )
+    if event_type == "invoice.paid":
+        return _invoice_paid(options, customer, now_)
+    intent, charge_id = options.ids()
+    if event_type == "charge.refunded":
+        refunded = options.amount if options.amount_refunded is None else options.amount_refunded
+        if not 0 <= refunded <= options.amount:
+            raise EventBuildError("--amount-refunded must be between 0 and --amount (the charge's amount)")
+        return charge_refunded(
+            intent,
+            options.amount,
+            refunded,
+            charge_id=charge_id,
+            customer=options.customer,
+            currency=options.currency,
+            created=now_ - 3600,
+            **stamp,
+        )
+    closed = event_type == "charge.dispute.closed"
+    if closed and options.status not in ("won", "lost"):
+        raise EventBuildError("charge.dispute.closed needs --status won or --status lost")
+    builder = dispute_closed if closed else dispute_created
+    return builder(
+        intent,
+        str(options.status) if closed else "needs_response",
+        amount=options.amount,
+        charge_id=charge_id,
+        dispute_id=options.dispute or f"dp_{suffix_of(intent)}",
+        currency=options.currency,
+        created=now_ - (86400 if closed else 0),
+        **stamp,
     )
-    return envelope
 
 
-def serialize(event: dict[str, Any]) -> str:
-    """The body as Stripe sends it (pretty-printed JSON, 2 spaces)."""
-    return json.dumps(event, indent=2)
+def _invoice_paid(options: EventOptions, customer: str | None, now_: int) -> Json:
+    if not options.price and not options.credits:
+        raise EventBuildError("invoice.paid needs --price price_... (a pack's Stripe price) or --credits N")
+    intent, _ = options.ids()
+    line = {
+        "price": options.price or new_id("price"),
+        "quantity": options.quantity,
+        "amount": options.amount,
+        "metadata": {"credits": str(options.credits)} if options.credits and not options.price else {},
+    }
+    return invoice_paid(
+        customer,
+        [line],
+        payment_intent=intent,
+        currency=options.currency,
+        metadata=options.credits_metadata(required=False) if options.account else {},
+        created=now_ - 60,
+        event_id=options.event_id,
+        event_created=now_,
+    )
 
 
-def sign(payload: str, secret: str, timestamp: int | None = None) -> str:
-    """The ``Stripe-Signature`` header for ``payload`` (stripe-python's own signer)."""
-    import stripe
+# ---------------------------------------------------------------------------------------------- placeholders
+def placeholders(value: Any, path: str = "") -> Iterator[str]:
+    """Paths of values left over from the stripe-mock fixtures (``obj_123``, ``"currency"``, 1234567890...)."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from placeholders(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from placeholders(item, f"{path}[{index}]")
+    elif isinstance(value, str):
+        leaf = path.rsplit(".", 1)[-1]
+        if value == "obj_123" or value == leaf:
+            yield f"{path}={value!r}"
+    elif isinstance(value, int) and not isinstance(value, bool) and value in PLACEHOLDER_NUMBERS:
+        yield f"{path}={value}"
+
+
+# ---------------------------------------------------------------------------------------------- API Gateway
+def signature_header(payload: str, secret: str, timestamp: int | None = None) -> str:
+    """``t=<unix>,v1=<hmac>`` exactly as Stripe computes it (stripe-python's own test helper)."""
+    import stripe  # imported when signing: the CLI's other commands start without it
 
     return str(stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp=timestamp))
+
+
+def signed_api_event(
+    body_str: str,
+    secret: str | Iterable[str] | None,
+    base64: bool = False,
+    timestamp: int | None = None,
+    *,
+    header: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    request_id: str | None = None,
+) -> Json:
+    """The API Gateway HTTP API (payload format 2.0) event for ``POST /v1/webhooks/stripe`` with ``body_str``
+    signed by ``secret`` (several secrets: one ``v1`` each, as Stripe does during a rotation). ``header``
+    overrides the computed Stripe-Signature; ``secret=None`` and no header sends none."""
+    ts = timestamp if timestamp is not None else now()
+    if header is None and secret is not None:
+        secrets = [secret] if isinstance(secret, str) else list(secret)
+        parts = [signature_header(body_str, s, ts).split(",", 1)[1] for s in secrets]
+        header = ",".join([f"t={ts}", *parts])
+    raw = body_str.encode("utf-8")
+    event_headers = {
+        "accept": "*/*; q=0.5, application/xml",
+        "cache-control": "no-cache",
+        "content-length": str(len(raw)),
+        "content-type": "application/json; charset=utf-8",
+        "host": "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com",
+        "user-agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+        "x-amzn-trace-id": "Root=1-6740f0c2-0123456789abcdef01234567",
+        "x-forwarded-for": "3.18.12.63",
+        "x-forwarded-port": "443",
+        "x-forwarded-proto": "https",
+    }
+    if header is not None:
+        event_headers["stripe-signature"] = header
+    event_headers.update(headers or {})
+    return {
+        "version": "2.0",
+        "routeKey": f"POST {ROUTE}",
+        "rawPath": ROUTE,
+        "rawQueryString": "",
+        "headers": event_headers,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "a1b2c3d4e5",
+            "domainName": "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "a1b2c3d4e5",
+            "http": {
+                "method": "POST",
+                "path": ROUTE,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "3.18.12.63",
+                "userAgent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+            },
+            "requestId": request_id or f"{uuid.uuid4().hex[:14]}=",
+            "routeKey": f"POST {ROUTE}",
+            "stage": "$default",
+            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(ts)),
+            "timeEpoch": ts * 1000,
+        },
+        "isBase64Encoded": base64,
+        "body": b64.b64encode(raw).decode("ascii") if base64 else body_str,
+    }
+
+
+def api_body(api_event: Json) -> str:
+    """The raw body an API Gateway event carries (decoded when ``isBase64Encoded``)."""
+    raw = api_event.get("body") or ""
+    return b64.b64decode(raw).decode("utf-8") if api_event.get("isBase64Encoded") else raw
+
+
+def resign(api_event: Json, secret: str, timestamp: int | None = None) -> Json:
+    """A copy of ``api_event`` signed again with a fresh timestamp (stored samples are older than the
+    300 s tolerance)."""
+    fresh = copy.deepcopy(api_event)
+    fresh["headers"]["stripe-signature"] = signature_header(api_body(api_event), secret, timestamp or now())
+    return fresh
+
+
+def stripe_event_of(api_event: Json) -> Json:
+    return json.loads(api_body(api_event))
+
+
+# ---------------------------------------------------------------------------------------------- samples
+SAMPLE_CREATED = 1_795_000_000  # 2026-11-18T08:53:20Z; samples are re-signed before use
+SAMPLE_CUSTOMER = "cus_RsmplAda1Lvlc"
+
+
+def sample_events() -> dict[str, Json]:
+    """One Stripe event of each handled type, about one customer's purchases (deterministic ids):
+
+    - ``pi_a``: Checkout of pack ``starter`` (20.00 EUR + 20 % VAT), also announced by
+      ``payment_intent.succeeded`` (grants once), then half refunded (12.00 of 24.00 EUR);
+    - ``pi_b``: a SEPA Checkout (``payment_status`` unpaid at completion) that succeeded later;
+    - ``pi_c``: a SEPA Checkout whose payment failed;
+    - ``in_``/``pi_d``: an invoice for 2 x pack ``pro`` paid by ``pi_d``, disputed and the dispute won.
+    """
+    ids = Ids(seed=20261118)
+    t = SAMPLE_CREATED
+    cus = SAMPLE_CUSTOMER
+    pi_a, pi_b, pi_c, pi_d = ids("pi"), ids("pi"), ids("pi"), ids("pi")
+    invoice_id = ids("in")
+    session_a: dict[str, Any] = dict(
+        payment_intent=pi_a, amount_subtotal=2000, amount_tax=400, created=t - 90, ids=ids
+    )
+    sepa: dict[str, Any] = dict(amount_subtotal=1900, created=t - 60, ids=ids, payment_status="unpaid")
+    samples = {
+        "checkout_session_completed": checkout_session_completed(
+            cus, "starter", event_id=ids("evt"), event_created=t, **session_a
+        ),
+        "checkout_session_async_payment_succeeded": checkout_session_completed(
+            cus,
+            "starter",
+            type="checkout.session.async_payment_succeeded",
+            event_id=ids("evt"),
+            event_created=t + 86_400,
+            **{**sepa, "payment_intent": pi_b, "payment_status": "paid"},
+        ),
+        "checkout_session_async_payment_failed": checkout_session_completed(
+            cus,
+            "starter",
+            type="checkout.session.async_payment_failed",
+            event_id=ids("evt"),
+            event_created=t + 86_400,
+            **{**sepa, "payment_intent": pi_c},
+        ),
+        "payment_intent_succeeded": payment_intent_succeeded(
+            cus,
+            2400,
+            pack="starter",
+            payment_intent=pi_a,
+            created=t - 90,
+            ids=ids,
+            event_id=ids("evt"),
+            event_created=t + 1,
+        ),
+        "invoice_paid": invoice_paid(
+            cus,
+            [("price_EUR_pro", 2, 19800)],
+            payment_intent=pi_d,
+            invoice_id=invoice_id,
+            created=t - 30,
+            ids=ids,
+            event_id=ids("evt"),
+            event_created=t + 2,
+        ),
+        "invoice_payment_paid": invoice_payment_paid(
+            invoice_id, pi_d, 19800, created=t - 20, ids=ids, event_id=ids("evt"), event_created=t + 2
+        ),
+        "charge_refunded": charge_refunded(
+            pi_a,
+            2400,
+            1200,
+            customer=cus,
+            created=t - 90,
+            ids=ids,
+            event_id=ids("evt"),
+            event_created=t + 600,
+        ),
+        "charge_dispute_created": dispute_created(
+            pi_d, amount=19800, created=t + 900, ids=ids, event_id=ids("evt"), event_created=t + 900
+        ),
+        "charge_dispute_closed": dispute_closed(
+            pi_d, "won", amount=19800, created=t + 900, ids=ids, event_id=ids("evt"), event_created=t + 2_000
+        ),
+    }
+    samples["charge_dispute_closed"]["data"]["object"]["id"] = samples["charge_dispute_created"]["data"][
+        "object"
+    ]["id"]
+    samples["charge_dispute_closed"]["data"]["object"]["is_charge_refundable"] = False
+    return samples
+
+
+def write_samples(directory: Path = SAMPLE_DIR, secret: str = SAMPLE_SECRET) -> list[Path]:
+    """Rewrite ``events/stripe_webhook/<event>.json``: API Gateway events signed with ``secret`` at the
+    event's own ``created`` time (stale on purpose: re-sign with ``resign`` before sending them)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, ev in sample_events().items():
+        api = signed_api_event(body(ev), secret, timestamp=ev["created"], request_id=f"sample-{name}")
+        path = directory / f"{name}.json"
+        path.write_text(json.dumps(api, indent=2) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def load_sample(name: str, directory: Path = SAMPLE_DIR) -> Json:
+    return json.loads((directory / f"{name}.json").read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":  # python -m credits_dev.stripe_events
+    for written_path in write_samples():
+        print(written_path.relative_to(REPO_ROOT))

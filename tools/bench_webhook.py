@@ -11,7 +11,7 @@
     python -m tools.bench_webhook http://127.0.0.1:8000   # an endpoint that is already running
     run(endpoint) -> list[Row]                            # for tools/bench.py
 
-The events are the realistic ones of tests/support/stripe_events.py.
+The events are the realistic ones of credits_dev/stripe_events.py.
 """
 
 from __future__ import annotations
@@ -162,12 +162,12 @@ class CapacityMeter:
 
 def capacity_rows(client: Any, table: str) -> list[Row]:
     """Each scenario on its own fresh payment, measured alone."""
+    from credits_dev import stripe_events as se
     from credits_ledger.dal.accounts import AccountRepository
     from credits_ledger.dal.payments import PaymentRepository
     from credits_ledger.ledger import Ledger
     from credits_ledger.pricing import load_pricing
     from credits_ledger.webhooks import StripeWebhookProcessor
-    from tests.support import stripe_events as se
 
     meter = CapacityMeter(client)
     processor = StripeWebhookProcessor(

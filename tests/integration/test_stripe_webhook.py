@@ -1,7 +1,7 @@
 """The Stripe webhook through ``lambda_handler``: signed API Gateway HTTP API (v2) events, moto tables of
-template.yaml, the pricing file of the repo (or a tmp one). CONTRACT.md section 4 and issue 4.
+template.yaml, the pricing file of the repo (or a tmp one). docs/api.md (Stripe events) and issue 4.
 
-Events are built from Stripe's own object fixtures with realistic values (tests/support/stripe_events.py);
+Events are built from Stripe's own object fixtures with realistic values (credits_dev/stripe_events.py);
 every one is signed with the stripe SDK exactly as Stripe signs deliveries.
 """
 
@@ -22,6 +22,7 @@ import botocore.endpoint
 import pytest
 from botocore.awsrequest import AWSResponse
 
+from credits_dev import stripe_events as se
 from credits_ledger.dal import client as dal_client
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.payments import PaymentRepository
@@ -32,7 +33,7 @@ from credits_ledger.pricing import load_pricing
 from credits_ledger.webhooks import StripeWebhookProcessor
 from functions.stripe_webhook import app
 from tests.ledger_helpers import all_entries, all_grants, assert_books_balance
-from tests.support import stripe_events as se
+from tests.support.webhook import lambda_context
 
 D = Decimal
 SECRET = "whsec_test_3f9c1a2b4d5e6f708192a3b4c5d6e7f8"
@@ -65,7 +66,7 @@ class Webhook:
 
     # ---- delivery ----------------------------------------------------------------------------------------
     def invoke(self, api_event: dict[str, Any]) -> Reply:
-        raw = app.lambda_handler(api_event, se.lambda_context())
+        raw = app.lambda_handler(api_event, lambda_context())
         text = raw.get("body") or "null"
         if raw.get("isBase64Encoded"):
             text = base64.b64decode(text).decode()
@@ -174,18 +175,20 @@ def test_built_events_carry_no_fixture_placeholders(customer: str) -> None:
         assert list(se.placeholders(ev)) == [], ev["type"]
 
 
-def test_fixtures_come_from_env_then_shared_then_the_local_copy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(se.FIXTURES_ENV, str(se.LOCAL_FIXTURES))
-    assert se.fixtures_dir() == se.LOCAL_FIXTURES
+def test_fixtures_are_the_repositorys_own_copy() -> None:
+    """One copy, inside the installed dev package: each file is the Stripe object its name says, kept
+    verbatim (the stripe-mock placeholders are still in the file, replaced only in built events)."""
+    assert se.FIXTURES == REPO_ROOT / "credits_dev" / "fixtures"
+    for path in sorted(se.FIXTURES.glob("*.json")):
+        obj = se.fixture(path.stem)
+        expected = {"invoice.line_item": "line_item", "deleted_customer": "customer"}.get(
+            path.stem, path.stem
+        )
+        assert obj["object"] == expected, path.name
+    assert list(se.placeholders(se.fixture("checkout.session")))
     assert (
         se.checkout_session_completed("cus_Q1", "starter")["data"]["object"]["object"] == "checkout.session"
     )
-    monkeypatch.delenv(se.FIXTURES_ENV)
-    expected = se.SHARED_FIXTURES if (se.SHARED_FIXTURES / "event.json").is_file() else se.LOCAL_FIXTURES
-    assert se.fixtures_dir() == expected
-    if expected == se.SHARED_FIXTURES:  # the fallback copy is the shared files, unchanged
-        for copied in se.LOCAL_FIXTURES.glob("*.json"):
-            assert copied.read_bytes() == (se.SHARED_FIXTURES / copied.name).read_bytes(), copied.name
 
 
 def _rejected(webhook: Webhook, reply: Reply, before: int) -> None:

@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from credits_dev import stripe_events as se
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.payments import PaymentRepository
 from credits_ledger.domain.models import GrantStatus
@@ -33,7 +34,7 @@ from credits_ledger.ledger import Ledger
 from credits_ledger.pricing import load_pricing
 from credits_ledger.webhooks import StripeWebhookProcessor
 from tests.ledger_helpers import all_entries, all_grants, assert_books_balance
-from tests.support import stripe_events as se
+from tests.support.webhook import deliver, fast_tables, reset_webhook_caches
 
 D = Decimal
 SECRET = "whsec_test_permutations_5b1f0c7e9a2d"
@@ -124,13 +125,13 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     """DynamoDB Local when Java is there (40 examples), else moto (slow: 12 examples)."""
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", SECRET)
     monkeypatch.setenv("CREDITS_PRICING_FILE", str(PRICING_FILE))
-    se.reset_webhook_caches()
-    tables, local = se.fast_tables(request)
+    reset_webhook_caches()
+    tables, local = fast_tables(request)
     client, table = tables.client, tables["CreditsTable"]
     ledger = Ledger(AccountRepository(client, table))
     processor = StripeWebhookProcessor(ledger, PaymentRepository(client, table), load_pricing())
     yield Backend(ledger, processor, 40 if local else 12)
-    se.reset_webhook_caches()
+    reset_webhook_caches()
 
 
 def money_state(ledger: Ledger, customer: str) -> dict[str, tuple[Decimal, GrantStatus, bool]]:
@@ -157,7 +158,7 @@ def test_every_order_with_duplicates_ends_in_the_same_money_state(backend: Backe
         customer, events = purchase_events(purchase)  # fresh ids: examples share the table
         for index in order:
             if via_handler:  # signed, through the Lambda handler
-                status, reply = se.deliver(events[index], SECRET)
+                status, reply = deliver(events[index], SECRET)
                 assert status == 200 and reply["status"] in {"processed", "duplicate"}, reply
             else:
                 assert backend.processor.process(events[index]).status in {"processed", "duplicate"}

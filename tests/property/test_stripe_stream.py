@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from credits_dev import stripe_events as se
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.payments import PaymentRepository
 from credits_ledger.domain.models import EntryType
@@ -32,7 +33,7 @@ from credits_ledger.ledger import Ledger
 from credits_ledger.pricing import load_pricing
 from credits_ledger.webhooks import StripeWebhookProcessor
 from tests.ledger_helpers import all_entries, assert_books_balance
-from tests.support import stripe_events as se
+from tests.support.webhook import deliver, fast_tables, reset_webhook_caches
 
 SECRET = "whsec_test_stream_7d3e9f01b2c4"
 PRICING_FILE = Path(__file__).resolve().parents[2] / "config" / "pricing.toml"
@@ -238,12 +239,12 @@ class Backend:
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", SECRET)
     monkeypatch.setenv("CREDITS_PRICING_FILE", str(PRICING_FILE))
-    se.reset_webhook_caches()
-    tables, local = se.fast_tables(request)
+    reset_webhook_caches()
+    tables, local = fast_tables(request)
     deliveries, payments, accounts = (1000, PAYMENTS, ACCOUNTS) if local else (120, 12, 6)
     deliveries = int(os.environ.get("STRIPE_STREAM_DELIVERIES", deliveries))
     yield Backend(tables.client, tables["CreditsTable"], deliveries, payments, accounts)
-    se.reset_webhook_caches()
+    reset_webhook_caches()
 
 
 # ---------------------------------------------------------------------------------------------- the test
@@ -259,7 +260,7 @@ def test_duplicated_reordered_stream_matches_the_independent_books(backend: Back
     statuses: dict[str, int] = defaultdict(int)
     for index, ev in enumerate(stream):
         if index % HANDLER_EVERY == 0:
-            code, reply = se.deliver(ev, SECRET)
+            code, reply = deliver(ev, SECRET)
             assert code == 200, reply
             status = reply["status"]
         else:

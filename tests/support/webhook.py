@@ -1,0 +1,49 @@
+"""Running the Stripe webhook's ``lambda_handler`` in a test: deliver a signed event, reset its caches, pick
+the fastest tables (the events themselves come from ``credits_dev.stripe_events``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from credits_dev.lambda_context import FakeLambdaContext
+from credits_dev.stripe_events import Json, body, signed_api_event
+
+
+def lambda_context() -> FakeLambdaContext:
+    return FakeLambdaContext("StripeWebhookFunction", memory_limit_in_mb=256, timeout_s=30)
+
+
+def deliver(
+    ev: Json | str, secret: str, *, base64: bool = False, timestamp: int | None = None
+) -> tuple[int, Json]:
+    """Sign ``ev`` (an event dict or a raw body) and run it through the webhook's ``lambda_handler``:
+    (HTTP status, parsed JSON body)."""
+    from functions.stripe_webhook import app  # imported lazily: it reads its environment on first use
+
+    payload = ev if isinstance(ev, str) else body(ev)
+    response = app.lambda_handler(signed_api_event(payload, secret, base64, timestamp), lambda_context())
+    return response["statusCode"], json.loads(response.get("body") or "null")
+
+
+def reset_webhook_caches() -> None:
+    """Forget the webhook's cached processor, pricing and DynamoDB client (call before and after a test that
+    changes TABLE_NAME, CREDITS_PRICING_FILE or the DynamoDB endpoint)."""
+    from credits_ledger.dal.client import dynamodb_client
+    from credits_ledger.pricing import load_pricing
+    from functions.stripe_webhook import app
+
+    app.processor.cache_clear()
+    load_pricing.cache_clear()
+    dynamodb_client.cache_clear()
+
+
+def fast_tables(request: Any) -> tuple[Any, bool]:
+    """(tables, on_dynamodb_local): DynamoDB Local's tables when Java is there (``local_tables``, much faster
+    than moto for many transactions), else ``moto_tables``. For the long property tests."""
+    import pytest
+
+    try:
+        return request.getfixturevalue("local_tables"), True
+    except pytest.skip.Exception:
+        return request.getfixturevalue("moto_tables"), False
