@@ -24,6 +24,7 @@ from credits_ledger.domain.models import (
     GrantStatus,
     LedgerEntry,
     LiveGrant,
+    LiveReservation,
     Source,
 )
 
@@ -91,7 +92,7 @@ def state_to_item(state: AccountState) -> Item:
         if grant.held:
             live["h"] = True
         grants[grant.grant_id] = live
-    return {
+    item: Item = {
         "pk": f"ACCOUNT#{state.account_id}",
         "sk": STATE_SK,
         "account_id": state.account_id,
@@ -99,6 +100,16 @@ def state_to_item(state: AccountState) -> Item:
         "balance": state.ledger_balance,
         "grants": grants,
     }
+    if state.reservations:
+        # open reservations: expiry instant and what each holds per grant, in capture order
+        item["reservations"] = {
+            r.reservation_id: {
+                "x": _epoch_us(r.expires_at),
+                "a": [{"g": a.grant_id, "a": a.amount} for a in r.allocations],
+            }
+            for r in state.reservations.values()
+        }
+    return item
 
 
 def state_from_item(account_id: str, item: Item | None) -> AccountState:
@@ -116,8 +127,20 @@ def state_from_item(account_id: str, item: Item | None) -> AccountState:
         )
         for grant_id, live in item.get("grants", {}).items()
     }
+    reservations = {
+        reservation_id: LiveReservation(
+            reservation_id=reservation_id,
+            expires_at=_from_epoch_us(live["x"]),
+            allocations=tuple(Allocation(a["g"], a["a"]) for a in live.get("a", [])),
+        )
+        for reservation_id, live in item.get("reservations", {}).items()
+    }
     return AccountState(
-        account_id=account_id, version=int(item["version"]), ledger_balance=item["balance"], grants=grants
+        account_id=account_id,
+        version=int(item["version"]),
+        ledger_balance=item["balance"],
+        grants=grants,
+        reservations=reservations,
     )
 
 

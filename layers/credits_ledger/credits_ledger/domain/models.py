@@ -39,6 +39,8 @@ class EntryType(StrEnum):
     RELEASE = "release"
     ROLLOVER = "rollover"
     ADJUSTMENT = "adjustment"
+    RESERVE = "reserve"
+    UNRESERVE = "unreserve"
 
 
 def utc(moment: datetime) -> datetime:
@@ -94,22 +96,55 @@ class LiveGrant:
 
 
 @dataclass(frozen=True)
+class Allocation:
+    grant_id: str
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class LiveReservation:
+    """An open reservation, kept on the account next to the grants it pins so one read decides a debit.
+
+    ``allocations`` are the credits it holds on each grant (in the order a capture spends them); it holds them
+    only while ``expires_at`` is in the future: past it, they are available again before the sweep runs.
+    """
+
+    reservation_id: str
+    expires_at: datetime
+    allocations: tuple[Allocation, ...] = ()
+
+    def holds_at(self, now: datetime) -> bool:
+        return self.expires_at > now
+
+    @property
+    def credits(self) -> Decimal:
+        return sum((a.amount for a in self.allocations), ZERO)
+
+
+@dataclass(frozen=True)
 class AccountState:
-    """Balance and live grants of one account; ``version`` counts its ledger entries."""
+    """Balance, live grants and open reservations of one account; ``version`` counts its ledger entries."""
 
     account_id: str
     version: int = 0
     ledger_balance: Decimal = ZERO
     grants: dict[str, LiveGrant] = field(default_factory=dict)
+    reservations: dict[str, LiveReservation] = field(default_factory=dict)
 
     def with_changes(
-        self, *, entries: int, balance_delta: Decimal, grants: dict[str, LiveGrant]
+        self,
+        *,
+        entries: int,
+        balance_delta: Decimal,
+        grants: dict[str, LiveGrant],
+        reservations: dict[str, LiveReservation] | None = None,
     ) -> AccountState:
         return replace(
             self,
             version=self.version + entries,
             ledger_balance=self.ledger_balance + balance_delta,
             grants=grants,
+            reservations=self.reservations if reservations is None else reservations,
         )
 
 
@@ -149,12 +184,6 @@ class Grant:
         if live is None:
             return self
         return replace(self, remaining=live.remaining, status=live.status(now))
-
-
-@dataclass(frozen=True)
-class Allocation:
-    grant_id: str
-    amount: Decimal
 
 
 @dataclass(frozen=True)
@@ -205,3 +234,4 @@ class Balance:
     next_expiry_at: datetime | None
     next_expiry_amount: Decimal
     as_of: datetime
+    reserved: Decimal = ZERO

@@ -122,7 +122,9 @@ def expire_with_rollover(
     Raises GrantNotLive / GrantNotDue like ``transitions.expire``.
     """
     expired = transitions.expire(state, record, ctx)
-    spec = plan_rollover(record, state.grants[record.grant_id], policy, ctx.now)
+    # what expires now: credits an open reservation keeps capturable are not part of it
+    live = replace(state.grants[record.grant_id], remaining=-expired.entries[0].amount)
+    spec = plan_rollover(record, live, policy, ctx.now)
     if spec is None:
         return expired
     rollover_ctx = EntryContext(

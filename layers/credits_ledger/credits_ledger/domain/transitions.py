@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
-from credits_ledger.domain import spend
+from credits_ledger.domain import reserved, spend
 from credits_ledger.domain.errors import GrantNotDue, GrantNotLive, InvalidGrant, InvalidTransition
 from credits_ledger.domain.models import (
     DEFAULT_PRIORITY,
@@ -26,6 +26,7 @@ from credits_ledger.domain.models import (
     GrantStatus,
     LedgerEntry,
     LiveGrant,
+    LiveReservation,
     Source,
 )
 from credits_ledger.domain.money import ZERO
@@ -102,9 +103,11 @@ def _apply(
     *,
     new_grants: tuple[Grant, ...] = (),
     closed: tuple[ClosedGrant, ...] = (),
+    reservations: dict[str, LiveReservation] | None = None,
 ) -> Change:
     grants, closed = _sweep_spent(grants, closed, entry.created_at)
-    new_state = state.with_changes(entries=1, balance_delta=entry.amount, grants=grants)
+    pins = reserved.prune(state.reservations if reservations is None else reservations, grants)
+    new_state = state.with_changes(entries=1, balance_delta=entry.amount, grants=grants, reservations=pins)
     return Change(state=new_state, entries=(entry,), new_grants=new_grants, closed_grants=closed)
 
 
@@ -150,10 +153,11 @@ def grant(state: AccountState, spec: GrantSpec, ctx: EntryContext) -> Change:
 def debit(
     state: AccountState, amount: Decimal, ctx: EntryContext, entry_type: EntryType = EntryType.DEBIT
 ) -> Change:
-    """Spend ``amount`` across the grants active at ``ctx.now``; raises InsufficientCredits, changing nothing."""
+    """Spend ``amount`` across the grants active at ``ctx.now``, never what open reservations hold; raises
+    InsufficientCredits, changing nothing."""
     if amount <= 0:
         raise InvalidGrant("amount", "must be greater than 0")
-    allocations = spend.allocate(state.account_id, state.grants.values(), amount, ctx.now)
+    allocations = spend.allocate(state.account_id, reserved.free_grants(state, ctx.now), amount, ctx.now)
     grants = dict(state.grants)
     for allocation in allocations:  # spent grants are closed (depleted) by _apply
         grants[allocation.grant_id] = replace(
@@ -173,11 +177,25 @@ def _close(
 
 
 def expire(state: AccountState, record: Grant, ctx: EntryContext) -> Change:
-    """Expire what remains of a grant whose ``expires_at`` is at or before ``ctx.now`` (the job's "now")."""
+    """Expire what remains of a grant whose ``expires_at`` is at or before ``ctx.now`` (the job's "now").
+
+    Credits an open reservation holds on the grant stay capturable until the reservation ends: only the free
+    part expires now (the grant stays live with the rest), and the reservation's end expires what it gives
+    back (domain/reservations.py). Nothing free: GrantNotLive, the grant stays due for a later run."""
     live = _live(state, record)
     if not live.is_expired(ctx.now):
         raise GrantNotDue(record.grant_id)
-    return _close(state, record.grant_id, GrantStatus.EXPIRED, ctx, EntryType.EXPIRE)
+    held = reserved.pinned(state, ctx.now).get(record.grant_id, ZERO)
+    if held == 0:
+        return _close(state, record.grant_id, GrantStatus.EXPIRED, ctx, EntryType.EXPIRE)
+    free = max(live.remaining - held, ZERO)
+    if free == 0:
+        raise GrantNotLive(record.grant_id, "reserved")
+    grants = {**state.grants, record.grant_id: replace(live, remaining=live.remaining - free)}
+    ctx = replace(ctx, metadata={**ctx.metadata, "kept_reserved": str(live.remaining - free)})
+    return _apply(
+        state, _entry(state, ctx, EntryType.EXPIRE, -free, [Allocation(record.grant_id, free)]), grants
+    )
 
 
 def void(state: AccountState, record: Grant, ctx: EntryContext) -> Change:
@@ -221,7 +239,10 @@ def revoke(state: AccountState, record: Grant, amount: Decimal, ctx: EntryContex
     elif live is not None:
         grants[record.grant_id] = replace(live, remaining=remaining - taken)
     allocations = [Allocation(record.grant_id, taken)] if taken else []
-    return _apply(state, _entry(state, ctx, EntryType.REVOKE, -taken, allocations), grants, closed=closed)
+    # free credits go first; what is still missing shrinks the reservations holding on the grant
+    pins = reserved.shrink(state, record.grant_id, taken, ctx.now)
+    entry = _entry(state, ctx, EntryType.REVOKE, -taken, allocations)
+    return _apply(state, entry, grants, closed=closed, reservations=pins)
 
 
 def adjust(state: AccountState, amount: Decimal, ctx: EntryContext, grant_id: str) -> Change:
