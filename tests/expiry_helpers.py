@@ -1,6 +1,6 @@
 """Helpers for the expiry-side tests (expiry job, ledger stream, reconciliation) on moto.
 
-ctx = FakeContext(remaining_ms=[900_000, 900_000, 1_000])   # Lambda context whose remaining time runs out
+ctx = time_runs_out_after(2)                                 # Lambda context whose remaining time runs out
 bus = CapturedBus.create()                                   # moto bus + rule -> SQS queue; bus.events()
 rec = StreamRecorder(client, table, clock)                   # DynamoDB stream records from table diffs
 with rec.capture(): ledger.debit(...)                         # -> rec.drain() == {"Records": [...]}
@@ -22,12 +22,13 @@ from typing import Any
 
 import boto3
 
+from credits_dev.lambda_context import FakeLambdaContext, function_arn
 from credits_ledger.dal.items import iso
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "events"
 REGION = "us-east-1"
-FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:credits-test"
+FUNCTION_ARN = function_arn("credits-test")
 
 
 def load_handler(function: str) -> ModuleType:
@@ -59,30 +60,9 @@ def load_event(name: str, **overrides: Any) -> dict[str, Any]:
     return event
 
 
-class FakeContext:
-    """Lambda context; ``remaining_ms`` is a constant or a list consumed one value per call (the last repeats),
-    to simulate the deadline approaching after a number of checks."""
-
-    function_name = "credits-test"
-    function_version = "$LATEST"
-    invoked_function_arn = FUNCTION_ARN
-    memory_limit_in_mb = 512
-    aws_request_id = "req-test"
-    log_group_name = "/aws/lambda/credits-test"
-    log_stream_name = "test"
-
-    def __init__(self, remaining_ms: int | list[int] = 900_000) -> None:
-        self._remaining = list(remaining_ms) if isinstance(remaining_ms, list) else [remaining_ms]
-        self.calls = 0
-
-    def get_remaining_time_in_millis(self) -> int:
-        self.calls += 1
-        return self._remaining.pop(0) if len(self._remaining) > 1 else self._remaining[0]
-
-
-def time_runs_out_after(checks: int) -> FakeContext:
+def time_runs_out_after(checks: int) -> FakeLambdaContext:
     """Plenty of time for ``checks`` deadline checks, then 1 s left (below any margin)."""
-    return FakeContext([900_000] * checks + [1_000])
+    return FakeLambdaContext(remaining_ms=[900_000] * checks + [1_000])
 
 
 class Reinvocations:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from credits_dev.lambda_context import FakeLambdaContext
 from tools.bench import counted_client, section_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,16 +49,6 @@ class ApiRow:
         )
 
 
-class _Context:
-    def get_remaining_time_in_millis(self) -> int:
-        return 10_000
-
-    function_name = "ApiFunction"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ApiFunction"
-    aws_request_id = "bench"
-
-
 def _event(name: str, body: Any) -> dict[str, Any]:
     event = json.loads((ROOT / "events" / "api" / f"{name}.json").read_text())
     event["headers"]["authorization"] = f"Bearer {ADMIN_KEY}"
@@ -82,7 +73,7 @@ def _handler(client: Any, table: str) -> Callable[[dict[str, Any]], dict[str, An
     app.key_service = lambda: keys
 
     def call(event: dict[str, Any]) -> dict[str, Any]:
-        reply = app.lambda_handler(event, _Context())
+        reply = app.lambda_handler(event, FakeLambdaContext("ApiFunction", timeout_s=10))
         if reply["statusCode"] >= 300:
             raise RuntimeError(f"{event['rawPath']}: {reply['statusCode']} {reply.get('body')}")
         return dict(reply)

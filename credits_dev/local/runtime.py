@@ -35,27 +35,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from credits_dev.lambda_context import FakeLambdaContext
 from credits_dev.local.template import Function, StackModel
-
-
-class FakeLambdaContext:
-    """What the Lambda Python runtime passes as ``context``."""
-
-    def __init__(self, function: Function, request_id: str | None = None) -> None:
-        self.function_name = function.physical_name or function.logical_id
-        self.function_version = "$LATEST"
-        self.invoked_function_arn = function.arn
-        self.memory_limit_in_mb = function.memory_size
-        self.aws_request_id = request_id or str(uuid.uuid4())
-        self.log_group_name = f"/aws/lambda/{self.function_name}"
-        self.log_stream_name = time.strftime("%Y/%m/%d") + "/[$LATEST]" + uuid.uuid4().hex
-        self.identity = None
-        self.client_context = None
-        self.tenant_id = None
-        self._deadline = time.monotonic() + function.timeout
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 @dataclass
@@ -227,7 +208,13 @@ class FunctionRuntime:
                 invocation.error = _error(exc, "Runtime.ImportModuleError", request_id)
                 self.log(f"{fn.logical_id}: cannot load {fn.handler}: {exc}")
                 return invocation
-            context = FakeLambdaContext(fn, request_id)
+            context = FakeLambdaContext(
+                fn.physical_name or fn.logical_id,
+                memory_limit_in_mb=fn.memory_size,
+                timeout_s=fn.timeout,
+                request_id=request_id,
+                arn=fn.arn,
+            )
             with self._environment(fn):
                 try:
                     result = handler(event, context)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from credits_dev.lambda_context import FakeLambdaContext
 from credits_ledger.pricing import load_pricing
 from tools.gen_openapi import load_api_app
 
@@ -26,19 +27,6 @@ NO_KEY = object()
 
 def load_event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / f"{name}.json").read_text(encoding="utf-8"))
-
-
-class FakeLambdaContext:
-    function_name = "ApiFunction"
-    function_version = "$LATEST"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ApiFunction"
-    aws_request_id = "6f1b2c3d-0000-4000-8000-000000000000"
-    log_group_name = "/aws/lambda/ApiFunction"
-    log_stream_name = "2024/05/24/[$LATEST]0123456789abcdef"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 10_000
 
 
 @dataclass
@@ -75,7 +63,7 @@ class Api:
 
     # ---- raw invocation ----------------------------------------------------------------------------------
     def invoke(self, event: dict[str, Any]) -> Reply:
-        raw = self.module.lambda_handler(event, FakeLambdaContext())
+        raw = self.module.lambda_handler(event, FakeLambdaContext("ApiFunction", timeout_s=10))
         headers = {k.lower(): v for k, v in (raw.get("headers") or {}).items()}
         return Reply(status=raw["statusCode"], headers=headers, raw=raw)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from credits_dev.lambda_context import FakeLambdaContext
 from credits_ledger.bus import EventBus
 from credits_ledger.dal.accounts import AccountRepository, Page
 from credits_ledger.dal.reminders import ReminderRepository
@@ -27,7 +28,7 @@ from credits_ledger.jobs.expiry import ExpiryJob
 from credits_ledger.jobs.scheduled import Deadline
 from credits_ledger.ledger import DebitRequest, Ledger
 from credits_ledger.pricing import load_pricing
-from tests.expiry_helpers import CapturedBus, FakeContext, load_event, load_handler, time_runs_out_after
+from tests.expiry_helpers import FUNCTION_ARN, CapturedBus, load_event, load_handler, time_runs_out_after
 from tests.ledger_helpers import FakeClock, all_entries, assert_books_balance, make_ledger, spec
 
 D = Decimal
@@ -77,9 +78,9 @@ class Env:
     lambda_client: FakeLambdaClient
     client: Any
 
-    def run(self, context: FakeContext | None = None, **overrides: Any) -> dict[str, Any]:
+    def run(self, context: FakeLambdaContext | None = None, **overrides: Any) -> dict[str, Any]:
         event = overrides.pop("event", None) or load_event("expiry/scheduled.json", **overrides)
-        result: dict[str, Any] = self.handler.lambda_handler(event, context or FakeContext())
+        result: dict[str, Any] = self.handler.lambda_handler(event, context or FakeLambdaContext())
         return result
 
     def grant(
@@ -218,7 +219,7 @@ def test_stops_before_the_deadline_and_continues_in_a_reinvocation_with_the_same
     # with the same id and time and where to resume
     assert (first["expired"], first["remaining"], first["continued"]) == (2, True, True)
     (call,) = env.lambda_client.invocations
-    assert call["InvocationType"] == "Event" and call["FunctionName"] == FakeContext.invoked_function_arn
+    assert call["InvocationType"] == "Event" and call["FunctionName"] == FUNCTION_ARN
     follow = call["Payload"]
     original = load_event("expiry/scheduled.json")
     assert (follow["id"], follow["time"]) == (original["id"], original["time"])
@@ -259,7 +260,7 @@ def test_the_chain_of_reinvocations_is_capped(env: Env, monkeypatch: pytest.Monk
     event = load_event("expiry/scheduled.json")
     event["detail"] = {"continuation": {"phase": "expire", "cursor": None, "hop": 2}}
     # When it runs out of time at once
-    result = env.run(FakeContext(1_000), event=event)
+    result = env.run(FakeLambdaContext(remaining_ms=1_000), event=event)
     # Then it does not re-invoke itself again: the next scheduled run picks the rest up
     assert (result["remaining"], result["continued"]) == (True, False)
     assert env.lambda_client.invocations == []
@@ -396,7 +397,7 @@ def test_without_a_configured_bus_the_run_still_expires_and_only_logs_events(
     env.grant("cus_a", "g_due", "10", RUN_AT - timedelta(hours=1))
     env.grant("cus_a", "g_soon", "10", RUN_AT + timedelta(days=5))
     # When the run fires
-    summary = handler.lambda_handler(load_event("expiry/scheduled.json"), FakeContext())
+    summary = handler.lambda_handler(load_event("expiry/scheduled.json"), FakeLambdaContext())
     # Then it expires as usual, and the reminder is recorded as sent but goes to the log, not to a bus
     assert (summary["expired"], summary["reminders_sent"]) == (1, 1)
     assert env.bus.events() == []

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from credits_dev.lambda_context import FakeLambdaContext
 from credits_ledger.bus import EventBus
 from credits_ledger.dal.reconcile import ReconcileRepository, bucket_of
 from credits_ledger.dal.reminders import ReminderRepository
@@ -26,7 +27,6 @@ from credits_ledger.pricing import load_pricing
 from credits_ledger.settings import get_settings, put_settings
 from tests.expiry_helpers import (
     CapturedBus,
-    FakeContext,
     StreamRecorder,
     load_event,
     load_handler,
@@ -56,7 +56,7 @@ class Env:
     def deliver(self) -> dict[str, Any]:
         """Invoke the function with what the stream (after the template's filter) captured so far."""
         result: dict[str, Any] = self.handler.lambda_handler(
-            self.recorder.drain(template_filter), FakeContext()
+            self.recorder.drain(template_filter), FakeLambdaContext()
         )
         return result
 
@@ -100,7 +100,7 @@ def test_the_sample_event_publishes_the_entry_and_a_low_balance_alert(env: Env) 
     # Given events/ledger_stream/debit_below_threshold.json: a debit entry, and its account going 150 -> 60
     event = load_event("ledger_stream/debit_below_threshold.json")
     # When the function processes it
-    result = env.handler.lambda_handler(event, FakeContext())
+    result = env.handler.lambda_handler(event, FakeLambdaContext())
     # Then no record failed, the entry went out with its ids, and one low alert (threshold 100 by default)
     assert result == {"batchItemFailures": []}
     (entry,) = env.bus.events(ENTRY)
@@ -264,7 +264,7 @@ def test_a_failed_publish_fails_the_record_and_the_rest_of_the_batch_for_a_retry
     env.handler.stream = lambda: failing
     try:
         # When the function processes the batch
-        result = env.handler.lambda_handler(event, FakeContext())
+        result = env.handler.lambda_handler(event, FakeLambdaContext())
     finally:
         env.handler.stream = original
     # Then the debit entry's record and every later one are reported failed, the two before it not
@@ -277,7 +277,7 @@ def test_a_failed_publish_fails_the_record_and_the_rest_of_the_batch_for_a_retry
     assert env.alerts() == []  # the crossing record was not processed
     # When Lambda retries from the first failure with a working bus
     retry = {"Records": event["Records"][first_failed:]}
-    assert env.handler.lambda_handler(retry, FakeContext()) == {"batchItemFailures": []}
+    assert env.handler.lambda_handler(retry, FakeLambdaContext()) == {"batchItemFailures": []}
     # Then the debit entry is out and the crossing raised its one low alert
     assert [e["detail"]["entry_key"] for e in env.bus.events(ENTRY)] == ["u1"]  # g:g1 went to the failing bus
     assert env.alerts() == [(LOW, "50")]
@@ -294,7 +294,7 @@ def test_records_the_function_does_not_care_about_are_ignored(env: Env) -> None:
     }
     assert unrelated["Records"]
     # When they reach the function (e.g. without the template's filter)
-    result = env.handler.lambda_handler(unrelated, FakeContext())
+    result = env.handler.lambda_handler(unrelated, FakeLambdaContext())
     # Then nothing is published and nothing fails
     assert result == {"batchItemFailures": []}
     assert env.bus.events() == []

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from credits_dev.lambda_context import FakeLambdaContext
 from credits_ledger.bus import EventBus
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.reconcile import ReconcileRepository, bucket_of, registry_key
@@ -22,7 +23,7 @@ from credits_ledger.jobs.reconcile import ReconcileJob
 from credits_ledger.jobs.scheduled import Deadline
 from credits_ledger.ledger import DebitRequest, Ledger
 from credits_ledger.observability import metrics
-from tests.expiry_helpers import CapturedBus, FakeContext, load_event, load_handler, time_runs_out_after
+from tests.expiry_helpers import CapturedBus, load_event, load_handler, time_runs_out_after
 from tests.ledger_helpers import FakeClock, make_ledger, spec
 
 D = Decimal
@@ -49,9 +50,11 @@ class Env:
     lambda_client: FakeLambdaClient
     client: Any
 
-    def run(self, context: FakeContext | None = None, event: dict[str, Any] | None = None) -> dict[str, Any]:
+    def run(
+        self, context: FakeLambdaContext | None = None, event: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         result: dict[str, Any] = self.handler.lambda_handler(
-            event or load_event("reconcile/scheduled.json"), context or FakeContext()
+            event or load_event("reconcile/scheduled.json"), context or FakeLambdaContext()
         )
         return result
 
