@@ -27,8 +27,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.dynamodb_local import DynamoDBLocal, find_java, java_major_version
-from tests.support.tables import DEFAULT_TEMPLATE, create_tables_from_template, delete_tables
+from credits_dev.local.dynamodb_local import DynamoDBLocal, find_java, java_major_version
+from credits_dev.local.tables import create_tables_from_template, delete_tables
+from credits_dev.local.template import DEFAULT_TEMPLATE
 
 REGION = "us-east-1"
 

@@ -1,6 +1,6 @@
 """`make bench` (``python -m tools.bench``): DynamoDB request units and time of each ledger operation.
 
-Starts DynamoDB Local (tests/support/dynamodb_local.py), creates the tables of template.yaml and, for each
+Starts DynamoDB Local (credits_dev/local/dynamodb_local.py), creates the tables of template.yaml and, for each
 section, prints what every operation consumed and how long it took (median of ``--runs`` runs).
 
     python -m tools.bench                         # every section but the slow ones (expiry)
@@ -492,7 +492,7 @@ def section_main(run: Callable[[str], list[Any]], argv: list[str] | None = None)
     if args:
         rows = run(args[0])
     else:
-        from tests.support.dynamodb_local import DynamoDBLocal
+        from credits_dev.local.dynamodb_local import DynamoDBLocal
 
         with DynamoDBLocal() as server:
             rows = run(server.endpoint_url)
@@ -1104,7 +1104,7 @@ def dynamodb(endpoint: str | None) -> Iterator[str]:
     if endpoint:
         yield endpoint
         return
-    from tests.support.dynamodb_local import DynamoDBLocal
+    from credits_dev.local.dynamodb_local import DynamoDBLocal
 
     with DynamoDBLocal() as server:
         yield server.endpoint_url
@@ -1136,7 +1136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     began = time.monotonic()
     with dynamodb(args.endpoint) as endpoint:
-        from tests.support.tables import create_tables_from_template
+        from credits_dev.local.tables import create_tables_from_template
 
         client, counter = counted_client(endpoint)
         table = create_tables_from_template(

@@ -105,7 +105,7 @@ def _measure(counter: Any, runs: int, op: Callable[[int], Any]) -> tuple[float, 
 
 
 def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None, runs: int = RUNS) -> list[ApiRow]:
-    from tests.support.tables import create_tables_from_template
+    from credits_dev.local.tables import create_tables_from_template
 
     client, counter = counted_client(endpoint)
     suffix = f"-api-{uuid.uuid4().hex[:6]}"

@@ -241,7 +241,7 @@ def _table_factory(
     sessions are not thread-safe), tables from template.yaml with a unique suffix."""
     import boto3
 
-    from tests.support.tables import create_tables_from_template
+    from credits_dev.local.tables import create_tables_from_template
 
     def make_client() -> Any:
         if client_for is not None:

@@ -201,7 +201,7 @@ def capacity_rows(client: Any, table: str) -> list[Row]:
 def _tables(endpoint: str) -> tuple[Any, str]:
     import boto3
 
-    from tests.support.tables import create_tables_from_template
+    from credits_dev.local.tables import create_tables_from_template
 
     client = boto3.client(
         "dynamodb",
@@ -222,7 +222,7 @@ def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None) -> lis
     created from template.yaml with a unique suffix)."""
     rows = import_rows(import_profile(), IMPORT_RUNS)
     if client_for is not None:
-        from tests.support.tables import create_tables_from_template
+        from credits_dev.local.tables import create_tables_from_template
 
         client = client_for(endpoint)
         suffix = f"-wh-{uuid.uuid4().hex[:6]}"

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TEMPLATE = PROJECT_ROOT / "template.yaml"
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
 STACK_NAME = "credits-local"
@@ -70,6 +72,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TemplateError(f"{path}: not a CloudFormation template (top level is not a mapping)")
     return data
+
+
+def load_template(template_path: str | Path = DEFAULT_TEMPLATE) -> dict[str, Any]:
+    """Parse a CloudFormation/SAM YAML template (short-form intrinsics allowed); a relative path that does
+    not exist here is taken relative to the project root."""
+    path = Path(template_path)
+    if not (path.is_absolute() or path.exists()) and (PROJECT_ROOT / path).exists():
+        path = PROJECT_ROOT / path
+    return load_yaml(path)
 
 
 # ---------------------------------------------------------------------------------------------------------

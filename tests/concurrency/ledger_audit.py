@@ -19,6 +19,7 @@ from typing import Any
 
 import boto3
 
+from credits_dev.local.dynamodb_local import DUMMY_CREDENTIALS, REGION
 from credits_ledger.dal import items as it
 from credits_ledger.dal.accounts import LEDGER_INDEX, AccountRepository
 from credits_ledger.dal.client import CLIENT_CONFIG
@@ -31,7 +32,6 @@ from credits_ledger.domain.models import (
     LedgerEntry,
     LiveGrant,
 )
-from tests.support.dynamodb_local import DUMMY_CREDENTIALS, REGION
 
 ZERO = Decimal(0)
 

@@ -1,4 +1,4 @@
-"""Self-tests of tests/support/dynamodb_local.py: the real DynamoDB Local server."""
+"""Self-tests of credits_dev/local/dynamodb_local.py: the real DynamoDB Local server."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.support.dynamodb_local import DynamoDBLocal
+from credits_dev.local.dynamodb_local import DynamoDBLocal
 
 pytestmark = pytest.mark.dynamodb_local
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.dynamodb_local import find_java, free_port
+from credits_dev.local.dynamodb_local import find_java, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "local_admin_e2e_0123456789abcdef"

@@ -283,7 +283,7 @@ def test_external_endpoint_and_pricing_file(tmp_path: Path) -> None:
     require_java()
     if "ApiFunction" not in template_functions():
         pytest.skip("ApiFunction is not in template.yaml yet")
-    from tests.support.dynamodb_local import DynamoDBLocal
+    from credits_dev.local.dynamodb_local import DynamoDBLocal
 
     pricing = tmp_path / "pricing.toml"
     pricing.write_text('[meters.e2e_meter]\ncredits_per_unit = "2.5"\n')

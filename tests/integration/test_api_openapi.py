@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from credits_dev.local.template import load_template
 from tests.integration.test_api_support import EVENTS, ROOT, load_event
-from tests.support.tables import load_template
 from tools.gen_openapi import SPEC, render
 
 

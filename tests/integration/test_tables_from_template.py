@@ -1,4 +1,4 @@
-"""Self-tests of tests/support/tables.py: tables from a SAM template, on moto."""
+"""Self-tests of credits_dev/local/tables.py: tables from a SAM template, on moto."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from tests.support.tables import create_tables_from_template, load_template
+from credits_dev.local.tables import create_tables_from_template
+from credits_dev.local.template import load_template
 
 TEMPLATE = """\
 AWSTemplateFormatVersion: "2010-09-09"

@@ -31,6 +31,8 @@ from hypothesis.stateful import (
 )
 from moto import mock_aws
 
+from credits_dev.local.tables import delete_tables, table_requests
+from credits_dev.local.template import DEFAULT_TEMPLATE, load_template
 from credits_ledger.domain.balance import balance as balance_of
 from credits_ledger.domain.errors import (
     GrantNotDue,
@@ -41,7 +43,6 @@ from credits_ledger.domain.errors import (
 from credits_ledger.domain.models import Allocation, Category, EntryType, LedgerEntry
 from credits_ledger.ledger import DebitRequest, Outcome
 from tests.ledger_helpers import FakeClock, all_entries, make_ledger, spec
-from tests.support.tables import DEFAULT_TEMPLATE, delete_tables, load_template, table_requests
 
 D = Decimal
 ACCT = "cus_model"

@@ -180,7 +180,7 @@ def test_missing_key_is_a_usage_error(api: FakeApi, monkeypatch: pytest.MonkeyPa
 
 
 def test_unreachable_api_exits_2_and_says_to_start_the_stack() -> None:
-    from tests.support.dynamodb_local import free_port
+    from credits_dev.local.dynamodb_local import free_port
 
     code, _, err = run(["--url", f"http://127.0.0.1:{free_port()}", "--key", "k", "balance", "cus_1"])
     assert code == 2

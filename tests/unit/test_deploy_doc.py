@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from credits_dev.local.template import load_template
 from credits_ledger.stripe_facts import HANDLED
-from tests.support.tables import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-# One set of Java/port helpers for the local stack and the tests (the stack must not import tests/);
+# One set of Java/port helpers for the local stack, the tests and bench;
 # re-exported for the fixtures.
 from credits_dev.local.engine import die_with_parent, find_java, free_port
 from credits_dev.local.engine import java_major as java_major_version
@@ -274,7 +274,7 @@ class DynamoDBLocal:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tests.support.dynamodb_local [--port N] [--db-path DIR]`: run a server until Ctrl-C."""
+    """`python -m credits_dev.local.dynamodb_local [--port N] [--db-path DIR]`: run a server until Ctrl-C."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
