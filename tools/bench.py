@@ -702,9 +702,10 @@ class Fixtures:
         return account, ids
 
     def debit(self, account: str, amount: str, key: str | None = None) -> Any:
+        from credits_ledger.domain.idempotency import usage_key
         from credits_ledger.ledger import DebitRequest
 
-        key = key or f"usage:{next(self.keys)}"
+        key = key or usage_key(account, str(next(self.keys)))
         return self.ledger.debit(account, DebitRequest(key=key, amount=Decimal(amount), fingerprint=amount))
 
 
@@ -806,6 +807,7 @@ def model_self_check(ctx: BenchContext) -> str:
 @section("ledger", "every ledger operation on an account with 10 active grants")
 def ledger_section(ctx: BenchContext) -> list[Any]:
     from credits_ledger.domain.errors import InsufficientCredits
+    from credits_ledger.domain.idempotency import usage_key
     from credits_ledger.ledger import DebitRequest
 
     fx = Fixtures(ctx)
@@ -870,17 +872,19 @@ def ledger_section(ctx: BenchContext) -> list[Any]:
     )
 
     replay_account, _ = fx.account(10)
-    first = fx.debit(replay_account, "1", key="usage:replayed")
+    first = fx.debit(replay_account, "1", key=usage_key(replay_account, "replayed"))
     rows.append(
         measure(
             ctx,
             name,
             "replayed debit (same key)",
-            lambda _s: fx.debit(replay_account, "1", key="usage:replayed"),
+            lambda _s: fx.debit(replay_account, "1", key=usage_key(replay_account, "replayed")),
             note="target: 0 WRU",
         )
     )
-    assert first.entry.seq == fx.debit(replay_account, "1", key="usage:replayed").entry.seq
+    assert (
+        first.entry.seq == fx.debit(replay_account, "1", key=usage_key(replay_account, "replayed")).entry.seq
+    )
 
     poor_account, _ = fx.account(10)
 
@@ -903,7 +907,7 @@ def ledger_section(ctx: BenchContext) -> list[Any]:
 
     def batch(s: tuple[str, list[str]]) -> None:
         requests = [
-            DebitRequest(key=f"usage:{next(fx.keys)}", amount=Decimal("1"), fingerprint="1")
+            DebitRequest(key=usage_key(s[0], str(next(fx.keys))), amount=Decimal("1"), fingerprint="1")
             for _ in range(10)
         ]
         results = led.debit_many(s[0], requests)
@@ -1008,7 +1012,7 @@ def ledger_section(ctx: BenchContext) -> list[Any]:
 
     # sizes the write units follow
     size_account, _ = fx.account(10)
-    key = "usage:size-probe"
+    key = usage_key(size_account, "size-probe")
     fx.debit(size_account, "1", key=key)
     ctx.extra["account_item_bytes_10"] = account_item_size(ctx, size_account)
     ctx.extra["entry_item_bytes"] = entry_item_size(ctx, key)

@@ -88,6 +88,25 @@ def test_each_event_is_judged_alone(api: Api) -> None:
     assert api.available("cus_B") == "1"
 
 
+def test_one_id_for_two_customers_in_a_batch_is_two_events(api: Api) -> None:
+    # Given cus_B already reported b1 (its own event)
+    api.grant("cus_A", "5")
+    api.grant("cus_B", "5")
+    assert api.usage(id="b1", customer="cus_B", quantity=1).status == 201
+    # When a batch carries b1 for cus_A and b1 for cus_B again, with their own bodies
+    events = [
+        _event(1, quantity=2),
+        _event(1, customer="cus_B", quantity=1),
+        _event(1, customer="cus_B", quantity=3),
+    ]
+    reply = api.call("usage_batch", body={"events": events})
+    # Then cus_A's b1 is a new debit, cus_B's is a replay of its first event, and its other body a mismatch
+    assert [r["status"] for r in reply.body["results"]] == ["debited", "replayed", "rejected"]
+    assert reply.body["results"][2]["error"]["code"] == "idempotency_mismatch"
+    assert api.available("cus_A") == "3"
+    assert api.available("cus_B") == "4"
+
+
 def test_a_scoped_key_gets_other_accounts_events_rejected(api: Api) -> None:
     api.grant("cus_A", "5")
     api.grant("cus_B", "5")

@@ -93,7 +93,12 @@ def test_transactions_newest_first_with_pagination(api: Api) -> None:
     second = api.transactions("cus_A", limit="2", cursor=first["next_cursor"]).body
     # Then entries come newest first with running balances, and the pages join up
     entries = first["data"] + second["data"]
-    assert [e["id"] for e in entries] == ["usage:t2", "usage:t1", "usage:t0", entries[3]["id"]]
+    assert [e["id"] for e in entries] == [
+        "usage:cus_A:t2",
+        "usage:cus_A:t1",
+        "usage:cus_A:t0",
+        entries[3]["id"],
+    ]
     assert entries[3]["type"] == "grant" and entries[3]["id"].startswith("grant:")
     assert [e["amount"] for e in entries] == ["-3", "-2", "-1", "10"]
     assert [e["balance_after"] for e in entries] == ["4", "7", "9", "10"]

@@ -59,8 +59,8 @@ def test_replay_is_recognised_however_the_quantity_is_spelled(api: Api) -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"quantity": 5}, {"meter": "storage_gb_hour"}, {"metadata": {"k": "v"}}, {"customer": "cus_B"}],
-    ids=["quantity", "meter", "metadata", "other-customer"],
+    [{"quantity": 5}, {"meter": "storage_gb_hour"}, {"metadata": {"k": "v"}}],
+    ids=["quantity", "meter", "metadata"],
 )
 def test_same_id_with_another_body_is_409_and_debits_nothing(api: Api, change: dict[str, Any]) -> None:
     # Given a debited usage event and credits on both accounts
@@ -68,12 +68,31 @@ def test_same_id_with_another_body_is_409_and_debits_nothing(api: Api, change: d
     api.grant("cus_B", "50")
     assert api.usage(id="evt_m", quantity=4).status == 201
     before = api.ledger_snapshot("cus_A", "cus_B")
-    # When the same id comes with another body (even for another customer: ids are global)
+    # When the same id comes for the same customer with another body
     reply = api.usage(id="evt_m", **{"quantity": 4, **change})
     # Then 409 and no balance moves
     assert reply.status == 409
     assert reply.error["code"] == "idempotency_mismatch"
     assert api.ledger_snapshot("cus_A", "cus_B") == before
+
+
+def test_the_same_id_for_another_customer_is_another_event(api: Api) -> None:
+    # Given a key limited to cus_A that used the id evt_shared first (it could guess cus_B's next id)
+    api.grant("cus_A", "50")
+    api.grant("cus_B", "50")
+    claimer = api.issue_key(["usage:write"], customers=["cus_A"])
+    assert api.usage(key=claimer, id="evt_shared", customer="cus_A", quantity=4).status == 201
+    # When cus_B's application reports its own event with that id, other body included
+    first = api.usage(id="evt_shared", customer="cus_B", quantity=7)
+    again = api.usage(id="evt_shared", customer="cus_B", quantity=7)
+    # Then it is debited from cus_B (never 409), replays answer cus_B's event, and cus_A is untouched
+    assert first.status == 201, first.body
+    assert first.body["customer"] == "cus_B" and first.body["credits"] == "7"
+    assert again.status == 200 and again.body == first.body
+    assert api.available("cus_A") == "46"
+    assert api.available("cus_B") == "43"
+    assert api.usage(key=claimer, id="evt_shared", customer="cus_A", quantity=4).status == 200
+    assert api.transactions("cus_B").body["data"][0]["reference"] == "evt_shared"
 
 
 def test_not_enough_credits_is_402_and_nothing_is_debited(api: Api) -> None:
@@ -125,7 +144,7 @@ def test_timestamp_and_metadata_are_recorded_on_the_ledger_entry(api: Api) -> No
     reply = api.usage(id="evt_ts", timestamp=when.isoformat(), metadata={"endpoint": "/search"})
     assert reply.status == 201
     entry = api.transactions("cus_A").body["data"][0]
-    assert entry["id"] == "usage:evt_ts"
+    assert entry["id"] == "usage:cus_A:evt_ts"
     assert entry["reference"] == "evt_ts"
     assert entry["metadata"]["endpoint"] == "/search"
     assert entry["metadata"]["timestamp"] == when.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -144,7 +144,7 @@ def test_fingerprint_is_canonical() -> None:
 
 def test_debit_request_prices_the_meter_and_rounds_up() -> None:
     request = debit_request(usage(meter="gb", quantity="0.00001", metadata={"x": "y"}), PRICING)
-    assert request.key == "usage:e1"
+    assert request.key == "usage:cus_A:e1"
     assert request.amount == Decimal("0.000001")
     assert request.reference == "e1"
     assert request.metadata == {"x": "y", "meter": "gb", "quantity": "0.00001"}

@@ -1,19 +1,18 @@
 """Admin operations on grants: manual/promotional grants (idempotent with a client id) and voids.
 
-A manual grant's entry key is ``grant:<id>`` when the caller gives an id (a replay answers the first grant, the
+A manual grant's entry key is ``grant:<id>`` (``idempotency.admin_grant_key``) when the caller gives an id (a replay answers the first grant, the
 same id with another body is an idempotency mismatch), otherwise a fresh uuid. Admin grants default to the
 ``promotional`` category with a zero cost basis: nobody paid for them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from dataclasses import dataclass
 
 from credits_ledger.api_models import GrantRequest
 from credits_ledger.dal.items import iso
+from credits_ledger.domain import idempotency
 from credits_ledger.domain.models import CostBasis, Grant, Source
 from credits_ledger.domain.money import format_amount
 from credits_ledger.domain.transitions import GrantSpec
@@ -38,13 +37,12 @@ def grant_fingerprint(customer: str, request: GrantRequest) -> str:
         "expires_at": iso(request.expires_at) if request.expires_at else None,
         "reason": request.reason,
     }
-    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return idempotency.fingerprint(canonical)
 
 
 def grant_credits(ledger: Ledger, customer: str, request: GrantRequest, granted_by: str) -> GrantResult:
     """Grant credits by hand; InvalidGrant (422) or IdempotencyMismatch (409) when refused."""
-    key = f"grant:{request.id}" if request.id is not None else f"grant:{uuid.uuid4()}"
+    key = idempotency.admin_grant_key(request.id if request.id is not None else str(uuid.uuid4()))
     spec = GrantSpec(
         grant_id=new_id("gr"),
         amount=request.amount,

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from credits_ledger.dal.accounts import AccountRepository, EntryExists, Page, VersionConflict
-from credits_ledger.domain import transitions
+from credits_ledger.domain import idempotency, transitions
 from credits_ledger.domain.balance import balance as balance_of
 from credits_ledger.domain.errors import (
     ConcurrencyConflict,
@@ -125,7 +125,7 @@ class Ledger:
 
     def expire(self, grant_id: str, as_of: datetime) -> Outcome | None:
         """Expire what remains of a due grant; None when nothing remains (spent, voided or expired already)."""
-        return self._on_grant(grant_id, f"expire:{grant_id}", transitions.expire, now=as_of)
+        return self._on_grant(grant_id, idempotency.expire_key(grant_id), transitions.expire, now=as_of)
 
     def expire_with_rollover(
         self,
@@ -138,14 +138,14 @@ class Ledger:
         transaction (domain/rollover.py). Same idempotency key as ``expire``: either replays the other."""
         return self._on_grant(
             grant_id,
-            f"expire:{grant_id}",
+            idempotency.expire_key(grant_id),
             lambda state, record, ctx: _expire_with_rollover(state, record, ctx, policy_for(record)),
             now=as_of,
             reference=reference,
         )
 
     def void(self, grant_id: str, reference: str | None = None) -> Outcome | None:
-        return self._on_grant(grant_id, f"void:{grant_id}", transitions.void, reference=reference)
+        return self._on_grant(grant_id, idempotency.void_key(grant_id), transitions.void, reference=reference)
 
     def hold(self, grant_id: str, key: str, reference: str | None = None) -> Outcome | None:
         return self._on_grant(grant_id, key, transitions.hold, reference=reference)
@@ -155,7 +155,12 @@ class Ledger:
 
     def revoke(self, grant_id: str, amount: Decimal, key: str, reference: str | None = None) -> Outcome:
         record = self.repository.grant(grant_id)
-        ctx = EntryContext(entry_key=key, now=self._clock(), reference=reference, fingerprint=str(amount))
+        ctx = EntryContext(
+            entry_key=key,
+            now=self._clock(),
+            reference=reference,
+            fingerprint=idempotency.amount_fingerprint(amount),
+        )
         return self.execute(
             record.account_id,
             key,
@@ -167,7 +172,7 @@ class Ledger:
         ctx = EntryContext(
             entry_key=key,
             now=self._clock(),
-            fingerprint=str(amount),
+            fingerprint=idempotency.amount_fingerprint(amount),
             metadata={"reason": reason} if reason else {},
         )
         grant_id = new_id("gr")

@@ -2,15 +2,13 @@
 fingerprint for idempotency, and the usage answer rebuilt from the ledger entry (so a replay says exactly
 what the first answer said).
 
-The entry key is ``usage:<id>``, global: the same id sent for another customer is the same key with another
-fingerprint, i.e. an idempotency mismatch. Entry metadata keeps meter, quantity, the usage timestamp and (the
+The entry key is (customer, id) (``idempotency.usage_key``): usage ids are scoped to the account, so the same
+id sent for another customer is another event, never an idempotency mismatch. Entry metadata keeps meter, quantity, the usage timestamp and (the
 Ledger adds it) ``available_after``, which is everything the answer needs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +25,7 @@ from credits_ledger.api_models import (
 )
 from credits_ledger.auth import Forbidden
 from credits_ledger.dal.items import iso
+from credits_ledger.domain import idempotency
 from credits_ledger.domain.errors import (
     ConcurrencyConflict,
     CreditsError,
@@ -48,12 +47,12 @@ class InvalidUsage(CreditsError):
         self.message = message
 
 
-def entry_key(usage_id: str) -> str:
-    return f"usage:{usage_id}"
+def entry_key(event: UsageRequest) -> str:
+    return idempotency.usage_key(event.customer, event.id)
 
 
 def fingerprint(event: UsageRequest) -> str:
-    """SHA-256 of the canonical validated request: equal requests, however spelled, share it."""
+    """The canonical validated request's fingerprint: equal requests, however spelled, share it."""
     canonical: dict[str, Any] = {
         "customer": event.customer,
         "meter": event.meter,
@@ -62,8 +61,7 @@ def fingerprint(event: UsageRequest) -> str:
     }
     if event.timestamp is not None:
         canonical["timestamp"] = iso(event.timestamp)
-    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(blob.encode("ascii")).hexdigest()
+    return idempotency.fingerprint(canonical)
 
 
 def debit_request(event: UsageRequest, pricing: Pricing) -> DebitRequest:
@@ -76,7 +74,7 @@ def debit_request(event: UsageRequest, pricing: Pricing) -> DebitRequest:
     if event.timestamp is not None:
         metadata["timestamp"] = iso(event.timestamp)
     return DebitRequest(
-        key=entry_key(event.id),
+        key=entry_key(event),
         amount=round_up(event.quantity * meter.credits_per_unit),
         fingerprint=fingerprint(event),
         reference=event.id,
@@ -85,7 +83,8 @@ def debit_request(event: UsageRequest, pricing: Pricing) -> DebitRequest:
 
 
 def usage_id_of(entry: LedgerEntry) -> str:
-    return entry.reference or entry.entry_key.removeprefix("usage:")
+    """Usage entries carry the client's id as their reference (the key also names the customer)."""
+    return entry.reference or ""
 
 
 def answer(entry: LedgerEntry) -> UsageResponse:

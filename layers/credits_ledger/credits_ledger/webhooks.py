@@ -20,7 +20,7 @@ from typing import Any
 
 from credits_ledger.dal.accounts import RelatedItemChanged
 from credits_ledger.dal.payments import EventAlreadyRecorded, PaymentChanged, PaymentRepository
-from credits_ledger.domain import transitions
+from credits_ledger.domain import idempotency, transitions
 from credits_ledger.domain.errors import ConcurrencyConflict, GrantNotLive, InvalidTransition
 from credits_ledger.domain.models import DEFAULT_PRIORITY, AccountState, Change, CostBasis, Source
 from credits_ledger.domain.payments import (
@@ -162,7 +162,7 @@ class StripeWebhookProcessor:
                 metadata={k: v for k, v in {"pack": line.pack, "line": line.line_id}.items() if v},
             )
             ctx = EntryContext(
-                entry_key=f"stripe:grant:{owner.key}:{line.line_id}", now=now, reference=owner.key
+                entry_key=idempotency.stripe_grant_key(owner.key, line.line_id), now=now, reference=owner.key
             )
             self._commit(
                 owner, action, account, ctx, lambda state: transitions.grant(state, spec, ctx), spec.grant_id
@@ -172,7 +172,7 @@ class StripeWebhookProcessor:
         build: Callable[[AccountState], Change]
         if isinstance(action, RevokeAction):
             ctx = EntryContext(
-                f"stripe:revoke:{action.grant_id}:{action.target}",
+                idempotency.stripe_revoke_key(action.grant_id, action.target),
                 now,
                 owner.key,
                 metadata={"refunded_target": str(action.target)},
@@ -192,11 +192,13 @@ class StripeWebhookProcessor:
     @staticmethod
     def _dispute_context(owner: PaymentRecord, action: DisputeAction, now: datetime) -> EntryContext:
         if action.effect is DisputeEffect.VOIDED:
-            key = f"void:{action.grant_id}"  # the same key as an admin void: a grant is voided once
+            key = idempotency.void_key(
+                action.grant_id
+            )  # the same key as an admin void: a grant is voided once
         else:
             # A grant may be held and released more than once (a second dispute): the owner record's version
             # tells the rounds apart and is the same for every retry of this round.
-            key = f"stripe:{action.effect.value}:{action.grant_id}:{owner.version}"
+            key = idempotency.stripe_dispute_key(action.effect.value, action.grant_id, owner.version)
         return EntryContext(entry_key=key, now=now, reference=owner.key)
 
     def _commit(

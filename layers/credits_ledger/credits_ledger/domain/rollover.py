@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 
-from credits_ledger.domain import transitions
+from credits_ledger.domain import idempotency, transitions
 from credits_ledger.domain.models import AccountState, Change, EntryType, Grant, LiveGrant, Source
 from credits_ledger.domain.money import SCALE, ZERO, canonical
 from credits_ledger.domain.transitions import EntryContext, GrantSpec
@@ -128,7 +128,7 @@ def expire_with_rollover(
     if spec is None:
         return expired
     rollover_ctx = EntryContext(
-        entry_key=f"rollover:{record.grant_id}",
+        entry_key=idempotency.rollover_key(record.grant_id),
         now=ctx.now,
         reference=ctx.reference,
         metadata={ROLLOVER_OF: record.grant_id},
