@@ -9,10 +9,13 @@ from typing import Any
 
 import pytest
 
+from credits_ledger.dal.reconcile import ReconcileRepository
 from credits_ledger.dal.reservations import ReservationRepository
 from credits_ledger.domain.errors import IdempotencyMismatch, InsufficientCredits
 from credits_ledger.domain.models import EntryType
+from credits_ledger.domain.reconcile import Checkpoint
 from credits_ledger.domain.reservations import ReservationError, ReservationNotFound, ReservationStatus
+from credits_ledger.jobs.reconcile import ReconcileJob, ReconcileSummary
 from credits_ledger.ledger import Ledger
 from credits_ledger.reservations import Reservations, ReserveRequest
 from tests.ledger_helpers import (
@@ -20,6 +23,7 @@ from tests.ledger_helpers import (
     SleepRecorder,
     all_entries,
     assert_books_balance,
+    ledger_now,
     make_ledger,
     spec,
 )
@@ -152,3 +156,35 @@ def test_reserved_credits_of_a_grant_that_expired_stay_capturable(
     assert ledger.balance(ACCT).ledger_balance == D(0)
     assert ledger.grant_view("g1").status.value == "expired"
     assert_books_balance(ledger, ACCT)
+
+
+def test_reconcile_checks_reserved_credits_against_the_open_reservations(
+    service: Reservations, ledger: Ledger, moto_tables: Any
+) -> None:
+    class Bus:
+        def __init__(self) -> None:
+            self.events: list[Any] = []
+
+        def publish(self, events: Any) -> None:
+            self.events.extend(events)
+
+    bus = Bus()
+    job = ReconcileJob(
+        ledger.repository, ReconcileRepository(moto_tables.client, moto_tables["CreditsTable"]), bus
+    )
+    service.reserve(request("open-1", credits="30"))
+    service.reserve(request("open-2", credits="20"))
+    service.capture(service.record("open-2"), D("5"), False)
+    summary = ReconcileSummary(now=ledger_now(ledger), run_id="run")
+    assert job.check(Checkpoint(ACCT), summary).ok
+    # a reservation record ended without its unreserve entry (an impossible write, made by hand) is caught
+    moto_tables.client.update_item(
+        TableName=moto_tables["CreditsTable"],
+        Key={"pk": {"S": "RESERVATION#open-1"}, "sk": {"S": "RESERVATION"}},
+        UpdateExpression="SET #s = :s",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":s": {"S": "released"}},
+    )
+    result = job.check(Checkpoint(ACCT), summary)
+    assert [p.code for p in result.problems] == ["reservation_record"]
+    assert bus.events

@@ -3,6 +3,7 @@ refunds (domain/reservations.py, domain/reserved.py)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -24,6 +25,7 @@ from credits_ledger.domain.models import (
     GrantStatus,
     Source,
 )
+from credits_ledger.domain.reconcile import OpenReservation, reservation_problems
 from credits_ledger.domain.reservations import ReservationError, ReservationNotDue, ReservationStatus
 from credits_ledger.domain.reserved import pinned
 from credits_ledger.domain.rollover import RolloverPolicy, expire_with_rollover
@@ -302,3 +304,28 @@ def test_balance_parts_add_up_with_reservations_held_and_expired_grants() -> Non
     b = balance(state, NOW + 2 * HOUR)
     assert b.reserved == D(120)  # capturable although g1 expired and g2 is disputed
     assert b.available == D(0)
+
+
+# ---- reconciliation: reserved credits against the open reservations ----------------------------------------
+def test_reconcile_accepts_open_reservations_that_match_their_records(funded: AccountState) -> None:
+    state = reserve(funded, "a", "60")
+    records = {"a": OpenReservation("cus_1", "active", D(60))}
+    assert reservation_problems(state, records, NOW) == []
+
+
+def test_reconcile_flags_reservations_that_do_not_match(funded: AccountState) -> None:
+    state = reserve(reserve(funded, "a", "60"), "b", "10")
+    codes = {
+        p.code
+        for p in reservation_problems(
+            state,
+            {"a": OpenReservation("cus_1", "captured", D(60)), "b": OpenReservation("cus_1", "active", D(5))},
+            NOW,
+        )
+    }
+    assert codes == {"reservation_record", "reservation_credits"}
+    assert {p.code for p in reservation_problems(state, {}, NOW)} == {"reservation_record"}
+    # pins above what the grant holds: reserved credits that are not there
+    broken = replace(state, grants={"g1": replace(state.grants["g1"], remaining=D(50))})
+    records = {"a": OpenReservation("cus_1", "active", D(60)), "b": OpenReservation("cus_1", "active", D(10))}
+    assert [p.code for p in reservation_problems(broken, records, NOW)] == ["reserved"]

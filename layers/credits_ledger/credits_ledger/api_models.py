@@ -19,11 +19,13 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    StrictBool,
     StrictInt,
     StringConstraints,
     WithJsonSchema,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from credits_ledger.auth import ApiKey, Scope
@@ -64,6 +66,12 @@ def _to_amount(value: object) -> Decimal:
         return parse_amount(value)
     except InvalidAmount as exc:
         raise ValueError(str(exc)) from exc
+
+
+def _not_negative(value: Decimal) -> Decimal:
+    if value < 0:
+        raise ValueError("must be 0 or greater")
+    return value
 
 
 def _positive(value: Decimal) -> Decimal:
@@ -263,6 +271,9 @@ class BalanceView(ApiModel):
     by_category: ByCategory
     held: AmountString
     pending: AmountString
+    reserved: AmountString = Field(
+        description="held by open reservations: in the ledger balance, not available"
+    )
     next_expiry: NextExpiry | None
     as_of: str
 
@@ -282,6 +293,7 @@ class BalanceView(ApiModel):
             ),
             held=format_amount(balance.held),
             pending=format_amount(balance.pending),
+            reserved=format_amount(balance.reserved),
             next_expiry=next_expiry,
             as_of=iso(balance.as_of),
         )
@@ -421,3 +433,97 @@ class ApiKeyCreated(ApiModel):
             name=record.name,
             created_at=iso(record.created_at),
         )
+
+
+# ---- reservations ----------------------------------------------------------------------------------------
+RESERVATION_MIN_SECONDS = 60
+RESERVATION_MAX_SECONDS = 2_592_000  # 30 days
+ExpiresIn = Annotated[
+    int,
+    Field(
+        ge=RESERVATION_MIN_SECONDS,
+        le=RESERVATION_MAX_SECONDS,
+        strict=True,
+        description="seconds from now until the reservation lapses (60 to 2,592,000)",
+    ),
+]
+NonNegativeAmount = Annotated[
+    Decimal, BeforeValidator(_to_amount), AfterValidator(_not_negative), WithJsonSchema(_AMOUNT_SCHEMA)
+]
+
+
+class ReservationRequest(ApiModel):
+    id: Identifier = Field(description="reservation id, unique across accounts: the idempotency key")
+    customer: Identifier
+    credits: PositiveAmount | None = Field(
+        default=None, description="credits to hold (or meter and quantity)"
+    )
+    meter: Identifier | None = Field(default=None, description="a meter of the pricing configuration")
+    quantity: PositiveAmount | None = None
+    expires_in: ExpiresIn = 3600
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(default=None, max_length=20)
+
+    @model_validator(mode="after")
+    def _credits_or_meter(self) -> ReservationRequest:
+        if self.credits is not None and (self.meter is not None or self.quantity is not None):
+            raise ValueError("give credits, or meter and quantity, not both")
+        if self.credits is None and (self.meter is None or self.quantity is None):
+            raise ValueError("give credits, or meter and quantity")
+        return self
+
+
+class CaptureRequest(ApiModel):
+    credits: NonNegativeAmount | None = Field(
+        default=None, description="credits used (default: all reserved)"
+    )
+    allow_overrun: StrictBool = Field(
+        default=False, description="debit what exceeds the reservation from what is available"
+    )
+
+
+class ExtendRequest(ApiModel):
+    expires_in: ExpiresIn
+
+
+class ReservationView(ApiModel):
+    id: str
+    customer: str
+    status: Literal["active", "captured", "released", "expired"]
+    credits: AmountString = Field(description="credits reserved")
+    held: AmountString = Field(description="credits it holds now (less after a void or refund of its grants)")
+    expires_at: str
+    allocations: list[AllocationView] = Field(description="what it holds on which grant, when it was made")
+    created_at: str
+    meter: str | None = None
+    quantity: AmountString | None = None
+    metadata: dict[str, str] | None = None
+    captured: AmountString | None = None
+    released: AmountString | None = None
+    ended_at: str | None = None
+
+
+class ReservationCreated(ApiModel):
+    id: str
+    customer: str
+    status: Literal["active"] = "active"
+    credits: AmountString
+    expires_at: str
+    allocations: list[AllocationView]
+
+
+class CaptureResponse(ApiModel):
+    id: str
+    status: Literal["captured"] = "captured"
+    captured: AmountString
+    released: AmountString
+    balance: AmountString = Field(description="credits available right after the capture")
+
+
+class ReleaseResponse(ApiModel):
+    id: str
+    status: Literal["released", "expired"]
+    released: AmountString
+
+
+class ReservationList(ApiModel):
+    data: list[ReservationView]

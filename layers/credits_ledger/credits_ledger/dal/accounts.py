@@ -91,6 +91,15 @@ class AccountRepository:
         self._client = client or dynamodb_client()
         self._table = table or table_name()
 
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    @property
+    def table(self) -> str:
+        """Aggregates written in the account's transactions (extra actions) live in this same table."""
+        return self._table
+
     # ---- reads -------------------------------------------------------------------------------------------
     def load(
         self, account_id: str, entry_keys: Sequence[str] = (), *, consistent: bool = False

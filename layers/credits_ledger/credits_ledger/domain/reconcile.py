@@ -3,19 +3,31 @@
 Pure. The invariants (CONTRACT.md section 1): the balance on the account equals the sum of its ledger
 amounts and the sum of its live grants' remaining credits; ``version`` equals the number of entries (seq
 1..version, no gap, no duplicate); every entry's ``balance_after`` continues the running sum; no live grant
-is below zero. A checkpoint
+is below zero; reserved credits match the open reservations (every pin on a live grant, what holds on a grant
+at most its remaining, each reservation on the account open in its record and never holding more than it
+reserved). A checkpoint
 (last verified seq and ledger sum) lets a run read only the entries written since the last clean check.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
 from credits_ledger.domain.models import AccountState, LedgerEntry
 from credits_ledger.domain.money import ZERO, format_amount
+from credits_ledger.domain.reserved import pinned
+
+
+@dataclass(frozen=True)
+class OpenReservation:
+    """What the reservation record says, for the check against the account item."""
+
+    account_id: str
+    status: str
+    credits: Decimal
 
 
 @dataclass(frozen=True)
@@ -68,11 +80,49 @@ def missing_tail(checkpoint: Checkpoint, state: AccountState, entries: Sequence[
     return [e.seq for e in entries] == list(expected) and checkpoint.seq + len(entries) < state.version
 
 
+def reservation_problems(
+    state: AccountState, records: Mapping[str, OpenReservation], now: datetime
+) -> list[Problem]:
+    """Reserved credits against the open reservations: ``records`` are the records of the reservations the
+    account item holds (missing: no record)."""
+    problems: list[Problem] = []
+    for reservation in state.reservations.values():
+        rid = reservation.reservation_id
+        record = records.get(rid)
+        if record is None or record.status != "active" or record.account_id != state.account_id:
+            said = "no record" if record is None else f"a record {record.status} on {record.account_id}"
+            problems.append(Problem("reservation_record", f"open reservation {rid} has {said}"))
+        elif reservation.credits > record.credits:
+            problems.append(
+                Problem(
+                    "reservation_credits",
+                    f"reservation {rid} holds {format_amount(reservation.credits)}, "
+                    f"more than the {format_amount(record.credits)} reserved",
+                )
+            )
+        if any(a.amount <= 0 or a.grant_id not in state.grants for a in reservation.allocations):
+            problems.append(Problem("reservation_pins", f"reservation {rid} pins a closed grant or nothing"))
+    for grant_id, held in sorted(pinned(state, now).items()):
+        if held > state.grants[grant_id].remaining:
+            problems.append(
+                Problem(
+                    "reserved",
+                    f"grant {grant_id} has {format_amount(state.grants[grant_id].remaining)} left, "
+                    f"reservations hold {format_amount(held)}",
+                )
+            )
+    return problems
+
+
 def reconcile(
-    state: AccountState, checkpoint: Checkpoint, entries: Sequence[LedgerEntry], now: datetime
+    state: AccountState,
+    checkpoint: Checkpoint,
+    entries: Sequence[LedgerEntry],
+    now: datetime,
+    reservations: Mapping[str, OpenReservation] | None = None,
 ) -> Reconciliation:
     """Check ``state`` against ``checkpoint`` plus ``entries`` (the entries with seq > checkpoint.seq and
-    <= state.version, in seq order)."""
+    <= state.version, in seq order) and, when given, its open reservations against their records."""
     problems: list[Problem] = []
     running = checkpoint.total
     expected_seq = checkpoint.seq + 1
@@ -117,6 +167,8 @@ def reconcile(
     negative = sorted(g.grant_id for g in state.grants.values() if g.remaining < 0)
     if negative:
         problems.append(Problem("grant_remaining", f"live grants below zero: {', '.join(negative)}"))
+    if state.reservations:
+        problems.extend(reservation_problems(state, reservations or {}, now))
     result = Reconciliation(
         account_id=state.account_id,
         version=state.version,

@@ -1,4 +1,11 @@
-"""The nightly expiry run (CONTRACT.md section 5): expire what is due, then send expiry reminders.
+"""The nightly expiry run (CONTRACT.md section 5): end lapsed reservations, expire what is due, then send expiry
+reminders.
+
+Phase ``unreserve`` (also run alone every few minutes: ``detail.phases = ["unreserve"]``): page through the
+``RESERVATION`` partition of the same sparse index (open reservations by ``expires_at``) and end each one
+that is due with its ``unreserve`` entry (``Reservations.expire``). A lapsed reservation already holds
+nothing, so this only tidies the account item; ``unreserve:<id>`` makes a second run a no-op, and a
+reservation extended since the index was read is skipped.
 
 Phase ``expire``: page through the sparse ``ExpiringGrants`` index up to "now" (only live grants with an
 expiry are in it, and a grant leaves it when it is closed, so the read cost follows what is due, not the
@@ -28,6 +35,7 @@ from credits_ledger.bus import BusEvent, Publisher, PublishFailed
 from credits_ledger.dal.accounts import AccountRepository, Page
 from credits_ledger.dal.items import iso
 from credits_ledger.dal.reminders import Reminder, ReminderAlreadySent, ReminderRepository
+from credits_ledger.dal.reservations import ReservationRepository
 from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.models import Grant, LiveGrant
 from credits_ledger.domain.money import ZERO, format_amount
@@ -37,9 +45,10 @@ from credits_ledger.jobs.scheduled import Continuation, Deadline, ScheduledEvent
 from credits_ledger.ledger import Ledger
 from credits_ledger.observability import logger, metrics
 from credits_ledger.pricing import Pricing
+from credits_ledger.reservations import Reservations
 
-EXPIRE, REMIND = "expire", "remind"
-PHASES = (EXPIRE, REMIND)
+UNRESERVE, EXPIRE, REMIND = "unreserve", "expire", "remind"
+PHASES = (UNRESERVE, EXPIRE, REMIND)
 EXPIRING = "credits.grant.expiring"
 
 
@@ -51,6 +60,7 @@ class ExpirySummary:
     expired_amount: Decimal = ZERO
     rolled_over: int = 0
     rollover_amount: Decimal = ZERO
+    reservations_ended: int = 0
     replays: int = 0
     nothing_left: int = 0
     failed: int = 0
@@ -72,6 +82,7 @@ class ExpirySummary:
             "expired_amount": format_amount(self.expired_amount),
             "rolled_over": self.rolled_over,
             "rollover_amount": format_amount(self.rollover_amount),
+            "reservations_ended": self.reservations_ended,
             "replays": self.replays,
             "nothing_left": self.nothing_left,
             "failed": self.failed,
@@ -100,8 +111,12 @@ class ExpiryJob:
         bus: Publisher,
         pricing: Pricing,
         page_size: int = 100,
+        reservations: Reservations | None = None,
     ) -> None:
         self.ledger = ledger
+        self.reservations = reservations or Reservations(
+            ledger.repository, ReservationRepository(ledger.repository.client, ledger.repository.table)
+        )
         self.accounts: AccountRepository = ledger.repository
         self.reminders = reminders
         self.bus = bus
@@ -109,27 +124,59 @@ class ExpiryJob:
         self.page_size = page_size
 
     def __call__(self, event: ScheduledEvent, deadline: Deadline) -> ExpirySummary:
-        return self.run(event.now, event.id, deadline, event.continuation)
+        wanted = event.detail.get("phases")
+        phases = tuple(p for p in PHASES if p in wanted) if isinstance(wanted, list) else PHASES
+        return self.run(event.now, event.id, deadline, event.continuation, phases=phases)
 
     def run(
-        self, now: datetime, run_id: str, deadline: Deadline, resume: Continuation | None = None
+        self,
+        now: datetime,
+        run_id: str,
+        deadline: Deadline,
+        resume: Continuation | None = None,
+        phases: tuple[str, ...] = PHASES,
     ) -> ExpirySummary:
         summary = ExpirySummary(now=now, run_id=run_id)
         hop = (resume.hop if resume else 1) + 1  # the invocation number that would continue this run
-        start = PHASES.index(resume.phase) if resume else 0
-        for phase in PHASES[start:]:
+        start = phases.index(resume.phase) if resume and resume.phase in phases else 0
+        for phase in phases[start:]:
             cursor = resume.cursor if resume and phase == resume.phase else None
-            stopped_at = (
-                self._expire(summary, cursor, deadline)
-                if phase == EXPIRE
-                else self._remind(summary, cursor, deadline)
-            )
+            if phase == UNRESERVE:
+                stopped_at = self._unreserve(summary, cursor, deadline)
+            elif phase == EXPIRE:
+                stopped_at = self._expire(summary, cursor, deadline)
+            else:
+                stopped_at = self._remind(summary, cursor, deadline)
             if stopped_at is not None:
                 summary.continuation = Continuation(phase=phase, cursor=stopped_at or None, hop=hop)
                 break
         self._measure(summary)
         logger.info("expiry run", **summary.as_dict())
         return summary
+
+    # ---- phase 0: end lapsed reservations -------------------------------------------------------------------
+    def _unreserve(self, summary: ExpirySummary, cursor: str | None, deadline: Deadline) -> str | None:
+        """None when done; else the cursor to resume with ("" = from the start)."""
+        while True:
+            page = self.reservations.records.due(summary.now, limit=self.page_size, cursor=cursor)
+            for account_id, reservation_id in page.items:
+                if deadline.near():
+                    return cursor or ""
+                try:
+                    ended = self.reservations.expire(account_id, reservation_id, summary.now)
+                except CreditsError as exc:  # stays in the index for the next run
+                    summary.failed += 1
+                    summary.failures.append(f"{reservation_id}: {exc}")
+                    logger.warning("reservation not ended", reservation_id=reservation_id, error=str(exc))
+                    continue
+                if ended is None:
+                    summary.replays += 1
+                else:
+                    summary.reservations_ended += 1
+                    summary.expired_amount += ended.expired
+            if page.next_cursor is None:
+                return None
+            cursor = page.next_cursor
 
     # ---- phase 1: expire ---------------------------------------------------------------------------------
     def _pages(self, before: datetime, cursor: str | None) -> Iterator[tuple[str | None, Page]]:
@@ -260,6 +307,7 @@ class ExpiryJob:
         metrics.add_metric(name="ExpiredGrants", unit=MetricUnit.Count, value=summary.expired)
         metrics.add_metric(name="ExpiredCredits", unit=MetricUnit.Count, value=float(summary.expired_amount))
         metrics.add_metric(name="RolledOverGrants", unit=MetricUnit.Count, value=summary.rolled_over)
+        metrics.add_metric(name="EndedReservations", unit=MetricUnit.Count, value=summary.reservations_ended)
         metrics.add_metric(name="ExpiryReplays", unit=MetricUnit.Count, value=summary.replays)
         metrics.add_metric(name="ExpiryFailures", unit=MetricUnit.Count, value=summary.failed)
         metrics.add_metric(name="ExpiryRemindersSent", unit=MetricUnit.Count, value=summary.reminders_sent)

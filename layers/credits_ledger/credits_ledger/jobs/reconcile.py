@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,14 @@ from credits_ledger.bus import BusEvent, Publisher
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.items import iso
 from credits_ledger.dal.reconcile import BUCKETS, CheckpointMoved, ReconcileRepository
-from credits_ledger.domain.reconcile import Checkpoint, Reconciliation, missing_tail, reconcile
+from credits_ledger.dal.reservations import ReservationRepository
+from credits_ledger.domain.reconcile import (
+    Checkpoint,
+    OpenReservation,
+    Reconciliation,
+    missing_tail,
+    reconcile,
+)
 from credits_ledger.jobs.scheduled import Continuation, Deadline, ScheduledEvent
 from credits_ledger.observability import logger, metrics
 
@@ -73,8 +80,10 @@ class ReconcileJob:
         bus: Publisher,
         sleep: Callable[[float], None] = time.sleep,
         index_lag_retries: int = 3,
+        reservations: ReservationRepository | None = None,
     ) -> None:
         self.accounts = accounts
+        self.reservations = reservations or ReservationRepository(accounts.client, accounts.table)
         self.registry = registry
         self.bus = bus
         self._sleep = sleep
@@ -146,7 +155,20 @@ class ReconcileJob:
             entries = list(
                 self.registry.entries_between(checkpoint.account_id, checkpoint.seq, state.version)
             )
-        result = reconcile(state, checkpoint, entries, summary.now)
+        records = {
+            rid: OpenReservation(r.account_id, r.status.value, r.credits)
+            for rid, r in (
+                self.reservations.get_many(state.reservations) if state.reservations else {}
+            ).items()
+        }
+        ended = [rid for rid, r in records.items() if r.status != "active"]
+        if ended:
+            # ended between the two reads: fine when the account item no longer holds it either
+            fresh = self.accounts.state(checkpoint.account_id, consistent=True)
+            for rid in ended:
+                if rid not in fresh.reservations:
+                    records[rid] = replace(records[rid], status="active")
+        result = reconcile(state, checkpoint, entries, summary.now, records)
         summary.checked += 1
         summary.entries_read += len(entries)
         if result.checkpoint is not None:
