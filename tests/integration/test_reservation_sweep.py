@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from credits_dev.lambda_context import FakeLambdaContext as FakeContext
 from credits_ledger.dal.reservations import ReservationRepository
 from credits_ledger.domain.models import EntryType
 from credits_ledger.domain.reservations import ReservationStatus
@@ -21,7 +22,7 @@ from credits_ledger.jobs import scheduled
 from credits_ledger.ledger import Ledger
 from credits_ledger.pricing import load_pricing
 from credits_ledger.reservations import Reservations, ReserveRequest
-from tests.expiry_helpers import CapturedBus, FakeContext, load_event, load_handler
+from tests.expiry_helpers import CapturedBus, load_event, load_handler
 from tests.ledger_helpers import FakeClock, all_entries, assert_books_balance, make_ledger, spec
 
 D = Decimal

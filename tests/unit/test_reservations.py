@@ -14,6 +14,7 @@ from credits_ledger.domain import reservations as rv
 from credits_ledger.domain import transitions as tr
 from credits_ledger.domain.balance import balance
 from credits_ledger.domain.errors import GrantNotLive, InsufficientCredits
+from credits_ledger.domain.idempotency import reserve_key
 from credits_ledger.domain.models import (
     AccountState,
     Allocation,
@@ -49,9 +50,7 @@ def granted(state: AccountState, grant_id: str, amount: str, **kwargs: object) -
 def reserve(
     state: AccountState, rid: str, amount: str, hours: float = 1, now: datetime = NOW
 ) -> AccountState:
-    return rv.reserve(
-        state, rid, D(amount), now + timedelta(hours=hours), ctx(rv.reserve_key(rid), now)
-    ).state
+    return rv.reserve(state, rid, D(amount), now + timedelta(hours=hours), ctx(reserve_key(rid), now)).state
 
 
 def books(state: AccountState, changes: list[Change], start: Decimal) -> None:

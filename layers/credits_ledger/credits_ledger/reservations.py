@@ -9,8 +9,6 @@ reservation first; the others find it taken and answer from the record (a second
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +20,7 @@ from typing import Any
 from credits_ledger.dal.accounts import AccountRepository, EntryExists, VersionConflict
 from credits_ledger.dal.items import iso, parse_iso
 from credits_ledger.dal.reservations import ReservationRecord, ReservationRepository
+from credits_ledger.domain import idempotency as idem
 from credits_ledger.domain import reservations as rv
 from credits_ledger.domain.balance import balance as balance_of
 from credits_ledger.domain.errors import ConcurrencyConflict, IdempotencyMismatch, InsufficientCredits
@@ -45,17 +44,17 @@ class ReserveRequest:
     metadata: dict[str, str] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
-        """SHA-256 of the canonical request: the same request however spelled; ``expires_in`` included."""
-        canonical = {
-            "customer": self.account_id,
-            "credits": format_amount(self.credits),
-            "meter": self.meter,
-            "quantity": format_amount(self.quantity) if self.quantity is not None else None,
-            "expires_in": self.expires_in,
-            "metadata": sorted(self.metadata.items()),
-        }
-        blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-        return hashlib.sha256(blob.encode("ascii")).hexdigest()
+        """The same request however spelled; ``expires_in`` included (it is part of what was asked)."""
+        return idem.fingerprint(
+            {
+                "customer": self.account_id,
+                "credits": format_amount(self.credits),
+                "meter": self.meter,
+                "quantity": format_amount(self.quantity) if self.quantity is not None else None,
+                "expires_in": self.expires_in,
+                "metadata": sorted(self.metadata.items()),
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ class Reservations:
     # ---- writes ------------------------------------------------------------------------------------------
     def reserve(self, request: ReserveRequest) -> Answer:
         fingerprint = request.fingerprint()
-        key = rv.reserve_key(request.reservation_id)
+        key = idem.reserve_key(request.reservation_id)
         made: dict[str, ReservationRecord] = {}
 
         def decide(state: AccountState, now: datetime) -> tuple[Change, Sequence[dict[str, Any]]]:
@@ -160,7 +159,7 @@ class Reservations:
 
         def decide(state: AccountState, now: datetime) -> tuple[Change, Sequence[dict[str, Any]]]:
             ctx = EntryContext(
-                entry_key=rv.end_key(record.reservation_id), now=now, reference=record.reservation_id
+                entry_key=idem.unreserve_key(record.reservation_id), now=now, reference=record.reservation_id
             )
             ended = rv.capture(state, record.reservation_id, credits, allow_overrun, ctx)
             after = record.ended(
@@ -193,7 +192,7 @@ class Reservations:
         try:
             existing = self._commit(
                 account_id,
-                rv.end_key(reservation_id),
+                idem.unreserve_key(reservation_id),
                 self._release_decision(record, made, sweep=True),
                 now=now,
             )
@@ -210,7 +209,7 @@ class Reservations:
         def decide(state: AccountState, now: datetime) -> tuple[Change, Sequence[dict[str, Any]]]:
             expires_at = now + timedelta(seconds=expires_in)
             ctx = EntryContext(
-                entry_key=rv.extend_key(record.reservation_id, state.version + 1),
+                entry_key=idem.extend_key(record.reservation_id, state.version + 1),
                 now=now,
                 reference=record.reservation_id,
                 metadata={"reservation": record.reservation_id, "expires_at": iso(expires_at)},
@@ -227,7 +226,7 @@ class Reservations:
     ) -> Decide:
         def decide(state: AccountState, now: datetime) -> tuple[Change, Sequence[dict[str, Any]]]:
             ctx = EntryContext(
-                entry_key=rv.end_key(record.reservation_id), now=now, reference=record.reservation_id
+                entry_key=idem.unreserve_key(record.reservation_id), now=now, reference=record.reservation_id
             )
             ended = rv.release(state, record.reservation_id, ctx, sweep=sweep)
             after = record.ended(ended.status, now, released=ended.released, expired=ended.expired)
@@ -243,7 +242,7 @@ class Reservations:
         made: dict[str, ReservationRecord],
         wanted: ReservationStatus,
     ) -> Answer:
-        existing = self._commit(record.account_id, rv.end_key(record.reservation_id), decide)
+        existing = self._commit(record.account_id, idem.unreserve_key(record.reservation_id), decide)
         if existing is None:
             return Answer(made["record"])
         return self._ended_answer(self.records.get(record.reservation_id), wanted)

@@ -84,6 +84,34 @@ def stripe_dispute_key(effect: str, grant_id: str, round_version: int) -> str:
     return f"stripe:{effect}:{grant_id}:{round_version}"
 
 
+# ---- reservations: ids are unique across accounts, so their keys are too --------------------------------
+def reserve_key(reservation_id: str) -> str:
+    """Creating a reservation (its ``reserve`` entry): once per id, whichever account asks."""
+    return f"reserve:{reservation_id}"
+
+
+def extend_key(reservation_id: str, seq: int) -> str:
+    """An extension, keyed by the entry's sequence number: a retry decided on a newer account version is a
+    new extension (it only moves ``expires_at`` again, to now + ``expires_in``)."""
+    return f"reserve:{reservation_id}:extend:{seq}"
+
+
+def capture_key(reservation_id: str) -> str:
+    """The ``debit`` entry of a capture: at most one per reservation."""
+    return f"capture:{reservation_id}"
+
+
+def unreserve_key(reservation_id: str) -> str:
+    """The end of a reservation, written by whichever of capture, release and the sweep comes first: the
+    key that makes a reservation end once."""
+    return f"unreserve:{reservation_id}"
+
+
+def unreserve_expire_key(reservation_id: str) -> str:
+    """Credits a reservation's end gives back to grants already past their expiry, expired at once."""
+    return f"unreserve:{reservation_id}:expire"
+
+
 # ---- fingerprints ----------------------------------------------------------------------------------------
 def _digest(value: object) -> str:
     blob = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)

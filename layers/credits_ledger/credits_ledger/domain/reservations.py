@@ -21,6 +21,11 @@ from enum import StrEnum
 
 from credits_ledger.domain import reserved, spend, transitions
 from credits_ledger.domain.errors import CreditsError
+from credits_ledger.domain.idempotency import (
+    capture_key,
+    unreserve_expire_key,
+    unreserve_key,
+)
 from credits_ledger.domain.models import (
     AccountState,
     Allocation,
@@ -62,26 +67,6 @@ class ReservationNotFound(CreditsError):
 
 class ReservationNotDue(CreditsError):
     """The sweep found the reservation extended past its "now": nothing to do."""
-
-
-def reserve_key(reservation_id: str) -> str:
-    return f"reserve:{reservation_id}"
-
-
-def extend_key(reservation_id: str, seq: int) -> str:
-    return f"reserve:{reservation_id}:extend:{seq}"
-
-
-def capture_key(reservation_id: str) -> str:
-    return f"capture:{reservation_id}"
-
-
-def end_key(reservation_id: str) -> str:
-    return f"unreserve:{reservation_id}"
-
-
-def end_expire_key(reservation_id: str) -> str:
-    return f"unreserve:{reservation_id}:expire"
 
 
 @dataclass(frozen=True)
@@ -239,7 +224,7 @@ def _end(
     released = sum((a.amount for a in given_back), ZERO)
     end_ctx = replace(
         ctx,
-        entry_key=end_key(reservation_id),
+        entry_key=unreserve_key(reservation_id),
         metadata={**ctx.metadata, "reservation": reservation_id, "ended": status.value},
     )
     entry = transitions._entry(state, end_ctx, EntryType.UNRESERVE, ZERO, given_back)
@@ -265,7 +250,7 @@ def _end(
     expired = sum((a.amount for a in expiring), ZERO)
     if expiring:
         expire_ctx = replace(
-            ctx, entry_key=end_expire_key(reservation_id), metadata={"reservation": reservation_id}
+            ctx, entry_key=unreserve_expire_key(reservation_id), metadata={"reservation": reservation_id}
         )
         entry = transitions._entry(current, expire_ctx, EntryType.EXPIRE, -expired, expiring)
         changes.append(transitions._apply(current, entry, grants, closed=tuple(closed)))
