@@ -145,7 +145,7 @@ def test_a_batch_writes_each_account_once(api: Api, monkeypatch: pytest.MonkeyPa
     customers = [f"cus_{n}" for n in range(10)]
     for customer in customers:
         api.grant(customer, "100")
-    repository = api.module.ledger().repository
+    repository = api.ledger().repository
     commits: list[int] = []
     original = repository.commit
 
@@ -170,7 +170,7 @@ def test_an_account_with_too_many_concurrent_writers_gets_its_events_rate_limite
     # Given two accounts, and one whose writes keep conflicting
     api.grant("cus_A", "5")
     api.grant("cus_B", "5")
-    ledger = api.module.ledger()
+    ledger = api.ledger()
     original = ledger.debit_many
 
     def contended(customer: str, requests: Any) -> Any:

@@ -103,7 +103,7 @@ def test_too_many_concurrent_writers_is_429_with_retry_after(
     def give_up(*args: Any, **kwargs: Any) -> Any:
         raise ConcurrencyConflict("account cus_A: gave up after 60 conflicting writes")
 
-    monkeypatch.setattr(api.module.ledger(), "debit_many", give_up)
+    monkeypatch.setattr(api.ledger(), "debit_many", give_up)
     reply = api.usage()
     assert reply.status == 429
     assert reply.error["code"] == "rate_limited"
@@ -130,7 +130,7 @@ def test_an_unexpected_error_is_500_with_the_request_id_and_no_detail(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret internal detail at /var/task/credits_ledger/dal/accounts.py")
 
-    monkeypatch.setattr(api.module.ledger(), "balance", broken)
+    monkeypatch.setattr(api.ledger(), "balance", broken)
     # When the balance is read
     event = api.event("balance")
     reply = api.invoke(event)

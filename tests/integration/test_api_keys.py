@@ -9,6 +9,7 @@ from typing import Any
 import boto3
 import pytest
 
+from credits_ledger.api import deps
 from credits_ledger.auth import Unauthorized
 from credits_ledger.keys import CACHE_SECONDS, KeyService
 from tests.integration.test_api_support import NO_KEY, Api
@@ -18,7 +19,7 @@ pytest_plugins = ["tests.integration.test_api_support"]
 
 def _table_items(api: Api) -> list[dict[str, Any]]:
     client = boto3.client("dynamodb", region_name="us-east-1")
-    return client.scan(TableName=api.module.ledger().repository._table)["Items"]
+    return client.scan(TableName=api.ledger().repository._table)["Items"]
 
 
 def test_sample_key_creation_returns_the_key_once_and_stores_only_its_hash(api: Api) -> None:
@@ -84,9 +85,7 @@ def test_a_revocation_elsewhere_is_seen_within_the_cache_time(api: Api) -> None:
     # Given a key verified by one Lambda instance (with a controllable clock)
     key = api.issue_key(["balance:read"])
     now = [1000.0]
-    service = KeyService(
-        api.module.key_service().repository, bootstrap=lambda: None, monotonic=lambda: now[0]
-    )
+    service = KeyService(api.key_service().repository, bootstrap=lambda: None, monotonic=lambda: now[0])
     assert service.verify(key).key_id == key.split("_")[1]
     # When another instance revokes it
     api.call("api_key_revoke", path=f"/v1/api-keys/{key.split('_')[1]}")
@@ -167,7 +166,7 @@ def test_bootstrap_admin_key_from_an_ssm_securestring(api: Api, monkeypatch: pyt
     monkeypatch.delenv("CREDITS_ADMIN_KEY")
     monkeypatch.setenv("ADMIN_KEY_PARAMETER", "/credits/admin-api-key")
     parameters.clear_caches()
-    api.module.key_service.cache_clear()
+    deps.key_service.cache_clear()
     try:
         # Then that key is an admin key, and the local one is not
         assert api.grant("cus_A", "5", key="ssm-admin-key-0123456789").status == 201

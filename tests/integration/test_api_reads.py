@@ -33,7 +33,7 @@ def test_balance_splits_available_by_category_and_shows_held_pending_and_next_ex
     api.grant("cus_A", "25.5", category="promotional")
     api.grant("cus_A", "7", effective_at=_iso(timedelta(days=1)))
     held = api.grant("cus_A", "3").body["id"]
-    api.module.ledger().hold(held, key=f"hold:{held}")
+    api.ledger().hold(held, key=f"hold:{held}")
     # When the balance is read
     body = api.balance("cus_A").body
     # Then available is what can be spent now, split by category; the rest is held or pending

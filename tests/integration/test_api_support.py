@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 
 from credits_dev.lambda_context import FakeLambdaContext
+from credits_ledger.api import deps
+from credits_ledger.keys import KeyService
+from credits_ledger.ledger import Ledger
 from credits_ledger.pricing import load_pricing
 from tools.gen_openapi import load_api_app
 
@@ -104,6 +107,15 @@ class Api:
     def call(self, name: str, **overrides: Any) -> Reply:
         return self.invoke(self.event(name, **overrides))
 
+    # ---- the handler's dependencies -----------------------------------------------------------------------
+    @staticmethod
+    def ledger() -> Ledger:
+        return deps.ledger()
+
+    @staticmethod
+    def key_service() -> KeyService:
+        return deps.key_service()
+
     # ---- conveniences ------------------------------------------------------------------------------------
     def grant(self, customer: str, amount: str, key: str = ADMIN_KEY, **fields: Any) -> Reply:
         reply = self.call(
@@ -142,7 +154,7 @@ class Api:
 
     def ledger_snapshot(self, *customers: str) -> dict[str, Any]:
         """What a rejected request must not change: each account's state item and ledger length."""
-        ledger = self.module.ledger()
+        ledger = self.ledger()
         return {
             customer: (
                 ledger.repository.state(customer, consistent=True),
@@ -171,12 +183,11 @@ def api(moto_tables: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
     monkeypatch.setenv("CREDITS_ADMIN_KEY", ADMIN_KEY)
     monkeypatch.delenv("ADMIN_KEY_PARAMETER", raising=False)
     module = load_api_app()
-    _reset(module)
+    _reset()
     yield Api(module)
-    _reset(module)
+    _reset()
 
 
-def _reset(module: ModuleType) -> None:
-    module.ledger.cache_clear()
-    module.key_service.cache_clear()
+def _reset() -> None:
+    deps.reset()
     load_pricing.cache_clear()

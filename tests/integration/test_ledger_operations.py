@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.accounts import InvalidCursor
 from credits_ledger.domain.errors import (
     ConcurrencyConflict,
     GrantNotDue,
     GrantNotFound,
     IdempotencyMismatch,
     InsufficientCredits,
+    InvalidCursor,
     InvalidGrant,
     InvalidTransition,
 )

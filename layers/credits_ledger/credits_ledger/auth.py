@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from credits_ledger.domain.errors import CreditsError
+from credits_ledger.domain.errors import CreditsError, NotFound
 
 KEY_PREFIX = "ck"
 BOOTSTRAP_KEY_ID = "bootstrap"
@@ -149,7 +149,9 @@ def customers_from(values: Collection[str] | None) -> frozenset[str] | None:
     return None if values is None else frozenset(values)
 
 
-class ApiKeyNotFound(CreditsError):
+class ApiKeyNotFound(NotFound):
+    what = "API key"
+
     def __init__(self, key_id: str) -> None:
         super().__init__(f"API key {key_id} does not exist")
         self.key_id = key_id

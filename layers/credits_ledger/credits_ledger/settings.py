@@ -15,20 +15,15 @@ from typing import Any
 
 from credits_ledger.dal.items import iso
 from credits_ledger.dal.settings import AccountSettings, AccountSettingsRepository, StaleSettingsWrite
-from credits_ledger.domain.errors import CreditsError
+from credits_ledger.domain.errors import InvalidField
 from credits_ledger.domain.money import InvalidAmount, format_amount, parse_amount
 from credits_ledger.pricing import Pricing, load_pricing
 
 KNOWN_KEYS = frozenset({"low_balance_threshold"})
 
 
-class InvalidSettings(CreditsError):
-    """422 invalid_request; ``field`` names the offending key."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+class InvalidSettings(InvalidField):
+    """A settings body the domain rejects; ``field`` names the offending key."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from credits_ledger.api.errors import error_body, field_name, message_of
 from credits_ledger.api_models import (
     AllocationView,
     ErrorBody,
@@ -26,25 +27,15 @@ from credits_ledger.api_models import (
 from credits_ledger.auth import Forbidden
 from credits_ledger.dal.items import iso
 from credits_ledger.domain import idempotency
-from credits_ledger.domain.errors import (
-    ConcurrencyConflict,
-    CreditsError,
-    IdempotencyMismatch,
-    InsufficientCredits,
-)
+from credits_ledger.domain.errors import ConcurrencyConflict, InvalidField
 from credits_ledger.domain.models import LedgerEntry
 from credits_ledger.domain.money import format_amount, round_up
 from credits_ledger.ledger import DebitRequest, DebitResult, Ledger, Outcome
 from credits_ledger.pricing import Pricing, load_pricing
 
 
-class InvalidUsage(CreditsError):
-    """A usage event the pricing cannot price (unknown meter): HTTP 422 naming the field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+class InvalidUsage(InvalidField):
+    """A usage event the pricing cannot price (unknown meter)."""
 
 
 def entry_key(event: UsageRequest) -> str:
@@ -108,41 +99,12 @@ def record_usage(ledger: Ledger, event: UsageRequest, pricing: Pricing | None = 
 
 
 # ---- batches ---------------------------------------------------------------------------------------------
-def _error(code: str, message: str, details: list[ErrorDetail] | None = None) -> ErrorBody:
-    return ErrorBody(code=code, message=message, details=details)
-
-
-def error_of(exc: CreditsError) -> ErrorBody:
-    """The API error of a domain error, as a batch result reports it."""
-    if isinstance(exc, InsufficientCredits):
-        return _error("insufficient_credits", "not enough credits available")
-    if isinstance(exc, IdempotencyMismatch):
-        return _error("idempotency_mismatch", "this id was already used with a different request")
-    if isinstance(exc, InvalidUsage):
-        detail = ErrorDetail(field=exc.field, message=exc.message)
-        return _error("invalid_request", f"{exc.field}: {exc.message}", [detail])
-    if isinstance(exc, Forbidden):
-        return _error("forbidden", exc.message)
-    if isinstance(exc, ConcurrencyConflict):
-        return _error("rate_limited", "too many concurrent writes on this account; retry")
-    return _error("invalid_request", "the event was rejected")
-
-
-def validation_details(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[ErrorDetail]:
+def validation_details(exc: ValidationError) -> list[ErrorDetail]:
     """Each failed field by its dotted location, with pydantic's message (no input echoed)."""
-    details: list[ErrorDetail] = []
-    for error in exc.errors(include_url=False, include_input=False):
-        details.append(ErrorDetail(field=field_name((*prefix, *error["loc"])), message=message_of(error)))
-    return details
-
-
-def field_name(loc: Sequence[str | int]) -> str:
-    return ".".join(str(part) for part in loc) or "body"
-
-
-def message_of(error: Any) -> str:
-    message = str(error.get("msg", "is invalid"))
-    return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return [
+        ErrorDetail(field=field_name(error["loc"]), message=message_of(error))
+        for error in exc.errors(include_url=False, include_input=False)
+    ]
 
 
 @dataclass(frozen=True)
@@ -162,9 +124,13 @@ def _judge(index: int, raw: Any, authorize: Callable[[str], None], pricing: Pric
         return _Judged(index, usage_id, event, debit_request(event, pricing))
     except ValidationError as exc:
         details = validation_details(exc)
-        return _Judged(index, usage_id, error=_error("invalid_request", "the event is invalid", details))
+        return _Judged(
+            index,
+            usage_id,
+            error=ErrorBody(code="invalid_request", message="the event is invalid", details=details),
+        )
     except (Forbidden, InvalidUsage) as exc:
-        return _Judged(index, usage_id, error=error_of(exc))
+        return _Judged(index, usage_id, error=error_body(exc))
 
 
 def _result(judged: _Judged, outcome: DebitResult | None) -> UsageBatchResult:
@@ -172,7 +138,7 @@ def _result(judged: _Judged, outcome: DebitResult | None) -> UsageBatchResult:
         return UsageBatchResult(id=judged.usage_id, status="rejected", error=judged.error)
     assert outcome is not None
     if outcome.error is not None:
-        return UsageBatchResult(id=judged.usage_id, status="rejected", error=error_of(outcome.error))
+        return UsageBatchResult(id=judged.usage_id, status="rejected", error=error_body(outcome.error))
     assert outcome.outcome is not None
     return UsageBatchResult(id=judged.usage_id, status="replayed" if outcome.outcome.replayed else "debited")
 

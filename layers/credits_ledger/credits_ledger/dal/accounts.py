@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError, ParamValidationError
 
 from credits_ledger.dal import items as it
 from credits_ledger.dal.client import dynamodb_client, table_name
-from credits_ledger.domain.errors import CreditsError, GrantNotFound, InvalidGrant
+from credits_ledger.domain.errors import CreditsError, GrantNotFound, InvalidCursor, InvalidGrant
 from credits_ledger.domain.models import TERMINAL_STATUSES, AccountState, Change, Grant, LedgerEntry
 
 LEDGER_INDEX = "LedgerByAccount"
@@ -79,11 +79,6 @@ def _decode_cursor(cursor: str | None) -> dict[str, Any] | None:
     if not isinstance(key, dict):
         raise InvalidCursor()
     return key
-
-
-class InvalidCursor(CreditsError):
-    def __init__(self) -> None:
-        super().__init__("cursor is not one this API returned")
 
 
 class AccountRepository:

@@ -25,7 +25,15 @@ class IdempotencyMismatch(CreditsError):
         self.key = key
 
 
-class GrantNotFound(CreditsError):
+class NotFound(CreditsError):
+    """No such resource (HTTP 404); ``what`` names its kind for the message ("grant", "API key")."""
+
+    what = "resource"
+
+
+class GrantNotFound(NotFound):
+    what = "grant"
+
     def __init__(self, grant_id: str) -> None:
         super().__init__(f"grant {grant_id} does not exist")
         self.grant_id = grant_id
@@ -46,11 +54,24 @@ class GrantNotDue(CreditsError):
         self.grant_id = grant_id
 
 
-class InvalidGrant(CreditsError):
+class InvalidField(CreditsError):
+    """A request field the domain rejects (HTTP 422 naming ``field``)."""
+
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class InvalidGrant(InvalidField):
+    """A grant request the domain rejects (amount, dates, priority)."""
+
+
+class InvalidCursor(CreditsError):
+    """A list cursor this API did not hand out (HTTP 400)."""
+
+    def __init__(self) -> None:
+        super().__init__("cursor is not one this API returned")
 
 
 class ConcurrencyConflict(CreditsError):

@@ -1,0 +1,67 @@
+"""What every route needs: the request body parser, the ledger and key service (created on first use, reused
+while the Lambda instance lives), the verified caller, and the 201-or-replay answer."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from functools import cache
+from http import HTTPStatus
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
+from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
+
+from credits_ledger.api.errors import MAX_BODY_BYTES, PayloadTooLarge
+from credits_ledger.auth import Principal, bearer_token
+from credits_ledger.dal.accounts import AccountRepository
+from credits_ledger.dal.api_keys import ApiKeyRepository
+from credits_ledger.keys import KeyService
+from credits_ledger.ledger import Ledger
+
+
+def parse_json_body(body: str) -> Any:
+    """JSON numbers become Decimal (never float); anything unparsable is a JSONDecodeError (400)."""
+    if len(body.encode("utf-8", errors="surrogatepass")) > MAX_BODY_BYTES:
+        raise PayloadTooLarge()
+    try:
+        return json.loads(body, parse_float=Decimal)
+    except json.JSONDecodeError:
+        raise
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits, deep nesting
+        raise json.JSONDecodeError("unparsable JSON", body, 0) from exc
+
+
+def new_router() -> APIGatewayHttpRouter:
+    """A Router for one area's routes (``credits_ledger.api.routes``); typed, unlike Powertools' constructor."""
+    return APIGatewayHttpRouter()  # type: ignore[no-untyped-call]
+
+
+@cache
+def ledger() -> Ledger:
+    return Ledger(AccountRepository())
+
+
+@cache
+def key_service() -> KeyService:
+    return KeyService(ApiKeyRepository())
+
+
+def reset() -> None:
+    """Forget the cached dependencies (tests bind them to fresh tables and settings)."""
+    ledger.cache_clear()
+    key_service.cache_clear()
+
+
+def caller() -> Principal:
+    """The verified API key of the current request; Unauthorized (401) otherwise."""
+    headers = BaseRouter.current_event.headers
+    return key_service().verify(bearer_token(headers.get("authorization")))
+
+
+def replayable(body: Any, replayed: bool) -> Response[Any]:
+    """201 with the answer, or 200 with the first answer and ``Idempotent-Replayed: true``."""
+    if replayed:
+        return Response(HTTPStatus.OK, content_types.APPLICATION_JSON, body, {"Idempotent-Replayed": "true"})
+    return Response(HTTPStatus.CREATED, content_types.APPLICATION_JSON, body)
