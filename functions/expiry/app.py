@@ -1,4 +1,4 @@
-"""ExpiryFunction: the nightly expiry run (CONTRACT.md section 5), then expiry reminders.
+"""ExpiryFunction: the nightly expiry run (docs/api.md section 5), then expiry reminders.
 
 Input: the EventBridge Scheduled Event (template.yaml's ScheduleV2 sends one, ``time`` = the scheduled
 time, which is the run's "now"). Near the deadline it stops cleanly and re-invokes itself asynchronously with

@@ -1,6 +1,6 @@
 """ExpiryFunction end to end on moto: the handler invoked in-process with events/expiry/scheduled.json.
 
-Covers CONTRACT.md section 5 (expire what is due as of the event's time, safe twice, safe with concurrent
+Covers docs/api.md section 5 (expire what is due as of the event's time, safe twice, safe with concurrent
 changes), resuming after a simulated deadline, expiry reminders (once per grant per threshold) and rollover
 atomicity.
 """

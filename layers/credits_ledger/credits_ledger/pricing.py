@@ -1,4 +1,4 @@
-"""Pricing configuration (CONTRACT.md section 2): meters and credit packs from a TOML file.
+"""Pricing configuration (docs/api.md section 2): meters and credit packs from a TOML file.
 
 The file ships with the functions (``config/pricing.toml`` beside the handler, or the repo's
 ``config/pricing.toml``); ``CREDITS_PRICING_FILE`` names another one.

@@ -1,6 +1,6 @@
 """Reconciliation of one account: its state item against its ledger, incrementally from a checkpoint.
 
-Pure. The invariants (CONTRACT.md section 1): the balance on the account equals the sum of its ledger
+Pure. The invariants (docs/api.md section 1): the balance on the account equals the sum of its ledger
 amounts and the sum of its live grants' remaining credits; ``version`` equals the number of entries (seq
 1..version, no gap, no duplicate); every entry's ``balance_after`` continues the running sum; no live grant
 is below zero; reserved credits match the open reservations (every pin on a live grant, what holds on a grant

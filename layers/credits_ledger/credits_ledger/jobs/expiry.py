@@ -1,4 +1,4 @@
-"""The nightly expiry run (CONTRACT.md section 5): end lapsed reservations, expire what is due, then send expiry
+"""The nightly expiry run (docs/api.md section 5): end lapsed reservations, expire what is due, then send expiry
 reminders.
 
 Phase ``unreserve`` (also run alone every few minutes: ``detail.phases = ["unreserve"]``): page through the
