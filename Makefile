@@ -4,6 +4,8 @@
 #                   sam build, pytest
 #   make build      `sam build` (python3.13, arm64, no Docker) into .aws-sam/build, then the package sizes
 #   make pytest PYTEST_ARGS='-k ledger -x'
+#   make unit       the fast loop: pure logic and the CLI, no AWS emulation (seconds)
+#   make integration  handlers and data access in-process on moto
 #
 # Environments (each rebuilt only when its pin files change, tracked by a stamp file):
 #   .venv         Python 3.13 app + test env: requirements/dev.txt (+ layer pins) and `pip install -e .`
@@ -16,10 +18,16 @@ SHELL := /bin/bash
 .DELETE_ON_ERROR:
 MAKEFLAGS += --no-builtin-rules
 
-# First interpreter that really runs and is >= 3.11: python3.13 on PATH (a pyenv shim may exist but fail),
-# then pyenv's 3.13, then python3.  Override with `make PYTHON=/path/to/python`.
+# Python 3.13 wherever this machine keeps it, without naming a home directory: python3.13 on PATH (a pyenv
+# shim may exist but fail when 3.13 is not pyenv's global version), then the 3.13 of pyenv's own root
+# (`pyenv root`) and of uv's managed Pythons (`uv python find`), else python3.12, python3.11, python3.
+PYTHON313_CANDIDATES := $(shell command -v python3.13 2>/dev/null; \
+	command -v pyenv >/dev/null 2>&1 && ls -d "$$(pyenv root)"/versions/3.13*/bin/python3.13 2>/dev/null; \
+	command -v uv >/dev/null 2>&1 && uv python find 3.13 2>/dev/null; true)
+
+# First interpreter that really runs and is >= 3.11.  Override with `make PYTHON=/path/to/python`.
 ifeq ($(origin PYTHON),undefined)
-PYTHON := $(shell for p in python3.13 /root/.pyenv/versions/3.13*/bin/python "$$HOME"/.pyenv/versions/3.13*/bin/python python3; do \
+PYTHON := $(shell for p in $(PYTHON313_CANDIDATES) python3.12 python3.11 python3; do \
 	  if "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then \
 	    "$$p" -c 'import sys; print(sys.executable)'; break; fi; done)
 endif
@@ -38,11 +46,10 @@ LINT_PATHS   = $(wildcard layers functions credits_dev tests tools)
 PYTEST_ARGS ?=
 
 # `sam build` (BuildMethod python3.13) looks for an executable named python3.13 on PATH and needs it to run:
-# the first directory holding a working 3.13 (the pyenv shim on PATH may exist but fail).
+# the first directory of the candidates above holding a working 3.13.
 # Override with `make build SAM_PYTHON_DIR=/path/to/bin`.
 ifeq ($(origin SAM_PYTHON_DIR),undefined)
-SAM_PYTHON_DIR := $(shell for p in $$(command -v python3.13 2>/dev/null) /root/.pyenv/versions/3.13*/bin/python3.13 \
-	  "$$HOME"/.pyenv/versions/3.13*/bin/python3.13 /usr/local/bin/python3.13 /usr/bin/python3.13; do \
+SAM_PYTHON_DIR := $(shell for p in $(PYTHON313_CANDIDATES); do \
 	  if "$$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' >/dev/null 2>&1; then \
 	    dirname "$$p"; break; fi; done)
 endif
@@ -54,11 +61,11 @@ AWS_OFFLINE_ENV := env -u AWS_PROFILE SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-
 	AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_SESSION_TOKEN=testing
 
 .PHONY: help venv tools node_modules lint format typecheck cfn-lint sam-validate sam-build build package-sizes \
-	pytest test bench dev clean
+	pytest unit integration test bench dev clean
 
 help:
 	@echo "targets: venv tools node_modules lint format typecheck cfn-lint sam-validate sam-build build package-sizes"
-	@echo "         pytest test bench dev clean"
+	@echo "         pytest unit integration test bench dev clean"
 	@echo "python:  $(or $(PYTHON),<none found>)"
 
 # ---------------------------------------------------------------------------------------------------------
@@ -111,8 +118,18 @@ sam-validate: $(TOOLS_STAMP)
 	@if [ ! -f "$(TEMPLATE)" ]; then echo ">> sam validate: no $(TEMPLATE) yet, skipped"; exit 0; fi; \
 	$(AWS_OFFLINE_ENV) $(TOOLS_VENV)/bin/sam validate --lint --region us-east-1 --template-file $(TEMPLATE)
 
+# Coverage of the deployed code and the dev tooling, reported after the run (term, files not fully covered).
+COVERAGE_ARGS := --cov=layers/credits_ledger/credits_ledger --cov=functions --cov=credits_dev \
+	--cov-report=term-missing:skip-covered
+
 pytest: $(VENV_STAMP) $(NODE_STAMP)
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(COVERAGE_ARGS) $(PYTEST_ARGS)
+
+unit: $(VENV_STAMP)
+	$(VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: $(VENV_STAMP) $(NODE_STAMP)
+	$(VENV)/bin/python -m pytest tests/integration $(PYTEST_ARGS)
 
 # No Docker: pip fetches manylinux aarch64 wheels for the layer's pins (PyPI must be reachable, or pip's cache
 # warm). --cached skips unchanged code (the source hash follows symlinks, so config/pricing.toml counts).

@@ -114,7 +114,7 @@ class Api:
             all_headers["Authorization"] = f"Bearer {self.key}"
         request = urllib.request.Request(url, data=data, method=method, headers=all_headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310 - http(s) only
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # http(s) only
                 return self._response(answer.status, dict(answer.headers), answer.read())
         except urllib.error.HTTPError as exc:
             return self._response(exc.code, dict(exc.headers or {}), exc.read())

@@ -65,30 +65,36 @@ def _match_one(rule: Any, value: Any) -> bool:
     if "wildcard" in rule:
         return isinstance(value, str) and fnmatch.fnmatchcase(value, str(rule["wildcard"]))
     if "anything-but" in rule:
-        but = rule["anything-but"]
-        if isinstance(but, Mapping):
-            if "prefix" in but:
-                return not (isinstance(value, str) and value.startswith(str(but["prefix"])))
-            if "suffix" in but:
-                return not (isinstance(value, str) and value.endswith(str(but["suffix"])))
-            return True
-        return value not in (but if isinstance(but, list) else [but])
+        return _anything_but(rule["anything-but"], value)
     if "numeric" in rule:
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                return False
-        ops = rule["numeric"]
-        for op, bound in zip(ops[::2], ops[1::2], strict=False):
-            ok = {
-                "=": value == bound,
-                ">": value > bound,
-                ">=": value >= bound,
-                "<": value < bound,
-                "<=": value <= bound,
-            }.get(op, False)
-            if not ok:
-                return False
-        return True
+        return _numeric(rule["numeric"], value)
     return False
+
+
+def _anything_but(but: Any, value: Any) -> bool:
+    if isinstance(but, Mapping):
+        if "prefix" in but:
+            return not (isinstance(value, str) and value.startswith(str(but["prefix"])))
+        if "suffix" in but:
+            return not (isinstance(value, str) and value.endswith(str(but["suffix"])))
+        return True
+    return value not in (but if isinstance(but, list) else [but])
+
+
+def _numeric(ops: Any, value: Any) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return False
+    for op, bound in zip(ops[::2], ops[1::2], strict=False):
+        ok = {
+            "=": value == bound,
+            ">": value > bound,
+            ">=": value >= bound,
+            "<": value < bound,
+            "<=": value <= bound,
+        }.get(op, False)
+        if not ok:
+            return False
+    return True

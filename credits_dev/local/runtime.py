@@ -186,7 +186,7 @@ class FunctionRuntime:
             try:
                 self.handler(fn)
                 out[fn.logical_id] = None
-            except Exception as exc:  # noqa: BLE001 - reported, retried on first invoke
+            except Exception as exc:  # reported, retried on first invoke
                 out[fn.logical_id] = f"{exc.__class__.__name__}: {exc}"
         return out
 
@@ -204,7 +204,7 @@ class FunctionRuntime:
         with self._slot(fn):
             try:
                 handler = self.handler(fn)
-            except Exception as exc:  # noqa: BLE001 - Lambda reports an init error
+            except Exception as exc:  # Lambda reports an init error
                 invocation.error = _error(exc, "Runtime.ImportModuleError", request_id)
                 self.log(f"{fn.logical_id}: cannot load {fn.handler}: {exc}")
                 return invocation
@@ -226,7 +226,7 @@ class FunctionRuntime:
                     else:
                         invocation.error = _error(exc, None, request_id)
                         self.log(f"{fn.logical_id} raised:\n{traceback.format_exc()}")
-                except Exception as exc:  # noqa: BLE001 - the function failed: Lambda's error answer
+                except Exception as exc:  # the function failed: Lambda's error answer
                     invocation.error = _error(exc, None, request_id)
                     self.log(f"{fn.logical_id} raised:\n{traceback.format_exc()}")
         invocation.duration_ms = (time.monotonic() - started) * 1000

@@ -205,7 +205,7 @@ class Scheduler:
             self.log(f"schedule {fn.logical_id}.{schedule.name} fires ({when:%Y-%m-%dT%H:%M:%SZ})")
             try:
                 self.invoke(fn, event_for(fn, schedule, when))
-            except Exception as exc:  # noqa: BLE001 - keep the schedule alive
+            except Exception as exc:  # keep the schedule alive
                 self.log(f"schedule {fn.logical_id}.{schedule.name}: {exc}")
             now = when
 

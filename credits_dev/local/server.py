@@ -47,13 +47,13 @@ class RequestHandler(BaseHTTPRequestHandler):
     server_version = "credits-local"
     server: LocalServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - access lines are logged below
+    def log_message(self, format: str, *args: Any) -> None:  # access lines are logged below
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._dispatch()
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = do_GET  # noqa: N815
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = do_GET
 
     # -- plumbing ------------------------------------------------------------------------------------------
     def _read_body(self) -> bytes | None:
@@ -166,7 +166,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             stack.access_log(method, self.path, function.logical_id, response.status, started)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        except Exception as exc:  # noqa: BLE001 - never kill the server thread; answer like API Gateway
+        except Exception as exc:  # never kill the server thread; answer like API Gateway
             stack.log(f"local stack error on {method} {self.path}: {exc.__class__.__name__}: {exc}")
             self._send(internal_error())
 

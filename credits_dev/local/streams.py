@@ -134,7 +134,7 @@ class StreamPoller:
         try:
             client = _streams_client(self.endpoint)
             arn = self.ddb.describe_table(TableName=self.table_name)["Table"].get("LatestStreamArn")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.log(f"stream {self.label}: cannot read the stream of {self.table_name}: {exc}")
             return
         if not arn:
@@ -150,7 +150,7 @@ class StreamPoller:
                 self._discover(client, arn, first)
                 first = "TRIM_HORIZON"
                 busy = self._poll(client, arn)
-            except Exception as exc:  # noqa: BLE001 - the engine may be restarting: retry later
+            except Exception as exc:  # the engine may be restarting: retry later
                 self.log(f"stream {self.label}: {exc.__class__.__name__}: {exc}")
                 busy = False
                 self.stopping.wait(2)
@@ -183,7 +183,7 @@ class StreamPoller:
                         SequenceNumber=after,
                     )["ShardIterator"]
                     continue
-                except Exception as exc:  # noqa: BLE001 - trimmed or unknown: from the oldest record kept
+                except Exception as exc:  # trimmed or unknown: from the oldest record kept
                     self.log(f"stream {self.label}: cannot resume shard {shard_id} ({exc}); from its start")
                     kind = "TRIM_HORIZON"
             if closed and kind == "LATEST":

@@ -64,7 +64,7 @@ CfnLoader.add_multi_constructor("!", _construct_tag)
 def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.load(handle, Loader=CfnLoader)  # noqa: S506 - a SafeLoader subclass
+            data = yaml.load(handle, Loader=CfnLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise TemplateError(f"{path} is not valid YAML: {exc}") from exc
     except OSError as exc:

@@ -110,7 +110,7 @@ def test_expiry_racing_debits_and_itself_never_spends_and_expires_the_same_credi
                 amount = D(rng.choice(["0.5", "1", "1.25", "2", "3.333333"]))
                 with contextlib.suppress(InsufficientCredits, ConcurrencyConflict):
                     ledger.debit(account, DebitRequest(key=f"t{thread}-{i}", amount=amount))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     def expiry(copy: int) -> None:
@@ -125,7 +125,7 @@ def test_expiry_racing_debits_and_itself_never_spends_and_expires_the_same_credi
         start.wait()
         try:
             summaries.append(job.run(RUN_AT, f"run-{copy}", Deadline(None)))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     # When four debit threads and two copies of the expiry job run at the same time

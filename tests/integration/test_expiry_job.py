@@ -310,7 +310,7 @@ def test_a_reminder_that_could_not_be_published_is_sent_by_the_next_run(env: Env
     env.grant("cus_a", "g5", "10", RUN_AT + timedelta(days=5))
 
     class RejectingEvents:
-        def put_events(self, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+        def put_events(self, Entries: list[dict[str, Any]]) -> dict[str, Any]:
             return {
                 "FailedEntryCount": len(Entries),
                 "Entries": [{"ErrorCode": "InternalFailure"}] * len(Entries),

@@ -248,7 +248,7 @@ def test_a_failed_publish_fails_the_record_and_the_rest_of_the_batch_for_a_retry
     calls: list[int] = []
 
     class FailSecondCall:
-        def put_events(self, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+        def put_events(self, Entries: list[dict[str, Any]]) -> dict[str, Any]:
             calls.append(len(Entries))
             if len(calls) == 2:
                 return {"FailedEntryCount": 1, "Entries": [{"ErrorCode": "ThrottlingException"}]}

@@ -140,7 +140,7 @@ def test_replay_after_the_fix_grants_once(
 
 def test_table_from_the_stack_output() -> None:
     class Stub:
-        def describe_stacks(self, StackName: str) -> dict[str, Any]:  # noqa: N803 (boto3's argument name)
+        def describe_stacks(self, StackName: str) -> dict[str, Any]:  # boto3's argument name
             assert StackName == "credits-prod"
             outputs = [
                 {"OutputKey": "ApiUrl", "OutputValue": "https://x"},

@@ -141,26 +141,32 @@ def function_has_failure_destination(resource: dict[str, Any]) -> bool:
     return bool(on_failure) or bool(props.get("DeadLetterQueue"))
 
 
+def _serverless_function_destinations(
+    resource: dict[str, Any], props: dict[str, Any], base: list[str | int]
+) -> Iterator[tuple[list[str | int], Any]]:
+    on_failure = dig(props, "EventInvokeConfig", "DestinationConfig", "OnFailure")
+    if isinstance(on_failure, dict) and on_failure.get("Type") in (None, "SQS"):
+        yield [*base, "EventInvokeConfig"], on_failure.get("Destination")
+    dlq = props.get("DeadLetterQueue")
+    if isinstance(dlq, dict) and dlq.get("Type") == "SQS":
+        yield [*base, "DeadLetterQueue"], dlq.get("TargetArn")
+    for event_name, _, event_props in function_events(resource):
+        path: list[str | int] = [*base, "Events", event_name, "Properties"]
+        dead_letter = event_props.get("DeadLetterConfig")
+        if isinstance(dead_letter, dict):
+            yield [*path, "DeadLetterConfig"], dead_letter.get("Arn")
+        destination = dig(event_props, "DestinationConfig", "OnFailure")
+        if isinstance(destination, dict) and destination.get("Type") in (None, "SQS"):
+            yield [*path, "DestinationConfig"], destination.get("Destination")
+
+
 def failure_destinations(cfn: Any) -> Iterator[tuple[list[str | int], Any]]:
     """(path, value) of every place that names a DLQ or on-failure destination."""
     for name, resource in resources(cfn):
         kind, props = resource.get("Type"), properties(resource)
         base: list[str | int] = ["Resources", name, "Properties"]
         if kind == "AWS::Serverless::Function":
-            on_failure = dig(props, "EventInvokeConfig", "DestinationConfig", "OnFailure")
-            if isinstance(on_failure, dict) and on_failure.get("Type") in (None, "SQS"):
-                yield [*base, "EventInvokeConfig"], on_failure.get("Destination")
-            dlq = props.get("DeadLetterQueue")
-            if isinstance(dlq, dict) and dlq.get("Type") == "SQS":
-                yield [*base, "DeadLetterQueue"], dlq.get("TargetArn")
-            for event_name, _, event_props in function_events(resource):
-                path: list[str | int] = [*base, "Events", event_name, "Properties"]
-                dead_letter = event_props.get("DeadLetterConfig")
-                if isinstance(dead_letter, dict):
-                    yield [*path, "DeadLetterConfig"], dead_letter.get("Arn")
-                destination = dig(event_props, "DestinationConfig", "OnFailure")
-                if isinstance(destination, dict) and destination.get("Type") in (None, "SQS"):
-                    yield [*path, "DestinationConfig"], destination.get("Destination")
+            yield from _serverless_function_destinations(resource, props, base)
         elif kind in ("AWS::Lambda::EventInvokeConfig", "AWS::Lambda::EventSourceMapping"):
             destination = dig(props, "DestinationConfig", "OnFailure", "Destination")
             if destination is not None:
