@@ -36,7 +36,7 @@ def create_api_key(body: ApiKeyRequest) -> Response[ApiKeyCreated]:
     tags=["admin"],
     responses=responses(204, "revoked", None, 404),
 )
-def revoke_api_key(id: Annotated[str, Path(min_length=1, max_length=64)]) -> Response[None]:  # noqa: A002
+def revoke_api_key(id: Annotated[str, Path(min_length=1, max_length=64)]) -> Response[None]:
     caller().require_unrestricted_admin()
     key_service().revoke(id)
     return Response(HTTPStatus.NO_CONTENT)
