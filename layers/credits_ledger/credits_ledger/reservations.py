@@ -25,12 +25,23 @@ from credits_ledger.domain import reservations as rv
 from credits_ledger.domain.balance import balance as balance_of
 from credits_ledger.domain.errors import ConcurrencyConflict, IdempotencyMismatch, InsufficientCredits
 from credits_ledger.domain.models import AccountState, Change, LedgerEntry
-from credits_ledger.domain.money import ZERO, format_amount
+from credits_ledger.domain.money import ZERO, format_amount, round_up
 from credits_ledger.domain.reservations import ReservationError, ReservationStatus
 from credits_ledger.domain.transitions import EntryContext
 from credits_ledger.ledger import utc_now
+from credits_ledger.pricing import Pricing
+from credits_ledger.usage import InvalidUsage
 
 Decide = Callable[[AccountState, datetime], tuple[Change, Sequence[dict[str, Any]]]]
+
+
+def credits_for(meter: str, quantity: Decimal, pricing: Pricing) -> Decimal:
+    """A reservation asked as meter x quantity is priced like usage (rounded up to 6 digits)."""
+    rate = pricing.meters.get(meter)
+    if rate is None:
+        known = ", ".join(sorted(pricing.meters)) or "none"
+        raise InvalidUsage("meter", f"unknown meter {meter!r} (known: {known})")
+    return round_up(quantity * rate.credits_per_unit)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ from credits_ledger.api.errors import MAX_BODY_BYTES, PayloadTooLarge
 from credits_ledger.auth import Principal, bearer_token
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.api_keys import ApiKeyRepository
+from credits_ledger.dal.reservations import ReservationRepository
 from credits_ledger.keys import KeyService
 from credits_ledger.ledger import Ledger
+from credits_ledger.reservations import Reservations
 
 
 def parse_json_body(body: str) -> Any:
@@ -48,10 +50,17 @@ def key_service() -> KeyService:
     return KeyService(ApiKeyRepository())
 
 
+@cache
+def reservations() -> Reservations:
+    accounts = AccountRepository()
+    return Reservations(accounts, ReservationRepository(accounts.client, accounts.table))
+
+
 def reset() -> None:
     """Forget the cached dependencies (tests bind them to fresh tables and settings)."""
     ledger.cache_clear()
     key_service.cache_clear()
+    reservations.cache_clear()
 
 
 def caller() -> Principal:

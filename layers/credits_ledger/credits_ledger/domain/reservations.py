@@ -20,7 +20,7 @@ from decimal import Decimal
 from enum import StrEnum
 
 from credits_ledger.domain import reserved, spend, transitions
-from credits_ledger.domain.errors import CreditsError
+from credits_ledger.domain.errors import CreditsError, InvalidField, NotFound
 from credits_ledger.domain.idempotency import (
     capture_key,
     unreserve_expire_key,
@@ -49,17 +49,18 @@ class ReservationStatus(StrEnum):
     EXPIRED = "expired"
 
 
-class ReservationError(CreditsError):
-    """A reservation request the state does not allow (HTTP 422 naming the field)."""
+class ReservationError(InvalidField):
+    """A reservation request the state does not allow (HTTP 422 naming the field): a capture above what it
+    holds, an end or extension of a reservation that ended or lapsed, too many open reservations."""
 
     def __init__(self, reservation_id: str, field: str, message: str) -> None:
-        super().__init__(f"reservation {reservation_id}: {field} {message}")
+        super().__init__(field, f"reservation {reservation_id} {message}")
         self.reservation_id = reservation_id
-        self.field = field
-        self.message = message
 
 
-class ReservationNotFound(CreditsError):
+class ReservationNotFound(NotFound):
+    what = "reservation"
+
     def __init__(self, reservation_id: str) -> None:
         super().__init__(f"reservation {reservation_id} does not exist")
         self.reservation_id = reservation_id

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from credits_ledger.api.routes import api_keys, balance, grants, health, settings, usage
+from credits_ledger.api.routes import api_keys, balance, grants, health, reservations, settings, usage
 
 ROUTERS: tuple[APIGatewayHttpRouter, ...] = (
     health.router,
     usage.router,
+    reservations.router,
     balance.router,
     grants.router,
     settings.router,
