@@ -1,6 +1,6 @@
 """LedgerStreamFunction: the table's DynamoDB stream -> ``credits.ledger.entry`` for every new ledger entry,
-``credits.balance.low`` / ``credits.balance.depleted`` on available-balance crossings, and the reconcile
-registry. Partial batch failures are reported (``ReportBatchItemFailures``): a failed record and every
+``credits.balance.low`` / ``credits.balance.depleted`` on available-balance crossings, the reconcile
+registry, and the money view: daily revenue aggregates, burn per day, ``credits.usage.anomaly``. Partial batch failures are reported (``ReportBatchItemFailures``): a failed record and every
 record after it in the batch are retried, then go to the OnFailure queue. Design: docs/expiry.md.
 """
 
@@ -13,16 +13,20 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits_ledger.bus import default_bus
+from credits_ledger.dal.money import MoneyRepository
 from credits_ledger.dal.reconcile import ReconcileRepository
 from credits_ledger.dal.settings import AccountSettingsRepository
 from credits_ledger.jobs.ledger_stream import LedgerStream
+from credits_ledger.jobs.money_stream import MoneyStream
 from credits_ledger.observability import logger, metrics, tracer
 from credits_ledger.pricing import load_pricing
 
 
 @cache
 def stream() -> LedgerStream:
-    return LedgerStream(default_bus(), AccountSettingsRepository(), ReconcileRepository(), load_pricing())
+    bus, settings, pricing = default_bus(), AccountSettingsRepository(), load_pricing()
+    money = MoneyStream(MoneyRepository(), settings, bus, lambda: pricing.low_balance_threshold)
+    return LedgerStream(bus, settings, ReconcileRepository(), pricing, money=money)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -199,6 +199,13 @@ def grant_from_item(item: Item) -> Grant:
     )
 
 
+def _allocation_to_item(allocation: Allocation) -> Item:
+    item: Item = {"g": allocation.grant_id, "a": allocation.amount}
+    if allocation.remaining_after is not None:
+        item["r"] = allocation.remaining_after
+    return item
+
+
 def entry_to_item(entry: LedgerEntry) -> Item:
     return {
         "pk": f"ENTRY#{entry.entry_key}",
@@ -209,7 +216,7 @@ def entry_to_item(entry: LedgerEntry) -> Item:
         "type": entry.type.value,
         "amount": entry.amount,
         "balance_after": entry.balance_after,
-        "allocations": [{"g": a.grant_id, "a": a.amount} for a in entry.allocations],
+        "allocations": [_allocation_to_item(a) for a in entry.allocations],
         "reference": entry.reference,
         "created_at": iso(entry.created_at),
         "fingerprint": entry.fingerprint or None,
@@ -225,7 +232,7 @@ def entry_from_item(item: Item) -> LedgerEntry:
         type=EntryType(item["type"]),
         amount=item["amount"],
         balance_after=item["balance_after"],
-        allocations=tuple(Allocation(a["g"], a["a"]) for a in item.get("allocations", [])),
+        allocations=tuple(Allocation(a["g"], a["a"], a.get("r")) for a in item.get("allocations", [])),
         reference=item.get("reference"),
         created_at=parse_iso(item["created_at"]),
         fingerprint=item.get("fingerprint", ""),

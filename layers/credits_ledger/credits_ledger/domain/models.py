@@ -97,8 +97,14 @@ class LiveGrant:
 
 @dataclass(frozen=True)
 class Allocation:
+    """How much of one grant an entry moved. ``remaining_after`` (set on entries that take credits out of a
+    grant: debit, expire, void, revoke) is what the grant had left after this entry, so money recognition can
+    place the entry on the grant's cumulative consumption without replaying its history (docs/money.md)."""
+
     grant_id: str
     amount: Decimal
+    # Derived from the account state at the entry, not part of what was moved: left out of equality.
+    remaining_after: Decimal | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,19 @@ def _sweep_spent(
     return kept, closed + tuple(ClosedGrant(grant_id, GrantStatus.DEPLETED, now) for grant_id in spent)
 
 
+def _with_remaining_after(entry: LedgerEntry, grants: dict[str, LiveGrant]) -> LedgerEntry:
+    """An entry that takes credits out of grants records, per grant, what it had left after it (0 once it
+    left the live set): money recognition places the entry on the grant's consumption from it (revenue.py).
+    Set here, where every change is applied, so no transition can forget it."""
+    if entry.amount >= 0 or not entry.allocations:
+        return entry
+    placed = tuple(
+        replace(a, remaining_after=grants[a.grant_id].remaining if a.grant_id in grants else ZERO)
+        for a in entry.allocations
+    )
+    return replace(entry, allocations=placed)
+
+
 def _apply(
     state: AccountState,
     entry: LedgerEntry,
@@ -105,6 +118,7 @@ def _apply(
     closed: tuple[ClosedGrant, ...] = (),
     reservations: dict[str, LiveReservation] | None = None,
 ) -> Change:
+    entry = _with_remaining_after(entry, grants)
     grants, closed = _sweep_spent(grants, closed, entry.created_at)
     pins = reserved.prune(state.reservations if reservations is None else reservations, grants)
     new_state = state.with_changes(entries=1, balance_delta=entry.amount, grants=grants, reservations=pins)

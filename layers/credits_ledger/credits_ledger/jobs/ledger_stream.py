@@ -1,6 +1,8 @@
 """The table's stream, record by record: ledger events, low-balance alerts and the reconcile registry.
 
 - a new ledger entry item (pk ``ENTRY#``, INSERT) -> ``credits.ledger.entry`` on the bus;
+- every new ledger entry also feeds the daily revenue aggregate, the account's burn per day and the usage
+  anomaly rule (jobs/money_stream.py), counted once per entry whatever the redeliveries;
 - an account state item (pk ``ACCOUNT#``, sk ``STATE``) -> ``credits.balance.low`` /
   ``credits.balance.depleted`` when the available balance crosses the account's threshold (domain/alerts.py);
   its first INSERT also registers the account for reconciliation.
@@ -40,6 +42,7 @@ from credits_ledger.domain.alerts import alert_crossings, available, band
 from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.models import LedgerEntry
 from credits_ledger.domain.money import format_amount
+from credits_ledger.jobs.money_stream import MoneyStream
 from credits_ledger.observability import logger, metrics
 from credits_ledger.pricing import Pricing
 
@@ -82,12 +85,14 @@ class LedgerStream:
         registry: ReconcileRepository,
         pricing: Pricing,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        money: MoneyStream | None = None,
     ) -> None:
         self.bus = bus
         self.settings = settings
         self.registry = registry
         self.pricing = pricing
         self.clock = clock
+        self.money = money  # revenue aggregates, burn and anomalies (jobs/money_stream.py)
 
     def batch(self, event: dict[str, Any]) -> StreamBatch:
         return StreamBatch(self, event)
@@ -100,6 +105,7 @@ class StreamBatch:
         self._settings: dict[str, AccountSettings] | None = None
         self._failed = False
         self.published = 0
+        self.money = stream.money.batch(event) if stream.money is not None else None
 
     # ---- the record handler (Powertools BatchProcessor calls it once per record, in order) -----------------
     def handle(self, record: DynamoDBRecord) -> None:
@@ -118,6 +124,8 @@ class StreamBatch:
         pk, sk = str(stream.keys.get("pk", "")), str(stream.keys.get("sk", ""))
         if pk.startswith("ENTRY#") and record.event_name is DynamoDBRecordEventName.INSERT:
             entry = it.entry_from_item(stream.new_image)
+            if self.money is not None:
+                self.money.account(entry.account_id)  # idempotent: counted once per entry, whatever retries
             self._publish(
                 [BusEvent(LEDGER_ENTRY, entry_detail(entry, record.event_id), time=entry.created_at)]
             )
