@@ -123,7 +123,7 @@ def test_forecast_is_null_when_nothing_burns_and_now_when_nothing_is_left() -> N
     assert forecast(history({1: "1"}), D(1), NOW).burn_per_day == D("0.033333")
 
 
-@pytest.mark.parametrize("naive", [datetime(2030, 2, 1)])  # noqa: DTZ001 - the point of the test
+@pytest.mark.parametrize("naive", [datetime(2030, 2, 1)])
 def test_forecast_refuses_naive_times(naive: datetime) -> None:
     with pytest.raises(ValueError):
         forecast({}, D(1), naive)

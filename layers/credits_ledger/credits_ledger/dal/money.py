@@ -212,7 +212,7 @@ class MoneyRepository:
                     raise TrackerMoved(account_id) from exc
                 if not any(r in ("TransactionConflict", "ThrottlingError") for r in reasons):
                     raise
-                time.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))  # noqa: S311 - jitter
+                time.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))
         raise AggregateBusy(f"revenue aggregate still contended after {self._max_attempts} attempts")
 
     # ---- grants' cost basis ------------------------------------------------------------------------------
