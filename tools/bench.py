@@ -63,6 +63,10 @@ WRITE_OPS = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", 
 EXTERNAL_SECTIONS: dict[str, tuple[str, str]] = {
     "webhook": ("tools.bench_webhook", "Stripe webhook: handler import time, units per event type"),
     "api": ("tools.bench_api", "HTTP API handlers"),
+    "coldstart": (
+        "tools.bench_coldstart",
+        "API and webhook handler import vs a bare import boto3 (goal <= 2x)",
+    ),
     "expiry": (
         "tools.bench_expiry",
         "expiry job: read units over 1,000 due grants, empty vs 110k-grant table",

@@ -141,7 +141,9 @@ Cursor = Annotated[str | None, AfterValidator(_cursor)]
 
 
 class ApiModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: a model's validator is built when first used, so a cold start builds only those of the
+    # routes it serves (a usage call never pays for the admin or reservation models).
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 # ---- errors ----------------------------------------------------------------------------------------------

@@ -1,0 +1,122 @@
+"""bench section ``coldstart``: what a cold start pays to import each HTTP handler, against a bare
+``import boto3`` (the floor of any Python function that talks to DynamoDB). Issue 15's goal: at most 2x.
+
+Each round starts one fresh interpreter per module (no .pyc writes, as a Lambda cold start), in turn, so
+every module meets the same load; the figure is the median of the rounds. CPU time of the import is the
+headline (on a shared machine wall time mostly measures the neighbours); wall time is printed beside it.
+The handlers import as outside Lambda, where nothing is traced; the ``traced`` rows import them as inside
+Lambda with tracing on (the X-Ray SDK loaded and botocore patched at init).
+
+    python -m tools.bench_coldstart              # prints the rows
+    python -m tools.bench --only coldstart
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from tools.bench import ValueRow
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYER = ROOT / "layers" / "credits_ledger"
+SECTION = "coldstart"
+RUNS = int(os.environ.get("BENCH_COLDSTART_RUNS", "5"))
+GOAL = 2.0
+BASELINE = "boto3"
+HANDLERS = {"api": "functions.api.app", "webhook": "functions.stripe_webhook.app"}
+TRACED_ENV = {"LAMBDA_TASK_ROOT": str(ROOT), "POWERTOOLS_TRACE_DISABLED": "false", "AWS_SAM_LOCAL": ""}
+_PROBE = (
+    "import json, time\n"
+    "cpu, wall = time.process_time(), time.perf_counter()\n"
+    "import {module}\n"
+    "print(json.dumps([time.process_time() - cpu, time.perf_counter() - wall]))\n"
+)
+
+
+def import_seconds(module: str, extra_env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(CPU, wall) seconds one fresh interpreter spends on ``import module``."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(LAYER), str(ROOT)]),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    for name in ("LAMBDA_TASK_ROOT", "AWS_SAM_LOCAL"):
+        env.pop(name, None)
+    env.update({k: v for k, v in (extra_env or {}).items() if v})
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(module=module)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    cpu, wall = json.loads(done.stdout.strip().splitlines()[-1])
+    return float(cpu), float(wall)
+
+
+def measure(runs: int = RUNS) -> dict[str, tuple[float, float]]:
+    """Median (CPU ms, wall ms) per name: ``boto3``, each handler, each handler traced."""
+    cases: dict[str, tuple[str, dict[str, str] | None]] = {BASELINE: (BASELINE, None)}
+    for name, module in HANDLERS.items():
+        cases[name] = (module, None)
+        cases[f"{name} traced"] = (module, TRACED_ENV)
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, (module, extra_env) in cases.items():
+            samples[name].append(import_seconds(module, extra_env))
+    return {
+        name: (
+            1000 * statistics.median(cpu for cpu, _ in values),
+            1000 * statistics.median(wall for _, wall in values),
+        )
+        for name, values in samples.items()
+    }
+
+
+def rows_of(medians: dict[str, tuple[float, float]], runs: int = RUNS) -> list[ValueRow]:
+    base_cpu, base_wall = medians[BASELINE]
+    rows = [
+        ValueRow(SECTION, "import boto3", base_cpu, "ms CPU", f"{base_wall:.0f} ms wall; median of {runs}")
+    ]
+    for name, (cpu, wall) in medians.items():
+        if name == BASELINE:
+            continue
+        module = HANDLERS[name.split()[0]]
+        ratio = cpu / base_cpu if base_cpu else float("inf")
+        verdict = (
+            ""
+            if name.endswith("traced")
+            else (" (goal <= 2x: met)" if ratio <= GOAL else " (goal <= 2x: NOT met)")
+        )
+        rows.append(
+            ValueRow(
+                SECTION,
+                f"import {module}" + (" traced" if "traced" in name else ""),
+                cpu,
+                "ms CPU",
+                f"{wall:.0f} ms wall",
+            )
+        )
+        rows.append(ValueRow(SECTION, f"  {name} / import boto3", ratio, "x", f"CPU time{verdict}"))
+    return rows
+
+
+def run(endpoint: str | None = None) -> list[ValueRow]:
+    """The section's rows (``endpoint`` unused: importing needs no DynamoDB)."""
+    return rows_of(measure())
+
+
+def main() -> int:
+    for row in run():
+        print(row)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
