@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
+from credits_dev.local.template import load_yaml
 from credits_ledger.domain.errors import ConcurrencyConflict
 from tests.integration.test_api_support import EVENTS, NO_KEY, Api, load_event
 
@@ -153,3 +155,78 @@ def test_an_event_without_a_request_id_still_gets_one(api: Api) -> None:
     reply = api.invoke(event)
     assert reply.status == 200
     assert len(reply.headers["x-request-id"]) == 36
+
+
+# ---- a write DynamoDB rejects for good (issue 11): 500 once, logged for the WriteRejected alarm ------------
+def _reject_writes_of(api: Api, monkeypatch: pytest.MonkeyPatch, customer: str) -> list[str]:
+    """DynamoDB answers ValidationException (an item past 400 KB) to transactions on ``customer``'s account
+    item; returns the accounts of every transaction sent."""
+    client = api.module.ledger().repository._client
+    real = client.transact_write_items
+    sent: list[str] = []
+
+    def transact_write_items(**params: Any) -> Any:
+        account = params["TransactItems"][0]["Put"]["Item"]["pk"]["S"].removeprefix("ACCOUNT#")
+        sent.append(account)
+        if account == customer:
+            raise ClientError(
+                {
+                    "Error": {
+                        "Code": "ValidationException",
+                        "Message": "Item size has exceeded the maximum allowed size",
+                    }
+                },
+                "TransactWriteItems",
+            )
+        return real(**params)
+
+    monkeypatch.setattr(client, "transact_write_items", transact_write_items)
+    return sent
+
+
+def _write_rejected_filter() -> str:
+    template = load_yaml(Path(__file__).resolve().parents[2] / "template.yaml")
+    return str(template["Resources"]["WriteRejectedMetricFilter"]["Properties"]["FilterPattern"])
+
+
+def test_a_rejected_write_is_500_once_and_logged_for_the_alarm(
+    api: Api, monkeypatch: pytest.MonkeyPatch, log_lines: io.StringIO
+) -> None:
+    api.grant("cus_A", "5")
+    before = api.ledger_snapshot("cus_A")
+    sent = _reject_writes_of(api, monkeypatch, "cus_A")
+    reply = api.usage()
+    assert reply.status == 500 and reply.error["code"] == "internal"
+    assert "Item size" not in reply.raw["body"]
+    assert sent == ["cus_A"]  # one send: not retried as a conflict
+    assert api.ledger_snapshot("cus_A") == before
+    logged = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    errors = [entry for entry in logged if entry.get("level") == "ERROR"]
+    assert errors[-1]["exception_name"] == "WriteRejected"
+    assert '$.exception_name = "WriteRejected"' in _write_rejected_filter()
+
+
+def test_a_rejected_account_in_a_batch_does_not_fail_the_others(
+    api: Api, monkeypatch: pytest.MonkeyPatch, log_lines: io.StringIO
+) -> None:
+    api.grant("cus_A", "5")
+    api.grant("cus_B", "5")
+    sent = _reject_writes_of(api, monkeypatch, "cus_A")
+    events = [
+        {"id": "a1", "customer": "cus_A", "meter": "api_call", "quantity": 1},
+        {"id": "b1", "customer": "cus_B", "meter": "api_call", "quantity": 1},
+        {"id": "a2", "customer": "cus_A", "meter": "api_call", "quantity": 1},
+    ]
+    reply = api.call("usage_batch", body={"events": events})
+    assert reply.status == 200, reply.raw
+    results = {r["id"]: r for r in reply.body["results"]}
+    assert results["b1"]["status"] == "debited"
+    for rejected in ("a1", "a2"):
+        assert results[rejected]["status"] == "rejected"
+        assert results[rejected]["error"]["code"] == "internal"
+    assert sorted(sent) == ["cus_A", "cus_B"]  # one transaction per account, none retried
+    assert api.available("cus_A") == "5" and api.available("cus_B") == "4"
+    logged = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    rejected_logs = [e for e in logged if e.get("failure") == "write_rejected"]
+    assert len(rejected_logs) == 2 and {e["customer"] for e in rejected_logs} == {"cus_A"}
+    assert '$.failure = "write_rejected"' in _write_rejected_filter()

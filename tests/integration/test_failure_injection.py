@@ -13,6 +13,8 @@ Faults are injected with botocore event hooks on the Ledger's own client (create
   commit so the caller sees a failure of a write that happened, then calls the same operation again.
 
 Whatever happens: exactly one ledger entry per idempotency key, the balance moved once, books balanced.
+A write DynamoDB rejects for good (a cancellation for ValidationError, an item collection over its limit, a
+ValidationException) is WriteRejected at once: no botocore retry, no conflict retry, nothing written.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, ReadTimeoutError
 
-from credits_ledger.dal.client import CLIENT_CONFIG
+from credits_ledger.dal.client import CLIENT_CONFIG, RETRYABLE_CANCELLATIONS, rejection
+from credits_ledger.domain.errors import WriteRejected
 from credits_ledger.domain.models import Category, EntryType, LedgerEntry
 from credits_ledger.ledger import DebitRequest, Ledger
 from tests.ledger_helpers import T0, FakeClock, all_entries, assert_books_balance, make_ledger, spec
@@ -178,7 +181,7 @@ def _error_response(request: Any, status: int, body: dict[str, Any]) -> AWSRespo
 
 def _answer_instead_of_moto(
     client: Any, operation: str, responder: Callable[[Any], AWSResponse | None]
-) -> None:
+) -> Callable[[], None]:
     """Register ``responder(request)`` before moto on ``operation``'s sends; when it answers, moto must not see
     the request at all (botocore calls every before-send handler and keeps the first answer, so moto would
     otherwise still apply the write): its stubber is switched off for that one send and back on after it."""
@@ -200,6 +203,11 @@ def _answer_instead_of_moto(
 
     client.meta.events.register_first(f"before-send.dynamodb.{operation}", answer)
     client.meta.events.register_last("before-send", switch_back_on)
+
+    def stop() -> None:
+        client.meta.events.unregister(f"before-send.dynamodb.{operation}", answer)
+
+    return stop
 
 
 def _prepare(ledger: Ledger, op: Op) -> tuple[Decimal, int]:
@@ -430,3 +438,118 @@ def test_transaction_conflict_cancellation_is_retried_once(
     assert len(cancelled) == 1
     assert sends[TWI] == 2
     _assert_applied_once(ledger, op, balance_before, count_before, returned)
+
+
+# ---- (e) DynamoDB rejects the write for good: classified, never retried ------------------------------------
+def _cancellation(*reasons: dict[str, str]) -> dict[str, Any]:
+    codes = ", ".join(r["Code"] for r in reasons)
+    return {
+        "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+        "message": f"Transaction cancelled, please refer cancellation reasons for specific reasons [{codes}]",
+        "CancellationReasons": list(reasons),
+    }
+
+
+TOO_LARGE = {"Code": "ValidationError", "Message": "Item size has exceeded the maximum allowed size"}
+REJECTIONS = {
+    "item-too-large": _cancellation(TOO_LARGE, {"Code": "None"}),
+    "item-collection-too-large": _cancellation(
+        {"Code": "None"}, {"Code": "ItemCollectionSizeLimitExceeded", "Message": "collection size limit"}
+    ),
+    "validation-exception": {
+        "__type": "com.amazonaws.dynamodb.v20120810#ValidationException",
+        "message": "One or more parameter values were invalid",
+    },
+}
+
+
+def _run_expecting_rejection(ledger: Ledger, op: Op) -> WriteRejected:
+    if op.name == "debit_many":  # a batch answers each request: every one of the chunk is rejected
+        results = ledger.debit_many(
+            ACCT,
+            [
+                DebitRequest("use:m1", D(10), fingerprint="m1"),
+                DebitRequest("use:m2", D("5.5"), fingerprint="m2"),
+            ],
+        )
+        assert all(isinstance(r.error, WriteRejected) and r.outcome is None for r in results), results
+        assert isinstance(results[0].error, WriteRejected)
+        return results[0].error
+    with pytest.raises(WriteRejected) as caught:
+        op.run(ledger)
+    return caught.value
+
+
+@pytest.mark.parametrize("rejected", sorted(REJECTIONS))
+@pytest.mark.parametrize("op", OPS, ids=OP_IDS)
+def test_rejected_write_is_not_retried_and_writes_nothing(
+    ledger: Ledger, client: Any, sends: dict[str, int], botocore_sleeps: list[float], op: Op, rejected: str
+) -> None:
+    balance_before, count_before = _prepare(ledger, op)
+    body = REJECTIONS[rejected]
+    stop = _answer_instead_of_moto(client, TWI, lambda request: _error_response(request, 400, body))
+    sends.clear()
+    # When DynamoDB rejects the transaction for a reason no retry cures
+    error = _run_expecting_rejection(ledger, op)
+    # Then it was sent once: botocore did not retry it, and neither did the ledger's conflict loop
+    assert sends[TWI] == 1
+    assert botocore_sleeps == []
+    assert ledger._sleep.calls == []  # type: ignore[attr-defined]
+    expected_code = body.get("CancellationReasons") and [
+        r["Code"] for r in body["CancellationReasons"] if r["Code"] not in RETRYABLE_CANCELLATIONS
+    ]
+    assert list(error.reasons) == (expected_code or ["ValidationException"])
+    # and nothing was written
+    assert all(ledger.repository.entry(key) is None for key in op.keys)
+    assert len(all_entries(ledger, ACCT)) == count_before
+    assert assert_books_balance(ledger, ACCT) == balance_before
+    # When the cause is gone, the same operation applies once
+    stop()
+    returned = op.run(ledger)
+    _assert_applied_once(ledger, op, balance_before, count_before, returned)
+
+
+@pytest.mark.parametrize("op", ops("grant", "debit", "debit_many", "expire", "revoke"))
+def test_transaction_conflict_is_retried_and_applied_once(
+    ledger: Ledger, client: Any, sends: dict[str, int], op: Op
+) -> None:
+    balance_before, count_before = _prepare(ledger, op)
+    conflicts: list[int] = []
+
+    def conflict_once(request: Any) -> AWSResponse | None:
+        if conflicts:
+            return None
+        conflicts.append(1)
+        return _error_response(request, 400, _cancellation({"Code": "TransactionConflict"}))
+
+    _answer_instead_of_moto(client, TWI, conflict_once)
+    sends.clear()
+    # When another transaction held the account item: a conflict, retried by the ledger after a backoff
+    returned = op.run(ledger)
+    assert conflicts == [1] and sends[TWI] == 2
+    assert len(ledger._sleep.calls) == 1  # type: ignore[attr-defined]
+    _assert_applied_once(ledger, op, balance_before, count_before, returned)
+
+
+@pytest.mark.parametrize(
+    ("reasons", "retryable"),
+    [
+        (["ConditionalCheckFailed", "None"], True),
+        (["None", "TransactionConflict"], True),
+        (["ThrottlingError"], True),
+        (["ProvisionedThroughputExceeded", "None"], True),
+        (["None", "ValidationError"], False),
+        (["ConditionalCheckFailed", "ValidationError"], False),
+        (["ItemCollectionSizeLimitExceeded"], False),
+        (["SomethingNew"], False),
+    ],
+)
+def test_cancellation_reasons_are_classified(reasons: list[str], retryable: bool) -> None:
+    exc = ClientError(
+        {
+            "Error": {"Code": "TransactionCanceledException", "Message": "cancelled"},
+            "CancellationReasons": [{"Code": code} for code in reasons],
+        },
+        TWI,
+    )
+    assert (rejection(exc) is None) is retryable

@@ -766,14 +766,18 @@ def test_unhandled_event_types_are_acknowledged_and_ignored(webhook: Webhook, ev
 
 
 # ======================================================================= processing failure: 500, retry
-def _error_response(request: Any, status: int, code: str) -> AWSResponse:
-    payload = json.dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": "injected"})
+def _error_response(request: Any, status: int, code: str, extra: dict[str, Any] | None = None) -> AWSResponse:
+    payload = json.dumps(
+        {"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": "injected", **(extra or {})}
+    )
     raw = SimpleNamespace(stream=lambda **_: iter([payload.encode()]))
     headers = {"Content-Type": "application/x-amz-json-1.0", "x-amzn-RequestId": "injected"}
     return AWSResponse(request.url, status, headers, raw)
 
 
-def _fail_transactions(client: Any, after: int, status: int, code: str) -> Callable[[], int]:
+def _fail_transactions(
+    client: Any, after: int, status: int, code: str, extra: dict[str, Any] | None = None
+) -> Callable[[], int]:
     """From the ``after``+1-th TransactWriteItems on, answer ``status``/``code`` instead of moto (moto must
     not see the request, so its stubber is off for that one send). Returns a counter of failed sends."""
     from moto.core.models import botocore_stubber
@@ -790,7 +794,7 @@ def _fail_transactions(client: Any, after: int, status: int, code: str) -> Calla
         if botocore_stubber.enabled:
             botocore_stubber.enabled = False
             off.append(True)
-        return _error_response(request, status, code)
+        return _error_response(request, status, code, extra)
 
     def back_on(**_: Any) -> None:
         if off:
@@ -836,6 +840,46 @@ def test_processing_failure_is_500_and_the_retry_grants_exactly_once(
     [grant] = webhook.grants(customer)
     assert grant.amount == 1000
     assert [e.type for e in webhook.entries(customer)] == [EntryType.GRANT]
+    assert webhook.books(customer) == 1000
+
+
+ITEM_TOO_LARGE = {
+    "CancellationReasons": [
+        {"Code": "ValidationError", "Message": "Item size has exceeded the maximum allowed size"},
+        {"Code": "None"},
+    ]
+}
+
+
+@pytest.mark.parametrize("after", [0, 1], ids=["facts-write-rejected", "grant-write-rejected"])
+def test_rejected_write_records_the_event_as_failed_and_its_replay_grants_once(
+    webhook: Webhook, customer: str, botocore_sleeps: list[float], after: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    ev = checkout(customer, "starter")
+    client = dal_client.dynamodb_client()
+    processor = app.processor()
+    failures = _fail_transactions(client, after, 400, "TransactionCanceledException", ITEM_TOO_LARGE)
+    # When DynamoDB rejects a write of the event for good (e.g. the account item is past 400 KB)
+    reply = webhook.send(ev)
+    # Then Stripe gets 200 (a 500 would make it redeliver for days, failing the same way) and the event is
+    # stored as failed with its reason and payload, after one send: no retry by botocore or the processor
+    assert reply.status == 200 and reply.body == {"received": True, "status": "failed"}, reply.raw
+    assert failures() == 1 and botocore_sleeps == []
+    record = webhook.event_record(ev["id"])
+    assert record is not None and record["status"] == "failed"
+    assert record["reason"].startswith("write_rejected:") and "ValidationError" in record["reason"]
+    assert "StripeEvent_failed" in capsys.readouterr().out  # the metric of StripeEventsFailedAlarm
+    assert webhook.grants(customer) == []
+    # When the cause is fixed and the operator replays it
+    client.meta.events.unregister("before-send.dynamodb.TransactWriteItems", unique_id="inject")
+    client.meta.events.unregister("before-send", unique_id="inject-back-on")
+    assert processor.replay_failed(ev["id"]).status == "processed"
+    # Then the purchase is granted once, the event is processed and Stripe's redelivery changes nothing
+    assert webhook.event_record(ev["id"])["status"] == "processed"
+    webhook.ok(ev, "duplicate")
+    [grant] = webhook.grants(customer)
+    assert grant.amount == 1000
     assert webhook.books(customer) == 1000
 
 

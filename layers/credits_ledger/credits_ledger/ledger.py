@@ -21,6 +21,7 @@ from credits_ledger.domain.errors import (
     GrantNotLive,
     IdempotencyMismatch,
     InsufficientCredits,
+    WriteRejected,
 )
 from credits_ledger.domain.models import AccountState, Balance, Change, Grant, GrantStatus, LedgerEntry
 from credits_ledger.domain.rollover import RolloverPolicy
@@ -117,8 +118,13 @@ class Ledger:
         results: list[DebitResult] = []
         pending = list(requests)
         while pending:
-            # a chunk may answer fewer requests than it got (transaction full): the rest go round again
-            answered = self._debit_chunk(account_id, pending[:MAX_DEBITS_PER_TRANSACTION])
+            chunk = pending[:MAX_DEBITS_PER_TRANSACTION]
+            try:
+                # a chunk may answer fewer requests than it got (transaction full): the rest go round again
+                answered = self._debit_chunk(account_id, chunk)
+            except WriteRejected as exc:
+                # nothing of this chunk was written, earlier chunks were: each request gets its own answer
+                answered = [DebitResult(request, error=exc) for request in chunk]
             results.extend(answered)
             pending = pending[len(answered) :]
         return results

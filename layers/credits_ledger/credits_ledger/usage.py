@@ -27,10 +27,11 @@ from credits_ledger.api_models import (
 from credits_ledger.auth import Forbidden
 from credits_ledger.dal.items import iso
 from credits_ledger.domain import idempotency
-from credits_ledger.domain.errors import ConcurrencyConflict, InvalidField
+from credits_ledger.domain.errors import ConcurrencyConflict, InvalidField, WriteRejected
 from credits_ledger.domain.models import LedgerEntry
 from credits_ledger.domain.money import format_amount, round_up
 from credits_ledger.ledger import DebitRequest, DebitResult, Ledger, Outcome
+from credits_ledger.observability import logger
 from credits_ledger.pricing import Pricing, load_pricing
 
 
@@ -164,6 +165,16 @@ def record_batch(
             results = ledger.debit_many(customer, requests)
         except ConcurrencyConflict as exc:
             results = [DebitResult(request, error=exc) for request in requests]
+        for result in results:
+            if isinstance(result.error, WriteRejected):
+                # failure=write_rejected feeds the WriteRejected metric filter and alarm (template.yaml)
+                logger.error(
+                    "write rejected by DynamoDB; not retried",
+                    failure="write_rejected",
+                    customer=customer,
+                    usage_key=result.request.key,
+                    error=str(result.error),
+                )
         for item, result in zip(items, results, strict=True):
             outcomes[item.index] = result
     return [_result(item, outcomes.get(item.index)) for item in judged]

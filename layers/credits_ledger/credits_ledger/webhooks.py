@@ -6,6 +6,8 @@
 3. The payment converges: ``next_action`` names the missing ledger change (grant, revoke, hold, release,
    void), which commits in the same transaction as the owner record's note that it was applied. Convergence
    runs on every delivery, duplicates included, so a crash between 2 and 3 is repaired by Stripe's retry.
+A write DynamoDB rejects for good (WriteRejected: an account item over 400 KB) stores the event as failed for
+replay instead of answering 500 to Stripe's retries forever.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 from credits_ledger.dal.accounts import RelatedItemChanged
 from credits_ledger.dal.payments import EventAlreadyRecorded, PaymentChanged, PaymentRepository
 from credits_ledger.domain import idempotency, transitions
-from credits_ledger.domain.errors import ConcurrencyConflict, GrantNotLive, InvalidTransition
+from credits_ledger.domain.errors import ConcurrencyConflict, GrantNotLive, InvalidTransition, WriteRejected
 from credits_ledger.domain.models import DEFAULT_PRIORITY, AccountState, Change, CostBasis, Source
 from credits_ledger.domain.payments import (
     Action,
@@ -76,8 +78,22 @@ class StripeWebhookProcessor:
                     event_id, event_type, meaning.reason, payload or json.dumps(event), self._clock()
                 )
             return WebhookResult("failed", meaning.reason)
-        duplicate = not self._merge(event_id, event_type, meaning)
-        actions = sum(self._converge(key) for key in dict.fromkeys(k for k, _ in meaning.items))
+        try:
+            duplicate = not self._merge(event_id, event_type, meaning)
+            actions = sum(self._converge(key) for key in dict.fromkeys(k for k, _ in meaning.items))
+        except WriteRejected as exc:
+            # Stripe would redeliver for three days and fail the same way each time: keep the event (it
+            # replaces the "processed" record step 2 may have written) so an operator replays it after a fix.
+            reason = f"write_rejected: {exc}"
+            self._payments.record_failed(
+                event_id,
+                event_type,
+                reason,
+                payload or json.dumps(event),
+                self._clock(),
+                replace_processed=True,
+            )
+            return WebhookResult("failed", reason)
         return WebhookResult("duplicate" if duplicate else "processed", actions=actions)
 
     def replay_failed(self, event_id: str) -> WebhookResult:

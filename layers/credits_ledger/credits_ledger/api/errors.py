@@ -30,6 +30,7 @@ from credits_ledger.domain.errors import (
     InvalidCursor,
     InvalidField,
     NotFound,
+    WriteRejected,
 )
 from credits_ledger.observability import logger
 
@@ -90,6 +91,11 @@ CATALOGUE: dict[type[Exception], HttpError] = {
         _fixed("too many concurrent writes on this account; retry"),
         headers={"Retry-After": "1"},
     ),
+    WriteRejected: HttpError(
+        500,
+        "internal",
+        _fixed("the ledger could not store this write; retrying will not help (operators are alerted)"),
+    ),
     PayloadTooLarge: HttpError(
         413, "payload_too_large", _fixed(f"the body is larger than {MAX_BODY_BYTES // 1024} KB")
     ),
@@ -146,6 +152,11 @@ def response_for(exc: BaseException) -> Response[Any]:
     assert entry is not None, f"{type(exc).__name__} has no catalogue row"
     if isinstance(exc, ConcurrencyConflict):
         logger.warning("concurrency conflict", extra={"error": str(exc)})
+    if isinstance(exc, WriteRejected):
+        # failure=write_rejected feeds the WriteRejected metric filter and alarm (template.yaml)
+        logger.error(
+            "write rejected by DynamoDB; not retried", extra={"failure": "write_rejected", "error": str(exc)}
+        )
     body = error_body(exc)
     return error(entry.status, body.code, body.message, body.details, dict(entry.headers) or None)
 

@@ -6,7 +6,8 @@ Every write of a change is one TransactWriteItems whose conditions state the inv
   - each ledger entry key does not exist yet (the key is the operation's idempotency key: nothing twice);
   - each new grant id is unused, and each grant being closed is not closed already.
 A failed condition becomes a named error carrying the item DynamoDB returned
-(ReturnValuesOnConditionCheckFailure), so callers retry or replay without re-reading.
+(ReturnValuesOnConditionCheckFailure), so callers retry or replay without re-reading. A cancellation no
+retry can cure (an item over 400 KB, a validation error) is WriteRejected, never a VersionConflict.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError, ParamValidationError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import dynamodb_client, table_name
+from credits_ledger.dal.client import dynamodb_client, rejection, table_name
 from credits_ledger.domain.errors import CreditsError, GrantNotFound, InvalidCursor, InvalidGrant
 from credits_ledger.domain.models import TERMINAL_STATUSES, AccountState, Change, Grant, LedgerEntry
 
@@ -257,6 +258,9 @@ class AccountRepository:
                 ReturnConsumedCapacity="NONE",
             )
         except ClientError as exc:
+            rejected = rejection(exc)
+            if rejected is not None:
+                raise rejected from exc
             if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
                 raise
             raise self._cancellation_error(exc, change, first_extra) from exc

@@ -8,6 +8,9 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from credits_ledger.domain.errors import WriteRejected
 
 # Standard retry mode retries throttles and 5xx with backoff. A retried TransactWriteItems carries the same
 # ClientRequestToken, so DynamoDB treats a retry of an already committed transaction as a no-op.
@@ -26,3 +29,35 @@ def dynamodb_client() -> Any:
 
 def table_name() -> str:
     return os.environ["TABLE_NAME"]
+
+
+# Why DynamoDB may cancel a transaction (CancellationReasons[].Code), and whether trying again can help:
+# a failed condition (re-read, re-decide), a conflict with another transaction on the same item, a throttle
+# (all transient). Anything else, ValidationError above all (an item grown past 400 KB: the same write
+# fails the same way every time), is a rejection: retrying it only burns attempts and hides the cause.
+RETRYABLE_CANCELLATIONS = frozenset(
+    {
+        "None",
+        "ConditionalCheckFailed",
+        "TransactionConflict",
+        "ThrottlingError",
+        "ProvisionedThroughputExceeded",
+    }
+)
+
+
+def rejection(exc: ClientError) -> WriteRejected | None:
+    """The WriteRejected a failed write amounts to, or None when a retry may succeed."""
+    error = exc.response.get("Error", {})
+    code = error.get("Code")
+    if code == "ValidationException":
+        return WriteRejected((code,), str(error.get("Message", "")))
+    if code != "TransactionCanceledException":
+        return None
+    reasons = exc.response.get("CancellationReasons") or []
+    rejected = [r for r in reasons if str(r.get("Code") or "None") not in RETRYABLE_CANCELLATIONS]
+    if not rejected:
+        return None
+    codes = tuple(dict.fromkeys(str(r.get("Code")) for r in rejected))
+    messages = "; ".join(dict.fromkeys(str(r.get("Message") or "") for r in rejected if r.get("Message")))
+    return WriteRejected(codes, messages or str(error.get("Message", "")))

@@ -15,7 +15,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import dynamodb_client, table_name
+from credits_ledger.dal.client import dynamodb_client, rejection, table_name
 from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.models import Category
 from credits_ledger.domain.payments import DisputeEffect, DisputeStatus, GrantLine, PaymentRecord, Purchase
@@ -216,8 +216,21 @@ class PaymentRepository:
                 raise EventAlreadyRecorded(event_id) from exc
             raise
 
-    def record_failed(self, event_id: str, event_type: str, reason: str, payload: str, now: datetime) -> None:
-        """Keep an event we could not act on, with its payload, so an operator can replay it after a fix."""
+    def record_failed(
+        self,
+        event_id: str,
+        event_type: str,
+        reason: str,
+        payload: str,
+        now: datetime,
+        *,
+        replace_processed: bool = False,
+    ) -> None:
+        """Keep an event we could not act on, with its payload, so an operator can replay it after a fix.
+
+        ``replace_processed``: the event's facts were recorded ("processed") but applying them failed for good;
+        the failed record replaces the processed one so a replay runs the event again (its facts merge as no-ops).
+        """
         item = {
             "pk": f"STRIPE_EVENT#{event_id}",
             "sk": EVENT_SK,
@@ -232,9 +245,12 @@ class PaymentRepository:
             self._client.put_item(
                 TableName=self._table,
                 Item=it.to_dynamo(item),
-                ConditionExpression="attribute_not_exists(pk) OR #status = :failed",
+                ConditionExpression="attribute_not_exists(pk) OR #status IN (:failed, :also)",
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":failed": {"S": "failed"}},
+                ExpressionAttributeValues={
+                    ":failed": {"S": "failed"},
+                    ":also": {"S": "processed" if replace_processed else "failed"},
+                },
             )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
@@ -258,6 +274,9 @@ class PaymentRepository:
         try:
             self._client.transact_write_items(TransactItems=actions)
         except ClientError as exc:
+            rejected = rejection(exc)
+            if rejected is not None:
+                raise rejected from exc
             if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
                 raise
             reasons = exc.response.get("CancellationReasons") or []

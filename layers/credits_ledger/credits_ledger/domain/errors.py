@@ -74,6 +74,17 @@ class InvalidCursor(CreditsError):
         super().__init__("cursor is not one this API returned")
 
 
+class WriteRejected(CreditsError):
+    """DynamoDB refused a write for a reason no retry can cure: an item over the 400 KB item limit, an
+    invalid request (``ValidationError`` / ``ValidationException``), an item collection over its size limit.
+    Never retried; the API answers 500 (and alarms), a Stripe event is stored as failed for replay."""
+
+    def __init__(self, reasons: tuple[str, ...], detail: str) -> None:
+        super().__init__(f"DynamoDB rejected the write ({', '.join(reasons)}): {detail}")
+        self.reasons = reasons
+        self.detail = detail
+
+
 class ConcurrencyConflict(CreditsError):
     """Too many concurrent writers on one account: the caller may retry (HTTP 503/429)."""
 

@@ -1,0 +1,120 @@
+"""An account item at DynamoDB's 400 KB item limit, on DynamoDB Local (issue 11, item 3).
+
+The account item holds every live grant (about 78 bytes each), so an account with about 5,000 live grants
+reaches the limit. There DynamoDB cancels the transaction with ``ValidationError``: the ledger must name it
+(WriteRejected) after ONE send, not take it for a version conflict and retry it 60 times.
+
+The account is seeded by writing its state item directly: the largest set of live grants whose item still
+fits (by AWS's item size rules, checked against DynamoDB Local), so the test does not run 5,000 grant
+transactions. Only the grant a debit spends first also gets its grant record.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from credits_ledger.dal import items as it
+from credits_ledger.domain.errors import WriteRejected
+from credits_ledger.domain.models import AccountState, Category, CostBasis, Grant, LiveGrant, Source
+from credits_ledger.ledger import DebitRequest, Ledger
+from tests.ledger_helpers import T0, FakeClock, SleepRecorder, make_ledger, spec
+from tools.bench import item_size
+
+pytestmark = pytest.mark.slow  # DynamoDB Local takes seconds per 400 KB item
+
+ACCT = "cus_many_grants"
+
+
+def _live(index: int) -> LiveGrant:
+    return LiveGrant(
+        grant_id=f"gr_{index:012x}{index:014x}",  # the shape of ledger.new_id's ids (29 characters)
+        remaining=Decimal(1),
+        category=Category.PROMOTIONAL,
+        priority=50,
+        effective_at=T0 - timedelta(days=1),
+        expires_at=T0 + timedelta(days=365) + timedelta(seconds=index),
+    )
+
+
+def _state(count: int, grants: list[LiveGrant]) -> AccountState:
+    chosen = grants[:count]
+    return AccountState(
+        account_id=ACCT,
+        version=count,
+        ledger_balance=sum((g.remaining for g in chosen), Decimal(0)),
+        grants={g.grant_id: g for g in chosen},
+    )
+
+
+ITEM_LIMIT = 400 * 1024  # bytes, names and values (tools/bench.py: item_size follows AWS's sizing rules)
+
+
+def _largest_that_fits(grants: list[LiveGrant]) -> int:
+    sizes = [item_size(it.to_dynamo(it.state_to_item(_state(n, grants)))) for n in (0, 1)]
+    per_grant = sizes[1] - sizes[0]
+    count = (ITEM_LIMIT - sizes[0]) // per_grant + 1
+    while item_size(it.to_dynamo(it.state_to_item(_state(count, grants)))) > ITEM_LIMIT:
+        count -= 1
+    return count
+
+
+@pytest.fixture
+def full_account(local_tables: Any) -> tuple[Ledger, SleepRecorder, int]:
+    client, table = local_tables.client, local_tables["CreditsTable"]
+    grants = [_live(i) for i in range(7_000)]
+    count = _largest_that_fits(grants)
+    # One more grant of this shape would not fit: DynamoDB Local agrees with the size rules
+    with pytest.raises(client.exceptions.ClientError, match="Item size has exceeded"):
+        client.put_item(TableName=table, Item=it.to_dynamo(it.state_to_item(_state(count + 1, grants))))
+    client.put_item(TableName=table, Item=it.to_dynamo(it.state_to_item(_state(count, grants))))
+    first = grants[0]  # spent first (soonest expiry): its grant record is closed when a debit depletes it
+    record = Grant(
+        grant_id=first.grant_id,
+        account_id=ACCT,
+        amount=first.remaining,
+        category=first.category,
+        priority=first.priority,
+        effective_at=first.effective_at,
+        expires_at=first.expires_at,
+        source=Source("admin", "seed"),
+        cost_basis=CostBasis(),
+        created_at=first.effective_at,
+        remaining=first.remaining,
+    )
+    client.put_item(TableName=table, Item=it.to_dynamo(it.grant_to_item(record)))
+    sleeps = SleepRecorder()
+    return make_ledger(client, table, FakeClock(), sleep=sleeps), sleeps, count
+
+
+def test_a_grant_past_the_item_limit_is_rejected_once_and_writes_nothing(
+    full_account: tuple[Ledger, SleepRecorder, int], local_tables: Any
+) -> None:
+    ledger, sleeps, live_grants = full_account
+    assert 4_500 < live_grants < 6_000  # the wall the issue measured: ~78 bytes a grant
+    sends: list[str] = []
+    ledger.repository._client.meta.events.register(  # type: ignore[attr-defined]
+        "before-send.dynamodb.TransactWriteItems", lambda **_: sends.append("twi")
+    )
+    before = ledger.repository.state(ACCT, consistent=True)
+    # When one more grant would push the account item past 400 KB
+    with pytest.raises(WriteRejected) as caught:
+        one_more = spec(
+            f"gr_{'f' * 26}", "1", category=Category.PROMOTIONAL, expires_at=T0 + timedelta(days=400)
+        )  # the shape of the seeded grants: it grows the item by as much as each of them
+        ledger.grant(ACCT, one_more, key="grant:one-too-many")
+    # Then the rejection is named, sent once, never retried as a conflict
+    assert "Item size has exceeded" in caught.value.detail  # DynamoDB Local: ValidationException; AWS: a
+    # cancellation whose reason is ValidationError (both are WriteRejected, see test_failure_injection.py)
+    assert sends == ["twi"] and sleeps.calls == []
+    # and nothing changed
+    after = ledger.repository.state(ACCT, consistent=True)
+    assert after == before and len(after.grants) == live_grants
+    assert ledger.repository.entry("grant:one-too-many") is None
+    # A debit that does not grow the item still works at the limit
+    outcome = ledger.debit(ACCT, DebitRequest("use:at-the-limit", Decimal(1), fingerprint="u"))
+    assert outcome.entry.amount == Decimal(-1)
+    assert ledger.repository.state(ACCT, consistent=True).ledger_balance == before.ledger_balance - 1
