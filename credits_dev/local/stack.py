@@ -171,8 +171,7 @@ class LocalStack:
         )
         for warning in self.model.warnings:
             self.log(f"template: {warning}")
-        self.runtime = FunctionRuntime(self.model, self.log)
-        self.runtime.apply_shared_environment()
+        self.runtime = FunctionRuntime(self.model, self.log, label=str(s.state_dir))
         self.router = Router(self.model.routes())
         failures = self.runtime.preload()
         # 4. event sources
@@ -325,6 +324,8 @@ class LocalStack:
                 "description": self.engine.description,
             },
             "mode": self.runtime.mode,
+            "concurrency": self.runtime.concurrency,
+            "environments": self.runtime.environments(),
             "functions": {
                 fn.logical_id: {
                     "handler": fn.handler,
@@ -379,12 +380,7 @@ class LocalStack:
                 else "   (STRIPE_WEBHOOK_SECRET)"
             ),
             f"  pricing        {s.pricing_file or 'the functions default (config/pricing.toml)'}",
-            f"  functions run  {self.runtime.mode}"
-            + (
-                f" (variables differ between functions: {', '.join(sorted(self.runtime.conflicts))})"
-                if self.runtime.conflicts
-                else " (one invocation at a time per function)"
-            ),
+            f"  functions run  {self.runtime.mode} (CREDITS_LOCAL_CONCURRENCY)",
             f"  CLI            . {rel}   # sets CREDITS_URL, CREDITS_API_KEY, STRIPE_WEBHOOK_SECRET",
             "  routes:",
         ]
@@ -426,6 +422,9 @@ class LocalStack:
                 self.server.shutdown()
             self.server.server_close()
             self.server = None
+        runtime = getattr(self, "runtime", None)
+        if runtime is not None:
+            runtime.close()
         if self.engine is not None:
             self.engine.stop()
             self.engine = None

@@ -1,14 +1,15 @@
 """The local stack's Lambda emulation on a throwaway template (independent of the product's functions):
 API Gateway payload 2.0 events, environment resolution (!Ref / !GetAtt / !Sub, secrets through the local
 SSM), layers, error answers, binary bodies, the Invoke API, and the event sources: a DynamoDB stream with
-filter criteria -> a function -> the local EventBridge -> a rule -> a function, and a ScheduleV2 schedule
-fired by CREDITS_RUN_SCHEDULES=1."""
+filter criteria -> a function -> the local EventBridge -> a rule -> a function, a ScheduleV2 schedule
+fired by CREDITS_RUN_SCHEDULES=1, and concurrent invocations of one function in separate worker processes."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +24,17 @@ from tests.e2e.conftest import StackProcess, require_java
 pytestmark = pytest.mark.slow
 
 ECHO = """
-import base64, json, os
+import base64, json, os, time
 import boto3
 import helper_lib
 
 
 def handler(event, context):
     path = event.get("rawPath", "")
+    if path.endswith("/slow"):
+        started = time.time()
+        time.sleep(1.5)
+        return {"pid": os.getpid(), "started": started, "ended": time.time()}
     if path.endswith("/fail"):
         raise RuntimeError("boom")
     if path.endswith("/binary"):
@@ -190,7 +195,9 @@ Resources:
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackProcess]:
     require_java()
     root = tmp_path_factory.mktemp("toy")
-    fire_at = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=25)
+    fire_at = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(
+        seconds=60
+    )  # after start-up (a worker per function imports its handler)
     template = write_template(root / "app", fire_at)
     stack = StackProcess(root / "state", env={"CREDITS_RUN_SCHEDULES": "1"}, template=template).start()
     try:
@@ -243,6 +250,36 @@ def test_payload_v2_event_environment_layer_and_context(toy: StackProcess) -> No
     assert body["layer"] == "from-the-layer"
     assert 0 < body["remaining"] <= 7000
     assert headers["x-fn"] == "EchoFunction" and headers["set-cookie"] == "a=1"
+
+
+def _concurrently(toy: StackProcess, count: int) -> list[dict[str, Any]]:
+    replies: list[Any] = [None] * count
+
+    def call(index: int) -> None:
+        replies[index] = toy.request("GET", f"/echo/{index}/slow")
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(reply[0] == 200 for reply in replies), replies
+    return [reply[1] for reply in replies]
+
+
+def test_concurrent_requests_to_one_function_run_at_once_in_separate_processes(toy: StackProcess) -> None:
+    count = 4  # within the default CREDITS_LOCAL_CONCURRENCY (8)
+    # While one invocation runs, the next request gets a new environment (a cold start): 4 processes
+    cold = _concurrently(toy, count)
+    pids = {run["pid"] for run in cold}
+    assert len(pids) == count and toy.process is not None and toy.process.pid not in pids
+    # Warm, the same 4 processes run 4 requests at the same time (each sleeps 1.5 s)
+    warm = _concurrently(toy, count)
+    assert {run["pid"] for run in warm} == pids
+    assert max(run["started"] for run in warm) < min(run["ended"] for run in warm)
+    status, info, _ = toy.get("/_local/info")
+    assert status == 200 and info["concurrency"] == 8
+    assert info["environments"]["EchoFunction"] == count
 
 
 def test_route_priority_literal_then_variable_then_greedy(toy: StackProcess) -> None:
@@ -307,7 +344,7 @@ def test_stream_filter_bus_and_rule_chain(toy: StackProcess) -> None:
 
 
 def test_schedule_fires_with_the_scheduled_time(toy: StackProcess) -> None:
-    ticks = wait_for(lambda: events(toy, "tick"), timeout=60)
+    ticks = wait_for(lambda: events(toy, "tick"), timeout=120)
     assert ticks, toy.log()
     assert ticks[0]["detail"]["detail-type"] == "Scheduled Event"
     assert ticks[0]["detail"]["time"].endswith("Z")

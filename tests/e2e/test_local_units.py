@@ -7,8 +7,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import sys
+import os
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from credits_dev.local.apigw import Router, build_event, to_http_response
 from credits_dev.local.patterns import matches
-from credits_dev.local.runtime import FunctionRuntime
+from credits_dev.local.runtime import FunctionRuntime, local_concurrency
 from credits_dev.local.schedules import event_for, fire_after, next_fire, scheduled_event
 from credits_dev.local.template import Function, LocalNames, Route, Schedule, load_stack
 from tests.e2e.conftest import REPO_ROOT
@@ -292,30 +293,168 @@ def test_scheduled_events() -> None:
     assert event_for(fn, plain, when)["source"] == "aws.scheduler"
 
 
-# ---- runtime mode ----------------------------------------------------------------------------------------
-def test_runtime_serializes_when_functions_disagree_on_a_variable(tmp_path: Path) -> None:
+# ---- runtime: worker processes ----------------------------------------------------------------------------
+ENV_AND_PID = (
+    "import os, time\n"
+    "def handler(event, context):\n"
+    "    started = time.time()\n"
+    "    time.sleep(event.get('sleep', 0))\n"
+    "    if event.get('exit'):\n"
+    "        os._exit(3)\n"
+    "    return {'pid': os.getpid(), 'shared': os.environ.get('SHARED'), 'started': started,\n"
+    "            'ended': time.time()}\n"
+)
+
+
+def _two_functions(tmp_path: Path) -> Any:
     body = TEMPLATE.replace("    Condition: IsProd\n", "").replace(
         "Properties: {CodeUri: fb, Handler: app.handler}",
         "Properties: {CodeUri: fb, Handler: app.handler, Environment: {Variables: {SHARED: 'no'}}}",
     )
-    model = load_stack(write(tmp_path, body), LocalNames(table_names={"Ledger": "Ledger"}))
-    runtime = FunctionRuntime(model, log=lambda _line: None)
-    assert runtime.mode == "serialized" and set(runtime.conflicts) == {"SHARED"}
-    agreeing = load_stack(write(tmp_path, TEMPLATE.replace("    Condition: IsProd\n", "")))
-    assert FunctionRuntime(agreeing, log=lambda _line: None).mode == "concurrent"
+    path = write(tmp_path, body)
+    for folder in ("fa", "fb"):
+        (tmp_path / folder / "app.py").write_text(ENV_AND_PID)
+    return load_stack(path, LocalNames(table_names={"Ledger": "Ledger"}))
 
 
-def test_runtime_invokes_with_a_lambda_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the runtime puts code and layer folders on sys.path
+def test_concurrency_setting() -> None:
+    assert local_concurrency({}) == 8
+    assert local_concurrency({"CREDITS_LOCAL_CONCURRENCY": " 3 "}) == 3
+    for bad in ("0", "-2", "many"):
+        with pytest.raises(SystemExit, match="CREDITS_LOCAL_CONCURRENCY"):
+            local_concurrency({"CREDITS_LOCAL_CONCURRENCY": bad})
+
+
+def test_each_function_runs_with_its_own_variables_at_the_same_time(tmp_path: Path) -> None:
+    model = _two_functions(tmp_path)
+    runtime = FunctionRuntime(model, log=lambda _line: None, concurrency=2)
+    try:
+        assert set(runtime.conflicts) == {"SHARED"}  # reported, no longer a reason to serialize
+        outcomes: dict[str, Any] = {}
+
+        def run(name: str) -> None:
+            outcomes[name] = runtime.invoke(model.functions[name], {"sleep": 1.0})
+
+        threads = [threading.Thread(target=run, args=(name,)) for name in ("A", "B")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        a, b = outcomes["A"].result, outcomes["B"].result
+        assert (a["shared"], b["shared"]) == ("yes", "no")
+        assert a["pid"] != b["pid"] != os.getpid()
+        assert max(a["started"], b["started"]) < min(a["ended"], b["ended"])  # they overlapped
+    finally:
+        runtime.close()
+
+
+def _concurrent(runtime: FunctionRuntime, fn: Any, count: int, event: dict[str, Any]) -> list[Any]:
+    outcomes: list[Any] = [None] * count
+
+    def run(index: int) -> None:
+        outcomes[index] = runtime.invoke(fn, event)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def test_invocations_of_one_function_overlap_up_to_the_limit_each_in_its_own_process(tmp_path: Path) -> None:
+    model = _two_functions(tmp_path)
+    fn = model.functions["A"]
+    runtime = FunctionRuntime(model, log=lambda _line: None, concurrency=3)
+    try:
+        # 3 at once within the limit: 3 processes, all running at the same time
+        outcomes = _concurrent(runtime, fn, 3, {"sleep": 1.5})
+        assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+        results = [o.result for o in outcomes]
+        assert len({r["pid"] for r in results}) == 3
+        assert max(r["started"] for r in results) < min(r["ended"] for r in results)
+        assert runtime.environments()["A"] == 3
+        # 6 at once with a limit of 3: never more than 3 processes, the warm ones are reused
+        outcomes = _concurrent(runtime, fn, 6, {"sleep": 0.5})
+        assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+        results = [o.result for o in outcomes]
+        assert len({r["pid"] for r in results}) == 3
+        spans = sorted((r["started"], r["ended"]) for r in results)
+        for started, _ in spans:  # at no instant more than 3 ran
+            assert sum(1 for s, e in spans if s <= started < e) <= 3
+    finally:
+        runtime.close()
+    assert runtime.environments()["A"] == 0
+
+
+def test_a_limit_of_one_runs_invocations_one_after_the_other(tmp_path: Path) -> None:
+    model = _two_functions(tmp_path)
+    runtime = FunctionRuntime(model, log=lambda _line: None, concurrency=1)
+    try:
+        results = sorted(
+            (o.result for o in _concurrent(runtime, model.functions["A"], 3, {"sleep": 0.3})),
+            key=lambda r: r["started"],
+        )
+        assert len({r["pid"] for r in results}) == 1
+        assert all(
+            first["ended"] <= then["started"] for first, then in zip(results, results[1:], strict=False)
+        )
+    finally:
+        runtime.close()
+
+
+def test_a_worker_that_dies_is_an_error_and_is_replaced(tmp_path: Path) -> None:
+    model = _two_functions(tmp_path)
+    fn = model.functions["A"]
+    runtime = FunctionRuntime(model, log=lambda _line: None, concurrency=1)
+    try:
+        first = runtime.invoke(fn, {})
+        died = runtime.invoke(fn, {"exit": True})
+        assert not died.ok and died.error is not None and died.error["errorType"] == "Runtime.ExitError"
+        again = runtime.invoke(fn, {})
+        assert again.ok and again.result["pid"] != first.result["pid"]
+    finally:
+        runtime.close()
+
+
+def test_runtime_invokes_with_a_lambda_context(tmp_path: Path) -> None:
     path = write(tmp_path, TEMPLATE)
     (tmp_path / "fa" / "app.py").write_text(
         "def handler(event, context):\n"
+        "    print('a line of the function log')\n"
         "    return {'name': context.function_name, 'left': context.get_remaining_time_in_millis(),\n"
         "            'arn': context.invoked_function_arn, 'id': context.aws_request_id, 'event': event}\n"
     )
     model = load_stack(path)
+    lines: list[str] = []
+    runtime = FunctionRuntime(model, log=lines.append)
+    try:
+        outcome = runtime.invoke(model.functions["A"], {"x": 1}, request_id="req-1")
+        assert outcome.ok and outcome.result["name"] == "A" and outcome.result["id"] == "req-1"
+        assert 0 < outcome.result["left"] <= 9000 and outcome.result["event"] == {"x": 1}
+        assert outcome.result["arn"].endswith(":function:A")
+        (tmp_path / "fa" / "app.py").write_text("def handler(event, context):\n    return {1, 2}\n")
+    finally:
+        runtime.close()
+    assert "[A] a line of the function log" in lines  # the function's output reaches the stack's log
+
+
+def test_unserializable_results_and_import_errors_are_lambda_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, TEMPLATE)
+    (tmp_path / "fa" / "app.py").write_text("def handler(event, context):\n    return {1, 2}\n")
+    model = load_stack(path)
     runtime = FunctionRuntime(model, log=lambda _line: None)
-    outcome = runtime.invoke(model.functions["A"], {"x": 1}, request_id="req-1")
-    assert outcome.ok and outcome.result["name"] == "A" and outcome.result["id"] == "req-1"
-    assert 0 < outcome.result["left"] <= 9000 and outcome.result["event"] == {"x": 1}
-    assert outcome.result["arn"].endswith(":function:A")
+    try:
+        outcome = runtime.invoke(model.functions["A"], {})
+        assert outcome.error is not None and outcome.error["errorType"] == "Runtime.MarshalError"
+        assert runtime.preload() == {"A": None}
+    finally:
+        runtime.close()
+    (tmp_path / "fa" / "app.py").write_text("raise ImportError('no such thing')\n")
+    runtime = FunctionRuntime(load_stack(path), log=lambda _line: None)
+    try:
+        assert "no such thing" in (runtime.preload()["A"] or "")
+        outcome = runtime.invoke(model.functions["A"], {})
+        assert outcome.error is not None and outcome.error["errorType"] == "Runtime.ImportModuleError"
+    finally:
+        runtime.close()
