@@ -34,7 +34,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, ReadTimeoutError
 
 from credits_ledger.dal.client import CLIENT_CONFIG, RETRYABLE_CANCELLATIONS, rejection
-from credits_ledger.domain.errors import WriteRejected
+from credits_ledger.domain.errors import GrantRecordMismatch, WriteRejected
 from credits_ledger.domain.models import Category, EntryType, LedgerEntry
 from credits_ledger.ledger import DebitRequest, Ledger
 from tests.ledger_helpers import T0, FakeClock, all_entries, assert_books_balance, make_ledger, spec
@@ -553,3 +553,46 @@ def test_cancellation_reasons_are_classified(reasons: list[str], retryable: bool
         TWI,
     )
     assert (rejection(exc) is None) is retryable
+
+
+def test_a_closed_grant_record_under_a_live_grant_is_not_retried(
+    ledger: Ledger, client: Any, sends: dict[str, int]
+) -> None:
+    op = next(op for op in OPS if op.name == "expire")  # closes gr_1: account, entry, grant close
+    balance_before, count_before = _prepare(ledger, op)
+    reasons = [{"Code": "None"}, {"Code": "None"}, {"Code": "ConditionalCheckFailed"}]
+    stop = _answer_instead_of_moto(
+        client, TWI, lambda request: _error_response(request, 400, _cancellation(*reasons))
+    )
+    sends.clear()
+    # When the account's version held but the grant record could not be closed (it is closed or missing)
+    with pytest.raises(GrantRecordMismatch) as caught:
+        op.run(ledger)
+    # Then it is named after one send: a retry would meet the same record
+    assert caught.value.grant_ids == ("gr_1",)
+    assert sends[TWI] == 1 and ledger._sleep.calls == []  # type: ignore[attr-defined]
+    assert len(all_entries(ledger, ACCT)) == count_before
+    stop()
+    returned = op.run(ledger)
+    _assert_applied_once(ledger, op, balance_before, count_before, returned)
+
+
+def test_a_version_conflict_with_a_grant_close_failure_is_still_retried(
+    ledger: Ledger, client: Any, sends: dict[str, int]
+) -> None:
+    op = next(op for op in OPS if op.name == "expire")
+    balance_before, count_before = _prepare(ledger, op)
+    fired: list[int] = []
+
+    def conflict_once(request: Any) -> AWSResponse | None:
+        if fired:
+            return None
+        fired.append(1)
+        reasons = [{"Code": "ConditionalCheckFailed"}, {"Code": "None"}, {"Code": "ConditionalCheckFailed"}]
+        return _error_response(request, 400, _cancellation(*reasons))
+
+    _answer_instead_of_moto(client, TWI, conflict_once)
+    sends.clear()
+    returned = op.run(ledger)  # the account changed too: re-read, re-decide, commit
+    assert fired == [1] and sends[TWI] == 2
+    _assert_applied_once(ledger, op, balance_before, count_before, returned)

@@ -25,7 +25,13 @@ from botocore.exceptions import ClientError, ParamValidationError
 
 from credits_ledger.dal import items as it
 from credits_ledger.dal.client import dynamodb_client, rejection, table_name
-from credits_ledger.domain.errors import CreditsError, GrantNotFound, InvalidCursor, InvalidGrant
+from credits_ledger.domain.errors import (
+    CreditsError,
+    GrantNotFound,
+    GrantRecordMismatch,
+    InvalidCursor,
+    InvalidGrant,
+)
 from credits_ledger.domain.models import TERMINAL_STATUSES, AccountState, Change, Grant, LedgerEntry
 
 LEDGER_INDEX = "LedgerByAccount"
@@ -290,6 +296,14 @@ class AccountRepository:
             return EntryExists(existing)
         if failed(entries_end, entries_end + len(change.new_grants)):
             return InvalidGrant("grant_id", "is already used by another grant")
+        closed_start = entries_end + len(change.new_grants)
+        closed = failed(closed_start, closed_start + len(change.closed_grants))
+        if closed and reasons and reasons[0].get("Code") == "None":
+            # The account's version held, so nobody changed it since the read; its grants are closed only
+            # together with a version bump, so a closed or missing record here will stay so: no retry.
+            return GrantRecordMismatch(
+                tuple(change.closed_grants[i - closed_start].grant_id for i, _ in closed)
+            )
         extras = failed(first_extra, len(reasons))
         if extras:
             return RelatedItemChanged(extras[0][0] - first_extra)

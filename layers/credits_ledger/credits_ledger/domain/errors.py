@@ -85,6 +85,17 @@ class WriteRejected(CreditsError):
         self.detail = detail
 
 
+class GrantRecordMismatch(CreditsError):
+    """The account lists a grant as live but its grant record is closed or missing: the books disagree, and
+    closing it again would fail the same way on every retry (reconciliation reports it; fix by hand)."""
+
+    def __init__(self, grant_ids: tuple[str, ...]) -> None:
+        super().__init__(
+            f"grant record(s) {', '.join(grant_ids)} closed or missing while live on the account"
+        )
+        self.grant_ids = grant_ids
+
+
 class ConcurrencyConflict(CreditsError):
     """Too many concurrent writers on one account: the caller may retry (HTTP 503/429)."""
 
