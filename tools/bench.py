@@ -67,6 +67,10 @@ EXTERNAL_SECTIONS: dict[str, tuple[str, str]] = {
         "tools.bench_coldstart",
         "API and webhook handler import vs a bare import boto3 (goal <= 2x)",
     ),
+    "hot": (
+        "tools.bench_hot",
+        "one account under W concurrent writers vs W accounts (ledger and HTTP); debit cost vs live grants",
+    ),
     "expiry": (
         "tools.bench_expiry",
         "expiry job: read units over 1,000 due grants, empty vs 110k-grant table",
