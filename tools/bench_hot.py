@@ -180,7 +180,7 @@ def _ledger_writers(
                 counts[index] += 1
             except ConcurrencyConflict:
                 tally.rate_limited += 1
-            except Exception as exc:  # noqa: BLE001 - counted and shown, the bench goes on
+            except Exception as exc:  # counted and shown, the bench goes on
                 tally.errors += 1
                 tally.first_error = tally.first_error or f"{exc.__class__.__name__}: {exc}"
             tally.latencies.append((time.perf_counter() - began) * 1000)
@@ -612,7 +612,7 @@ def _debit_costs(endpoint: str, table: str) -> list[CostRow]:
 
 # ---- the section ------------------------------------------------------------------------------------------------
 def run(endpoint: str) -> list[Any]:
-    from tests.support.tables import create_tables_from_template
+    from credits_dev.local.tables import create_tables_from_template
 
     client = _plain_client(endpoint)
     table = create_tables_from_template(

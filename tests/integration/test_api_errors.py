@@ -161,7 +161,7 @@ def test_an_event_without_a_request_id_still_gets_one(api: Api) -> None:
 def _reject_writes_of(api: Api, monkeypatch: pytest.MonkeyPatch, customer: str) -> list[str]:
     """DynamoDB answers ValidationException (an item past 400 KB) to transactions on ``customer``'s account
     item; returns the accounts of every transaction sent."""
-    client = api.module.ledger().repository._client
+    client = api.ledger().repository._client
     real = client.transact_write_items
     sent: list[str] = []
 
@@ -202,8 +202,8 @@ def test_a_rejected_write_is_500_once_and_logged_for_the_alarm(
     assert api.ledger_snapshot("cus_A") == before
     logged = [json.loads(line) for line in log_lines.getvalue().splitlines()]
     errors = [entry for entry in logged if entry.get("level") == "ERROR"]
-    assert errors[-1]["exception_name"] == "WriteRejected"
-    assert '$.exception_name = "WriteRejected"' in _write_rejected_filter()
+    assert errors[-1]["failure"] == "write_rejected" and "Item size" in errors[-1]["error"]
+    assert '$.failure = "write_rejected"' in _write_rejected_filter()
 
 
 def test_a_rejected_account_in_a_batch_does_not_fail_the_others(
