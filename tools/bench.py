@@ -71,6 +71,10 @@ EXTERNAL_SECTIONS: dict[str, tuple[str, str]] = {
         "tools.bench_hot",
         "one account under W concurrent writers vs W accounts (ledger and HTTP); debit cost vs live grants",
     ),
+    "reservations": (
+        "tools.bench_reservations",
+        "reserve, capture, release; a debit next to open reservations",
+    ),
     "expiry": (
         "tools.bench_expiry",
         "expiry job: read units over 1,000 due grants, empty vs 110k-grant table",
