@@ -204,6 +204,7 @@ def render_balance(balance: dict[str, Any]) -> str:
             ("ledger balance", balance.get("ledger_balance")),
             ("held", balance.get("held")),
             ("pending", balance.get("pending")),
+            ("reserved", balance.get("reserved", "0")),
             ("next expiry", f"{nxt.get('amount')} at {short_time(nxt.get('at'))}" if nxt else "-"),
             ("as of", short_time(balance.get("as_of"))),
         ]
@@ -319,6 +320,16 @@ def parse_time(text: str, now: dt.datetime | None = None) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def duration_arg(text: str) -> int:
+    """Seconds: ``3600``, or ``30m`` / ``2h`` / ``7d`` / ``1w``."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use seconds or 30m / 2h / 7d")
+    return (
+        int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}[match.group(2)]
+    )
+
+
 def amount_arg(text: str) -> str:
     try:
         value = Decimal(text)
@@ -410,6 +421,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timestamp", type=parse_time, help="when it happened (ISO 8601 or -10m); default now")
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--file", type=Path, help="JSON Lines file of usage events ('-' for stdin)")
+
+    p = sub.add_parser(
+        "reserve",
+        parents=[common],
+        help="hold credits for a long-running job (a reservation)",
+        description="Reserve AMOUNT credits for CUSTOMER (with --meter, AMOUNT is a quantity of that meter, "
+        "priced like usage). The id makes it idempotent; capture or release it when the job ends.",
+    )
+    p.add_argument("customer")
+    p.add_argument("amount", type=amount_arg)
+    p.add_argument("--meter", help="reserve AMOUNT units of this meter instead of AMOUNT credits")
+    p.add_argument("--id", help="reservation id (idempotency key); default: a new one")
+    p.add_argument(
+        "--expires-in", type=duration_arg, help="seconds, or 30m / 2h / 7d (60 s to 30 days; default 1h)"
+    )
+    p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("capture", parents=[common], help="charge what a reservation's job used")
+    p.add_argument("reservation")
+    p.add_argument("amount", nargs="?", type=amount_arg, help="credits used (default: all reserved)")
+    p.add_argument("--allow-overrun", action="store_true", help="debit more than reserved from available")
+
+    p = sub.add_parser("release", parents=[common], help="release everything a reservation holds")
+    p.add_argument("reservation")
+
+    p = sub.add_parser("extend", parents=[common], help="move a reservation's end to now + a duration")
+    p.add_argument("reservation")
+    p.add_argument("expires_in", type=duration_arg, help="seconds, or 30m / 2h / 7d")
+
+    p = sub.add_parser(
+        "reservations", parents=[common], help="an account's open reservations, or one reservation (--id)"
+    )
+    p.add_argument("customer", nargs="?")
+    p.add_argument("--id", help="show this reservation (any status) instead")
 
     keys = sub.add_parser("keys", help="API keys (admin)").add_subparsers(
         dest="keys_command", metavar="ACTION"
@@ -677,6 +722,110 @@ def usage_file(api: Api, args: argparse.Namespace, out: Printer) -> int:
     return EXIT_REJECTED if counts["rejected"] else EXIT_OK
 
 
+def render_reservations(reservations: list[dict[str, Any]]) -> str:
+    if not reservations:
+        return "no open reservations"
+    rows = [
+        [r.get("id"), r.get("status"), r.get("credits"), r.get("held"), short_time(r.get("expires_at"))]
+        for r in reservations
+    ]
+    return render_table(["ID", "STATUS", "CREDITS", "HELD", "EXPIRES"], rows, right=(2, 3))
+
+
+def render_reservation(r: dict[str, Any]) -> str:
+    pairs: list[tuple[str, Any]] = [
+        ("id", r.get("id")),
+        ("customer", r.get("customer")),
+        ("status", r.get("status")),
+        ("credits", r.get("credits")),
+        ("held", r.get("held")),
+        ("expires at", short_time(r.get("expires_at"))),
+    ]
+    if r.get("captured") is not None:
+        pairs += [("captured", r.get("captured")), ("released", r.get("released"))]
+    pairs.append(("grants", ", ".join(f"{a['grant_id']}:{a['amount']}" for a in r.get("allocations") or [])))
+    return render_pairs(pairs)
+
+
+def cmd_reserve(api: Api, args: argparse.Namespace, out: Printer) -> int:
+    import uuid
+
+    body: dict[str, Any] = {"id": args.id or f"cli_{uuid.uuid4().hex}", "customer": args.customer}
+    if args.meter:
+        body.update(meter=args.meter, quantity=args.amount)
+    else:
+        body["credits"] = args.amount
+    if args.expires_in is not None:
+        body["expires_in"] = args.expires_in
+    metadata = _metadata(args.metadata)
+    if metadata:
+        body["metadata"] = metadata
+    response = api.call("POST", "/v1/reservations", body)
+    answer = response.body
+    replayed = response.headers.get("idempotent-replayed") == "true"
+    _emit(
+        args,
+        out,
+        answer,
+        lambda: (
+            f"{'replayed' if replayed else 'reserved'} {answer.get('credits')} credits of "
+            f"{answer.get('customer')}; id {answer.get('id')}; expires {short_time(answer.get('expires_at'))}"
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_capture(api: Api, args: argparse.Namespace, out: Printer) -> int:
+    body: dict[str, Any] = {}
+    if args.amount is not None:
+        body["credits"] = args.amount
+    if args.allow_overrun:
+        body["allow_overrun"] = True
+    response = api.call("POST", f"/v1/reservations/{_seg(args.reservation)}/capture", body)
+    answer = response.body
+    again = " (captured before)" if response.headers.get("idempotent-replayed") == "true" else ""
+    _emit(
+        args,
+        out,
+        answer,
+        lambda: (
+            f"captured {answer.get('captured')} credits of {answer.get('id')}, released "
+            f"{answer.get('released')}; available {answer.get('balance')}{again}"
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_release(api: Api, args: argparse.Namespace, out: Printer) -> int:
+    answer = api.call("POST", f"/v1/reservations/{_seg(args.reservation)}/release", {}).body
+    _emit(
+        args,
+        out,
+        answer,
+        lambda: f"{answer.get('id')} {answer.get('status')}: {answer.get('released')} credits released",
+    )
+    return EXIT_OK
+
+
+def cmd_extend(api: Api, args: argparse.Namespace, out: Printer) -> int:
+    body = {"expires_in": args.expires_in}
+    answer = api.call("POST", f"/v1/reservations/{_seg(args.reservation)}/extend", body).body
+    _emit(args, out, answer, lambda: render_reservation(answer))
+    return EXIT_OK
+
+
+def cmd_reservations(api: Api, args: argparse.Namespace, out: Printer) -> int:
+    if args.id:
+        answer = api.call("GET", f"/v1/reservations/{_seg(args.id)}").body
+        _emit(args, out, answer, lambda: render_reservation(answer))
+        return EXIT_OK
+    if not args.customer:
+        raise CliError("reservations needs CUSTOMER (or --id RESERVATION)", EXIT_USAGE)
+    body = api.call("GET", f"/v1/customers/{_seg(args.customer)}/reservations").body
+    _emit(args, out, body, lambda: render_reservations(body.get("data") or []))
+    return EXIT_OK
+
+
 def cmd_keys_create(api: Api, args: argparse.Namespace, out: Printer) -> int:
     scopes = scopes_arg(args.scope)
     unknown = [s for s in scopes if s not in SCOPES]
@@ -891,6 +1040,11 @@ COMMANDS: dict[str, Callable[[Api, argparse.Namespace, Printer], int]] = {
     "grant": cmd_grant,
     "void": cmd_void,
     "usage": cmd_usage,
+    "reserve": cmd_reserve,
+    "capture": cmd_capture,
+    "release": cmd_release,
+    "extend": cmd_extend,
+    "reservations": cmd_reservations,
     "keys create": cmd_keys_create,
     "keys revoke": cmd_keys_revoke,
     "expire": cmd_expire,

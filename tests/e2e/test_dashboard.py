@@ -80,12 +80,16 @@ def test_dashboard_shows_balance_grants_and_ledger(
         "POST", f"/v1/customers/{customer}/grants", {"amount": "0.5"}, key=ADMIN_KEY
     )
     assert status == 201
+    reservation = {"id": f"job_{customer}", "customer": customer, "credits": "250", "expires_in": 3600}
+    assert stack.request("POST", "/v1/reservations", reservation, key=ADMIN_KEY)[0] == 201
     dom = render(
         chromium, f"{stack.url}/?customer={customer}#key={ADMIN_KEY}", tmp_path / "profile", "--dump-dom"
     )
     assert 'data-loaded="true"' in dom, dom[-2000:]
-    assert text_of(dom, "available") == "1250.5"
-    assert text_of(dom, "paid") == "1250"
+    assert text_of(dom, "available") == "1000.5"
+    assert text_of(dom, "reserved") == "250"
+    assert f"job_{customer}" in dom  # the open reservations table
+    assert text_of(dom, "paid") == "1000"
     assert text_of(dom, "promotional") == "0.5"
     assert text_of(dom, "next_expiry") == "1250 on 2099-01-01"
     assert grant["id"] in dom
