@@ -119,8 +119,13 @@ class StackProcess:
         return int(proc.returncode or 0)
 
     def leftovers(self) -> list[int]:
-        """Processes still running with this stack's state folder on their command line (DynamoDB Local)."""
+        """Processes still running with this stack's state folder on their command line (DynamoDB Local, the
+        functions' worker processes)."""
         return pids_matching(str(self.state_dir))
+
+    def workers(self) -> list[int]:
+        """The functions' worker processes (``python -m credits_dev.local.worker <state dir> <function>``)."""
+        return pids_matching(f"credits_dev.local.worker {self.state_dir}")
 
     def log(self) -> str:
         try:
