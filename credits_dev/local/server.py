@@ -36,6 +36,9 @@ MAX_BODY = 10 * 1024 * 1024  # HTTP API's payload limit
 class LocalServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # listen() backlog: the default 5 resets connections when dozens of clients connect at once (API Gateway
+    # queues them); requests beyond CREDITS_LOCAL_CONCURRENCY wait for a free worker instead
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], stack: LocalStack) -> None:
         super().__init__(address, RequestHandler)

@@ -282,6 +282,26 @@ def test_concurrent_requests_to_one_function_run_at_once_in_separate_processes(t
     assert info["environments"]["EchoFunction"] == count
 
 
+def test_more_clients_than_the_limit_wait_for_an_environment(toy: StackProcess) -> None:
+    clients = 48  # more connections at once than CREDITS_LOCAL_CONCURRENCY (8): they wait, none is refused
+    replies: list[Any] = [None] * clients
+
+    def call(index: int) -> None:
+        try:
+            replies[index] = toy.request("GET", f"/echo/{index}/plain")[:2]
+        except OSError as exc:  # a reset connection
+            replies[index] = (0, str(exc))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(reply == (200, {"hello": "world"}) for reply in replies), replies
+    status, info, _ = toy.get("/_local/info")
+    assert status == 200 and info["environments"]["EchoFunction"] <= 8
+
+
 def test_route_priority_literal_then_variable_then_greedy(toy: StackProcess) -> None:
     assert toy.get("/echo/fixed")[1]["event"]["routeKey"] == "GET /echo/fixed"
     assert toy.get("/echo/one")[1]["event"]["routeKey"] == "GET /echo/{name}"
