@@ -313,3 +313,24 @@ def test_settings_writes_keep_the_latest_and_null_resets_to_the_default(env: Env
     reset = put_settings("cus_a", {"low_balance_threshold": None}, repository=repository, clock=lambda: noon)
     assert (reset["low_balance_threshold"], reset["effective_low_balance_threshold"]) == (None, "100")
     assert get_settings("cus_a", repository=repository)["effective_low_balance_threshold"] == "100"
+
+
+def test_low_balance_alerts_count_available_so_a_reservation_can_cross_the_threshold(env: Env) -> None:
+    from credits_ledger.dal.reservations import ReservationRepository
+    from credits_ledger.reservations import Reservations, ReserveRequest
+
+    service = Reservations(env.ledger.repository, ReservationRepository(env.client, TABLE), clock=env.clock)
+    # Given 300 credits and a threshold of 100
+    env.grant("cus_r", "g1", "300")
+    env.deliver()
+    # When a reservation holds 250 of them (the ledger balance stays 300)
+    env.do(lambda: service.reserve(ReserveRequest("job-alert", "cus_r", D(250), 3600)))
+    env.deliver()
+    # Then available went 300 -> 50: low, as for a debit
+    assert env.alerts("cus_r") == [(LOW, "50")]
+    # When it is released, and a debit then takes available to 40
+    env.do(lambda: service.release(service.record("job-alert")))
+    env.debit("cus_r", "u1", "260")
+    env.deliver()
+    # Then going back above re-armed the alert and the debit crossed it again
+    assert env.alerts("cus_r") == [(LOW, "50"), (LOW, "40")]
