@@ -16,9 +16,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import boto3
 import pytest
+from botocore.config import Config
 
+from credits_dev.local.dynamodb_local import DUMMY_CREDENTIALS, REGION
 from credits_ledger.dal.accounts import AccountRepository
+from credits_ledger.dal.client import CLIENT_CONFIG
 from credits_ledger.dal.reservations import ReservationRepository
 from credits_ledger.domain.errors import InsufficientCredits
 from credits_ledger.domain.models import EntryType, Source
@@ -26,7 +30,7 @@ from credits_ledger.domain.reservations import ReservationError, ReservationStat
 from credits_ledger.domain.transitions import GrantSpec
 from credits_ledger.ledger import DebitRequest, Ledger
 from credits_ledger.reservations import Reservations, ReserveRequest
-from tests.concurrency.ledger_audit import ManualClock, ledger_entries, new_client
+from tests.concurrency.ledger_audit import ManualClock, ledger_entries
 
 pytestmark = [pytest.mark.dynamodb_local, pytest.mark.slow]
 
@@ -35,15 +39,28 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ACCOUNT = "cus_reservations"
 
 
+def patient_client(endpoint: str) -> Any:
+    """A client like production's but with a long read timeout: 32 transactions at once on a shared 2-core
+    machine can keep DynamoDB Local busy for more than production's 5 s, and a timed-out call would leave the
+    outcome of that reservation unknown to the test (the assertions are about correctness, not latency)."""
+    return boto3.session.Session().client(
+        "dynamodb",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        config=CLIENT_CONFIG.merge(Config(read_timeout=120, connect_timeout=30)),
+        **DUMMY_CREDENTIALS,
+    )
+
+
 def service_on(endpoint: str, table: str, clock: ManualClock) -> Reservations:
-    client = new_client(endpoint)
+    client = patient_client(endpoint)
     return Reservations(
         AccountRepository(client, table), ReservationRepository(client, table), clock=clock, max_attempts=400
     )
 
 
 def ledger_on(endpoint: str, table: str, clock: ManualClock) -> Ledger:
-    return Ledger(AccountRepository(new_client(endpoint), table), clock=clock, max_attempts=400)
+    return Ledger(AccountRepository(patient_client(endpoint), table), clock=clock, max_attempts=400)
 
 
 def run_threads(targets: list[Any]) -> list[BaseException]:
@@ -67,7 +84,7 @@ def run_threads(targets: list[Any]) -> list[BaseException]:
 def audit(endpoint: str, table: str) -> None:
     """The books of the account: entries 1..N, running balance, account item == ledger == live grants, pins
     on live grants never above their remaining, every reservation ended at most once and its record agreeing."""
-    client = new_client(endpoint)
+    client = patient_client(endpoint)
     entries = sorted(ledger_entries(client, table, ACCOUNT), key=lambda e: e.seq)
     state = AccountRepository(client, table).state(ACCOUNT, consistent=True)
     assert [e.seq for e in entries] == list(range(1, len(entries) + 1)) == list(range(1, state.version + 1))
@@ -120,7 +137,7 @@ def test_32_concurrent_reserves_of_10_on_100_credits_exactly_10_succeed(local_ta
 
     assert run_threads([reserver(i) for i in range(32)]) == []
     assert Counter(results) == {"reserved": 10, "insufficient": 22}
-    state = AccountRepository(new_client(endpoint), table).state(ACCOUNT, consistent=True)
+    state = AccountRepository(patient_client(endpoint), table).state(ACCOUNT, consistent=True)
     assert len(state.reservations) == 10
     assert sum((r.credits for r in state.reservations.values()), D(0)) == D(100)
     balance = ledger_on(endpoint, table, clock).balance(ACCOUNT)
@@ -224,11 +241,11 @@ def test_captures_race_debits_and_the_sweep(local_tables: Any) -> None:
             assert records[rid].captured == (D(25) if rid == "r4" else D(12))
     for index in range(8, 12):
         assert records[f"r{index}"].status is ReservationStatus.EXPIRED
-    entries = ledger_entries(new_client(endpoint), table, ACCOUNT)
+    entries = ledger_entries(patient_client(endpoint), table, ACCOUNT)
     unreserves = Counter(e.entry_key for e in entries if e.type is EntryType.UNRESERVE)
     assert all(n == 1 for n in unreserves.values())
     # what the debits took never came out of an open reservation: the reservations still open hold in full
-    state = AccountRepository(new_client(endpoint), table).state(ACCOUNT, consistent=True)
+    state = AccountRepository(patient_client(endpoint), table).state(ACCOUNT, consistent=True)
     for rid, live in state.reservations.items():
         assert live.credits == records[rid].credits
     audit(endpoint, table)

@@ -930,3 +930,28 @@ def test_samples_are_stale_as_stored_and_accepted_once_resigned(
     balance = webhook.balance(customer)
     assert (balance.ledger_balance, balance.available, balance.held) == (25_500, 25_500, 0)
     assert webhook.books(customer) == 25_500
+
+
+# =========================================================================================== reservations
+def test_refunds_and_lost_disputes_take_free_credits_first_then_shrink_reservations(
+    webhook: Webhook, customer: str, bought: str
+) -> None:
+    from credits_ledger.dal.reservations import ReservationRepository
+    from credits_ledger.reservations import Reservations, ReserveRequest
+
+    service = Reservations(webhook.ledger.repository, ReservationRepository(webhook.client, webhook.table))
+    service.reserve(ReserveRequest("job-refund", customer, D(600), 3600))
+    # a 50 % refund revokes 500: the 400 free credits first, then 100 of the reservation
+    webhook.ok(se.charge_refunded(bought, 2400, 1200))
+    balance = webhook.balance(customer)
+    assert (balance.ledger_balance, balance.available, balance.reserved) == (500, 0, 500)
+    assert service.view(service.record("job-refund")).held == 500
+    # a lost dispute voids what is left: the reservation holds nothing, its capture debits nothing
+    opened = se.dispute_created(bought, amount=2400)
+    webhook.ok(opened)
+    assert webhook.balance(customer).reserved == 500  # an open dispute leaves reserved credits capturable
+    webhook.ok(se.dispute_closed(bought, "lost", amount=2400, dispute_id=opened["data"]["object"]["id"]))
+    assert webhook.balance(customer).reserved == 0
+    captured = service.capture(service.record("job-refund"), None, False).record
+    assert (captured.captured, captured.released) == (0, 0)
+    assert webhook.books(customer) == 0
