@@ -192,7 +192,7 @@ def short_time(value: Any) -> str:
     return re.sub(r"\.\d+(?=Z|[+-]\d\d:\d\d$)", "", value)
 
 
-def render_balance(balance: dict[str, Any]) -> str:
+def render_balance(balance: dict[str, Any], forecast: dict[str, Any] | None = None) -> str:
     by_category = balance.get("by_category") or {}
     nxt = balance.get("next_expiry")
     return render_pairs(
@@ -207,7 +207,38 @@ def render_balance(balance: dict[str, Any]) -> str:
             ("reserved", balance.get("reserved", "0")),
             ("next expiry", f"{nxt.get('amount')} at {short_time(nxt.get('at'))}" if nxt else "-"),
             ("as of", short_time(balance.get("as_of"))),
+            *(burn_pairs(forecast) if forecast else []),
         ]
+    )
+
+
+def burn_pairs(forecast: dict[str, Any]) -> list[tuple[str, Any]]:
+    runs_out = forecast.get("runs_out_at")
+    return [
+        ("burn per day", f"{forecast.get('burn_per_day')} (last {forecast.get('window_days', 30)} days)"),
+        ("runs out at", short_time(runs_out) if runs_out else "never (nothing burns)"),
+    ]
+
+
+def render_forecast(forecast: dict[str, Any]) -> str:
+    days = forecast.get("days") or []
+    peak = max((Decimal(str(d.get("burn", "0"))) for d in days), default=Decimal(0))
+    rows = []
+    for day in days:
+        burn = Decimal(str(day.get("burn", "0")))
+        bar = "#" * (int(burn * 30 / peak) if peak else 0)
+        meters = ", ".join(f"{m} {v}" for m, v in (day.get("by_meter") or {}).items())
+        rows.append([day.get("day"), day.get("burn"), bar + (" !" if day.get("anomaly") else ""), meters])
+    head = render_pairs(
+        [
+            ("customer", forecast.get("customer")),
+            ("available", forecast.get("available")),
+            *burn_pairs(forecast),
+        ]
+    )
+    table = render_table(["day", "burn", "", "by meter"], rows, right=[1]) if rows else ""
+    return "\n".join(x for x in (head, table) if x) + (
+        "\n! credits.usage.anomaly was raised that day" if any(d.get("anomaly") for d in days) else ""
     )
 
 
@@ -328,6 +359,20 @@ def duration_arg(text: str) -> int:
     return (
         int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}[match.group(2)]
     )
+
+
+def day_arg(text: str) -> str:
+    """A UTC day as the API takes it; ``today`` and ``-7d`` style offsets are resolved here."""
+    today = dt.datetime.now(dt.UTC).date()
+    match = re.fullmatch(r"([+-]\d+)d", text.strip())
+    if text.strip() == "today":
+        return today.isoformat()
+    if match:
+        return (today + dt.timedelta(days=int(match.group(1)))).isoformat()
+    try:
+        return dt.date.fromisoformat(text.strip()).isoformat()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a day: {text!r} (YYYY-MM-DD, today, -7d)") from exc
 
 
 def amount_arg(text: str) -> str:
@@ -495,6 +540,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="Lambda API endpoint (default: $CREDITS_LAMBDA_URL, else --url for a local stack, else AWS)",
     )
 
+    p = sub.add_parser(
+        "forecast",
+        parents=[common],
+        help="an account's burn per day (30 days, by meter) and when it runs out",
+    )
+    p.add_argument("customer")
+
+    report = sub.add_parser("report", help="the money view (admin)").add_subparsers(
+        dest="report_command", metavar="REPORT"
+    )
+    report.required = True
+    p = report.add_parser(
+        "revenue",
+        parents=[common],
+        help="deferred revenue, sold, recognized, breakage and refunded per currency (minor units)",
+    )
+    p.add_argument("--from", dest="start", type=day_arg, required=True, help="first UTC day, YYYY-MM-DD")
+    p.add_argument(
+        "--to", dest="end", type=day_arg, required=True, help="last UTC day, YYYY-MM-DD (inclusive)"
+    )
+    p.add_argument(
+        "--format", choices=("table", "csv", "json"), default="table", help="output (default table)"
+    )
+    p = report.add_parser(
+        "rebuild",
+        parents=[common],
+        help="recompute the daily revenue aggregate of a range from the ledger and compare "
+        "(invokes ReconcileFunction through the Lambda Invoke API)",
+    )
+    p.add_argument("--from", dest="start", type=day_arg, required=True, help="first UTC day, YYYY-MM-DD")
+    p.add_argument(
+        "--to", dest="end", type=day_arg, required=True, help="last UTC day, YYYY-MM-DD (inclusive)"
+    )
+    p.add_argument(
+        "--write", action="store_true", help="replace the days that differ with the ledger's figures"
+    )
+    p.add_argument(
+        "--function", default="ReconcileFunction", help="function name (default ReconcileFunction)"
+    )
+    p.add_argument(
+        "--lambda-url",
+        default=None,
+        help="Lambda API endpoint (default: $CREDITS_LAMBDA_URL, else --url for a local stack, else AWS)",
+    )
+
     stripe_parser = sub.add_parser("stripe", help="simulate Stripe")
     stripe_sub = stripe_parser.add_subparsers(dest="stripe_command", metavar="ACTION")
     stripe_sub.required = True
@@ -550,8 +640,85 @@ def _emit(args: argparse.Namespace, out: Printer, payload: Any, human: Callable[
 
 def cmd_balance(api: Api, args: argparse.Namespace, out: Printer) -> int:
     body = api.call("GET", f"/v1/customers/{_seg(args.customer)}/balance").body
-    _emit(args, out, body, lambda: render_balance(body))
+    if args.json:
+        out(json.dumps(body, indent=2))
+        return EXIT_OK
+    # the burn forecast is extra: a stack without the route (or a key that may not read it) still shows
+    # the balance
+    answer = api.request("GET", f"/v1/customers/{_seg(args.customer)}/forecast")
+    forecast = answer.body if answer.status == 200 and isinstance(answer.body, dict) else None
+    out(render_balance(body, forecast))
     return EXIT_OK
+
+
+def cmd_forecast(api: Api, args: argparse.Namespace, out: Printer) -> int:
+    body = api.call("GET", f"/v1/customers/{_seg(args.customer)}/forecast").body
+    _emit(args, out, body, lambda: render_forecast(body))
+    return EXIT_OK
+
+
+REPORT_COLUMNS = (
+    "currency",
+    "opening_deferred",
+    "sold",
+    "recognized",
+    "breakage",
+    "refunded",
+    "closing_deferred",
+)
+
+
+def cmd_report_revenue(api: Api, args: argparse.Namespace, out: Printer) -> int:
+    body = api.call("GET", "/v1/reports/revenue", query={"from": args.start, "to": args.end}).body
+    lines = body.get("data", []) if isinstance(body, dict) else []
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
+        out(json.dumps(body, indent=2))
+    elif fmt == "csv":
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["from", "to", *REPORT_COLUMNS])
+        for line in lines:
+            writer.writerow([args.start, args.end, *(line.get(c) for c in REPORT_COLUMNS)])
+        out(buffer.getvalue().rstrip("\n"))
+    elif not lines:
+        out(f"no money moved or deferred from {args.start} to {args.end}")
+    else:
+        out(f"revenue {args.start} .. {args.end} (minor units of each currency)")
+        out(
+            render_table(
+                REPORT_COLUMNS, [[line.get(c) for c in REPORT_COLUMNS] for line in lines], range(1, 7)
+            )
+        )
+    return EXIT_OK
+
+
+def cmd_report_rebuild(api: Api, args: argparse.Namespace, out: Printer) -> int:
+    event = {"revenue_rebuild": {"from": args.start, "to": args.end, "write": args.write}}
+    payload = invoke_function(api, args, event)
+    if args.json:
+        out(json.dumps(payload, indent=2))
+        return EXIT_OK
+    out(
+        f"revenue rebuild {args.start} .. {args.end}: {payload.get('accounts')} account(s), "
+        f"{payload.get('entries')} ledger entries replayed, {payload.get('days_differing')} day(s) differ"
+        + (f", {payload.get('days_written')} rewritten" if args.write else "")
+    )
+    rows = [
+        [d["day"], d["currency"], *(f"{d['stored'][f]} -> {d['recomputed'][f]}" for f in FLOW_NAMES)]
+        for d in payload.get("differences", [])
+    ]
+    if rows:
+        out(render_table(["day", "currency", *FLOW_NAMES], rows))
+        if not args.write:
+            out("stored -> recomputed; --write replaces these days with the ledger's figures")
+    return EXIT_OK
+
+
+FLOW_NAMES = ("sold", "recognized", "breakage", "refunded")
 
 
 def _pages(api: Api, path: str, query: dict[str, Any], follow: bool) -> Iterator[dict[str, Any]]:
@@ -886,12 +1053,32 @@ def expire_event(when: str) -> dict[str, Any]:
 
 def cmd_expire(api: Api, args: argparse.Namespace, out: Printer) -> int:
     when = parse_time("now") if args.now else args.time
+    payload = invoke_function(api, args, expire_event(when))
+    if args.json:
+        out(json.dumps(payload, indent=2))
+    else:
+        out(f"expiry run as of {when}:")
+        if isinstance(payload, dict):
+            out(
+                render_pairs(
+                    [(str(k), json.dumps(v) if isinstance(v, dict | list) else v) for k, v in payload.items()]
+                )
+                if payload
+                else "(no summary)"
+            )
+        else:
+            out(json.dumps(payload))
+    return EXIT_OK
+
+
+def invoke_function(api: Api, args: argparse.Namespace, event: dict[str, Any]) -> Any:
+    """Run ``args.function`` with ``event`` through the Lambda Invoke API (the local stack answers it on
+    --url; AWS otherwise) and return what it returned."""
     endpoint = (
         args.lambda_url
         or os.environ.get("CREDITS_LAMBDA_URL")
         or (api.url if _is_loopback(api.url) else None)
     )
-    event = expire_event(when)
     import boto3
     import botocore.exceptions
     from botocore.config import Config
@@ -933,21 +1120,7 @@ def cmd_expire(api: Api, args: argparse.Namespace, out: Printer) -> int:
             "see the stack's log (the `make dev` console)",
             payload,
         )
-    if args.json:
-        out(json.dumps(payload, indent=2))
-    else:
-        out(f"expiry run as of {when}:")
-        if isinstance(payload, dict):
-            out(
-                render_pairs(
-                    [(str(k), json.dumps(v) if isinstance(v, dict | list) else v) for k, v in payload.items()]
-                )
-                if payload
-                else "(no summary)"
-            )
-        else:
-            out(json.dumps(payload))
-    return EXIT_OK
+    return payload
 
 
 def cmd_stripe_send(api: Api, args: argparse.Namespace, out: Printer) -> int:
@@ -1048,6 +1221,9 @@ COMMANDS: dict[str, Callable[[Api, argparse.Namespace, Printer], int]] = {
     "keys create": cmd_keys_create,
     "keys revoke": cmd_keys_revoke,
     "expire": cmd_expire,
+    "forecast": cmd_forecast,
+    "report revenue": cmd_report_revenue,
+    "report rebuild": cmd_report_rebuild,
     "stripe send": cmd_stripe_send,
 }
 
@@ -1057,6 +1233,8 @@ def command_name(args: argparse.Namespace) -> str:
         return f"keys {args.keys_command}"
     if args.command == "stripe":
         return f"stripe {args.stripe_command}"
+    if args.command == "report":
+        return f"report {args.report_command}"
     return str(args.command)
 
 

@@ -1,7 +1,9 @@
 """ReconcileFunction: checks every registered account's balance against its ledger and live grants,
 incrementally from per-account checkpoints; metrics CheckedAccounts / MismatchedAccounts and a
 ``credits.reconciliation.mismatch`` event per mismatch. ``{"detail": {"backfill": true}}`` first registers
-accounts created before the ledger stream function (one full-table scan). Design: docs/expiry.md.
+accounts created before the ledger stream function (one full-table scan). ``{"revenue_rebuild": {"from",
+"to", "write"}}`` recomputes the daily revenue aggregate from the ledger and compares (docs/money.md §4).
+Design: docs/expiry.md.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits_ledger.bus import default_bus
 from credits_ledger.dal.accounts import AccountRepository
+from credits_ledger.dal.money import MoneyRepository
 from credits_ledger.dal.reconcile import ReconcileRepository
 from credits_ledger.jobs.reconcile import ReconcileJob
+from credits_ledger.jobs.revenue import RebuildRequest, RevenueRebuild
 from credits_ledger.jobs.scheduled import run_scheduled
 from credits_ledger.observability import logger, metrics, tracer
 
@@ -28,4 +32,12 @@ def job() -> ReconcileJob:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if "revenue_rebuild" in event:  # an operator's repair (credits report rebuild), not the schedule
+        request = RebuildRequest.model_validate(event["revenue_rebuild"])
+        return rebuild().run(request).as_dict()
     return run_scheduled(event, context, job())
+
+
+@cache
+def rebuild() -> RevenueRebuild:
+    return RevenueRebuild(ReconcileRepository(), AccountRepository(), MoneyRepository())

@@ -4,7 +4,7 @@
                   attributes ``<flow>_<currency>`` (sold_eur, recognized_eur, breakage_eur, refunded_eur)
   money tracker   pk=ACCOUNT#<account>     sk=MONEY
                   ``upto``/``above`` (entries counted), ``burn`` {day: {meter: credits}}, ``since``,
-                  ``anomaly_day``, ``v``
+                  ``anomaly_day`` (the last) and ``anomalies`` (days raised, last 31 days), ``v``
 
 A stream batch's contribution of one account is ONE transaction: the tracker ``Put`` conditioned on the
 version it was decided on, plus an ``ADD`` to each day item it touches. Either both commit or neither, and
@@ -80,6 +80,8 @@ def tracker_to_item(tracker: Tracker) -> it.Item:
         item["since"] = tracker.since.isoformat()
     if tracker.anomaly_day is not None:
         item["anomaly_day"] = tracker.anomaly_day.isoformat()
+    if tracker.anomalies:
+        item["anomalies"] = {d.isoformat() for d in tracker.anomalies}
     return item
 
 
@@ -96,6 +98,7 @@ def tracker_from_item(account_id: str, item: it.Item | None) -> Tracker:
         since=date.fromisoformat(item["since"]) if item.get("since") else None,
         anomaly_day=date.fromisoformat(item["anomaly_day"]) if item.get("anomaly_day") else None,
         version=int(item.get("v", 0)),
+        anomalies=frozenset(date.fromisoformat(d) for d in item.get("anomalies", ())),
     )
 
 
@@ -271,7 +274,7 @@ class MoneyRepository:
         return out
 
     def replace_day(self, day: date, totals: Mapping[str, Totals]) -> None:
-        """Overwrite one day with recomputed totals (bucket 0; the other buckets deleted) in one transaction."""
+        """Overwrite one day with recomputed totals (bucket 0; the other buckets emptied) in one transaction."""
         item: it.Item = {"pk": REVENUE_PK, "sk": f"DAY#{day.isoformat()}#0"}
         for currency, values in totals.items():
             for flow in FLOWS:
@@ -279,5 +282,5 @@ class MoneyRepository:
                 if value:
                     item[attribute(flow, currency)] = value
         actions: list[dict[str, Any]] = [{"Put": {"TableName": self._table, "Item": it.to_dynamo(item)}}]
-        actions += [{"Delete": {"TableName": self._table, "Key": day_key(day, b)}} for b in range(1, BUCKETS)]
+        actions += [{"Put": {"TableName": self._table, "Item": day_key(day, b)}} for b in range(1, BUCKETS)]
         self._client.transact_write_items(TransactItems=actions)

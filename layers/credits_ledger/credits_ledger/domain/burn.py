@@ -98,6 +98,7 @@ class Tracker:
     since: date | None = None
     anomaly_day: date | None = None
     version: int = 0
+    anomalies: frozenset[date] = frozenset()  # days an anomaly was raised, within the kept days
 
     def daily(self) -> dict[date, Decimal]:
         return {day: sum(meters.values(), ZERO) for day, meters in self.burn.items()}
@@ -128,13 +129,16 @@ def fold(tracker: Tracker, entries: Iterable[LedgerEntry]) -> Folded:
         meters[meter] = meters.get(meter, ZERO) - entry.amount
         since = day if since is None else min(since, day)
         days.add(day)
+    anomalies = tracker.anomalies
     if burn:
         newest = max(burn)
         burn = {d: m for d, m in burn.items() if (newest - d).days <= KEPT_DAYS}
+        anomalies = frozenset(d for d in anomalies if (newest - d).days <= KEPT_DAYS)
     folded = replace(
         tracker,
         applied=tracker.applied.with_seqs(e.seq for e in new),
         burn=burn,
+        anomalies=anomalies,
         since=since,
         version=tracker.version + 1,
     )

@@ -151,7 +151,8 @@ class MoneyBatch:
         self.anomalies += len(raised)
         metrics.add_metric(name="UsageAnomalies", unit=MetricUnit.Count, value=len(raised))
         logger.info("usage anomaly", account_id=tracker.account_id, days=[e.detail["day"] for e in raised])
-        return replace(tracker, anomaly_day=last)
+        days_raised = {date.fromisoformat(e.detail["day"]) for e in raised}
+        return replace(tracker, anomaly_day=last, anomalies=tracker.anomalies | days_raised)
 
     # ---- batch-wide reads ------------------------------------------------------------------------------------
     def _tracker(self, account_id: str) -> Tracker:

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from credits_ledger.api.routes import api_keys, balance, grants, health, reservations, settings, usage
+from credits_ledger.api.routes import (
+    api_keys,
+    balance,
+    grants,
+    health,
+    reports,
+    reservations,
+    settings,
+    usage,
+)
 
 ROUTERS: tuple[APIGatewayHttpRouter, ...] = (
     health.router,
@@ -15,4 +24,5 @@ ROUTERS: tuple[APIGatewayHttpRouter, ...] = (
     grants.router,
     settings.router,
     api_keys.router,
+    reports.router,
 )
