@@ -75,6 +75,7 @@ EXTERNAL_SECTIONS: dict[str, tuple[str, str]] = {
         "tools.bench_reservations",
         "reserve, capture, release; a debit next to open reservations",
     ),
+    "report": ("tools.bench_report", "money view: stream batch units, revenue report over 30 days / 1 year"),
     "expiry": (
         "tools.bench_expiry",
         "expiry job: read units over 1,000 due grants, empty vs 110k-grant table",
