@@ -188,3 +188,28 @@ def test_reconcile_checks_reserved_credits_against_the_open_reservations(
     result = job.check(Checkpoint(ACCT), summary)
     assert [p.code for p in result.problems] == ["reservation_record"]
     assert bus.events
+
+
+def test_an_extension_decided_on_a_stale_account_after_a_capture_is_refused(
+    service: Reservations, ledger: Ledger
+) -> None:
+    service.reserve(request(credits="60"))
+    stale_record = service.record("job-1")
+    stale_state = ledger.repository.load(ACCT, [])
+    service.capture(service.record("job-1"), D("10"), False)
+    real_load = service.accounts.load
+    calls: list[bool] = []
+
+    def stale_once(account_id: str, keys: Any = (), *, consistent: bool = False) -> Any:
+        if not calls:
+            calls.append(True)
+            return stale_state  # read before the capture: the reservation still looks open
+        return real_load(account_id, keys, consistent=consistent)
+
+    service.accounts.load = stale_once  # type: ignore[method-assign]
+    # the record's "active" condition fails with the version: decided again on a fresh read, it is refused
+    with pytest.raises(ReservationError, match="not an open reservation"):
+        service.extend(stale_record, 7200)
+    assert calls == [True]
+    assert service.record("job-1").status is ReservationStatus.CAPTURED
+    assert_books_balance(ledger, ACCT)

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from credits_ledger.dal.accounts import AccountRepository, EntryExists, VersionConflict
+from credits_ledger.dal.accounts import AccountRepository, EntryExists, RelatedItemChanged, VersionConflict
 from credits_ledger.dal.items import iso, parse_iso
 from credits_ledger.dal.reservations import ReservationRecord, ReservationRepository
 from credits_ledger.domain import idempotency as idem
@@ -296,6 +296,11 @@ class Reservations:
                 if not key or key not in existing:
                     state, existing = self.accounts.load(account_id, keys, consistent=True)
                     consistent = True
+            except RelatedItemChanged:
+                # the record moved on (ended or extended) since this decision's read: decide again on a fresh
+                # account, which shows the reservation ended (422) or lets the extension through
+                state, existing = self.accounts.load(account_id, keys, consistent=True)
+                consistent = True
             except VersionConflict as exc:
                 self._sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
                 if exc.current is not None:
