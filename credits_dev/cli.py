@@ -585,6 +585,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="Lambda API endpoint (default: $CREDITS_LAMBDA_URL, else --url for a local stack, else AWS)",
     )
 
+    p = sub.add_parser(
+        "simulate",
+        parents=[common],
+        help="replay recorded usage under another pricing file, per cohort (light / average / heavy)",
+    )
+    p.add_argument("--pricing", required=True, help="the proposed pricing file (TOML; packs may say prices)")
+    p.add_argument(
+        "--current",
+        default=None,
+        help="today's pricing (default $CREDITS_PRICING_FILE or config/pricing.toml)",
+    )
+    p.add_argument(
+        "--from", dest="start", type=day_arg, required=True, help="first UTC day of recorded usage"
+    )
+    p.add_argument("--to", dest="end", type=day_arg, required=True, help="last UTC day (inclusive)")
+    p.add_argument("--light", default="50", help="light cohort: accounts up to this percentile (default 50)")
+    p.add_argument("--heavy", default="90", help="heavy cohort: accounts above this percentile (default 90)")
+    p.add_argument("--html", default=None, help="also write the result with charts to this HTML file")
+    p.add_argument("--function", default="ReconcileFunction", help="function exporting usage")
+    p.add_argument("--lambda-url", default=None, help="Lambda API endpoint (default as for expire)")
+
     stripe_parser = sub.add_parser("stripe", help="simulate Stripe")
     stripe_sub = stripe_parser.add_subparsers(dest="stripe_command", metavar="ACTION")
     stripe_sub.required = True
@@ -719,6 +740,52 @@ def cmd_report_rebuild(api: Api, args: argparse.Namespace, out: Printer) -> int:
 
 
 FLOW_NAMES = ("sold", "recognized", "breakage", "refunded")
+
+
+def cmd_simulate(api: Api, args: argparse.Namespace, out: Printer) -> int:
+    from credits_dev.simulate import SimulationInputError, price_book, records, render_html, render_text
+    from credits_ledger.domain.simulate import simulate
+
+    current = Path(args.current or os.environ.get("CREDITS_PRICING_FILE") or "config/pricing.toml")
+    try:
+        today, proposal = price_book(current), price_book(Path(args.pricing))
+    except SimulationInputError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
+    months = (end.year - start.year) * 12 + end.month - start.month + 1
+    export = invoke_function(api, args, {"usage_export": {"from": args.start, "to": args.end}})
+    usage = records(export)
+    if not usage:
+        out(f"no recorded usage from {args.start} to {args.end}: nothing to simulate")
+        return EXIT_OK
+    try:
+        result = simulate(usage, months, today, proposal, Decimal(args.light), Decimal(args.heavy))
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    title = f"{args.pricing} vs {current}, usage {args.start} .. {args.end} ({months} month(s))"
+    if args.html:
+        Path(args.html).write_text(render_html(result, title), encoding="utf-8")
+    if args.json:
+        out(json.dumps({k: [_cohort_json(r) for r in v] for k, v in result.items()}, indent=2, default=str))
+        return EXIT_OK
+    out(title)
+    for headers, rows in render_text(result, months):
+        out(render_table(headers, rows, right=[1, 3]))
+    if args.html:
+        out(f"wrote {args.html}")
+    return EXIT_OK
+
+
+def _cohort_json(row: Any) -> dict[str, Any]:
+    return {
+        "cohort": row.cohort,
+        "accounts": row.accounts,
+        "credits_per_month": str(row.credits_per_month),
+        "purchase": {
+            c: {"pack": p.pack, "count": p.count, "cost": str(p.cost)} for c, p in row.purchase.items()
+        },
+        "revenue_per_month": {c: str(v) for c, v in row.revenue_per_month.items()},
+    }
 
 
 def _pages(api: Api, path: str, query: dict[str, Any], follow: bool) -> Iterator[dict[str, Any]]:
@@ -1224,6 +1291,7 @@ COMMANDS: dict[str, Callable[[Api, argparse.Namespace, Printer], int]] = {
     "forecast": cmd_forecast,
     "report revenue": cmd_report_revenue,
     "report rebuild": cmd_report_rebuild,
+    "simulate": cmd_simulate,
     "stripe send": cmd_stripe_send,
 }
 

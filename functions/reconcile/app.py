@@ -18,7 +18,7 @@ from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.money import MoneyRepository
 from credits_ledger.dal.reconcile import ReconcileRepository
 from credits_ledger.jobs.reconcile import ReconcileJob
-from credits_ledger.jobs.revenue import RebuildRequest, RevenueRebuild
+from credits_ledger.jobs.revenue import RebuildRequest, RevenueRebuild, UsageExportRequest, export_usage
 from credits_ledger.jobs.scheduled import run_scheduled
 from credits_ledger.observability import logger, metrics, tracer
 
@@ -35,6 +35,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if "revenue_rebuild" in event:  # an operator's repair (credits report rebuild), not the schedule
         request = RebuildRequest.model_validate(event["revenue_rebuild"])
         return rebuild().run(request).as_dict()
+    if "usage_export" in event:  # the pricing simulator's input (credits simulate)
+        usage = UsageExportRequest.model_validate(event["usage_export"])
+        return export_usage(ReconcileRepository(), AccountRepository(), usage)
     return run_scheduled(event, context, job())
 
 

@@ -72,3 +72,34 @@ def test_rebuild_lists_and_replaces_the_days_that_differ_from_the_ledger(moto_ta
     }
     again = run(False)
     assert (again["days_differing"], again["differences"]) == (0, [])
+
+
+def test_usage_export_sums_usage_debits_per_account_month_and_meter(moto_tables: Any) -> None:
+    client = moto_tables.client
+    clock = FakeClock(T0)
+    ledger = make_ledger(client, TABLE, clock)
+    ledger.grant("cus_u", spec("gu", "1000"), key="g:gu")
+    ReconcileRepository(client, TABLE).register("cus_u", T0)
+
+    def usage(key: str, meter: str, quantity: str) -> None:
+        metadata = {"meter": meter, "quantity": quantity}
+        ledger.debit("cus_u", DebitRequest(key=key, amount=D(quantity), metadata=metadata))
+
+    usage("u1", "api_call", "10")
+    usage("u2", "api_call", "2.5")
+    usage("u3", "storage_gb_hour", "7")
+    clock.set(T0 + timedelta(days=31))  # April
+    usage("u4", "api_call", "1")
+    ledger.debit("cus_u", DebitRequest(key="plain", amount=D(3)))  # not usage: no meter
+    handler = load_handler("reconcile")
+    event = {"usage_export": {"from": "2030-03-01", "to": "2030-04-30"}}
+    result = handler.lambda_handler(event, FakeLambdaContext("ReconcileFunction"))
+    assert result["usage"] == [
+        ["cus_u", "2030-03", "api_call", "12.5"],
+        ["cus_u", "2030-03", "storage_gb_hour", "7"],
+        ["cus_u", "2030-04", "api_call", "1"],
+    ]
+    march = handler.lambda_handler(
+        {"usage_export": {"from": "2030-03-01", "to": "2030-03-31"}}, FakeLambdaContext("ReconcileFunction")
+    )
+    assert [row[1] for row in march["usage"]] == ["2030-03", "2030-03"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,6 +49,53 @@ def line_view(line: RevenueLine) -> dict[str, Any]:
         "refunded": format_amount(line.refunded),
         "closing_deferred": format_amount(line.closing_deferred),
     }
+
+
+class UsageExportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    start: date = Field(alias="from")
+    end: date = Field(alias="to")
+
+
+def export_usage(
+    registry: ReconcileRepository, accounts: AccountRepository, request: UsageExportRequest
+) -> dict[str, Any]:
+    """Recorded usage of every registered account, per account, month and meter (``credits simulate``):
+    usage debits keep their meter and quantity. Reads every ledger: an operator's tool, never scheduled."""
+    totals: dict[tuple[str, str, str], Any] = {}
+    for account_id in _registered(registry):
+        state = accounts.state(account_id, consistent=True)
+        for entry in registry.entries_between(account_id, 0, state.version):
+            meter, quantity = entry.metadata.get("meter"), entry.metadata.get("quantity")
+            day = entry.created_at.date()
+            if (
+                entry.type.value != "debit"
+                or not meter
+                or not quantity
+                or not request.start <= day <= request.end
+            ):
+                continue
+            key = (account_id, day.strftime("%Y-%m"), meter)
+            totals[key] = totals.get(key, 0) + Decimal(quantity)
+    return {
+        "from": request.start.isoformat(),
+        "to": request.end.isoformat(),
+        "usage": [[a, m, meter, format_amount(q)] for (a, m, meter), q in sorted(totals.items())],
+    }
+
+
+def _registered(registry: ReconcileRepository) -> list[str]:
+    found: list[str] = []
+    for bucket in range(BUCKETS):
+        cursor: str | None = None
+        while True:
+            page = registry.registry_page(bucket, cursor)
+            found.extend(c.account_id for c in page.checkpoints)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+    return sorted(found)
 
 
 class RebuildRequest(BaseModel):
@@ -133,13 +181,4 @@ class RevenueRebuild:
         return summary
 
     def _accounts(self) -> list[str]:
-        found: list[str] = []
-        for bucket in range(BUCKETS):
-            cursor: str | None = None
-            while True:
-                page = self.registry.registry_page(bucket, cursor)
-                found.extend(c.account_id for c in page.checkpoints)
-                cursor = page.next_cursor
-                if cursor is None:
-                    break
-        return sorted(found)
+        return _registered(self.registry)
