@@ -117,3 +117,27 @@ def test_dashboard_screenshot(stack: StackProcess, chromium: str, tmp_path: Path
     keep = os.environ.get("CREDITS_DASHBOARD_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_dashboard_draws_the_burn_by_meter_and_the_revenue_report(
+    stack: StackProcess, chromium: str, tmp_path: Path
+) -> None:
+    import time
+
+    customer = f"cus_burn_{uuid.uuid4().hex[:8]}"
+    assert (
+        stack.request("POST", f"/v1/customers/{customer}/grants", {"amount": "500"}, key=ADMIN_KEY)[0] == 201
+    )
+    for n, (meter, quantity) in enumerate((("api_call", 40), ("storage_gb_hour", 200))):
+        usage = {"id": f"{customer}-{n}", "customer": customer, "meter": meter, "quantity": quantity}
+        assert stack.request("POST", "/v1/usage", usage, key=ADMIN_KEY)[0] == 201
+    time.sleep(3)  # the ledger stream counts the debits about a second later
+    dom = render(
+        chromium, f"{stack.url}/?customer={customer}#key={ADMIN_KEY}", tmp_path / "profile", "--dump-dom"
+    )
+    assert 'aria-label="credits debited per day, last 30 days"' in dom, dom[-3000:]
+    assert ": 40</title>" in dom and "storage_gb_hour: 10</title>" in dom  # one bar segment per meter
+    assert "1.666666 credits/day over 30 days" in text_of(dom, "burn-summary")
+    # the operator's revenue report loaded for this month (admin grants carry no money)
+    assert 'id="revenue"' in dom and "Revenue report" in dom
+    assert text_of(dom, "revenue-message") in ("", "no money moved or deferred in this range")
