@@ -94,6 +94,17 @@ def test_grant_in_the_future_is_pending() -> None:
     assert change.entries[0].balance_after == D("10")
 
 
+def test_a_grant_whose_window_has_passed_is_written_live_so_the_expiry_job_can_close_it() -> None:
+    # Given a late announcement of a month that is already over (effective and expiry in the past)
+    spec = grant_spec("g1", "10", effective_at=NOW - timedelta(days=40), expires_at=NOW - timedelta(days=9))
+    change = tr.grant(EMPTY, spec, ctx("k"))
+    # Then its item says active (the readers' view says expired), and expiring it later closes it
+    assert change.new_grants[0].status is GrantStatus.ACTIVE
+    assert change.state.grants["g1"].status(NOW) is GrantStatus.EXPIRED
+    expired = tr.expire(change.state, change.new_grants[0], ctx("expire:g1"))
+    assert expired.closed_grants[0].status is GrantStatus.EXPIRED and expired.state.ledger_balance == 0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [

@@ -158,7 +158,10 @@ def grant(state: AccountState, spec: GrantSpec, ctx: EntryContext) -> Change:
         reason=spec.reason,
         metadata=dict(spec.metadata),
     )
-    new = replace(new, status=new.live().status(ctx.now))
+    # A grant is written live (active or pending), even one whose expires_at has already passed (a late Stripe
+    # event for a month that is over): the expiry job must still find it in ExpiringGrants and close it, and a
+    # live grant stored as "expired" could never be closed (the close condition refuses terminal statuses).
+    new = replace(new, status=GrantStatus.PENDING if effective_at > ctx.now else GrantStatus.ACTIVE)
     grants = {**state.grants, new.grant_id: new.live()}
     entry = _entry(state, ctx, EntryType.GRANT, spec.amount, [Allocation(new.grant_id, spec.amount)])
     return _apply(state, entry, grants, new_grants=(new,))
