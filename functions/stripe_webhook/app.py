@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from http import HTTPStatus
 
@@ -27,7 +28,9 @@ app = APIGatewayHttpResolver()
 
 @cache
 def processor() -> StripeWebhookProcessor:
-    return StripeWebhookProcessor(Ledger(AccountRepository()), PaymentRepository(), load_pricing())
+    # STRIPE_MODE (template parameter StripeMode): events of the other mode are acknowledged and ignored.
+    mode = os.environ.get("STRIPE_MODE", "test")
+    return StripeWebhookProcessor(Ledger(AccountRepository()), PaymentRepository(), load_pricing(), mode=mode)
 
 
 def _json(status: HTTPStatus, body: dict[str, object]) -> Response:

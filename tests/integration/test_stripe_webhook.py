@@ -894,6 +894,12 @@ SAMPLE_ORDER = [
     "charge_refunded",
     "charge_dispute_created",
     "charge_dispute_closed",
+    # a subscription's life (tests/support/subscription_events.py), another customer
+    "customer_subscription_created",
+    "invoice_paid_subscription_cycle",
+    "customer_subscription_updated",
+    "invoice_paid_subscription_upgrade",
+    "customer_subscription_deleted",
 ]
 
 
@@ -921,6 +927,11 @@ def test_samples_are_stale_as_stored_and_accepted_once_resigned(
         "charge_refunded": "processed",
         "charge_dispute_created": "processed",
         "charge_dispute_closed": "processed",
+        "customer_subscription_created": "processed",
+        "invoice_paid_subscription_cycle": "processed",
+        "customer_subscription_updated": "processed",
+        "invoice_paid_subscription_upgrade": "processed",
+        "customer_subscription_deleted": "processed",
     }
     for name in SAMPLE_ORDER:
         reply = webhook.invoke(se.resign(se.load_sample(name), se.SAMPLE_SECRET))

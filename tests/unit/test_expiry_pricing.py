@@ -30,7 +30,7 @@ def test_configured_values_are_parsed() -> None:
         "alerts": {"low_balance_threshold": "12.5"},
         "packs": {
             "pro": {**PACK, "rollover_percent": "50", "rollover_max": "300", "rollover_valid_days": 90},
-            "capped": {**PACK, "rollover_max": "10"},
+            "capped": {**PACK, "stripe_prices": ["price_2"], "rollover_max": "10"},
         },
     }
     # When parsed

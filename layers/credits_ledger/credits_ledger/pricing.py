@@ -1,6 +1,9 @@
-"""Pricing configuration (docs/api.md section 2): meters and credit packs from a TOML file.
+"""Pricing configuration (docs/api.md section 2): meters, credit packs, subscription plans and the
+``[stripe]`` settings from a TOML file.
 
-The file ships with the functions (``config/pricing.toml`` beside the handler, or the repo's
+The file is validated at load as typed pydantic models: unknown keys, negative numbers, floats for amounts and
+a Stripe price sold by two packs/plans (or by a pack and a plan) are errors that name the key, never silent
+defaults. The file ships with the functions (``config/pricing.toml`` beside the handler, or the repo's
 ``config/pricing.toml``); ``CREDITS_PRICING_FILE`` names another one.
 """
 
@@ -8,14 +11,25 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from credits_ledger.domain.models import Category
-from credits_ledger.domain.money import InvalidAmount, parse_amount
+from credits_ledger.domain.money import ZERO, InvalidAmount, parse_amount
 from credits_ledger.domain.rollover import RolloverPolicy
 
 DEFAULT_REMINDER_DAYS = (30, 7, 1)
@@ -45,6 +59,22 @@ class Pack:
 
 
 @dataclass(frozen=True)
+class Plan:
+    """A subscription plan: ``credits`` per month per unit of the subscription item's quantity."""
+
+    name: str
+    credits: Decimal
+    stripe_prices: tuple[str, ...]
+    rollover_percent: Decimal = ZERO  # share of a month's unused credits that stays valid when it ends
+    rollover_max: Decimal | None = None  # cap on what one month carries over
+    rollover_months: int = 1  # how many months carried-over credits stay valid
+    trial_credits: Decimal = ZERO  # promotional credits (x quantity) while the subscription is trialing
+    on_cancel: str = "period_end"  # or "immediately": the current month's remainder is voided too
+    category: Category = Category.PAID
+    priority: int | None = None
+
+
+@dataclass(frozen=True)
 class Pricing:
     meters: dict[str, Meter]
     packs: dict[str, Pack]
@@ -53,11 +83,20 @@ class Pricing:
     reminder_days: tuple[int, ...] = DEFAULT_REMINDER_DAYS
     # [alerts] low_balance_threshold: credits.balance.low when available drops to it (per-account override).
     low_balance_threshold: Decimal = DEFAULT_LOW_BALANCE_THRESHOLD
+    plans: dict[str, Plan] = field(default_factory=dict)
+    # [stripe] overage_meter: event_name of the Stripe billing meter overage is reported to.
+    overage_meter: str | None = None
 
     def pack_for_price(self, price_id: str) -> Pack | None:
         for pack in self.packs.values():
             if price_id in pack.stripe_prices:
                 return pack
+        return None
+
+    def plan_for_price(self, price_id: str) -> Plan | None:
+        for plan in self.plans.values():
+            if price_id in plan.stripe_prices:
+                return plan
         return None
 
 
@@ -71,38 +110,152 @@ def _amount(value: object, where: str) -> Decimal:
     return amount
 
 
+# ---- the file as typed models: every section forbids unknown keys, so a typo is an error, not a default ----
+def _decimal(value: object) -> Decimal:
+    try:
+        return parse_amount(value)
+    except InvalidAmount as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _positive(value: Decimal) -> Decimal:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _not_negative(value: Decimal) -> Decimal:
+    if value < 0:
+        raise ValueError("must be 0 or greater")
+    return value
+
+
+PositiveAmount = Annotated[Decimal, BeforeValidator(_decimal), AfterValidator(_positive)]
+Amount = Annotated[Decimal, BeforeValidator(_decimal), AfterValidator(_not_negative)]
+Percent = Annotated[Decimal, BeforeValidator(_decimal), Field(ge=0, le=100)]
+PositiveInt = Annotated[StrictInt, Field(gt=0)]
+Priority = Annotated[StrictInt, Field(ge=0, le=1_000_000)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MeterSpec(_Section):
+    credits_per_unit: PositiveAmount
+
+
+class PackSpec(_Section):
+    credits: PositiveAmount
+    valid_days: PositiveInt | None = None
+    category: Category = Category.PAID
+    stripe_prices: tuple[str, ...] = ()
+    priority: Priority | None = None
+    bonus_credits: PositiveAmount | None = None
+    rollover_percent: Any = None  # validated by _rollover (messages name the pack)
+    rollover_max: Any = None
+    rollover_valid_days: Any = None
+    rollover_repeat: Any = None
+
+
+class PlanSpec(_Section):
+    stripe_prices: tuple[str, ...] = Field(min_length=1)
+    credits: PositiveAmount
+    rollover_percent: Percent = ZERO
+    rollover_max: PositiveAmount | None = None
+    rollover_months: PositiveInt = 1
+    trial_credits: Amount = ZERO
+    on_cancel: Literal["period_end", "immediately"] = "period_end"
+    category: Category = Category.PAID
+    priority: Priority | None = None
+
+
+class StripeSpec(_Section):
+    overage_meter: str | None = None
+
+
+class ExpirySpec(_Section):
+    reminder_days: Any = None
+
+
+class AlertsSpec(_Section):
+    low_balance_threshold: Any = None
+
+
+class PricingFile(_Section):
+    meters: dict[str, MeterSpec] = Field(default_factory=dict)
+    packs: dict[str, PackSpec] = Field(default_factory=dict)
+    plans: dict[str, PlanSpec] = Field(default_factory=dict)
+    stripe: StripeSpec = StripeSpec()
+    expiry: ExpirySpec = ExpirySpec()
+    alerts: AlertsSpec = AlertsSpec()
+
+    @model_validator(mode="after")
+    def _each_price_sells_one_thing(self) -> PricingFile:
+        owner: dict[str, str] = {}
+        for kind, section in (("packs", self.packs), ("plans", self.plans)):
+            for name, spec in section.items():
+                for price in spec.stripe_prices:
+                    where = f"{kind}.{name}"
+                    if price in owner:
+                        raise ValueError(f"price {price!r} is in both {owner[price]} and {where}")
+                    owner[price] = where
+        return self
+
+
+def _validation_message(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "is not a known key"
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
+
+
 def parse_pricing(data: dict[str, Any]) -> Pricing:
-    meters = {
-        name: Meter(name, _amount(spec.get("credits_per_unit"), f"meters.{name}.credits_per_unit"))
-        for name, spec in data.get("meters", {}).items()
-    }
-    packs: dict[str, Pack] = {}
-    for name, spec in data.get("packs", {}).items():
-        try:
-            category = Category(spec.get("category", "paid"))
-        except ValueError as exc:
-            raise PricingError(f"packs.{name}.category must be paid or promotional") from exc
-        valid_days = spec.get("valid_days")
-        if valid_days is not None and (not isinstance(valid_days, int) or valid_days <= 0):
-            raise PricingError(f"packs.{name}.valid_days must be a positive integer")
-        packs[name] = Pack(
+    try:
+        spec = PricingFile.model_validate(data)
+    except ValidationError as exc:
+        raise PricingError(f"pricing file: {_validation_message(exc)}") from exc
+    meters = {name: Meter(name, m.credits_per_unit) for name, m in spec.meters.items()}
+    packs = {
+        name: Pack(
             name=name,
-            credits=_amount(spec.get("credits"), f"packs.{name}.credits"),
-            valid_days=valid_days,
-            category=category,
-            stripe_prices=tuple(spec.get("stripe_prices", [])),
-            priority=spec.get("priority"),
-            bonus_credits=_amount(spec["bonus_credits"], f"packs.{name}.bonus_credits")
-            if "bonus_credits" in spec
-            else None,
-            rollover=_rollover(name, spec, valid_days),
+            credits=p.credits,
+            valid_days=p.valid_days,
+            category=p.category,
+            stripe_prices=p.stripe_prices,
+            priority=p.priority,
+            bonus_credits=p.bonus_credits,
+            rollover=_rollover(name, data["packs"][name], p.valid_days),
         )
+        for name, p in spec.packs.items()
+    }
+    plans = {
+        name: Plan(
+            name=name,
+            credits=p.credits,
+            stripe_prices=p.stripe_prices,
+            rollover_percent=p.rollover_percent,
+            rollover_max=p.rollover_max,
+            rollover_months=p.rollover_months,
+            trial_credits=p.trial_credits,
+            on_cancel=p.on_cancel,
+            category=p.category,
+            priority=p.priority,
+        )
+        for name, p in spec.plans.items()
+    }
     return Pricing(
         meters=meters,
         packs=packs,
         raw=data,
         reminder_days=_reminder_days(data.get("expiry", {})),
         low_balance_threshold=_threshold(data.get("alerts", {})),
+        plans=plans,
+        overage_meter=spec.stripe.overage_meter,
     )
 
 

@@ -8,6 +8,11 @@
    runs on every delivery, duplicates included, so a crash between 2 and 3 is repaired by Stripe's retry.
 A write DynamoDB rejects for good (WriteRejected: an account item over 400 KB) stores the event as failed for
 replay instead of answering 500 to Stripe's retries forever.
+4. Subscription periods converge the same way (domain/subscriptions.py): a period record collects the grants
+   its invoices announced and the negative prorations to revoke from them; the subscription record its end
+   (cancellation) and trial. ``next_pool_action`` names the missing revocation or void, committed with the
+   period record's note of it. Since the facts are merged before any ledger change, a proration that arrives
+   before the month it revokes from waits for it, and a cancellation voids months granted after it.
 """
 
 from __future__ import annotations
@@ -15,16 +20,23 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from credits_ledger.dal.accounts import RelatedItemChanged
 from credits_ledger.dal.payments import EventAlreadyRecorded, PaymentChanged, PaymentRepository
+from credits_ledger.dal.subscriptions import SubscriptionRepository
 from credits_ledger.domain import idempotency, transitions
-from credits_ledger.domain.errors import ConcurrencyConflict, GrantNotLive, InvalidTransition, WriteRejected
-from credits_ledger.domain.models import DEFAULT_PRIORITY, AccountState, Change, CostBasis, Source
+from credits_ledger.domain.errors import (
+    ConcurrencyConflict,
+    GrantNotFound,
+    GrantNotLive,
+    InvalidTransition,
+    WriteRejected,
+)
+from credits_ledger.domain.models import DEFAULT_PRIORITY, AccountState, Category, Change, CostBasis, Source
 from credits_ledger.domain.payments import (
     Action,
     CostBasisAction,
@@ -38,10 +50,25 @@ from credits_ledger.domain.payments import (
     next_action,
     owner_of,
 )
+from credits_ledger.domain.subscriptions import (
+    PoolGrantFact,
+    PoolLink,
+    PoolRecord,
+    PoolRevocation,
+    RevokeFromPool,
+    SubscriptionRecord,
+    SubscriptionSnapshot,
+    VoidInPool,
+    grant_id_for,
+    merge_pool,
+    merge_subscription,
+    next_pool_action,
+    pool_applied,
+)
 from credits_ledger.domain.transitions import EntryContext, GrantSpec
 from credits_ledger.ledger import Ledger, new_id
 from credits_ledger.pricing import Pricing
-from credits_ledger.stripe_facts import Facts, Ignored, Unprocessable, interpret
+from credits_ledger.stripe_facts import Facts, Ignored, StripeReads, Unprocessable, interpret
 
 MAX_ROUNDS = 50
 MAX_GROUP_DEPTH = 3
@@ -61,15 +88,21 @@ class StripeWebhookProcessor:
         payments: PaymentRepository,
         pricing: Pricing,
         clock: Callable[[], datetime] | None = None,
+        subscriptions: SubscriptionRepository | None = None,
+        stripe_reads: StripeReads | None = None,
+        mode: str = "test",
     ) -> None:
         self._ledger = ledger
         self._payments = payments
         self._pricing = pricing
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._subscriptions = subscriptions or SubscriptionRepository(payments.client, payments.table)
+        self._reads = stripe_reads
+        self._mode = mode
 
     def process(self, event: dict[str, Any], payload: str | None = None) -> WebhookResult:
         event_id, event_type = event["id"], event.get("type", "")
-        meaning = interpret(event, self._pricing)
+        meaning = interpret(event, self._pricing, self._reads, self._mode)
         if isinstance(meaning, Ignored):
             return WebhookResult("ignored", meaning.reason)
         if isinstance(meaning, Unprocessable):
@@ -81,6 +114,7 @@ class StripeWebhookProcessor:
         try:
             duplicate = not self._merge(event_id, event_type, meaning)
             actions = sum(self._converge(key) for key in dict.fromkeys(k for k, _ in meaning.items))
+            actions += self._converge_subscription_facts(meaning)
         except WriteRejected as exc:
             # Stripe would redeliver for three days and fail the same way each time: keep the event (it
             # replaces the "processed" record step 2 may have written) so an operator replays it after a fix.
@@ -107,19 +141,148 @@ class StripeWebhookProcessor:
     def _merge(self, event_id: str, event_type: str, facts: Facts) -> bool:
         keys = [key for key, _ in facts.items]
         for _ in range(MAX_ROUNDS):
-            records = self._payments.get_many(keys)
+            records = self._payments.get_many(keys) if keys else {}
             merged = dict(records)
             for key, fact in facts.items:
                 merged[key] = merge(merged[key], fact)
             changes = [(records[k], merged[k]) for k in merged if merged[k] != records[k]]
             try:
-                self._payments.record_facts(event_id, event_type, changes, self._clock())
+                self._payments.record_facts(
+                    event_id, event_type, changes, self._clock(), self._subscription_puts(facts)
+                )
                 return True
             except EventAlreadyRecorded:
                 return False
             except PaymentChanged:
                 continue
         raise ConcurrencyConflict(f"Stripe event {event_id}: payment records kept changing")
+
+    def _subscription_puts(self, facts: Facts) -> list[dict[str, Any]]:
+        """The subscription and period records with this event's facts merged in, as conditional puts."""
+        pool_keys = [
+            f.pool for f in facts.subscription_items if isinstance(f, PoolGrantFact | PoolRevocation)
+        ]
+        sub_keys = [
+            (f.account_id, f.subscription)
+            for f in facts.subscription_items
+            if isinstance(f, SubscriptionSnapshot | PoolLink)
+        ]
+        pools = self._subscriptions.pools(pool_keys)
+        subs = self._subscriptions.subscriptions(sub_keys)
+        merged_pools, merged_subs = dict(pools), dict(subs)
+        for fact in facts.subscription_items:
+            if isinstance(fact, PoolGrantFact | PoolRevocation):
+                merged_pools[fact.pool] = merge_pool(merged_pools[fact.pool], fact)
+            else:
+                key = (fact.account_id, fact.subscription)
+                merged_subs[key] = merge_subscription(merged_subs[key], fact)
+        puts = [self._subscriptions.pool_put(pools[k], p) for k, p in merged_pools.items() if p != pools[k]]
+        puts += [
+            self._subscriptions.subscription_put(subs[k], r) for k, r in merged_subs.items() if r != subs[k]
+        ]
+        return puts
+
+    # ---- step 4: subscription periods and trials -----------------------------------------------------------
+    def _converge_subscription_facts(self, facts: Facts) -> int:
+        pools: list[str] = []
+        subscriptions: list[tuple[str, str]] = []
+        for fact in facts.subscription_items:
+            if isinstance(fact, PoolGrantFact | PoolRevocation):
+                pools.append(fact.pool)
+            else:
+                subscriptions.append((fact.account_id, fact.subscription))
+        count = 0
+        for key in dict.fromkeys(subscriptions):
+            count += self._converge_trial(key)
+            pools += self._subscriptions.subscriptions([key])[key].pools
+        return count + sum(self._converge_pool(pool) for pool in dict.fromkeys(pools))
+
+    def _converge_trial(self, key: tuple[str, str]) -> int:
+        for _ in range(MAX_ROUNDS):
+            record = self._subscriptions.subscriptions([key])[key]
+            if record.trial is None or record.trial_granted:
+                return 0
+            trial = record.trial
+            entry_key = f"stripe:trial:{record.key}"
+            spec = GrantSpec(
+                grant_id=grant_id_for(entry_key, trial.start),
+                amount=trial.credits,
+                source=Source("stripe_subscription_trial", record.key),
+                category=Category.PROMOTIONAL,
+                effective_at=trial.start,
+                expires_at=trial.end,
+                metadata={"subscription": record.key},
+            )
+            ctx = EntryContext(entry_key=entry_key, now=self._clock(), reference=record.key)
+            update = self._subscriptions.subscription_put(record, replace(record, trial_granted=True))
+            try:
+                outcome = self._ledger.execute(
+                    record.account_id,
+                    entry_key,
+                    "",
+                    lambda state, spec=spec, ctx=ctx: transitions.grant(state, spec, ctx),  # type: ignore[misc]
+                    extra_actions=[update],
+                )
+            except RelatedItemChanged:
+                continue
+            if outcome.replayed:
+                self._payments.transact([update])
+            return 1
+        raise ConcurrencyConflict(f"subscription {key[1]}: trial did not converge")
+
+    def _existing(self, pool: PoolRecord) -> set[str]:
+        found = set()
+        for grant_id in pool.grants:
+            try:
+                self._ledger.repository.grant(grant_id)
+            except GrantNotFound:
+                continue  # announced by an invoice whose payment has not converged yet
+            found.add(grant_id)
+        return found
+
+    def _converge_pool(self, key: str) -> int:
+        for count in range(MAX_ROUNDS):
+            pool = self._subscriptions.pools([key])[key]
+            ended_at, on_cancel = None, "period_end"
+            if pool.subscription and pool.account_id:
+                sub_key = (pool.account_id, pool.subscription)
+                subscription: SubscriptionRecord = self._subscriptions.subscriptions([sub_key])[sub_key]
+                ended_at = subscription.ended_at
+                if subscription.snapshot is not None:
+                    on_cancel = subscription.snapshot.on_cancel
+            action = next_pool_action(pool, self._existing(pool), ended_at, on_cancel)
+            if action is None:
+                return count
+            update = self._subscriptions.pool_put(pool, pool_applied(pool, action))
+            record = self._ledger.repository.grant(action.grant_id)
+            now = self._clock()
+            build: Callable[[AccountState], Change]
+            if isinstance(action, RevokeFromPool):
+                ctx = EntryContext(
+                    f"stripe:proration-revoke:{action.grant_id}:{action.target}",
+                    now,
+                    key,
+                    metadata={"proration_target": str(action.target)},
+                )
+                build = lambda state, r=record, a=action, c=ctx: transitions.revoke(state, r, a.amount, c)  # type: ignore[misc]  # noqa: E731
+            else:
+                assert isinstance(action, VoidInPool)
+                ctx = EntryContext(
+                    f"void:{action.grant_id}", now, key, metadata={"reason": "subscription ended"}
+                )
+                build = lambda state, r=record, c=ctx: transitions.void(state, r, c)  # type: ignore[misc]  # noqa: E731
+            try:
+                outcome = self._ledger.execute(
+                    record.account_id, ctx.entry_key, "", build, extra_actions=[update]
+                )
+            except (GrantNotLive, InvalidTransition):
+                self._payments.transact([update])  # nothing left to void: note it as done
+                continue
+            except RelatedItemChanged:
+                continue
+            if outcome.replayed:
+                self._payments.transact([update])
+        raise ConcurrencyConflict(f"subscription period {key} did not converge")
 
     # ---- step 3: convergence -----------------------------------------------------------------------------
     def _group(self, key: str) -> list[PaymentRecord]:
@@ -165,20 +328,28 @@ class StripeWebhookProcessor:
             return
         if isinstance(action, GrantAction):
             line, purchase = action.line, action.purchase
+            described = {
+                "pack": line.pack,
+                "plan": line.plan,
+                "subscription": line.subscription,
+                "line": line.line_id,
+            }
             spec = GrantSpec(
-                grant_id=new_id("gr"),
+                grant_id=line.grant_id or new_id("gr"),
                 amount=line.credits,
                 source=Source(purchase.source_type, purchase.source_id),
                 category=line.category,
                 priority=line.priority if line.priority is not None else DEFAULT_PRIORITY,
-                effective_at=purchase.paid_at,
+                effective_at=purchase.effective_at(line),
                 expires_at=purchase.expires_at(line),
                 cost_basis=CostBasis(Decimal(line.cost_amount), line.currency),
                 funding_key=owner.key,
-                metadata={k: v for k, v in {"pack": line.pack, "line": line.line_id}.items() if v},
+                metadata={k: v for k, v in described.items() if v},
             )
             ctx = EntryContext(
-                entry_key=idempotency.stripe_grant_key(owner.key, line.line_id), now=now, reference=owner.key
+                entry_key=line.entry_key or idempotency.stripe_grant_key(owner.key, line.line_id),
+                now=now,
+                reference=owner.key,
             )
             self._commit(
                 owner, action, account, ctx, lambda state: transitions.grant(state, spec, ctx), spec.grant_id

@@ -68,6 +68,12 @@ def _line_to_item(line: GrantLine) -> dict[str, Any]:
         "cost": line.cost_amount,
         "currency": line.currency,
         "pack": line.pack,
+        "effective_at": it.iso(line.effective_at) if line.effective_at else None,
+        "expires_at": it.iso(line.expires_at) if line.expires_at else None,
+        "entry_key": line.entry_key,
+        "grant_id": line.grant_id,
+        "plan": line.plan,
+        "subscription": line.subscription,
     }
 
 
@@ -81,6 +87,12 @@ def _line_from_item(item: dict[str, Any]) -> GrantLine:
         cost_amount=int(item.get("cost", 0)),
         currency=item.get("currency"),
         pack=item.get("pack"),
+        effective_at=it.parse_iso(item["effective_at"]) if item.get("effective_at") else None,
+        expires_at=it.parse_iso(item["expires_at"]) if item.get("expires_at") else None,
+        entry_key=item.get("entry_key"),
+        grant_id=item.get("grant_id"),
+        plan=item.get("plan"),
+        subscription=item.get("subscription"),
     )
 
 
@@ -150,6 +162,18 @@ class PaymentRepository:
         self._client = client or dynamodb_client()
         self._table = table or table_name()
 
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    @property
+    def table(self) -> str:
+        return self._table
+
+    def transact(self, actions: list[dict[str, Any]]) -> None:
+        """Write conditional actions of records that ride along with payments (subscription periods)."""
+        self._transact(actions)
+
     def get_many(self, keys: Sequence[str]) -> dict[str, PaymentRecord]:
         wanted = list(dict.fromkeys(keys))
         found: dict[str, dict[str, Any]] = {}
@@ -186,6 +210,7 @@ class PaymentRepository:
         event_type: str,
         changes: Sequence[tuple[PaymentRecord, PaymentRecord]],
         now: datetime,
+        extra_actions: Sequence[dict[str, Any]] = (),
     ) -> None:
         """The event's facts and the record that the event was processed, in one transaction: a redelivered
         event raises EventAlreadyRecorded and changes nothing."""
@@ -208,6 +233,7 @@ class PaymentRepository:
                 }
             },
             *(self.put_action(old, new) for old, new in changes),
+            *extra_actions,
         ]
         try:
             self._transact(actions)

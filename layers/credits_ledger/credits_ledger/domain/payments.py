@@ -46,6 +46,15 @@ class GrantLine:
     cost_amount: int = 0  # minor currency units, before tax, as Stripe reports them
     currency: str | None = None
     pack: str | None = None
+    # A subscription period grant (a plan month, or a month of a positive proration) states its own window,
+    # its idempotency key (docs/subscriptions.md: one per subscription item, period start and month index)
+    # and a deterministic grant id; other lines leave them unset.
+    effective_at: datetime | None = None
+    expires_at: datetime | None = None
+    entry_key: str | None = None
+    grant_id: str | None = None
+    plan: str | None = None
+    subscription: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,12 @@ class Purchase:
     source_id: str
     charged: int = 0  # what the payment charged in total (tax included), the base of refund shares
 
+    def effective_at(self, line: GrantLine) -> datetime:
+        return line.effective_at or self.paid_at
+
     def expires_at(self, line: GrantLine) -> datetime | None:
+        if line.expires_at is not None:
+            return line.expires_at
         return self.paid_at + timedelta(days=line.valid_days) if line.valid_days else None
 
 
@@ -225,6 +239,25 @@ def revoke_target(share: Fraction, granted: Decimal) -> Decimal:
     return canonical(Decimal(micro).scaleb(-6))
 
 
+def line_targets(purchase: Purchase, share: Fraction) -> dict[str, Decimal]:
+    """Credits each line's grant must have lost to refunds at this refunded share. Pack lines lose their
+    share each; subscription months are taken as one block, latest month first (a yearly plan's pending
+    months before the current one). Both only grow with the share."""
+    months = [line for line in purchase.lines if line.effective_at is not None]
+    targets = {
+        line.line_id: revoke_target(share, line.credits)
+        for line in purchase.lines
+        if line.effective_at is None
+    }
+    if months:
+        left = revoke_target(share, sum((line.credits for line in months), ZERO))
+        for line in sorted(months, key=lambda m: (m.effective_at, m.line_id), reverse=True):
+            take = min(left, line.credits)
+            targets[line.line_id] = canonical(take)
+            left -= take
+    return targets
+
+
 def next_action(group: list[PaymentRecord]) -> Action | None:
     """The one ledger change still missing for this payment, or None when the ledger reflects every fact."""
     owner = owner_of(group)
@@ -239,9 +272,10 @@ def next_action(group: list[PaymentRecord]) -> Action | None:
             return correction
     share = refunded_share(group, owner.purchase.charged)
     effect = dispute_effect(group)
+    targets = line_targets(owner.purchase, share)
     for line in owner.purchase.lines:
         grant_id = owner.granted[line.line_id]
-        target = revoke_target(share, line.credits)
+        target = targets[line.line_id]
         already = owner.revoked.get(grant_id, ZERO)
         if target > already:
             return RevokeAction(owner.key, grant_id, target - already, target)

@@ -41,11 +41,26 @@ from credits_ledger.domain.models import Grant, LiveGrant
 from credits_ledger.domain.money import ZERO, format_amount
 from credits_ledger.domain.reminders import due_threshold, reminder_window
 from credits_ledger.domain.rollover import RolloverPolicy
+from credits_ledger.domain.subscriptions import rollover_days
 from credits_ledger.jobs.scheduled import Continuation, Deadline, ScheduledEvent
 from credits_ledger.ledger import Ledger
 from credits_ledger.observability import logger, metrics
-from credits_ledger.pricing import Pricing
+from credits_ledger.pricing import Plan, Pricing
 from credits_ledger.reservations import Reservations
+
+
+def plan_rollover_policy(plan: Plan, record: Grant) -> RolloverPolicy | None:
+    """A plan month's rollover: ``rollover_percent`` of what remained (at most ``rollover_max``), valid
+    ``rollover_months`` calendar months from the month's end; rolled-over credits never roll again."""
+    if plan.rollover_percent <= 0 or record.expires_at is None:
+        return None
+    return RolloverPolicy(
+        valid_days=rollover_days(record.expires_at, plan.rollover_months),
+        percent=plan.rollover_percent,
+        max_amount=plan.rollover_max,
+        repeat=False,
+    )
+
 
 UNRESERVE, EXPIRE, REMIND = "unreserve", "expire", "remind"
 PHASES = (UNRESERVE, EXPIRE, REMIND)
@@ -198,6 +213,9 @@ class ExpiryJob:
         return None
 
     def _policy(self, record: Grant) -> RolloverPolicy | None:
+        plan = self.pricing.plans.get(record.metadata.get("plan", ""))
+        if plan is not None:
+            return plan_rollover_policy(plan, record)
         pack = self.pricing.packs.get(record.metadata.get("pack", ""))
         return pack.rollover if pack else None
 

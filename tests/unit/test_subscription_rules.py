@@ -1,0 +1,139 @@
+"""The pure plan rules of domain/subscriptions.py: months of a period, proration arithmetic and rounding,
+revocation allocation, cancellation, rollover validity."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from credits_ledger.domain import subscriptions as subs
+from credits_ledger.domain.subscriptions import PoolGrant, PoolRecord
+
+D = Decimal
+
+
+def at(year: int, month: int, day: int) -> datetime:
+    return datetime(year, month, day, tzinfo=UTC)
+
+
+def test_a_month_is_one_slot_and_a_year_twelve_anchored_on_the_start_day() -> None:
+    assert subs.months_of(at(2030, 1, 15), at(2030, 2, 15)) == [
+        subs.MonthSlot(0, at(2030, 1, 15), at(2030, 2, 15))
+    ]
+    slots = subs.months_of(at(2030, 1, 31), at(2031, 1, 31))
+    assert len(slots) == 12
+    assert [s.start.day for s in slots[:4]] == [31, 28, 31, 30]  # clamped, then back to the anchor day
+    assert all(a.end == b.start for a, b in zip(slots, slots[1:], strict=False))
+    assert slots[-1].end == at(2031, 1, 31)
+
+
+def test_a_february_period_and_a_week_are_one_slot_and_a_quarter_three() -> None:
+    assert len(subs.months_of(at(2030, 2, 28), at(2030, 3, 31))) == 1
+    assert len(subs.months_of(at(2030, 1, 1), at(2030, 1, 8))) == 1
+    assert len(subs.months_of(at(2030, 1, 1), at(2030, 4, 1))) == 3
+    assert subs.months_of(at(2030, 1, 2), at(2030, 1, 1)) == []
+
+
+@pytest.mark.parametrize(
+    ("interval", "count", "months"),
+    [("month", 1, 1), ("month", 3, 3), ("year", 1, 12), ("week", 2, 0), ("day", 1, 0), (None, 1, None)],
+)
+def test_interval_months(interval: str | None, count: int, months: int | None) -> None:
+    assert subs.interval_months(interval, count) == months
+
+
+def test_proration_grants_round_down_and_revocations_round_up() -> None:
+    # 5000 x 600 / 4900 = 612.2448979...; 20000 x 1400 / 14900 = 1879.1946308...
+    assert subs.proration_credits(600, D(4900), 1, D(5000), 1) == D("612.244897")
+    assert subs.proration_credits(-1400, D(14900), 1, D(20000), 1) == D("1879.194631")
+
+
+def test_proration_is_capped_at_the_whole_interval_and_free_prices_move_nothing() -> None:
+    assert subs.proration_credits(10**9, D(4900), 1, D(5000), 1) == D(5000)
+    assert subs.proration_credits(500, D(0), 1, D(5000), 1) == 0
+    assert subs.proration_credits(500, D(4900), 0, D(5000), 1) == 0
+
+
+def test_a_yearly_prorations_credits_are_the_share_of_twelve_months() -> None:
+    # half of a 490 EUR yearly price of a 5000-credit plan, quantity 2: half of 2 x 12 x 5000
+    assert subs.proration_credits(49000, D(49000), 2, D(5000), 12) == D(60000)
+
+
+@given(
+    amount=st.integers(1, 10**7),
+    unit=st.integers(1, 10**6),
+    quantity=st.integers(1, 50),
+    credits=st.decimals(min_value=1, max_value=10**6, places=6),
+    months=st.sampled_from([0, 1, 3, 12]),
+)
+def test_a_grant_and_the_matching_revocation_never_leave_credits_behind(
+    amount: int, unit: int, quantity: int, credits: Decimal, months: int
+) -> None:
+    granted = subs.proration_credits(amount, D(unit), quantity, credits, months)
+    revoked = subs.proration_credits(-amount, D(unit), quantity, credits, months)
+    exact = (
+        min(Fraction(1), Fraction(amount, unit * quantity)) * Fraction(credits) * quantity * max(months, 1)
+    )
+    assert Fraction(granted) <= exact <= Fraction(revoked)
+    assert revoked - granted <= D("0.000001")
+
+
+@given(total=st.decimals(min_value=0, max_value=10**9, places=6), parts=st.integers(1, 36))
+def test_split_evenly_sums_exactly(total: Decimal, parts: int) -> None:
+    shares = subs.split_evenly(total, parts)
+    assert len(shares) == parts and sum(shares) == total and all(s >= 0 for s in shares)
+
+
+def grant(name: str, month: int, credits: str = "5000", plan: str = "pro") -> PoolGrant:
+    return PoolGrant(name, D(credits), at(2030, month, 1), at(2030, month + 1, 1), plan)
+
+
+def test_revocations_take_the_revoked_plans_latest_months_first_and_never_more_than_granted() -> None:
+    grants = [grant("jan", 1), grant("feb", 2), grant("mar", 3), grant("biz", 2, "20000", "business")]
+    assert subs.allocate_revocation(D(7000), grants, {}, "pro") == [("mar", D(5000)), ("feb", D(2000))]
+    assert subs.allocate_revocation(D(7000), grants, {"mar": D(4000)}, "pro") == [
+        ("mar", D(1000)),
+        ("feb", D(5000)),
+        ("jan", D(1000)),
+    ]
+    assert subs.allocate_revocation(D(1), grants, {}, "other") == []
+
+
+def test_next_pool_action_waits_for_grants_that_do_not_exist_yet() -> None:
+    pool = PoolRecord("si#1", grants={"jan": grant("jan", 1)}, revocations={"il_1": ("pro", D(2500))})
+    assert subs.next_pool_action(pool, set(), None, "period_end") is None
+    action = subs.next_pool_action(pool, {"jan"}, None, "period_end")
+    assert action == subs.RevokeFromPool("si#1", "jan", D(2500), D(2500), "pro")
+    done = subs.pool_applied(pool, action)
+    assert (
+        done.outstanding() == {"pro": 0} and subs.next_pool_action(done, {"jan"}, None, "period_end") is None
+    )
+
+
+def test_cancellation_voids_months_not_started_and_the_current_one_only_immediately() -> None:
+    grants = [grant("jan", 1), grant("feb", 2), grant("mar", 3)]
+    ended = at(2030, 2, 10)
+    assert subs.voided_on_cancel(grants, ended, "period_end") == ["mar"]
+    assert subs.voided_on_cancel(grants, ended, "immediately") == ["feb", "mar"]
+    assert subs.voided_on_cancel(grants, at(2030, 3, 1), "period_end") == [
+        "mar"
+    ]  # starts at the end: not started
+
+
+def test_keys_are_stable_and_grant_ids_sort_by_month() -> None:
+    key = subs.month_key("si_1", at(2030, 1, 15), 3)
+    assert key == f"stripe:subscription:si_1:{int(at(2030, 1, 15).timestamp())}:3"
+    assert subs.grant_id_for(key, at(2030, 4, 15)) == subs.grant_id_for(key, at(2030, 4, 15))
+    assert subs.grant_id_for("a", at(2030, 1, 1)) < subs.grant_id_for("a", at(2030, 2, 1))
+
+
+def test_rollover_days_count_calendar_months_from_the_months_end() -> None:
+    assert subs.rollover_days(at(2030, 1, 31), 1) == 28
+    assert subs.rollover_days(at(2030, 3, 15), 2) == (at(2030, 5, 15) - at(2030, 3, 15)).days
+    assert subs.add_months(at(2030, 12, 31), 2) == at(2031, 2, 28)
+    assert subs.add_months(at(2030, 1, 1), 0) + timedelta(days=1) == at(2030, 1, 2)
