@@ -420,3 +420,106 @@ def test_a_change_to_quantity_zero_revokes_the_whole_remainder(books: Books, cus
     books.send(ev.invoice_paid(customer, lines, created=ev.ts(at), amount_paid=0))
     # Then the whole month is revoked (the line credits the whole unit amount)
     assert books.balance(customer) == 0
+
+
+# ---- review regressions on one-off payments -------------------------------------------------------------
+def payment_intent(customer: str, metadata: dict[str, str], pi: str = "pi_meta") -> dict[str, Any]:
+    obj = {
+        "id": pi,
+        "object": "payment_intent",
+        "customer": customer,
+        "amount": 1000,
+        "amount_received": 1000,
+        "currency": "eur",
+        "status": "succeeded",
+        "latest_charge": f"ch_{pi}",
+        "metadata": metadata,
+    }
+    return ev.event("payment_intent.succeeded", obj, created=ev.ts(T0))
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"credits": "-100"},
+        {"credits": "lots"},
+        {"credits": "100", "credits_valid_days": "0"},
+        {"credits": "100", "credits_valid_days": "36501"},
+        {"credits": "100", "credits_valid_days": "99999999999"},
+        {"credits": "100", "credits_priority": "-1"},
+        {"credits": "100", "credits_priority": "1000001"},
+        {"credits": "100", "credits_priority": "high"},
+    ],
+)
+def test_metadata_out_of_range_fails_the_event_and_later_refunds_still_work(
+    books: Books, customer: str, metadata: dict[str, str]
+) -> None:
+    # Given a payment whose merchant metadata is out of range / Then failed with the reason, kept for replay
+    event = payment_intent(customer, metadata)
+    assert books.send(event, expected="failed").reason
+    assert books.failed(event["id"]) and books.balance(customer) == 0
+    # and a refund of that payment is processed (no 5xx loop blocks it)
+    books.send(ev.charge_refunded("pi_meta", 1000, 500, created=ev.ts(T0) + 60))
+
+
+def test_metadata_at_the_range_limits_is_accepted(books: Books, customer: str) -> None:
+    books.send(
+        payment_intent(
+            customer, {"credits": "100", "credits_valid_days": "36500", "credits_priority": "1000000"}
+        )
+    )
+    [grant] = books.grants(customer)
+    assert grant.priority == 1_000_000 and grant.expires_at == T0 + timedelta(days=36500)
+
+
+@pytest.mark.parametrize("session_first", [True, False])
+def test_a_checkout_that_creates_an_invoice_is_one_payment_with_it(
+    books: Books, customer: str, session_first: bool
+) -> None:
+    # Given a payment-mode Checkout with invoice creation, and that invoice's invoice.paid (which names no
+    # payment intent) with the pack's line
+    session = ev.event(
+        "checkout.session.completed",
+        {
+            "id": "cs_inv",
+            "object": "checkout.session",
+            "mode": "payment",
+            "payment_status": "paid",
+            "customer": customer,
+            "payment_intent": "pi_cs_inv",
+            "invoice": "in_cs_inv",
+            "amount_subtotal": 1900,
+            "amount_total": 1900,
+            "currency": "eur",
+            "metadata": {"credits_pack": "starter"},
+        },
+        created=ev.ts(T0),
+    )
+    line = {**ev.plan_line("price_starter", T0, T0, 1900), "price": "price_starter", "parent": None}
+    invoice = ev.invoice_paid(
+        customer, [line], created=ev.ts(T0) + 5, invoice_id="in_cs_inv", billing_reason="manual"
+    )
+    for event in (session, invoice) if session_first else (invoice, session):
+        books.send(event)
+    # Then the pack is granted once
+    assert [g.amount for g in books.grants(customer)] == [D(1000)]
+
+
+# ---- plan rollover -----------------------------------------------------------------------------------------
+def test_a_plan_month_rolls_over_by_the_plans_rules_and_the_rollover_does_not_roll_again(
+    books: Books, customer: str
+) -> None:
+    from credits_ledger.jobs.expiry import ExpiryJob
+
+    books.send(cycle(customer))
+    [month] = books.grants(customer)
+    job = ExpiryJob(books.ledger, None, None, books.pricing)  # type: ignore[arg-type]
+    # When the month ends unspent: 50 % of 5,000 capped at 2,000, valid one calendar month from its end
+    outcome = books.ledger.expire_with_rollover(month.grant_id, FEB, job._policy)
+    assert outcome is not None and outcome.entry.metadata["rolled_over"] == "2000"
+    rolled = [g for g in books.grants(customer) if g.source.type == "rollover"]
+    assert [(g.amount, g.effective_at, g.expires_at) for g in rolled] == [(D(2000), FEB, MAR)]
+    # and the rollover grant expires without rolling again
+    again = books.ledger.expire_with_rollover(rolled[0].grant_id, MAR, job._policy)
+    assert again is not None and "rolled_over" not in again.entry.metadata
+    assert books.balance(customer) == 0
