@@ -423,6 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("balance", parents=[common], help="an account's balance")
     p.add_argument("customer")
 
+    p = sub.add_parser(
+        "subscriptions", parents=[common], help="an account's subscriptions: plan, month, credits left"
+    )
+    p.add_argument("customer")
+
     p = sub.add_parser("grants", parents=[common], help="an account's grants")
     p.add_argument("customer")
     p.add_argument("--status", choices=GRANT_STATUSES, default=None, help="only grants in this status")
@@ -644,6 +649,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dispute", help="dp_...: the dispute id (default: derived from the payment intent)")
     p.add_argument("--price", help="invoice.paid: the Stripe price of the line (a pack's stripe_prices)")
     p.add_argument("--quantity", type=int, default=1, help="invoice.paid: line quantity")
+    p.add_argument(
+        "--subscription",
+        help="sub_...: a subscription's events and invoices (default for customer.subscription.*: from the "
+        "customer); with invoice.paid, --price is a plan price and --amount its unit amount",
+    )
+    p.add_argument("--upgrade-from", help="invoice.paid of a subscription: the old plan price (a proration)")
+    p.add_argument("--old-amount", type=int, help="--upgrade-from: the old price's unit amount")
+    p.add_argument("--trial-days", type=int, help="customer.subscription.created: trialing for N days")
     p.add_argument("--event-id", help="evt_...: reuse an id to simulate a redelivery")
     p.add_argument("--secret", default=None, help="webhook signing secret (default: $STRIPE_WEBHOOK_SECRET)")
     p.add_argument("--dry-run", action="store_true", help="print the event and its signature, send nothing")
@@ -786,6 +799,31 @@ def _cohort_json(row: Any) -> dict[str, Any]:
         },
         "revenue_per_month": {c: str(v) for c, v in row.revenue_per_month.items()},
     }
+
+
+def render_subscriptions(subscriptions: list[dict[str, Any]]) -> str:
+    if not subscriptions:
+        return "no subscriptions"
+    rows = [
+        (
+            s["id"],
+            s["plan"] or "-",
+            s["status"] + (" (cancels at period end)" if s["cancel_at_period_end"] else ""),
+            s["quantity"],
+            f"{short_time(s['current_period']['start'])} - {short_time(s['current_period']['end'])}",
+            s["credits_this_month"],
+            s["remaining_this_month"],
+        )
+        for s in subscriptions
+    ]
+    headers = ("SUBSCRIPTION", "PLAN", "STATUS", "QTY", "CURRENT PERIOD", "THIS MONTH", "LEFT")
+    return render_table(headers, rows, right=(3, 5, 6))
+
+
+def cmd_subscriptions(api: Api, args: argparse.Namespace, out: Printer) -> int:
+    body = api.call("GET", f"/v1/customers/{_seg(args.customer)}/subscriptions").body
+    _emit(args, out, body, lambda: render_subscriptions(body["data"]))
+    return EXIT_OK
 
 
 def _pages(api: Api, path: str, query: dict[str, Any], follow: bool) -> Iterator[dict[str, Any]]:
@@ -1222,6 +1260,10 @@ def cmd_stripe_send(api: Api, args: argparse.Namespace, out: Printer) -> int:
         price=args.price,
         quantity=args.quantity,
         event_id=args.event_id,
+        subscription=args.subscription,
+        upgrade_from=args.upgrade_from,
+        old_amount=args.old_amount,
+        trial_days=args.trial_days,
     )
     try:
         event = build_event(args.event_type, options)
@@ -1262,8 +1304,14 @@ def cmd_stripe_send(api: Api, args: argparse.Namespace, out: Printer) -> int:
         )
     else:
         status = response.body.get("status") if isinstance(response.body, dict) else None
+        subject = f"payment intent {intent}"
+        if args.event_type.startswith("customer.subscription.") or args.subscription:
+            obj = event["data"]["object"]
+            subject = (
+                f"subscription {obj['id'] if obj.get('object') == 'subscription' else args.subscription}"
+            )
         out(
-            f"sent {event['type']} {event['id']} (payment intent {intent}): HTTP {response.status}"
+            f"sent {event['type']} {event['id']} ({subject}): HTTP {response.status}"
             + (f", {status}" if status else "")
         )
     return EXIT_OK
@@ -1275,6 +1323,7 @@ def _seg(value: str) -> str:
 
 COMMANDS: dict[str, Callable[[Api, argparse.Namespace, Printer], int]] = {
     "balance": cmd_balance,
+    "subscriptions": cmd_subscriptions,
     "grants": cmd_grants,
     "transactions": cmd_transactions,
     "grant": cmd_grant,

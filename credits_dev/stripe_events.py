@@ -24,7 +24,9 @@ or dispute sent later with ``--payment-intent pi_X`` names the same payment as t
 from __future__ import annotations
 
 import base64 as b64
+import calendar
 import copy
+import datetime as dt
 import json
 import random
 import string
@@ -666,7 +668,12 @@ PURCHASE_TYPES = (
     "invoice.paid",
 )
 CHARGE_TYPES = ("charge.refunded", "charge.dispute.created", "charge.dispute.closed")
-SUPPORTED_TYPES = PURCHASE_TYPES + CHARGE_TYPES
+SUBSCRIPTION_TYPES = (
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+)
+SUPPORTED_TYPES = PURCHASE_TYPES + CHARGE_TYPES + SUBSCRIPTION_TYPES
 
 
 class EventBuildError(ValueError):
@@ -694,8 +701,12 @@ class EventOptions:
     amount_refunded: int | None = None  # charge.refunded: cumulative; default the whole amount
     status: str | None = None  # charge.dispute.closed: won | lost
     dispute: str | None = None
-    price: str | None = None  # invoice.paid: a Stripe price id of a pack
+    price: str | None = None  # invoice.paid: a Stripe price id of a pack (or of a plan, with subscription)
     quantity: int = 1
+    subscription: str | None = None  # a subscription's events and its invoices (plan prices)
+    upgrade_from: str | None = None  # invoice.paid of a subscription: the old plan price of a proration
+    old_amount: int | None = None  # the old price's unit amount (minor units)
+    trial_days: int | None = None  # customer.subscription.created: trialing for this many days
     event_id: str | None = None
     created: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)
@@ -741,6 +752,8 @@ def build_event(event_type: str, options: EventOptions) -> Json:
         )
     if event_type in PURCHASE_TYPES:
         customer = options.purchaser()
+    if event_type in SUBSCRIPTION_TYPES or (event_type == "invoice.paid" and options.subscription):
+        return _subscription_event(event_type, options, now_)
     if event_type.startswith("checkout.session."):
         intent, _ = options.ids()
         return checkout_session_completed(
@@ -818,6 +831,190 @@ def _invoice_paid(options: EventOptions, customer: str | None, now_: int) -> Jso
         event_id=options.event_id,
         event_created=now_,
     )
+
+
+# ---------------------------------------------------------------------------------------------- subscriptions
+def plan_line(
+    price: str,
+    start: int,
+    end: int,
+    amount: int,
+    *,
+    unit_amount: int | None,
+    quantity: int = 1,
+    proration: bool = False,
+    item: str,
+    subscription: str,
+    currency: str = "eur",
+    line_id: str | None = None,
+    interval: str = "month",
+) -> Json:
+    """A subscription invoice line (``amount`` in minor units, negative for a credit) carrying its price both
+    ways Stripe does: ``pricing.price_details.price`` (an id) and an expanded ``price`` with ``unit_amount``
+    and ``recurring`` (older API versions), so a proration needs no call to the Stripe API."""
+    return {
+        "id": line_id or new_id("il"),
+        "object": "line_item",
+        "amount": amount,
+        "currency": currency,
+        "description": f"{quantity} x {price}" + (" (proration)" if proration else ""),
+        "livemode": False,
+        "metadata": {},
+        "quantity": quantity,
+        "period": {"start": start, "end": end},
+        "parent": {
+            "type": "subscription_item_details",
+            "invoice_item_details": None,
+            "subscription_item_details": {
+                "invoice_item": new_id("ii") if proration else None,
+                "proration": proration,
+                "proration_details": {"credited_items": None},
+                "subscription": subscription,
+                "subscription_item": item,
+            },
+        },
+        "pricing": {
+            "type": "price_details",
+            "price_details": {"price": price, "product": f"prod_{suffix_of(price)}"},
+            "unit_amount_decimal": None if unit_amount is None else str(unit_amount),
+        },
+        "price": {
+            "id": price,
+            "object": "price",
+            "type": "recurring",
+            "currency": currency,
+            "unit_amount": unit_amount,
+            "unit_amount_decimal": None if unit_amount is None else str(unit_amount),
+            "recurring": {"interval": interval, "interval_count": 1, "usage_type": "licensed"},
+            "metadata": {},
+        },
+    }
+
+
+def subscription_object(
+    customer: str,
+    price: str,
+    *,
+    subscription: str,
+    item: str,
+    status: str = "active",
+    quantity: int = 1,
+    period: tuple[int, int] | None = None,
+    trial: tuple[int, int] | None = None,
+    ended_at: int | None = None,
+    cancel_at_period_end: bool = False,
+    currency: str = "eur",
+) -> Json:
+    """A ``subscription`` with one item (current API: the period is on the item)."""
+    return {
+        "id": subscription,
+        "object": "subscription",
+        "customer": customer,
+        "currency": currency,
+        "status": status,
+        "livemode": False,
+        "metadata": {},
+        "cancel_at_period_end": cancel_at_period_end,
+        "canceled_at": ended_at,
+        "ended_at": ended_at,
+        "trial_start": trial[0] if trial else None,
+        "trial_end": trial[1] if trial else None,
+        "items": {
+            "object": "list",
+            "has_more": False,
+            "data": [
+                {
+                    "id": item,
+                    "object": "subscription_item",
+                    "quantity": quantity,
+                    "subscription": subscription,
+                    "price": {
+                        "id": price,
+                        "object": "price",
+                        "recurring": {"interval": "month", "interval_count": 1},
+                    },
+                    "current_period_start": period[0] if period else None,
+                    "current_period_end": period[1] if period else None,
+                }
+            ],
+        },
+    }
+
+
+def current_month(now_: int) -> tuple[int, int]:
+    """The billing period ``credits stripe send`` uses: today 00:00 UTC to the same day next month (so the
+    cycle invoice, an upgrade and the view sent the same day agree on it)."""
+    day = dt.datetime.fromtimestamp(now_, tz=dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    month = day.month % 12 + 1
+    year = day.year + (1 if day.month == 12 else 0)
+    last = calendar.monthrange(year, month)[1]
+    return int(day.timestamp()), int(day.replace(year=year, month=month, day=min(day.day, last)).timestamp())
+
+
+def _subscription_event(event_type: str, options: EventOptions, now_: int) -> Json:
+    customer = options.purchaser()
+    if not options.price:
+        raise EventBuildError(
+            f"{event_type} of a subscription needs --price price_... (a plan's Stripe price)"
+        )
+    subscription = options.subscription or f"sub_{suffix_of(str(customer))}"
+    item = f"si_{suffix_of(subscription)}"
+    start, end = current_month(now_)
+    if event_type == "invoice.paid":
+        if options.upgrade_from:
+            if options.old_amount is None:
+                raise EventBuildError("an upgrade needs --old-amount (the old price's unit amount)")
+            left = max(0.0, (end - now_) / (end - start))
+            lines = [
+                plan_line(
+                    options.upgrade_from, now_, end, -round(options.old_amount * options.quantity * left),
+                    unit_amount=options.old_amount, quantity=options.quantity, proration=True, item=item,
+                    subscription=subscription, currency=options.currency,
+                ),
+                plan_line(
+                    options.price, now_, end, round(options.amount * options.quantity * left),
+                    unit_amount=options.amount, quantity=options.quantity, proration=True, item=item,
+                    subscription=subscription, currency=options.currency,
+                ),
+            ]  # fmt: skip
+            reason = "subscription_update"
+        else:
+            lines = [
+                plan_line(
+                    options.price, start, end, options.amount * options.quantity, unit_amount=options.amount,
+                    quantity=options.quantity, item=item, subscription=subscription, currency=options.currency,
+                )
+            ]  # fmt: skip
+            reason = "subscription_cycle"
+        obj = invoice(customer, [], currency=options.currency, created=now_ - 60)
+        obj.update(
+            lines={
+                "object": "list",
+                "data": lines,
+                "has_more": False,
+                "url": f"/v1/invoices/{obj['id']}/lines",
+            },
+            amount_paid=max(0, sum(line["amount"] for line in lines)),
+            subtotal=sum(line["amount"] for line in lines),
+            billing_reason=reason,
+            parent={"type": "subscription_details", "subscription_details": {"subscription": subscription}},
+        )
+        return event("invoice.paid", obj, options.event_id, now_)
+    deleted = event_type == "customer.subscription.deleted"
+    trial = (now_, now_ + options.trial_days * 86_400) if options.trial_days and not deleted else None
+    obj = subscription_object(
+        str(customer),
+        options.price,
+        subscription=subscription,
+        item=item,
+        status="canceled" if deleted else "trialing" if trial else "active",
+        quantity=options.quantity,
+        period=(start, end),
+        trial=trial,
+        ended_at=now_ if deleted else None,
+        currency=options.currency,
+    )
+    return event(event_type, obj, options.event_id, now_)
 
 
 # ---------------------------------------------------------------------------------------------- placeholders

@@ -76,6 +76,10 @@ EXTERNAL_SECTIONS: dict[str, tuple[str, str]] = {
         "reserve, capture, release; a debit next to open reservations",
     ),
     "report": ("tools.bench_report", "money view: stream batch units, revenue report over 30 days / 1 year"),
+    "subscriptions": (
+        "tools.bench_subscriptions",
+        "subscriptions: units and time of a period grant, a proration, a cancellation",
+    ),
     "expiry": (
         "tools.bench_expiry",
         "expiry job: read units over 1,000 due grants, empty vs 110k-grant table",

@@ -263,7 +263,7 @@ def sample_events() -> dict[str, Json]:
 def write_samples() -> list[Path]:
     """Write the subscription samples beside the other Stripe samples, signed with the documented sample
     secret at the event's own time (stale: re-sign before sending, as for the others)."""
-    from tests.support import stripe_events as se
+    from credits_dev import stripe_events as se
 
     written = []
     for name, sample in sample_events().items():

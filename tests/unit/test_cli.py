@@ -426,7 +426,39 @@ def _options(event_type: str) -> EventOptions:
         return EventOptions(payment_intent="pi_abc123", amount=1000, amount_refunded=250, status="lost")
     if event_type == "invoice.paid":
         return EventOptions(customer="cus_123", price="price_EUR_starter", amount=1900)
+    if event_type.startswith("customer.subscription."):
+        return EventOptions(customer="cus_123", price="price_pro_month_eur", trial_days=14)
     return EventOptions(customer="cus_123", credits="500", amount=1000, currency="eur")
+
+
+@pytest.mark.parametrize(
+    ("options", "credits"),
+    [
+        (EventOptions(customer="cus_1", subscription="sub_1", price="price_pro_month_eur", amount=4900), [5000]),
+        (
+            EventOptions(
+                customer="cus_1", subscription="sub_1", price="price_business_month_eur", amount=14900,
+                upgrade_from="price_pro_month_eur", old_amount=4900, created=1_900_000_000,
+            ),
+            None,  # the remaining share of the month, depending on the day
+        ),
+    ],
+)  # fmt: skip
+def test_subscription_invoices_are_plan_months_and_prorations(
+    options: EventOptions, credits: list | None
+) -> None:
+    from credits_ledger.pricing import load_pricing
+    from credits_ledger.stripe_facts import Facts, interpret
+
+    pricing = load_pricing(Path(__file__).resolve().parents[2] / "config" / "pricing.toml")
+    meaning = interpret(build_event("invoice.paid", options), pricing)
+    assert isinstance(meaning, Facts), meaning
+    granted = [line.credits for _, fact in meaning.items if hasattr(fact, "lines") for line in fact.lines]
+    if credits is not None:
+        assert granted == credits
+    else:  # an upgrade: a grant of Business's share and a revocation of Pro's
+        kinds = sorted(type(f).__name__ for f in meaning.subscription_items)
+        assert len(granted) == 1 and "PoolRevocation" in kinds
 
 
 @pytest.mark.parametrize("event_type", SUPPORTED_TYPES)

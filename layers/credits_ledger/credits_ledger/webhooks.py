@@ -6,13 +6,14 @@
 3. The payment converges: ``next_action`` names the missing ledger change (grant, revoke, hold, release,
    void), which commits in the same transaction as the owner record's note that it was applied. Convergence
    runs on every delivery, duplicates included, so a crash between 2 and 3 is repaired by Stripe's retry.
-A write DynamoDB rejects for good (WriteRejected: an account item over 400 KB) stores the event as failed for
-replay instead of answering 500 to Stripe's retries forever.
 4. Subscription periods converge the same way (domain/subscriptions.py): a period record collects the grants
    its invoices announced and the negative prorations to revoke from them; the subscription record its end
    (cancellation) and trial. ``next_pool_action`` names the missing revocation or void, committed with the
    period record's note of it. Since the facts are merged before any ledger change, a proration that arrives
    before the month it revokes from waits for it, and a cancellation voids months granted after it.
+
+A write DynamoDB rejects for good (WriteRejected: an account item over 400 KB) stores the event as failed for
+replay instead of answering 500 to Stripe's retries forever.
 """
 
 from __future__ import annotations
@@ -230,17 +231,21 @@ class StripeWebhookProcessor:
             return 1
         raise ConcurrencyConflict(f"subscription {key[1]}: trial did not converge")
 
-    def _existing(self, pool: PoolRecord) -> set[str]:
-        found = set()
+    def _existing(self, pool: PoolRecord, known: set[str]) -> set[str]:
+        """The pool's grants that exist in the ledger; ``known`` (found in earlier rounds: grants are never
+        deleted) is not read again."""
         for grant_id in pool.grants:
+            if grant_id in known:
+                continue
             try:
                 self._ledger.repository.grant(grant_id)
             except GrantNotFound:
                 continue  # announced by an invoice whose payment has not converged yet
-            found.add(grant_id)
-        return found
+            known.add(grant_id)
+        return known
 
     def _converge_pool(self, key: str) -> int:
+        known: set[str] = set()
         for count in range(MAX_ROUNDS):
             pool = self._subscriptions.pools([key])[key]
             ended_at, on_cancel = None, "period_end"
@@ -250,7 +255,7 @@ class StripeWebhookProcessor:
                 ended_at = subscription.ended_at
                 if subscription.snapshot is not None:
                     on_cancel = subscription.snapshot.on_cancel
-            action = next_pool_action(pool, self._existing(pool), ended_at, on_cancel)
+            action = next_pool_action(pool, self._existing(pool, known), ended_at, on_cancel)
             if action is None:
                 return count
             update = self._subscriptions.pool_put(pool, pool_applied(pool, action))

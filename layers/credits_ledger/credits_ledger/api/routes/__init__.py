@@ -13,6 +13,7 @@ from credits_ledger.api.routes import (
     reports,
     reservations,
     settings,
+    subscriptions,
     usage,
 )
 
@@ -23,6 +24,7 @@ ROUTERS: tuple[APIGatewayHttpRouter, ...] = (
     balance.router,
     grants.router,
     settings.router,
+    subscriptions.router,
     api_keys.router,
     reports.router,
 )

@@ -1,0 +1,70 @@
+"""An account's subscriptions (scope ``balance:read``): plan, status, current period and this month's credits,
+from the Stripe subscription events (docs/subscriptions.md)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from credits_ledger.api.deps import caller, ledger, new_router
+from credits_ledger.api.openapi import responses
+from credits_ledger.api.params import CustomerId
+from credits_ledger.auth import Scope
+from credits_ledger.dal.items import iso
+from credits_ledger.dal.subscriptions import SubscriptionRepository
+from credits_ledger.domain.money import format_amount
+from credits_ledger.ledger import utc_now
+from credits_ledger.subscription_view import SubscriptionView, subscription_views
+
+router = new_router()
+
+
+class Period(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    start: str | None
+    end: str | None
+
+
+class SubscriptionOut(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    plan: str | None
+    status: str
+    quantity: int
+    current_period: Period
+    cancel_at_period_end: bool
+    credits_this_month: str
+    remaining_this_month: str
+
+    @classmethod
+    def of(cls, view: SubscriptionView) -> SubscriptionOut:
+        return cls(
+            id=view.subscription_id,
+            plan=view.plan,
+            status=view.status,
+            quantity=view.quantity,
+            current_period=Period(
+                start=iso(view.period_start) if view.period_start else None,
+                end=iso(view.period_end) if view.period_end else None,
+            ),
+            cancel_at_period_end=view.cancel_at_period_end,
+            credits_this_month=format_amount(view.credits_this_month),
+            remaining_this_month=format_amount(view.remaining_this_month),
+        )
+
+
+class SubscriptionList(BaseModel):
+    data: list[SubscriptionOut]
+
+
+@router.get(
+    "/v1/customers/<customer>/subscriptions",
+    summary="Subscriptions",
+    tags=["balance"],
+    responses=responses(200, "the account's subscriptions and this month's credits", SubscriptionList),
+)
+def list_subscriptions(customer: CustomerId) -> SubscriptionList:
+    caller().require(Scope.BALANCE_READ, customer)
+    views = subscription_views(SubscriptionRepository(), ledger().repository, customer, utc_now())
+    return SubscriptionList(data=[SubscriptionOut.of(view) for view in views])
