@@ -306,3 +306,25 @@ def test_opening_plus_sold_minus_outflows_is_closing_deferred_exactly(
     assert stream_days(book, shuffled) == run.days
     for totals in run.days.values():
         assert all(getattr(totals, f.value) >= 0 for f in Flow)
+
+
+def test_reservations_move_no_money_and_their_capture_and_late_expiry_are_placed_exactly() -> None:
+    from credits_ledger.domain import reservations
+
+    book = Book()
+    expires = T0 + timedelta(days=2)
+    book.grant("g", "3", 100, "eur", T0, expires_at=expires)  # 33.33 cents a credit
+    book._apply(reservations.reserve(book.state, "r1", D(2), T0 + timedelta(days=5), book._ctx(T0)))
+    book.debit("1", T0 + timedelta(hours=1))  # the free credit: 33 cents
+    # the grant expires while the reservation holds 2: nothing free, the job leaves it live
+    after = T0 + timedelta(days=3)
+    ended = reservations.capture(book.state, "r1", D(1), False, book._ctx(after))
+    book._apply(ended.change)  # capture 1 (a debit), give 1 back, which expires at once (breakage)
+    kinds = [e.type.value for e in book.entries]
+    assert kinds == ["grant", "reserve", "debit", "debit", "unreserve", "expire"]
+    run = replay(book)
+    assert run.days == {
+        (T0.date(), "eur"): Totals(sold=D(100), recognized=D(33)),
+        (after.date(), "eur"): Totals(recognized=D(33), breakage=D(34)),
+    }
+    assert stream_days(book, list(reversed(book.entries))) == run.days
