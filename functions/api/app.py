@@ -17,11 +17,15 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, content_
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from credits_ledger import environment
 from credits_ledger.api import errors
 from credits_ledger.api.deps import caller, parse_json_body
 from credits_ledger.api.openapi import openapi_spec as _openapi_spec
 from credits_ledger.api.routes import ROUTERS
 from credits_ledger.observability import logger, tracer
+
+# Inside Lambda a missing or malformed setting fails the init phase (credits_ledger/environment.py).
+environment.at_start_up(environment.ApiEnvironment)
 
 app = APIGatewayHttpResolver(
     enable_validation=True,

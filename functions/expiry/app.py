@@ -12,6 +12,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from credits_ledger import environment
 from credits_ledger.bus import default_bus
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.reminders import ReminderRepository
@@ -20,6 +21,9 @@ from credits_ledger.jobs.scheduled import run_scheduled
 from credits_ledger.ledger import Ledger
 from credits_ledger.observability import logger, metrics, tracer
 from credits_ledger.pricing import load_pricing
+
+# Inside Lambda a missing or malformed setting fails the init phase (credits_ledger/environment.py).
+environment.at_start_up(environment.PublishingJobEnvironment)
 
 
 @cache

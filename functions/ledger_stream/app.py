@@ -12,6 +12,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from credits_ledger import environment
 from credits_ledger.bus import default_bus
 from credits_ledger.dal.money import MoneyRepository
 from credits_ledger.dal.reconcile import ReconcileRepository
@@ -20,6 +21,9 @@ from credits_ledger.jobs.ledger_stream import LedgerStream
 from credits_ledger.jobs.money_stream import MoneyStream
 from credits_ledger.observability import logger, metrics, tracer
 from credits_ledger.pricing import load_pricing
+
+# Inside Lambda a missing or malformed setting fails the init phase (credits_ledger/environment.py).
+environment.at_start_up(environment.PublishingEnvironment)
 
 
 @cache

@@ -13,6 +13,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from credits_ledger import environment
 from credits_ledger.bus import default_bus
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.money import MoneyRepository
@@ -21,6 +22,9 @@ from credits_ledger.jobs.reconcile import ReconcileJob
 from credits_ledger.jobs.revenue import RebuildRequest, RevenueRebuild, UsageExportRequest, export_usage
 from credits_ledger.jobs.scheduled import run_scheduled
 from credits_ledger.observability import logger, metrics, tracer
+
+# Inside Lambda a missing or malformed setting fails the init phase (credits_ledger/environment.py).
+environment.at_start_up(environment.PublishingJobEnvironment)
 
 
 @cache

@@ -15,6 +15,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from credits_ledger import environment
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.payments import PaymentRepository
 from credits_ledger.ledger import Ledger
@@ -22,6 +23,9 @@ from credits_ledger.observability import logger, metrics, tracer
 from credits_ledger.pricing import load_pricing
 from credits_ledger.stripe_signature import InvalidSignature, verified_event, webhook_secrets
 from credits_ledger.webhooks import StripeWebhookProcessor
+
+# Inside Lambda a missing or malformed setting fails the init phase (credits_ledger/environment.py).
+environment.at_start_up(environment.WebhookEnvironment)
 
 app = APIGatewayHttpResolver()
 

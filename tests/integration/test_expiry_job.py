@@ -23,6 +23,7 @@ from credits_ledger.bus import EventBus
 from credits_ledger.dal.accounts import AccountRepository, Page
 from credits_ledger.dal.reminders import ReminderRepository
 from credits_ledger.domain.models import EntryType, GrantStatus
+from credits_ledger.environment import ConfigurationError
 from credits_ledger.jobs import scheduled
 from credits_ledger.jobs.expiry import ExpiryJob
 from credits_ledger.jobs.scheduled import Deadline
@@ -388,11 +389,26 @@ def test_a_rollover_grant_expires_without_rolling_again(env: Env) -> None:
     assert assert_books_balance(env.ledger, "cus_a") == D(0)
 
 
-def test_without_a_configured_bus_the_run_still_expires_and_only_logs_events(
+def test_without_a_configured_bus_the_run_fails_loudly_before_changing_anything(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given no EVENT_BUS_NAME (the local stack has no EventBridge), a due grant and one 5 days from expiry
+    # Given no EVENT_BUS_NAME and no explicit request for a log-only bus, and a due grant
     monkeypatch.delenv("EVENT_BUS_NAME")
+    monkeypatch.delenv("CREDITS_EVENT_BUS", raising=False)
+    handler = load_handler("expiry")
+    env.grant("cus_a", "g_due", "10", RUN_AT - timedelta(hours=1))
+    # When the run fires, then it stops on the missing setting, naming it, and expires nothing
+    with pytest.raises(ConfigurationError, match="EVENT_BUS_NAME"):
+        handler.lambda_handler(load_event("expiry/scheduled.json"), FakeLambdaContext())
+    assert env.entry_types("cus_a") == [("grant", "grant:g_due", D(10))]
+
+
+def test_asked_for_a_log_only_bus_the_run_still_expires_and_only_logs_events(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a run that asks for no bus (CREDITS_EVENT_BUS=log-only), a due grant and one 5 days from expiry
+    monkeypatch.delenv("EVENT_BUS_NAME")
+    monkeypatch.setenv("CREDITS_EVENT_BUS", "log-only")
     handler = load_handler("expiry")
     env.grant("cus_a", "g_due", "10", RUN_AT - timedelta(hours=1))
     env.grant("cus_a", "g_soon", "10", RUN_AT + timedelta(days=5))

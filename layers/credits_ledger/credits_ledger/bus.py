@@ -8,7 +8,6 @@ does not deduplicate, so every detail carries an id downstream can deduplicate o
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +21,7 @@ from credits_ledger.dal.client import CLIENT_CONFIG
 from credits_ledger.dal.items import iso
 from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.money import format_amount
+from credits_ledger.environment import LOG_ONLY_BUS, PublishingEnvironment, load
 from credits_ledger.observability import logger
 
 SOURCE = "credits"
@@ -58,14 +58,10 @@ def events_client() -> Any:
     return boto3.client("events", config=CLIENT_CONFIG)
 
 
-def bus_name() -> str:
-    return os.environ["EVENT_BUS_NAME"]
-
-
 class EventBus:
     def __init__(self, client: Any | None = None, name: str | None = None) -> None:
         self._client = client or events_client()
-        self._name = name or bus_name()
+        self._name = name or str(load(PublishingEnvironment).event_bus_name)
 
     def publish(self, events: Sequence[BusEvent]) -> None:
         """Put ``events`` on the bus, 10 per call; raises PublishFailed naming the events that failed (the ones
@@ -101,19 +97,23 @@ class Publisher(Protocol):
 
 
 class LogOnlyBus:
-    """Stands in where no bus is configured (``EVENT_BUS_NAME`` unset: the local stack, a bare test run):
-    events are logged, not sent. Deployed functions always have the variable (template.yaml)."""
+    """Stands in where a run asked for no bus (``CREDITS_EVENT_BUS=log-only``): events are logged, not sent.
+    Deployed functions always name their bus (template.yaml); a missing ``EVENT_BUS_NAME`` is an error."""
 
     def publish(self, events: Sequence[BusEvent]) -> None:
         for event in events:
             logger.info(
-                "event not published: no EVENT_BUS_NAME", detail_type=event.detail_type, detail=event.detail
+                "event not published: CREDITS_EVENT_BUS=log-only",
+                detail_type=event.detail_type,
+                detail=event.detail,
             )
 
 
-def default_bus() -> Publisher:
-    """The configured bus, or a LogOnlyBus (with a warning) when ``EVENT_BUS_NAME`` is unset."""
-    if os.environ.get("EVENT_BUS_NAME"):
-        return EventBus()
-    logger.warning("EVENT_BUS_NAME is not set: events will be logged, not published")
-    return LogOnlyBus()
+def default_bus(environment: PublishingEnvironment | None = None) -> Publisher:
+    """The configured bus; a LogOnlyBus only when the environment asks for one (``CREDITS_EVENT_BUS=log-only``).
+    Without either, ConfigurationError (never a silent switch to logging)."""
+    settings = environment or load(PublishingEnvironment)
+    if settings.event_bus == LOG_ONLY_BUS:
+        logger.warning("CREDITS_EVENT_BUS=log-only: events will be logged, not published")
+        return LogOnlyBus()
+    return EventBus(name=settings.event_bus_name)

@@ -10,7 +10,6 @@ A continuation is the same event (same ``id``, same ``time``) plus ``detail.cont
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,10 +20,8 @@ import boto3
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from credits_ledger.dal.client import CLIENT_CONFIG
+from credits_ledger.environment import DEFAULT_DEADLINE_MARGIN_MS, JobEnvironment, load
 from credits_ledger.observability import logger
-
-DEFAULT_MARGIN_MS = 30_000
-DEFAULT_MAX_HOPS = 50
 
 
 class Continuation(BaseModel):
@@ -75,7 +72,7 @@ class Deadline:
     """``near()`` once less than ``margin_ms`` of the invocation is left (never without a Lambda context)."""
 
     context: LambdaContextLike | None
-    margin_ms: int = DEFAULT_MARGIN_MS
+    margin_ms: int = DEFAULT_DEADLINE_MARGIN_MS
 
     def near(self) -> bool:
         return self.context is not None and self.context.get_remaining_time_in_millis() < self.margin_ms
@@ -111,13 +108,14 @@ def run_scheduled(
     re-invoke this function asynchronously to continue (at most ``JOB_MAX_HOPS`` times per run; past that the
     remainder waits for the next scheduled run, which starts over from the index and finds it)."""
     scheduled = ScheduledEvent.model_validate(event)
-    margin = int(os.environ.get("JOB_DEADLINE_MARGIN_MS", DEFAULT_MARGIN_MS))
+    settings = load(JobEnvironment)
+    margin = settings.deadline_margin_ms
     summary = job(scheduled, Deadline(context, margin))
     result = summary.as_dict()
     follow = summary.continuation
     if follow is None:
         return result
-    max_hops = int(os.environ.get("JOB_MAX_HOPS", DEFAULT_MAX_HOPS))
+    max_hops = settings.max_hops
     if context is None or follow.hop > max_hops:
         logger.warning("run stopped early and is not continued", continuation=follow.model_dump())
         result["continued"] = False
