@@ -854,7 +854,7 @@ def ledger_section(ctx: BenchContext) -> list[Any]:
                 s[0], "100", expires_in=timedelta(days=90), funding_key=f"pi_{uuid.uuid4().hex}"
             ),
             setup=fresh(),
-            note="+ GrantsByFunding",
+            note="funding_key is an attribute, not indexed: as any grant",
         )
     )
     rows.append(
@@ -884,7 +884,7 @@ def ledger_section(ctx: BenchContext) -> list[Any]:
             "debit touching 3 grants, Stripe-funded",
             lambda s: fx.debit(s[0], "250"),
             setup=fresh(funded=True),
-            note="closes also update GrantsByFunding",
+            note="as unfunded grants",
         )
     )
 

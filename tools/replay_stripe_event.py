@@ -12,7 +12,7 @@ exactly as the webhook would have: at most once per payment, whatever Stripe red
 
 The pricing file must be the one the stack runs (default: config/pricing.toml of this checkout, which
 `sam deploy` shipped). The caller needs dynamodb:GetItem, BatchGetItem, PutItem, UpdateItem,
-ConditionCheckItem and Query (GrantsByFunding) on the table (and cloudformation:DescribeStacks for --stack;
+ConditionCheckItem and Query on the table (and cloudformation:DescribeStacks for --stack;
 dynamodb:Scan for --list). Exit status: 0 when every event ended processed, duplicate or ignored; 1 when one
 is still failed (its new reason is printed); 2 on a usage error.
 """

@@ -37,7 +37,6 @@ from credits_ledger.domain.models import TERMINAL_STATUSES, AccountState, Change
 LEDGER_INDEX = "LedgerByAccount"
 GRANTS_INDEX = "GrantsByAccount"
 EXPIRY_INDEX = "ExpiringGrants"
-FUNDING_INDEX = "GrantsByFunding"
 
 
 class EntryExists(CreditsError):
@@ -190,23 +189,6 @@ class AccountRepository:
         cursor = _encode_cursor(key)
         assert cursor is not None
         return cursor
-
-    def grants_funded_by(self, funding_key: str) -> list[Grant]:
-        grants: list[Grant] = []
-        cursor = None
-        while True:
-            page = self._query_page(
-                IndexName=FUNDING_INDEX,
-                KeyConditionExpression="funding_key = :f",
-                ExpressionAttributeValues={":f": {"S": funding_key}},
-                Limit=100,
-                cursor=cursor,
-                mapper=it.grant_from_item,
-            )
-            grants.extend(page.items)
-            if page.next_cursor is None:
-                return grants
-            cursor = page.next_cursor
 
     def expiring(self, before: datetime, limit: int = 100, cursor: str | None = None) -> Page:
         """(account id, grant id) of live grants with ``expires_at <= before``; cost follows what is due."""

@@ -2,7 +2,7 @@
 
 Keys (one table, see docs/data-model.md):
   account state   pk=ACCOUNT#<account>  sk=STATE
-  grant           pk=GRANT#<grant id>   sk=GRANT   (GSIs: GrantsByAccount, ExpiringGrants, GrantsByFunding)
+  grant           pk=GRANT#<grant id>   sk=GRANT   (GSIs: GrantsByAccount, ExpiringGrants)
   ledger entry    pk=ENTRY#<entry key>  sk=ENTRY   (GSI LedgerByAccount; the key is the idempotency key)
 """
 
