@@ -149,9 +149,9 @@ def test_a_batch_writes_each_account_once(api: Api, monkeypatch: pytest.MonkeyPa
     commits: list[int] = []
     original = repository.commit
 
-    def counting_commit(change: Any, expected_version: int) -> None:
+    def counting_commit(change: Any, expected_version: int, **options: Any) -> None:
         commits.append(len(change.entries))
-        original(change, expected_version)
+        original(change, expected_version, **options)
 
     monkeypatch.setattr(repository, "commit", counting_commit)
     # When 100 events spread over them arrive in one batch

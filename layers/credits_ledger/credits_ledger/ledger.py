@@ -6,11 +6,11 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from credits_ledger.dal.accounts import AccountRepository, EntryExists, Page, VersionConflict
 from credits_ledger.domain import idempotency, transitions
@@ -58,6 +58,20 @@ class DebitResult:
     request: DebitRequest
     outcome: Outcome | None = None
     error: CreditsError | None = None
+
+
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class _Step(Generic[Result]):
+    """What one attempt of the commit loop decided: ``result`` once ``change`` is written (at once when there
+    is nothing to write), or ``reread``: decide again on a strongly consistent read."""
+
+    result: Result | None
+    change: Change | None = None
+    extra_actions: Sequence[dict[str, Any]] = ()
+    reread: bool = False
 
 
 def _replay(entry: LedgerEntry, fingerprint: str) -> Outcome:
@@ -252,45 +266,35 @@ class Ledger:
         Returns the first outcome again when ``key`` was committed before. ``extra_actions`` are written in the
         same transaction; when one of their conditions fails, RelatedItemChanged propagates to the caller.
         """
-        state, existing = self.repository.load(account_id, [key])
-        consistent = False
-        for attempt in range(self._max_attempts):
+
+        def attempt(
+            state: AccountState, existing: Mapping[str, LedgerEntry], consistent: bool
+        ) -> _Step[Outcome]:
             if key in existing:
-                return _replay(existing[key], fingerprint)
+                return _Step(_replay(existing[key], fingerprint))
             try:
                 change = build(state)
             except InsufficientCredits:
                 if consistent:
                     raise
-                # An eventually consistent read may miss a grant that was just added: decide on a fresh one.
-                state, existing = self.repository.load(account_id, [key], consistent=True)
-                consistent = True
-                continue
-            try:
-                self.repository.commit(change, expected_version=state.version, extra_actions=extra_actions)
-                return Outcome(entry=change.entries[0])
-            except EntryExists as exc:
-                existing = exc.entries
-            except VersionConflict as exc:
-                state, existing, consistent = self._after_conflict(account_id, [key], exc, attempt)
-        raise ConcurrencyConflict(
-            f"account {account_id}: gave up after {self._max_attempts} conflicting writes"
-        )
+                return _Step(None, reread=True)
+            return _Step(Outcome(entry=change.entries[0]), change, extra_actions)
+
+        return self._commit_once(account_id, [key], attempt)
 
     def _debit_chunk(self, account_id: str, requests: Sequence[DebitRequest]) -> list[DebitResult]:
         """Judge and write debits of one account in one transaction; returns results for the leading requests
         that fit in it (at least one), the caller passes the rest again."""
-        keys = list(dict.fromkeys(r.key for r in requests))
-        state, existing = self.repository.load(account_id, keys)
-        consistent = False
-        for attempt in range(self._max_attempts):
+
+        def attempt(
+            state: AccountState, existing: Mapping[str, LedgerEntry], consistent: bool
+        ) -> _Step[list[DebitResult]]:
             now = self._clock()
             results: list[DebitResult] = []
             changes: list[Change] = []
             planned: dict[str, int] = {}
             current = state
             actions = 1  # the account item
-            retry_consistent = False
             for request in requests:
                 previous = existing.get(request.key)
                 if previous is None and request.key in planned:
@@ -312,8 +316,7 @@ class Ledger:
                     change = _with_available_after(transitions.debit(current, request.amount, ctx), now)
                 except InsufficientCredits as exc:
                     if not consistent:
-                        retry_consistent = True
-                        break
+                        return _Step(None, reread=True)
                     results.append(DebitResult(request, error=exc))
                     continue
                 except CreditsError as exc:
@@ -326,19 +329,40 @@ class Ledger:
                 changes.append(change)
                 current = change.state
                 results.append(DebitResult(request, outcome=Outcome(entry=change.entries[0])))
-            if retry_consistent:
+            return _Step(results, transitions.combine(state, changes) if changes else None)
+
+        return self._commit_once(account_id, list(dict.fromkeys(r.key for r in requests)), attempt)
+
+    def _commit_once(
+        self,
+        account_id: str,
+        keys: list[str],
+        attempt: Callable[[AccountState, Mapping[str, LedgerEntry], bool], _Step[Result]],
+    ) -> Result:
+        """The one commit loop: read the account and the entries under ``keys`` (eventually consistent), let
+        ``attempt`` decide, write its change conditioned on the version it read; on a lost race (another
+        writer moved the version, or one of the keys got written) decide again on what won, up to
+        ``max_attempts`` times. ``attempt(state, existing, consistent)`` may ask for a strongly consistent
+        read first (an eventual read may miss a grant that was just added)."""
+        state, existing = self.repository.load(account_id, keys)
+        consistent = False
+        for attempt_number in range(self._max_attempts):
+            step = attempt(state, existing, consistent)
+            if step.reread:
                 state, existing = self.repository.load(account_id, keys, consistent=True)
                 consistent = True
                 continue
-            if not changes:
-                return results
+            if step.change is None:
+                return cast(Result, step.result)
             try:
-                self.repository.commit(transitions.combine(state, changes), expected_version=state.version)
-                return results
+                self.repository.commit(
+                    step.change, expected_version=state.version, extra_actions=step.extra_actions
+                )
+                return cast(Result, step.result)
             except EntryExists as exc:
                 existing = {**existing, **exc.entries}
             except VersionConflict as exc:
-                state, fresh, consistent = self._after_conflict(account_id, keys, exc, attempt)
+                state, fresh, consistent = self._after_conflict(account_id, keys, exc, attempt_number)
                 existing = {**existing, **fresh}
         raise ConcurrencyConflict(
             f"account {account_id}: gave up after {self._max_attempts} conflicting writes"
