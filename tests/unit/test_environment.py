@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from credits_ledger import bus
 from credits_ledger import environment as env
 from credits_ledger.bus import EventBus, LogOnlyBus, default_bus
 from credits_ledger.environment import ConfigurationError
@@ -18,7 +19,11 @@ def test_every_function_needs_its_table() -> None:
     assert env.load(env.FunctionEnvironment, BASE).table_name == "credits"
 
 
-def test_a_publishing_function_needs_a_bus_or_an_explicit_log_only_request() -> None:
+def test_a_publishing_function_needs_a_bus_or_an_explicit_log_only_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # no EventBridge client is made here (the cached one would outlive this test)
+    monkeypatch.setattr(bus, "events_client", lambda: object())
     with pytest.raises(ConfigurationError, match="EVENT_BUS_NAME"):
         env.load(env.PublishingEnvironment, BASE)
     with pytest.raises(ConfigurationError, match="CREDITS_EVENT_BUS"):
