@@ -59,6 +59,9 @@ def test_the_webhook_needs_a_secret_and_never_shows_it() -> None:
     local = env.load(env.WebhookEnvironment, {**BASE, "STRIPE_WEBHOOK_SECRET": "whsec_x"})
     assert "whsec_x" not in repr(local)
     assert env.load(env.WebhookEnvironment, {**BASE, "STRIPE_WEBHOOK_SECRET_PARAMETER": "/credits/wh"})
+    assert local.stripe_mode == "test"
+    with pytest.raises(ConfigurationError, match="STRIPE_MODE"):
+        env.load(env.WebhookEnvironment, {**BASE, "STRIPE_WEBHOOK_SECRET": "whsec_x", "STRIPE_MODE": "prod"})
 
 
 def test_the_api_runs_without_a_bootstrap_key_and_never_shows_one() -> None:

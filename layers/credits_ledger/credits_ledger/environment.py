@@ -51,6 +51,8 @@ class WebhookEnvironment(FunctionEnvironment):
 
     webhook_secret: str | None = Field(default=None, alias="STRIPE_WEBHOOK_SECRET", repr=False)
     webhook_secret_parameter: str | None = Field(default=None, alias="STRIPE_WEBHOOK_SECRET_PARAMETER")
+    # the deployment's Stripe mode (template parameter StripeMode): events of the other mode are ignored
+    stripe_mode: Literal["test", "live"] = Field(default="test", alias="STRIPE_MODE")
 
     @model_validator(mode="after")
     def _a_secret(self) -> WebhookEnvironment:
