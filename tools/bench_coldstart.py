@@ -29,7 +29,15 @@ RUNS = int(os.environ.get("BENCH_COLDSTART_RUNS", "5"))
 GOAL = 2.0
 BASELINE = "boto3"
 HANDLERS = {"api": "functions.api.app", "webhook": "functions.stripe_webhook.app"}
-TRACED_ENV = {"LAMBDA_TASK_ROOT": str(ROOT), "POWERTOOLS_TRACE_DISABLED": "false", "AWS_SAM_LOCAL": ""}
+# Inside Lambda the handlers check their environment at import (credits_ledger/environment.py): give them
+# what template.yaml gives them.
+TRACED_ENV = {
+    "LAMBDA_TASK_ROOT": str(ROOT),
+    "POWERTOOLS_TRACE_DISABLED": "false",
+    "AWS_SAM_LOCAL": "",
+    "TABLE_NAME": "CreditsTable",
+    "STRIPE_WEBHOOK_SECRET": "whsec_bench_not_a_secret",
+}
 _PROBE = (
     "import json, time\n"
     "cpu, wall = time.process_time(), time.perf_counter()\n"
