@@ -21,6 +21,7 @@ from credits_ledger.dal.payments import PaymentRepository
 from credits_ledger.ledger import Ledger
 from credits_ledger.observability import logger, metrics, tracer
 from credits_ledger.pricing import load_pricing
+from credits_ledger.stripe_api import webhook_reads
 from credits_ledger.stripe_signature import InvalidSignature, verified_event, webhook_secrets
 from credits_ledger.webhooks import StripeWebhookProcessor
 
@@ -34,7 +35,13 @@ app = APIGatewayHttpResolver()
 def processor() -> StripeWebhookProcessor:
     # STRIPE_MODE (template parameter StripeMode): events of the other mode are acknowledged and ignored.
     mode = os.environ.get("STRIPE_MODE", "test")
-    return StripeWebhookProcessor(Ledger(AccountRepository()), PaymentRepository(), load_pricing(), mode=mode)
+    return StripeWebhookProcessor(
+        Ledger(AccountRepository()),
+        PaymentRepository(),
+        load_pricing(),
+        stripe_reads=webhook_reads(),  # only when STRIPE_API_KEY(_PARAMETER) is set
+        mode=mode,
+    )
 
 
 def _json(status: HTTPStatus, body: dict[str, object]) -> Response:

@@ -89,6 +89,7 @@ def test_dashboard_shows_balance_grants_and_ledger(
     assert text_of(dom, "available") == "1000.5"
     assert text_of(dom, "reserved") == "250"
     assert f"job_{customer}" in dom  # the open reservations table
+    assert "no subscriptions" in dom  # the subscriptions table (GET .../subscriptions answered)
     assert text_of(dom, "paid") == "1000"
     assert text_of(dom, "promotional") == "0.5"
     assert text_of(dom, "next_expiry") == "1250 on 2099-01-01"

@@ -27,6 +27,10 @@ def test_key_formats_are_stable() -> None:
     assert idem.stripe_grant_key("pi_1", "li_1") == "stripe:grant:pi_1:li_1"
     assert idem.stripe_revoke_key("gr_1", Decimal("500")) == "stripe:revoke:gr_1:500"
     assert idem.stripe_dispute_key("hold", "gr_1", 3) == "stripe:hold:gr_1:3"
+    assert idem.subscription_month_key("si_1", 1894000000, 2) == "stripe:subscription:si_1:1894000000:2"
+    assert idem.proration_grant_key("il_1", 0) == "stripe:proration:il_1:0"
+    assert idem.proration_revoke_key("gr_1", Decimal("2500")) == "stripe:proration-revoke:gr_1:2500"
+    assert idem.trial_key("sub_1") == "stripe:trial:sub_1"
 
 
 def test_a_colon_in_the_customer_cannot_make_two_usage_events_one_key() -> None:

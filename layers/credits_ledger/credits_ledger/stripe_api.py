@@ -197,6 +197,21 @@ class StripeApi:
             idempotency_key,
         )
 
+    def list_invoice_lines(self, invoice_id: str, *, idempotency_key: str) -> list[dict[str, Any]]:
+        """``GET /v1/invoices/{id}/lines``, every page (an invoice whose event said ``lines.has_more``)."""
+        lines: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": 100}
+        while True:
+            page = self._call(
+                lambda p, options: self._client.v1.invoices.line_items.list(invoice_id, p, options),
+                params,
+                idempotency_key,
+            )
+            lines.extend(page.get("data") or [])
+            if not page.get("has_more") or not lines:
+                return lines
+            params = {"limit": 100, "starting_after": lines[-1]["id"]}
+
     def _call(
         self, method: Callable[[dict[str, Any], dict[str, Any]], Any], params: dict[str, Any], key: str
     ) -> dict[str, Any]:
@@ -229,3 +244,44 @@ class StripeApi:
                     raise StripeUnavailable(info) from exc
                 raise StripeRejected(info) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+PRICE_CACHE_SECONDS = 300.0
+
+
+class WebhookReads:
+    """The Stripe reads the webhook may need (``stripe_facts.StripeReads``): an invoice's remaining lines and a
+    price a line names only by id, prices cached per instance for ``PRICE_CACHE_SECONDS``. A read Stripe
+    refuses (a deleted price) becomes ``StripeReadFailed``: the event is stored as failed with the reason,
+    never retried forever; an outage (StripeUnavailable) propagates, so Stripe redelivers later."""
+
+    def __init__(self, api: StripeApi, clock: Callable[[], float] = time.monotonic) -> None:
+        self._api = api
+        self._clock = clock
+        self._prices: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def list_invoice_lines(self, invoice_id: str) -> list[dict[str, Any]]:
+        from credits_ledger.stripe_facts import StripeReadFailed
+
+        try:
+            return self._api.list_invoice_lines(invoice_id, idempotency_key=f"invoice-lines:{invoice_id}")
+        except StripeRejected as exc:
+            raise StripeReadFailed(f"listing the lines of invoice {invoice_id}: {exc}") from exc
+
+    def retrieve_price(self, price_id: str) -> dict[str, Any]:
+        from credits_ledger.stripe_facts import StripeReadFailed
+
+        cached = self._prices.get(price_id)
+        if cached is not None and self._clock() - cached[0] < PRICE_CACHE_SECONDS:
+            return cached[1]
+        try:
+            price = self._api.retrieve_price(price_id, idempotency_key=f"price:{price_id}")
+        except StripeRejected as exc:
+            raise StripeReadFailed(f"retrieving price {price_id}: {exc}") from exc
+        self._prices[price_id] = (self._clock(), price)
+        return price
+
+
+def webhook_reads() -> WebhookReads | None:
+    """The webhook's Stripe reads when a key is configured, else None (such events are stored as failed)."""
+    return WebhookReads(stripe_api()) if api_key() else None

@@ -45,6 +45,10 @@ MAX_VALID_DAYS = 36_500
 MAX_PRIORITY = 1_000_000
 
 
+class StripeReadFailed(Exception):
+    """Stripe refused a read for good (a deleted price): the event is failed with this reason, kept for replay."""
+
+
 class StripeReads(Protocol):
     """The Stripe API reads an event may need (a restricted read key is enough)."""
 
@@ -597,6 +601,8 @@ def interpret(
             return _subscription(event, obj, pricing)
     except _Reject as exc:
         return Unprocessable(exc.reason)
+    except StripeReadFailed as exc:
+        return Unprocessable(str(exc))
     except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
         return Unprocessable(f"malformed {event_type} object: {exc.__class__.__name__} {exc}")
     return Ignored(f"event type {event_type} does not change credits")

@@ -204,7 +204,7 @@ class StripeWebhookProcessor:
             if record.trial is None or record.trial_granted:
                 return 0
             trial = record.trial
-            entry_key = f"stripe:trial:{record.key}"
+            entry_key = idempotency.trial_key(record.key)
             spec = GrantSpec(
                 grant_id=grant_id_for(entry_key, trial.start),
                 amount=trial.credits,
@@ -264,7 +264,7 @@ class StripeWebhookProcessor:
             build: Callable[[AccountState], Change]
             if isinstance(action, RevokeFromPool):
                 ctx = EntryContext(
-                    f"stripe:proration-revoke:{action.grant_id}:{action.target}",
+                    idempotency.proration_revoke_key(action.grant_id, action.target),
                     now,
                     key,
                     metadata={"proration_target": str(action.target)},
@@ -273,7 +273,7 @@ class StripeWebhookProcessor:
             else:
                 assert isinstance(action, VoidInPool)
                 ctx = EntryContext(
-                    f"void:{action.grant_id}", now, key, metadata={"reason": "subscription ended"}
+                    idempotency.void_key(action.grant_id), now, key, metadata={"reason": "subscription ended"}
                 )
                 build = lambda state, r=record, c=ctx: transitions.void(state, r, c)  # type: ignore[misc]  # noqa: E731
             try:

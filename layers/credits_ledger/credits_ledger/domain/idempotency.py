@@ -85,6 +85,27 @@ def stripe_dispute_key(effect: str, grant_id: str, round_version: int) -> str:
 
 
 # ---- reservations: ids are unique across accounts, so their keys are too --------------------------------
+def subscription_month_key(subscription_item: str, period_start_epoch: int, month_index: int) -> str:
+    """A subscription item's month (docs/subscriptions.md): granted once, whichever invoice, event or retry
+    announces it."""
+    return f"stripe:subscription:{subscription_item}:{period_start_epoch}:{month_index}"
+
+
+def proration_grant_key(line_id: str, month_index: int) -> str:
+    """(The ``month_index``-th monthly grant of) a positive proration line: once per line."""
+    return f"stripe:proration:{line_id}:{month_index}"
+
+
+def proration_revoke_key(grant_id: str, target: object) -> str:
+    """Negative prorations' revocation from a period grant up to a cumulative target: each level once."""
+    return f"stripe:proration-revoke:{grant_id}:{target}"
+
+
+def trial_key(subscription_id: str) -> str:
+    """A subscription's trial credits: one promotional grant per subscription."""
+    return f"stripe:trial:{subscription_id}"
+
+
 def reserve_key(reservation_id: str) -> str:
     """Creating a reservation (its ``reserve`` entry): once per id, whichever account asks."""
     return f"reserve:{reservation_id}"

@@ -19,6 +19,7 @@ from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 from fractions import Fraction
 
+from credits_ledger.domain import idempotency
 from credits_ledger.domain.money import SCALE, ZERO, canonical
 
 AVERAGE_MONTH_DAYS = Decimal("30.436875")  # 365.2425 / 12
@@ -127,12 +128,12 @@ def epoch(moment: datetime) -> int:
 
 def month_key(subscription_item: str, period_start: datetime, index: int) -> str:
     """Idempotency key of a subscription item's month: whichever invoice, event or retry announces it."""
-    return f"stripe:subscription:{subscription_item}:{epoch(period_start)}:{index}"
+    return idempotency.subscription_month_key(subscription_item, epoch(period_start), index)
 
 
 def proration_key(line_id: str, index: int) -> str:
     """Idempotency key of (the ``index``-th monthly grant of) a positive proration line."""
-    return f"stripe:proration:{line_id}:{index}"
+    return idempotency.proration_grant_key(line_id, index)
 
 
 def pool_key(subscription_item: str, period_end: datetime) -> str:
