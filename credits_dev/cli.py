@@ -332,8 +332,13 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def parse_time(text: str, now: dt.datetime | None = None) -> str:
     """ISO 8601 (``2026-12-31``, ``2026-12-31T00:00:00Z``, any offset; no offset means UTC), ``now``, or
     relative to now: ``+7d``, ``-2h``, ``+30m``, ``+1w``. Returns UTC ISO 8601 with ``Z``."""
-    now = now or dt.datetime.now(dt.UTC)
-    text = text.strip()
+    try:
+        return _parse_time(text.strip(), now or dt.datetime.now(dt.UTC))
+    except OverflowError as exc:  # +99999999d, or 0001-01-01T00:00:00+01:00 once in UTC
+        raise argparse.ArgumentTypeError(f"{text!r} is out of the range of times") from exc
+
+
+def _parse_time(text: str, now: dt.datetime) -> str:
     if text == "now":
         moment = now
     elif match := _RELATIVE.match(text):

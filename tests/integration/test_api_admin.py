@@ -79,6 +79,10 @@ def _iso(delta: timedelta) -> str:
         ({"expires_at": _iso(timedelta(days=-1))}, "expires_at"),
         ({"effective_at": _iso(timedelta(days=3)), "expires_at": _iso(timedelta(days=2))}, "expires_at"),
         ({"expires_at": "2030-01-01"}, "expires_at"),
+        ({"expires_at": "9999-12-31T23:59:59-01:00"}, "expires_at"),  # leaves datetime's range in UTC
+        ({"expires_at": "3000-01-01T00:00:00Z"}, "expires_at"),  # past the expiry index key's range
+        ({"effective_at": "0001-01-01T00:00:00+01:00"}, "effective_at"),
+        ({"effective_at": "1969-12-31T23:59:59Z"}, "effective_at"),  # before the epoch
     ],
 )
 def test_invalid_grants_are_422_naming_the_field(api: Api, fields: dict[str, Any], field: str) -> None:

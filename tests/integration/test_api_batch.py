@@ -107,6 +107,19 @@ def test_one_id_for_two_customers_in_a_batch_is_two_events(api: Api) -> None:
     assert api.available("cus_B") == "4"
 
 
+@pytest.mark.parametrize("timestamp", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_an_extreme_timestamp_rejects_its_event_only(api: Api, timestamp: str) -> None:
+    api.grant("cus_A", "5")
+    events = [_event(1), _event(2, timestamp=timestamp), _event(3)]
+    reply = api.call("usage_batch", body={"events": events})
+    assert reply.status == 200
+    assert [r["status"] for r in reply.body["results"]] == ["debited", "rejected", "debited"]
+    error = reply.body["results"][1]["error"]
+    assert error["code"] == "invalid_request"
+    assert [d["field"] for d in error["details"]] == ["timestamp"]
+    assert api.available("cus_A") == "3"
+
+
 def test_a_scoped_key_gets_other_accounts_events_rejected(api: Api) -> None:
     api.grant("cus_A", "5")
     api.grant("cus_B", "5")

@@ -172,6 +172,8 @@ INVALID = [
     ({"timestamp": "2024-05-01T12:00:00"}, "timestamp"),
     ({"timestamp": "yesterday"}, "timestamp"),
     ({"timestamp": 1716557826}, "timestamp"),
+    ({"timestamp": "0001-01-01T00:00:00+01:00"}, "timestamp"),  # before datetime's range once in UTC
+    ({"timestamp": "9999-12-31T23:59:59-01:00"}, "timestamp"),  # after it
     ({"id": ""}, "id"),
     ({"id": 42}, "id"),
     ({"customer": None}, "customer"),

@@ -707,3 +707,35 @@ def test_grants_listing_paginates_and_filters(ledger: Ledger, clock: FakeClock) 
     ]
     assert [g.grant_id for g in ledger.grants(ACCT, 10, status=GrantStatus.PENDING).items] == ["gr_2"]
     assert assert_books_balance(ledger, ACCT) == D(10)
+
+
+def test_a_filtered_grants_listing_reads_a_bounded_number_of_pages(ledger: Ledger, clock: FakeClock) -> None:
+    # Given 14 voided grants, then one active grant last
+    from credits_ledger import ledger as ledger_module
+
+    for n in range(14):
+        ledger.grant(ACCT, spec(f"gr_{n:02d}", "1"), key=f"g:{n}")
+        ledger.void(f"gr_{n:02d}")
+    ledger.grant(ACCT, spec("gr_99", "1"), key="g:99")
+    queries: list[str | None] = []
+    read_page = ledger.repository.grants_page
+
+    def counted(account_id: str, limit: int, cursor: str | None = None) -> Any:
+        queries.append(cursor)
+        return read_page(account_id, limit, cursor)
+
+    ledger.repository.grants_page = counted  # type: ignore[method-assign]
+    # When active grants are listed one at a time, following the cursors
+    pages, cursor = [], None
+    while True:
+        queries.clear()
+        page = ledger.grants(ACCT, 1, cursor, status=GrantStatus.ACTIVE)
+        # Then no request reads more than the bound, however rare the status
+        assert len(queries) <= ledger_module.MAX_GRANT_QUERIES_PER_LISTING
+        pages.append([g.grant_id for g in page.items])
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    # And the first answer is an empty page with a cursor, and the cursors lead to the active grant once
+    assert pages[0] == [] and len(pages) > 1
+    assert [g for p in pages for g in p] == ["gr_99"]

@@ -413,8 +413,9 @@ def test_parse_time() -> None:
     assert cli.parse_time("now", now) == "2026-11-23T12:00:00Z"
     assert cli.parse_time("2026-12-31", now) == "2026-12-31T00:00:00Z"
     assert cli.parse_time("2026-12-31T01:00:00+01:00", now) == "2026-12-31T00:00:00Z"
-    with pytest.raises(argparse.ArgumentTypeError):
-        cli.parse_time("tomorrow", now)
+    for text in ("tomorrow", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "+99999999d"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli.parse_time(text, now)
 
 
 # ---- Stripe events ---------------------------------------------------------------------------------------

@@ -80,6 +80,13 @@ def _positive(value: Decimal) -> Decimal:
     return value
 
 
+# Times the ledger stores: grant instants become epoch microseconds (17 digits in the expiry index key, so
+# before 5138) and nothing predates the Unix epoch. Outside this range a time is a client error, never a 500.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(3000, 1, 1, tzinfo=UTC)
+_TIME_RANGE_MESSAGE = "must be between 1970-01-01T00:00:00Z and 2999-12-31T23:59:59Z"
+
+
 def _to_utc(value: object) -> datetime:
     if not isinstance(value, str) or len(value) > 64:
         raise ValueError("must be an ISO 8601 date-time string such as 2024-05-01T12:00:00Z")
@@ -89,7 +96,13 @@ def _to_utc(value: object) -> datetime:
         raise ValueError("must be an ISO 8601 date-time such as 2024-05-01T12:00:00Z") from exc
     if moment.tzinfo is None:
         raise ValueError("must include a UTC offset (Z or +hh:mm)")
-    return moment.astimezone(UTC)
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 and 9999-12-31T23:59:59-01:00 leave datetime's range
+        utc = None
+    if utc is None or not EARLIEST_TIME <= utc < LATEST_TIME:
+        raise ValueError(_TIME_RANGE_MESSAGE)
+    return utc
 
 
 _AMOUNT_SCHEMA = {
@@ -103,7 +116,14 @@ PositiveAmount = Annotated[
 Timestamp = Annotated[
     datetime,
     BeforeValidator(_to_utc),
-    WithJsonSchema({"type": "string", "format": "date-time", "description": "ISO 8601 with an offset"}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "maxLength": 64,
+            "description": "ISO 8601 with an offset, from 1970-01-01T00:00:00Z to 2999-12-31T23:59:59Z",
+        }
+    ),
 ]
 # Identifiers: printable, no control characters.
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]

@@ -92,6 +92,8 @@ def _with_available_after(change: Change, now: datetime) -> Change:
 # A transaction holds at most 100 actions: the account, the entries and the grants they deplete.
 MAX_DEBITS_PER_TRANSACTION = 40
 MAX_ACTIONS_PER_TRANSACTION = 100
+# Index pages one filtered grants listing may read (each at most the page size) before it answers with a cursor.
+MAX_GRANT_QUERIES_PER_LISTING = 5
 
 
 def _actions(change: Change) -> int:
@@ -214,13 +216,15 @@ class Ledger:
     ) -> Page:
         """Grants as readers see them (live remaining and status merged in), oldest first, ``limit`` per page.
 
-        With a ``status`` filter, pages are filled by reading on until ``limit`` grants match, so a page is
-        short only at the end; the cost follows the grants read, matching or not.
+        With a ``status`` filter, pages are filled by reading on until ``limit`` grants match, but one request
+        reads at most ``MAX_GRANT_QUERIES_PER_LISTING`` index pages: a rare status among many grants then
+        gets a short (even empty) page whose cursor continues after the last grant read, so the cost of one
+        request stays bounded whatever the account holds.
         """
         state = self.repository.state(account_id)
         now = self._clock()
         collected: list[Grant] = []
-        while True:
+        for _ in range(MAX_GRANT_QUERIES_PER_LISTING):
             page = self.repository.grants_page(account_id, limit, cursor)
             for index, record in enumerate(page.items):
                 view = record.merged_with(state.grants.get(record.grant_id), now)
@@ -233,6 +237,7 @@ class Ledger:
             if page.next_cursor is None:
                 return Page(collected, None)
             cursor = page.next_cursor
+        return Page(collected, cursor)
 
     def transactions(self, account_id: str, limit: int, cursor: str | None = None) -> Page:
         return self.repository.ledger_page(account_id, limit, cursor)
