@@ -175,6 +175,38 @@ def test_bootstrap_admin_key_from_an_ssm_securestring(api: Api, monkeypatch: pyt
         parameters.clear_caches()
 
 
+@pytest.mark.parametrize("weak", ["admin", "correcthorse", "a" * 64, "0123456789abcdef"])
+def test_a_bootstrap_key_under_128_bits_is_refused(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, weak: str
+) -> None:
+    # Given a guessable bootstrap key stored in SSM
+    from aws_lambda_powertools.utilities import parameters
+
+    boto3.client("ssm", region_name="us-east-1").put_parameter(
+        Name="/credits/admin-api-key", Value=weak, Type="SecureString", Overwrite=True
+    )
+    monkeypatch.delenv("CREDITS_ADMIN_KEY")
+    monkeypatch.setenv("ADMIN_KEY_PARAMETER", "/credits/admin-api-key")
+    parameters.clear_caches()
+    api.module.key_service.cache_clear()
+    try:
+        # Then it opens nothing
+        assert api.balance("cus_A", key=weak).status == 401
+    finally:
+        parameters.clear_caches()
+
+
+def test_key_strength_estimates() -> None:
+    import secrets
+
+    from credits_ledger.auth import MIN_BOOTSTRAP_KEY_BITS, key_strength_bits
+
+    assert key_strength_bits(secrets.token_urlsafe(24)) >= MIN_BOOTSTRAP_KEY_BITS  # 32 random characters
+    assert key_strength_bits(secrets.token_hex(16)) >= MIN_BOOTSTRAP_KEY_BITS
+    for weak in ("local-admin-key", "a" * 200, "abababababababababababab", "ssm-admin"):
+        assert key_strength_bits(weak) < MIN_BOOTSTRAP_KEY_BITS
+
+
 def test_without_a_bootstrap_key_only_issued_keys_work(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CREDITS_ADMIN_KEY")
     assert api.balance("cus_A").status == 401

@@ -31,6 +31,7 @@ from credits_ledger.ledger import DebitRequest, Ledger
 from credits_ledger.pricing import load_pricing
 from tests.expiry_helpers import FUNCTION_ARN, CapturedBus, load_event, load_handler, time_runs_out_after
 from tests.ledger_helpers import FakeClock, all_entries, assert_books_balance, make_ledger, spec
+from tests.support.leading_keys import leading_key_patterns, record_keys
 
 D = Decimal
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -417,3 +418,18 @@ def test_asked_for_a_log_only_bus_the_run_still_expires_and_only_logs_events(
     # Then it expires as usual, and the reminder is recorded as sent but goes to the log, not to a bus
     assert (summary["expired"], summary["reminders_sent"]) == (1, 1)
     assert env.bus.events() == []
+
+
+def test_the_run_touches_only_the_keys_its_role_allows(env: Env) -> None:
+    # Given due grants with and without rollover, and grants inside reminder thresholds
+    env.grant("cus_a", "g_pro", "1000", RUN_AT - timedelta(days=1), pack="pro")
+    env.grant("cus_a", "g_plain", "100", RUN_AT - timedelta(days=1), pack="plain")
+    env.grant("cus_b", "g6", "30", RUN_AT + timedelta(days=6))
+    # When the nightly run fires, recording every partition key it reads or writes
+    with record_keys(env.client) as recorder:
+        summary = env.run()
+    # Then it did its work, and every key is one ExpiryRole's dynamodb:LeadingKeys allow (AWS enforces them)
+    assert (summary["expired"], summary["rolled_over"], summary["reminders_sent"]) == (2, 1, 1)
+    patterns = leading_key_patterns("ExpiryRole")
+    assert patterns and recorder.keys
+    assert recorder.outside(patterns) == []

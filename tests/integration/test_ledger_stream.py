@@ -33,6 +33,7 @@ from tests.expiry_helpers import (
     template_filter,
 )
 from tests.ledger_helpers import FakeClock, all_entries, make_ledger, spec
+from tests.support.leading_keys import leading_key_patterns, record_keys
 
 D = Decimal
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -334,3 +335,16 @@ def test_low_balance_alerts_count_available_so_a_reservation_can_cross_the_thres
     env.deliver()
     # Then going back above re-armed the alert and the debit crossed it again
     assert env.alerts("cus_r") == [(LOW, "50"), (LOW, "40")]
+
+def test_the_function_touches_only_the_keys_its_role_allows(env: Env) -> None:
+    # Given a grant and debits down past the low-balance threshold
+    env.grant("cus_a", "g1", "150")
+    env.debit("cus_a", "u1", "100")
+    # When the function processes the batch, recording every partition key it reads or writes
+    with record_keys(env.client) as recorder:
+        assert env.deliver() == {"batchItemFailures": []}
+    # Then it alerted, and every key is one LedgerStreamRole's dynamodb:LeadingKeys allow
+    assert env.alerts("cus_a") == [(LOW, "50")]
+    patterns = leading_key_patterns("LedgerStreamRole")
+    assert patterns and recorder.keys
+    assert recorder.outside(patterns) == []

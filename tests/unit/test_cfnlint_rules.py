@@ -113,7 +113,7 @@ GOOD: dict[str, Any] = {
                 "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
             },
         },
-        "AlarmTopic": {"Type": "AWS::SNS::Topic"},
+        "AlarmTopic": {"Type": "AWS::SNS::Topic", "Properties": {"KmsMasterKeyId": "alias/alarm-topic"}},
         "Api": {
             "Type": "AWS::Serverless::HttpApi",
             "Properties": {"DefaultRouteSettings": {"ThrottlingBurstLimit": 50, "ThrottlingRateLimit": 100}},
@@ -193,6 +193,10 @@ def _sqs_source_without_redrive(t: dict[str, Any]) -> None:
     _job(t)["Events"]["Work"] = {"Type": "SQS", "Properties": {"Queue": {"Fn::GetAtt": ["Work", "Arn"]}}}
 
 
+def _webhook_route(t: dict[str, Any]) -> None:
+    _job(t)["Events"]["Http"]["Properties"].update(Method="POST", Path="/v1/webhooks/stripe")
+
+
 def _sam_generated_dlq(t: dict[str, Any]) -> None:
     _job(t)["Events"]["Nightly"]["Properties"]["DeadLetterConfig"] = {"Type": "SQS"}
 
@@ -263,6 +267,8 @@ BAD: list[tuple[str, str, Mutation]] = [
         "E9110",
         lambda t: _job(t)["Environment"]["Variables"].update(SOMETHING="whsec_" + "abcdefgh12345678"),
     ),
+    ("unencrypted_topic", "E9112", lambda t: _resources(t)["AlarmTopic"].pop("Properties")),
+    ("webhook_without_reserved_concurrency", "E9113", _webhook_route),
     ("no_errors_alarm", "E9111", lambda t: _resources(t).pop("JobErrorsAlarm")),
     ("no_throttles_alarm", "E9111", lambda t: _resources(t).pop("JobThrottlesAlarm")),
     (

@@ -25,6 +25,9 @@ plain functions, never a common base class.
 |       | ``{{resolve:ssm-secure}}``/``{{resolve:secretsmanager}}`` in environment variables or Outputs; no |
 |       | literal Stripe secret or AWS access key anywhere |
 | E9111 | every function has an ``Errors`` and a ``Throttles`` alarm, and every alarm notifies someone |
+| E9112 | every SNS topic is encrypted with a KMS key (``KmsMasterKeyId``) |
+| E9113 | a function serving a webhook route (an HTTP API path with ``/webhooks/``) has |
+|       | ``ReservedConcurrentExecutions``, so a flood on the other routes cannot starve it |
 """
 
 from __future__ import annotations
@@ -647,6 +650,46 @@ class FunctionsAreAlarmed(CloudFormationLintRule):
                     RuleMatch(
                         ["Resources", name, "Properties"],
                         f"Alarm {name} has no AlarmActions: nobody hears it",
+                    )
+                )
+        return matches
+
+
+class TopicsEncrypted(CloudFormationLintRule):
+    id = "E9112"
+    shortdesc = "SNS topics are KMS-encrypted"
+    description = "Every AWS::SNS::Topic sets KmsMasterKeyId"
+    tags = ["credits", "sns", "encryption"]
+
+    def match(self, cfn: Any) -> list[RuleMatch]:
+        return [
+            RuleMatch(["Resources", name, "Properties"], f"SNS topic {name} has no KmsMasterKeyId")
+            for name, resource in resources(cfn, ("AWS::SNS::Topic",))
+            if not properties(resource).get("KmsMasterKeyId")
+        ]
+
+
+class WebhooksHaveReservedConcurrency(CloudFormationLintRule):
+    id = "E9113"
+    shortdesc = "Webhook functions reserve concurrency"
+    description = "A function with an HttpApi/Api event whose Path contains /webhooks/ sets ReservedConcurrentExecutions"
+    tags = ["credits", "lambda", "availability"]
+
+    def match(self, cfn: Any) -> list[RuleMatch]:
+        matches: list[RuleMatch] = []
+        for name, resource in resources(cfn, ("AWS::Serverless::Function",)):
+            paths = [
+                str(event_props.get("Path", ""))
+                for _, kind, event_props in function_events(resource)
+                if kind in ("HttpApi", "Api")
+            ]
+            webhook = any("/webhooks/" in path for path in paths)
+            if webhook and properties(resource).get("ReservedConcurrentExecutions") is None:
+                matches.append(
+                    RuleMatch(
+                        ["Resources", name, "Properties"],
+                        f"Function {name} serves a webhook but reserves no concurrency "
+                        "(ReservedConcurrentExecutions)",
                     )
                 )
         return matches

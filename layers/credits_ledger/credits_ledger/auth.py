@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
+import string
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +22,9 @@ from credits_ledger.domain.errors import CreditsError, NotFound
 
 KEY_PREFIX = "ck"
 BOOTSTRAP_KEY_ID = "bootstrap"
+# The bootstrap admin key opens every account: it must be as hard to guess as the keys this API issues.
+MIN_BOOTSTRAP_KEY_BITS = 128
+_MIN_DISTINCT_CHARACTERS = 8
 
 
 class Scope(StrEnum):
@@ -132,6 +137,28 @@ def principal_for(presented_key: str, stored: ApiKey | None) -> Principal:
     if stored is None or not hashes_match(hash_key(presented_key), stored.key_hash) or stored.revoked_at:
         raise Unauthorized()
     return Principal(key_id=stored.key_id, scopes=stored.scopes, customers=stored.customers)
+
+
+def key_strength_bits(key: str) -> float:
+    """An upper estimate of a key's entropy: its length times log2 of the alphabet its character classes
+    span (lowercase, uppercase, digits, other printable ASCII, anything else), and 0 for a key of fewer than
+    8 distinct characters ("aaaa...", "abab..."). `secrets.token_urlsafe(24)` (32 characters) scores over 180."""
+    if len(set(key)) < _MIN_DISTINCT_CHARACTERS:
+        return 0.0
+    classes = (
+        (string.ascii_lowercase, 26),
+        (string.ascii_uppercase, 26),
+        (string.digits, 10),
+        (string.punctuation, 32),
+    )
+    alphabet = sum(size for chars, size in classes if any(c in chars for c in key))
+    if any(not (c.isascii() and c.isprintable()) for c in key):
+        alphabet += 64  # generous for anything else: still needs a length no guessable key has
+    return len(key) * math.log2(alphabet)
+
+
+def strong_enough(key: str) -> bool:
+    return key_strength_bits(key) >= MIN_BOOTSTRAP_KEY_BITS
 
 
 def bootstrap_principal(presented_key: str, bootstrap_key: str | None) -> Principal | None:

@@ -4,7 +4,8 @@ Verified keys are cached in the Lambda instance for ``CACHE_SECONDS`` (5 s): a r
 once in the instance that revoked it and within 5 seconds everywhere else. Unknown and revoked keys are
 never cached (each attempt costs one GetItem). The bootstrap admin key comes from ``CREDITS_ADMIN_KEY``
 (local) or the SSM SecureString named by ``ADMIN_KEY_PARAMETER`` (AWS), read through Powertools parameters
-(cached 300 s).
+(cached 300 s); a stored key under 128 bits of entropy is refused (logged, never accepted). The local stack
+refuses to start with a weak ``CREDITS_ADMIN_KEY``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from credits_ledger.auth import (
+    MIN_BOOTSTRAP_KEY_BITS,
     ApiKey,
     NewKey,
     Principal,
@@ -26,6 +28,7 @@ from credits_ledger.auth import (
     hash_key,
     key_id_of,
     principal_for,
+    strong_enough,
 )
 from credits_ledger.dal.api_keys import ApiKeyRepository
 
@@ -45,7 +48,19 @@ def bootstrap_key() -> str | None:
         return None
     from aws_lambda_powertools.utilities.parameters import get_parameter
 
-    return get_parameter(name, decrypt=True, max_age=PARAMETER_MAX_AGE)
+    key = get_parameter(name, decrypt=True, max_age=PARAMETER_MAX_AGE)
+    if key and not strong_enough(key):
+        # Refused, not fatal: issued keys keep working; the error log (and its alarm) says what to fix.
+        from credits_ledger.observability import logger
+
+        logger.error(
+            "bootstrap admin key refused: under %d bits of entropy; store a random key in %s "
+            "(e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)",
+            MIN_BOOTSTRAP_KEY_BITS,
+            name,
+        )
+        return None
+    return key
 
 
 @dataclass(frozen=True)
