@@ -10,6 +10,11 @@
 ``GET /_local/info``                                         functions, routes, engine, mode
 ``GET /``                                                    the dashboard (unless the template routes ``/``)
 ==========================================================  ==================================================
+
+Everything but the API routes and the dashboard controls the machine (runs functions, hands out secrets), so
+it answers only requests addressed to this stack: a ``Host`` that is the stack's own loopback address and
+port, and no ``Origin`` or the stack's own. A web page elsewhere (or a DNS-rebound name) gets 403. Methods
+no route knows (TRACE, ...) get 405, as API Gateway answers them, never a 5xx.
 """
 
 from __future__ import annotations
@@ -33,6 +38,13 @@ INVOKE_PATH = re.compile(r"/2015-03-31/functions/([^/]+)/invocations/?")
 MAX_BODY = 10 * 1024 * 1024  # HTTP API's payload limit
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def is_loopback_host(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
 class LocalServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -41,8 +53,26 @@ class LocalServer(ThreadingHTTPServer):
     request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], stack: LocalStack) -> None:
+        if not is_loopback_host(address[0]):
+            raise SystemExit(
+                f"the local stack listens on loopback only (127.0.0.1, ::1, localhost), not {address[0]}: it runs "
+                "code and hands out secrets to whoever reaches it"
+            )
         super().__init__(address, RequestHandler)
         self.stack = stack
+
+    def own_hosts(self) -> frozenset[str]:
+        """``Host`` values that name this stack: its loopback names with its port."""
+        port = self.server_address[1]
+        bound = str(self.server_address[0])
+        return frozenset({f"{name}:{port}" for name in (*LOOPBACK_NAMES, bound)})
+
+    def addressed_here(self, host: str | None, origin: str | None) -> bool:
+        """True when the request names this stack as Host and comes from no web page or from its own."""
+        own = self.own_hosts()
+        if (host or "").lower() not in own:
+            return False
+        return origin is None or origin.lower() in {f"http://{h}" for h in own}
 
 
 class RequestHandler(BaseHTTPRequestHandler):
@@ -57,6 +87,16 @@ class RequestHandler(BaseHTTPRequestHandler):
         self._dispatch()
 
     do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = do_GET
+
+    def __getattr__(self, name: str) -> Any:
+        # http.server looks up do_<METHOD>; a method no route knows is 405 (http.server would say 501).
+        if name.startswith("do_"):
+            return self._method_not_allowed
+        raise AttributeError(name)
+
+    def _method_not_allowed(self) -> None:
+        self.close_connection = True
+        self._json(405, {"message": "Method Not Allowed"})
 
     # -- plumbing ------------------------------------------------------------------------------------------
     def _read_body(self) -> bytes | None:
@@ -76,6 +116,8 @@ class RequestHandler(BaseHTTPRequestHandler):
                 self.rfile.readline()
             return b"".join(chunks)
         length = int(self.headers.get("Content-Length") or 0)
+        if length < 0:
+            raise ValueError("negative Content-Length")
         if length > MAX_BODY:
             return None
         return self.rfile.read(length) if length else b""
@@ -105,13 +147,24 @@ class RequestHandler(BaseHTTPRequestHandler):
         started = time.monotonic()
         url = urlsplit(self.path)
         raw_path, raw_query = url.path or "/", url.query
-        body = self._read_body()
+        try:
+            body = self._read_body()
+        except ValueError:  # a Content-Length or chunk size that is not a number
+            self.close_connection = True
+            self._json(400, {"message": "Bad Request"})
+            return
         if body is None:
             self.close_connection = True
             self._json(413, {"message": "Request Entity Too Large"})
             return
         method = self.command.upper()
         try:
+            if self._controls_the_machine(method, raw_path) and not self.server.addressed_here(
+                self.headers.get("Host"), self.headers.get("Origin")
+            ):
+                self._json(403, {"message": "Forbidden: not addressed to this local stack (Host / Origin)"})
+                stack.access_log(method, self.path, "-", 403, started)
+                return
             invoke = INVOKE_PATH.fullmatch(raw_path)
             if invoke and method == "POST":
                 self._lambda_invoke(unquote(invoke.group(1)), body)
@@ -173,6 +226,15 @@ class RequestHandler(BaseHTTPRequestHandler):
             stack.log(f"local stack error on {method} {self.path}: {exc.__class__.__name__}: {exc}")
             self._send(internal_error())
 
+    def _controls_the_machine(self, method: str, raw_path: str) -> bool:
+        """The Lambda API, the AWS stubs (SSM and Secrets Manager hand out secrets) and /_local/*."""
+        return (
+            raw_path.startswith(("/2015-03-31/", "/_local/"))
+            or raw_path.rstrip("/") == "/_local"
+            or (raw_path == "/" and method == "POST")
+            or self.headers.get("X-Amz-Target") is not None
+        )
+
     def _lambda_invoke(self, name: str, body: bytes) -> None:
         stack = self.server.stack
         function = stack.model.function(name)
@@ -229,7 +291,11 @@ class RequestHandler(BaseHTTPRequestHandler):
                 stack.bus.clear()
                 self._send(HttpResponse(204, [], b""))
                 return
-            limit = int(query.get("limit", "1000"))
+            try:
+                limit = int(query.get("limit", "1000"))
+            except ValueError:
+                self._json(400, {"message": "limit must be an integer"})
+                return
             events = stack.bus.recent(max(1, min(limit, 1000)), query.get("source"), query.get("detail-type"))
             self._json(200, {"events": events, "count": len(events)})
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import json
@@ -9,6 +10,7 @@ import os
 import secrets
 import shlex
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -61,6 +63,29 @@ def find_template() -> Path:
     raise SystemExit("no template.yaml here: run from the repository (or set CREDITS_TEMPLATE)")
 
 
+def private_dir(path: Path) -> None:
+    """The state directory holds keys and data: only its owner may list or enter it (0700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600) from the first byte, atomically: a
+    temporary file created 0600 in the same directory, then renamed over ``path`` (never a moment where the
+    file is world-readable or half written)."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
 @dataclass
 class Settings:
     template: Path
@@ -92,7 +117,16 @@ class Settings:
         )
 
     def fill_secrets(self) -> None:
-        """Generated values are kept in the state dir, so a restart keeps the same key and secret."""
+        """Generated values are kept in the state dir, so a restart keeps the same key and secret. A chosen
+        ``CREDITS_ADMIN_KEY`` under 128 bits of entropy is refused: it opens every account."""
+        from credits_ledger.auth import MIN_BOOTSTRAP_KEY_BITS, strong_enough
+
+        if self.admin_key and not strong_enough(self.admin_key):
+            raise SystemExit(
+                f"CREDITS_ADMIN_KEY is too guessable (under {MIN_BOOTSTRAP_KEY_BITS} bits of entropy): use a "
+                "random key, e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`, or unset it "
+                "to have one generated"
+            )
         store = self.state_dir / "generated.json"
         saved: dict[str, str] = {}
         if store.is_file():
@@ -107,9 +141,8 @@ class Settings:
             self.webhook_secret = saved.get("webhook_secret") or f"whsec_{secrets.token_hex(24)}"
             self.generated["webhook_secret"] = self.webhook_secret
         if self.generated:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            store.write_text(json.dumps({**saved, **self.generated}, indent=2))
-            store.chmod(0o600)
+            private_dir(self.state_dir)
+            write_private(store, json.dumps({**saved, **self.generated}, indent=2))
 
 
 class LocalStack:
@@ -149,7 +182,7 @@ class LocalStack:
     # -- start ---------------------------------------------------------------------------------------------
     def start(self) -> LocalStack:
         s = self.settings
-        s.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(s.state_dir)
         s.fill_secrets()
         if s.pricing_file is not None and not s.pricing_file.is_file():
             raise SystemExit(f"CREDITS_PRICING_FILE={s.pricing_file} does not exist")
@@ -350,8 +383,7 @@ class LocalStack:
             f"export CREDITS_API_KEY={shlex.quote(s.admin_key or '')}",
             f"export STRIPE_WEBHOOK_SECRET={shlex.quote(s.webhook_secret or '')}",
         ]
-        path.write_text("\n".join(lines) + "\n")
-        path.chmod(0o600)
+        write_private(path, "\n".join(lines) + "\n")
 
     def _banner(self, failures: dict[str, str | None], schedules: list[str]) -> None:
         s = self.settings
@@ -367,17 +399,19 @@ class LocalStack:
             f"  Lambda Invoke  {self.url}/2015-03-31/functions/<LogicalId>/invocations",
             f"  events         {self.url}/_local/events",
             f"  DynamoDB       {self.engine.description}",
-            f"  admin key      {s.admin_key}"
+            # Only secrets this stack generated are printed: one the user chose may be reused elsewhere and
+            # would end up in terminal scrollback and CI logs.
+            "  admin key      "
             + (
-                "   (generated; set CREDITS_ADMIN_KEY to choose it)"
+                f"{s.admin_key}   (generated; set CREDITS_ADMIN_KEY to choose it)"
                 if "admin_key" in generated
-                else "   (CREDITS_ADMIN_KEY)"
+                else "from CREDITS_ADMIN_KEY (not printed)"
             ),
-            f"  webhook secret {s.webhook_secret}"
+            "  webhook secret "
             + (
-                "   (generated; set STRIPE_WEBHOOK_SECRET to choose it)"
+                f"{s.webhook_secret}   (generated; set STRIPE_WEBHOOK_SECRET to choose it)"
                 if "webhook_secret" in generated
-                else "   (STRIPE_WEBHOOK_SECRET)"
+                else "from STRIPE_WEBHOOK_SECRET (not printed)"
             ),
             f"  pricing        {s.pricing_file or 'the functions default (config/pricing.toml)'}",
             f"  functions run  {self.runtime.mode} (CREDITS_LOCAL_CONCURRENCY)",
