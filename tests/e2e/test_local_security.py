@@ -123,7 +123,7 @@ def test_state_is_private_and_chosen_secrets_are_not_printed(stack: StackProcess
     ("env", "message"),
     [
         ({"CREDITS_ADMIN_KEY": "admin-admin"}, "CREDITS_ADMIN_KEY is too guessable"),
-        ({"CREDITS_HOST": "0.0.0.0"}, "listens on loopback only"),  # noqa: S104 - what is refused
+        ({"CREDITS_HOST": "0.0.0.0"}, "listens on loopback only"),
     ],
     ids=["weak-admin-key", "all-interfaces"],
 )

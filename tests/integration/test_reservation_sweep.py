@@ -24,6 +24,7 @@ from credits_ledger.pricing import load_pricing
 from credits_ledger.reservations import Reservations, ReserveRequest
 from tests.expiry_helpers import CapturedBus, load_event, load_handler
 from tests.ledger_helpers import FakeClock, all_entries, assert_books_balance, make_ledger, spec
+from tests.support.leading_keys import record_keys
 
 D = Decimal
 RUN_AT = datetime(2030, 2, 1, 0, 15, tzinfo=UTC)  # the time of events/expiry/reservation_sweep.json
@@ -107,6 +108,15 @@ def test_the_nightly_run_ends_reservations_before_expiring_grants(env: Env) -> N
     assert env.ledger.grant_view("gb").status.value == "expired"
     assert env.ledger.balance("cus_b").ledger_balance == D(0)
     assert_books_balance(env.ledger, "cus_b")
+
+
+def test_the_sweep_touches_only_the_keys_its_role_allows(env: Env) -> None:
+    env.ledger.grant("cus_b", spec("gb", "100", expires_at=T0 + timedelta(hours=1)), "grant:gb")
+    env.reserve("r1", "cus_b", "60", 2 * 3600)
+    env.clock.set(RUN_AT)
+    with record_keys(env.ledger.repository.client) as recorder:
+        assert env.sweep(event=load_event("expiry/scheduled.json"))["reservations_ended"] == 1
+    recorder.check("ExpiryRole")
 
 
 def test_a_sweep_cut_short_by_the_deadline_continues_where_it_stopped(env: Env) -> None:

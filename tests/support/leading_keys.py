@@ -19,15 +19,36 @@ from credits_dev.local.template import load_yaml
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 
 
+def _table_statements(role: str) -> list[dict[str, Any]]:
+    template = load_yaml(TEMPLATE)
+    return [
+        statement
+        for policy in template["Resources"][role]["Properties"]["Policies"]
+        for statement in policy["PolicyDocument"]["Statement"]
+        if statement.get("Resource") == {"Fn::GetAtt": ["CreditsTable", "Arn"]}
+    ]
+
+
 def leading_key_patterns(role: str) -> list[str]:
     """The ``ForAllValues:StringLike dynamodb:LeadingKeys`` patterns of the role's table statement."""
-    template = load_yaml(TEMPLATE)
     patterns: list[str] = []
-    for policy in template["Resources"][role]["Properties"]["Policies"]:
-        for statement in policy["PolicyDocument"]["Statement"]:
-            condition = statement.get("Condition", {}).get("ForAllValues:StringLike", {})
-            patterns += condition.get("dynamodb:LeadingKeys", [])
+    for statement in _table_statements(role):
+        condition = statement.get("Condition", {}).get("ForAllValues:StringLike", {})
+        patterns += condition.get("dynamodb:LeadingKeys", [])
     return patterns
+
+
+# Operations authorized per item: a transaction needs the item actions of what it does.
+_ITEM_ACTIONS = {"TransactWriteItems": ("PutItem", "UpdateItem"), "TransactGetItems": ("GetItem",)}
+
+
+def table_actions(role: str) -> set[str]:
+    """The DynamoDB operations the role allows on the table itself (``dynamodb:`` stripped)."""
+    actions: set[str] = set()
+    for statement in _table_statements(role):
+        listed = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        actions |= {a.removeprefix("dynamodb:") for a in listed}
+    return actions
 
 
 def _partition_keys(operation: str, params: dict[str, Any]) -> Iterator[str]:
@@ -71,6 +92,17 @@ class KeyRecorder:
         return sorted(
             (op, key) for op, key in self.keys if not any(fnmatch.fnmatchcase(key, p) for p in patterns)
         )
+
+    def unallowed_operations(self, allowed: set[str]) -> list[str]:
+        """Operations used on the table that the role does not allow (transactions by their item actions)."""
+        used = {op for op, _ in self.keys}
+        return sorted(op for op in used if not set(_ITEM_ACTIONS.get(op, (op,))) & allowed)
+
+    def check(self, role: str) -> None:
+        patterns = leading_key_patterns(role)
+        assert patterns and self.keys, (patterns, self.keys)
+        assert self.outside(patterns) == [], f"{role} LeadingKeys do not allow these keys"
+        assert self.unallowed_operations(table_actions(role)) == [], f"{role} does not allow these actions"
 
 
 @contextlib.contextmanager
