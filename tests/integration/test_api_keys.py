@@ -188,7 +188,7 @@ def test_a_bootstrap_key_under_128_bits_is_refused(
     monkeypatch.delenv("CREDITS_ADMIN_KEY")
     monkeypatch.setenv("ADMIN_KEY_PARAMETER", "/credits/admin-api-key")
     parameters.clear_caches()
-    api.module.key_service.cache_clear()
+    deps.key_service.cache_clear()
     try:
         # Then it opens nothing
         assert api.balance("cus_A", key=weak).status == 401

@@ -74,3 +74,50 @@ def test_the_function_package_ships_the_pricing_file(monkeypatch: pytest.MonkeyP
         assert {"api_call", "storage_gb_hour"} <= set(load_pricing().meters)
     finally:
         load_pricing.cache_clear()
+
+
+# ---- the document states what the API enforces --------------------------------------------------------------
+def _schemas() -> dict[str, Any]:
+    return dict(json.loads(SPEC.read_text())["components"]["schemas"])
+
+
+def _branches(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    for branch in schema.get("anyOf", [schema]):
+        found += _branches(branch) if "anyOf" in branch else [branch]
+    return found
+
+
+def test_positive_amounts_say_they_are_positive() -> None:
+    # every request field the API refuses at <= 0 (usage quantity, grant amount, reservation credits, ...)
+    positive = {
+        (model, field): _branches(prop)
+        for model, schema in _schemas().items()
+        for field, prop in schema.get("properties", {}).items()
+        if any(b.get("description", "").startswith("exact decimal > 0") for b in [prop, *_branches(prop)])
+    }
+    assert {("UsageRequest", "quantity"), ("GrantRequest", "amount")} <= set(positive)
+    for where, branches in positive.items():
+        number = next(b for b in branches if b.get("type") == "number")
+        text = next(b for b in branches if b.get("type") == "string")
+        assert number["exclusiveMinimum"] == 0, where
+        assert text["maxLength"] == 40 and text["pattern"].startswith("^"), where
+
+
+def test_the_admin_key_rule_is_in_the_schema() -> None:
+    rule = _schemas()["ApiKeyRequest"]["not"]
+    assert rule["required"] == ["scopes", "customers"]
+    assert rule["properties"]["scopes"] == {"contains": {"const": "admin"}}
+
+
+def test_no_content_responses_have_no_body() -> None:
+    spec = json.loads(SPEC.read_text())
+    no_content = [
+        (path, method)
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+        if "204" in operation["responses"]
+    ]
+    assert no_content  # DELETE /v1/api-keys/{id} at least
+    for path, method in no_content:
+        assert "content" not in spec["paths"][path][method]["responses"]["204"], (path, method)

@@ -44,7 +44,9 @@ RESERVED_METADATA_KEYS = frozenset({"meter", "quantity", "timestamp", "available
 # Amounts this large are no credit balance anyone has; the bound keeps quantity x rate exact in Decimal's
 # default 28-digit context.
 _MAX_AMOUNT_DIGITS = 15
-_PLAIN_DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+# ASCII digits only: Python's \d (and Decimal) also take other scripts' digits, which no JSON Schema pattern
+# (ECMA-262 \d is [0-9]) and no client expects.
+_PLAIN_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
 
 
 def _to_amount(value: object) -> Decimal:
@@ -105,13 +107,30 @@ def _to_utc(value: object) -> datetime:
     return utc
 
 
+_FRACTION_NOT_ZERO = (
+    r"(?:[1-9][0-9]{0,5}|0[1-9][0-9]{0,4}|00[1-9][0-9]{0,3}|000[1-9][0-9]{0,2}|0000[1-9][0-9]?|00000[1-9])"
+)
+# What _to_amount and _positive accept, as JSON Schema says it: a string of at most 40 characters holding a
+# decimal > 0 with at most 15 integer digits and 6 significant fractional digits (trailing zeros allowed),
+# or a JSON number in (0, 10^15).
+_POSITIVE_AMOUNT_SCHEMA = {
+    "anyOf": [
+        {
+            "type": "string",
+            "maxLength": 40,
+            "pattern": rf"^\+?(0*[1-9][0-9]{{0,14}}(\.[0-9]{{0,6}}0*)?|0*\.{_FRACTION_NOT_ZERO}0*)$",
+        },
+        {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 10**_MAX_AMOUNT_DIGITS},
+    ],
+    "description": "exact decimal > 0, at most 6 fractional digits (string or JSON number)",
+}
 _AMOUNT_SCHEMA = {
     "anyOf": [{"type": "string", "pattern": r"^[+-]?(\d+(\.\d*)?|\.\d+)$"}, {"type": "number"}],
     "description": "exact decimal, at most 6 fractional digits (string or JSON number)",
 }
 
 PositiveAmount = Annotated[
-    Decimal, BeforeValidator(_to_amount), AfterValidator(_positive), WithJsonSchema(_AMOUNT_SCHEMA)
+    Decimal, BeforeValidator(_to_amount), AfterValidator(_positive), WithJsonSchema(_POSITIVE_AMOUNT_SCHEMA)
 ]
 Timestamp = Annotated[
     datetime,
@@ -423,6 +442,19 @@ class TransactionList(ApiModel):
 
 # ---- API keys --------------------------------------------------------------------------------------------
 class ApiKeyRequest(ApiModel):
+    # The admin-key rule below, as JSON Schema: scopes containing "admin" together with a customers list is
+    # invalid (customers null or absent is fine).
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "not": {
+                "required": ["scopes", "customers"],
+                "properties": {"scopes": {"contains": {"const": "admin"}}, "customers": {"type": "array"}},
+            }
+        },
+    )
+
     scopes: list[Scope] = Field(min_length=1, max_length=3)
     customers: list[Identifier] | None = Field(
         default=None, min_length=1, max_length=100, description="accounts the key may touch (default: all)"

@@ -50,6 +50,9 @@ def openapi_spec(app: Any) -> str:
                     "description": STATUS_DESCRIPTIONS[int(code)],
                     "content": {"application/json": {"schema": error_schema}},
                 }
+            no_body = operation["responses"].get("204")
+            if no_body is not None:
+                no_body.pop("content", None)  # 204 has no body (Powertools describes a JSON null)
             if path == "/health":
                 operation["security"] = []
                 operation["responses"].pop("422")
