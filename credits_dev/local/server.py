@@ -96,7 +96,15 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def _method_not_allowed(self) -> None:
         self.close_connection = True
-        self._json(405, {"message": "Method Not Allowed"})
+        path = urlsplit(self.path).path or "/"
+        self._json(
+            405, {"message": "Method Not Allowed"}, [("Allow", ", ".join(self._allowed_methods(path)))]
+        )
+
+    def _allowed_methods(self, raw_path: str) -> list[str]:
+        """The methods some route of the template serves on ``raw_path`` (RFC 9110: a 405 says which)."""
+        router = self.server.stack.router
+        return [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE") if router.match(m, raw_path)]
 
     # -- plumbing ------------------------------------------------------------------------------------------
     def _read_body(self) -> bytes | None:
@@ -192,6 +200,10 @@ class RequestHandler(BaseHTTPRequestHandler):
                 return
             if found is None and raw_path == "/favicon.ico":
                 self._send(HttpResponse(204, [], b""))
+                return
+            if found is None and self._allowed_methods(raw_path):
+                self._method_not_allowed()  # the path exists with other methods
+                stack.access_log(method, self.path, "-", 405, started)
                 return
             if found is None:
                 self._send(not_found())

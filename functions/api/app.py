@@ -19,7 +19,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits_ledger import environment
 from credits_ledger.api import errors
-from credits_ledger.api.deps import caller, parse_json_body
+from credits_ledger.api.deps import caller, json_bodies_only, parse_json_body
 from credits_ledger.api.openapi import openapi_spec as _openapi_spec
 from credits_ledger.api.routes import ROUTERS
 from credits_ledger.observability import logger, tracer
@@ -61,7 +61,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     logger.set_correlation_id(rid)
     app.append_context(request_id=rid)
     try:
-        response = app.resolve(event, context)
+        response = app.resolve(json_bodies_only(event), context)
     except Exception:  # an error inside an error handler: still the contract's 500
         logger.exception("unhandled error while handling an error", extra={"request_id": rid})
         body = {"error": {"code": "internal", "message": f"internal error; request id {rid}"}}

@@ -91,6 +91,35 @@ def test_another_content_type_is_415(api: Api) -> None:
     assert reply.error["code"] == "invalid_request"
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "multipart/form-data",
+        "multipart/form-data; boundary=x",
+        "application/x-www-form-urlencoded",
+        "text/json",
+    ],
+)
+def test_form_bodies_are_415_never_500(api: Api, content_type: str) -> None:
+    # Powertools parses forms itself; a multipart type without a boundary made it fail with a 500
+    reply = api.call("usage", headers={"content-type": content_type})
+    assert reply.status == 415, reply.raw
+    assert reply.error["code"] == "invalid_request"
+
+
+def test_json_with_a_charset_is_json(api: Api) -> None:
+    api.grant("cus_NffrFeUfNV2Hib", "10")
+    assert api.call("usage", headers={"content-type": "application/json; charset=utf-8"}).status == 201
+
+
+@pytest.mark.parametrize("raw", ["[null, null]", "[]", "42", '"text"', "null"])
+def test_a_body_that_is_not_an_object_is_400(api: Api, raw: str) -> None:
+    for route in ("usage", "api_key_create"):
+        reply = api.call(route, raw_body=raw)
+        assert reply.status == 400, (route, reply.raw)
+        assert reply.error["code"] == "invalid_request"
+
+
 def test_an_unknown_route_is_404_in_the_contract_shape(api: Api) -> None:
     reply = api.call("health", path="/v1/nothing-here")
     assert reply.status == 404

@@ -13,7 +13,7 @@ from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
-from credits_ledger.api.errors import MAX_BODY_BYTES, PayloadTooLarge
+from credits_ledger.api.errors import MAX_BODY_BYTES, BodyNotAnObject, PayloadTooLarge
 from credits_ledger.auth import Principal, bearer_token
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.api_keys import ApiKeyRepository
@@ -24,15 +24,20 @@ from credits_ledger.reservations import Reservations
 
 
 def parse_json_body(body: str) -> Any:
-    """JSON numbers become Decimal (never float); anything unparsable is a JSONDecodeError (400)."""
+    """JSON numbers become Decimal (never float); anything unparsable is a JSONDecodeError (400), and a body
+    that is not a JSON object is BodyNotAnObject (400)."""
     if len(body.encode("utf-8", errors="surrogatepass")) > MAX_BODY_BYTES:
         raise PayloadTooLarge()
     try:
-        return json.loads(body, parse_float=Decimal)
+        parsed = json.loads(body, parse_float=Decimal)
     except json.JSONDecodeError:
         raise
     except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits, deep nesting
         raise json.JSONDecodeError("unparsable JSON", body, 0) from exc
+    if not isinstance(parsed, dict):
+        # Powertools would otherwise let an optional body that is an array or a scalar through as absent.
+        raise BodyNotAnObject()
+    return parsed
 
 
 def new_router() -> APIGatewayHttpRouter:
@@ -74,3 +79,18 @@ def replayable(body: Any, replayed: bool) -> Response[Any]:
     if replayed:
         return Response(HTTPStatus.OK, content_types.APPLICATION_JSON, body, {"Idempotent-Replayed": "true"})
     return Response(HTTPStatus.CREATED, content_types.APPLICATION_JSON, body)
+
+
+def json_bodies_only(event: Any) -> Any:
+    """The API reads JSON only. Powertools would parse form bodies itself (a multipart type without a boundary
+    even fails with a 500), so any other declared Content-Type is handed to it as one it refuses, which the
+    error catalogue answers 415."""
+    headers = event.get("headers") if isinstance(event, dict) else None
+    if not isinstance(headers, dict):
+        return event
+    for name, value in headers.items():
+        if name.lower() == "content-type" and isinstance(value, str) and value.strip():
+            media = value.split(";", 1)[0].strip().lower()
+            if media != "application/json" and not media.endswith("+json"):
+                headers[name] = "application/x-unsupported"
+    return event

@@ -41,6 +41,10 @@ class PayloadTooLarge(Exception):
     """The request body is larger than ``MAX_BODY_BYTES`` (HTTP 413)."""
 
 
+class BodyNotAnObject(Exception):
+    """The request body is JSON but not an object: every body of this API is one (HTTP 400)."""
+
+
 @dataclass(frozen=True)
 class HttpError:
     """What one named error becomes on the wire."""
@@ -95,6 +99,12 @@ CATALOGUE: dict[type[Exception], HttpError] = {
         500,
         "internal",
         _fixed("the ledger could not store this write; retrying will not help (operators are alerted)"),
+
+    BodyNotAnObject: HttpError(
+        400,
+        "invalid_request",
+        _fixed("the body must be a JSON object"),
+        details=lambda _exc: [ErrorDetail(field="body", message="must be a JSON object")],
     ),
     PayloadTooLarge: HttpError(
         413, "payload_too_large", _fixed(f"the body is larger than {MAX_BODY_BYTES // 1024} KB")

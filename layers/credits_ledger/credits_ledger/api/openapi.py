@@ -9,7 +9,8 @@ from typing import Any
 from credits_ledger.api.errors import STATUS_DESCRIPTIONS
 from credits_ledger.api_models import ErrorResponse
 
-COMMON_ERRORS = (400, 401, 403, 413, 415, 422, 429, 500)
+# 404: any route answers it for a path it cannot resolve (an undecodable or unknown path parameter).
+COMMON_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 500)
 REPLAY = " (200 with Idempotent-Replayed: true when the same id and body were sent before)"
 
 
@@ -19,6 +20,8 @@ def responses(status: int, description: str, model: type[Any] | None, *errors: i
     if model is not None:
         success["content"] = {"application/json": {"model": model}}
     described: dict[int, Any] = {status: success}
+    if status == 201 and REPLAY in description:
+        described[200] = {**success, "description": "the first answer again (Idempotent-Replayed: true)"}
     for code in sorted({*COMMON_ERRORS, *errors}):
         described[code] = {
             "description": STATUS_DESCRIPTIONS[code],
