@@ -336,6 +336,7 @@ def test_low_balance_alerts_count_available_so_a_reservation_can_cross_the_thres
     # Then going back above re-armed the alert and the debit crossed it again
     assert env.alerts("cus_r") == [(LOW, "50"), (LOW, "40")]
 
+
 def test_the_function_touches_only_the_keys_its_role_allows(env: Env) -> None:
     # Given a grant and debits down past the low-balance threshold
     env.grant("cus_a", "g1", "150")
@@ -343,6 +344,6 @@ def test_the_function_touches_only_the_keys_its_role_allows(env: Env) -> None:
     # When the function processes the batch, recording every partition key it reads or writes
     with record_keys(env.client) as recorder:
         assert env.deliver() == {"batchItemFailures": []}
-    # Then it alerted, and every key is one LedgerStreamRole's dynamodb:LeadingKeys allow
+    # Then it alerted, and every table operation it used is one LedgerStreamRole allows
     assert env.alerts("cus_a") == [(LOW, "50")]
     recorder.check("LedgerStreamRole")

@@ -99,7 +99,7 @@ CATALOGUE: dict[type[Exception], HttpError] = {
         500,
         "internal",
         _fixed("the ledger could not store this write; retrying will not help (operators are alerted)"),
-
+    ),
     BodyNotAnObject: HttpError(
         400,
         "invalid_request",
