@@ -201,10 +201,6 @@ class RequestHandler(BaseHTTPRequestHandler):
             if found is None and raw_path == "/favicon.ico":
                 self._send(HttpResponse(204, [], b""))
                 return
-            if found is None and self._allowed_methods(raw_path):
-                self._method_not_allowed()  # the path exists with other methods
-                stack.access_log(method, self.path, "-", 405, started)
-                return
             if found is None:
                 self._send(not_found())
                 stack.access_log(method, self.path, "-", 404, started)
