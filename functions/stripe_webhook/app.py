@@ -23,12 +23,23 @@ from credits_ledger.observability import logger, metrics, tracer
 from credits_ledger.pricing import load_pricing
 from credits_ledger.stripe_api import webhook_reads
 from credits_ledger.stripe_signature import InvalidSignature, verified_event, webhook_secrets
+from credits_ledger.topups import settle_from_event
 from credits_ledger.webhooks import StripeWebhookProcessor
 
 # Inside Lambda a missing or malformed setting fails the init phase (credits_ledger/environment.py).
 environment.at_start_up(environment.WebhookEnvironment)
 
 app = APIGatewayHttpResolver()
+
+
+@cache
+def topups() -> TopupRepository:
+    return TopupRepository()
+
+
+@cache
+def bus() -> Publisher:
+    return default_bus()
 
 
 @cache
@@ -55,6 +66,8 @@ def stripe_webhook() -> Response:
     event = verified_event(payload, app.current_event.headers.get("stripe-signature"), webhook_secrets())
     logger.append_keys(stripe_event_id=event["id"], stripe_event_type=event.get("type"))
     result = processor().process(event, payload)
+    if result.status != "failed":  # an automatic top-up's PaymentIntent settles its attempt (topups.py)
+        settle_from_event(event, topups(), bus())
     metrics.add_metric(name=f"StripeEvent_{result.status}", unit=MetricUnit.Count, value=1)
     if result.status == "failed":
         logger.error(

@@ -188,6 +188,8 @@ def test_a_per_account_threshold_overrides_the_default(env: Env) -> None:
         "customer": "cus_b",
         "low_balance_threshold": "1000",
         "effective_low_balance_threshold": "1000",
+        "overage": {"policy": "reject", "limit": None},
+        "auto_topup": None,
         "updated_at": "2030-01-01T00:00:00.000000Z",
     }
     env.grant("cus_b", "g1", "1500")

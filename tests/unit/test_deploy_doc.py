@@ -84,10 +84,11 @@ def test_every_alarm_is_in_the_runbook_and_every_documented_alarm_exists() -> No
 
 
 def test_ssm_parameter_names_in_the_runbook_are_the_template_and_samconfig_ones() -> None:
-    known = {PARAMETERS[p]["Default"] for p in ("StripeWebhookSecretParameterName", "AdminKeyParameterName")}
+    names = ("StripeWebhookSecretParameterName", "AdminKeyParameterName", "StripeApiKeyParameterName")
+    known = {PARAMETERS[p]["Default"] for p in names}
     for stage in STAGES:
         overrides = _overrides(stage)
-        known |= {overrides["StripeWebhookSecretParameterName"], overrides["AdminKeyParameterName"]}
+        known |= {overrides[name] for name in names}
     mentioned = {m for m in re.findall(r"/credits/[A-Za-z0-9_./$-]+", DOC) if not m.endswith("/")}
     expanded = {m.replace("$STAGE", stage) for m in mentioned for stage in STAGES}
     expanded = {m for m in expanded if "$" not in m} | {m for m in mentioned if "$" not in m}
@@ -157,17 +158,18 @@ def test_stage_parameters_are_used() -> None:
     [
         ("StripeWebhookFunction", "StripeWebhookRole", "STRIPE_WEBHOOK_SECRET_PARAMETER", "StripeWebhookSecretParameterName"),
         ("ApiFunction", "ApiRole", "ADMIN_KEY_PARAMETER", "AdminKeyParameterName"),
+        ("BillingSyncFunction", "BillingSyncRole", "STRIPE_API_KEY_PARAMETER", "StripeApiKeyParameterName"),
     ],
 )  # fmt: skip
 def test_secrets_come_from_ssm_parameter_names(
     function: str, role: str, variable: str, parameter: str
 ) -> None:
-    from credits_ledger import keys, stripe_signature
+    from credits_ledger import keys, stripe_api, stripe_signature
 
     variables = RESOURCES[function]["Properties"]["Environment"]["Variables"]
     assert variables[variable] == {"Ref": parameter}
     # the code reads exactly that variable (and decrypts with Powertools parameters)
-    sources = Path(stripe_signature.__file__).read_text() + Path(keys.__file__).read_text()
+    sources = "".join(Path(m.__file__).read_text() for m in (stripe_signature, keys, stripe_api))
     assert f'"{variable}"' in sources
     statements = RESOURCES[role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
     [ssm] = [s for s in statements if s["Action"] == "ssm:GetParameter"]

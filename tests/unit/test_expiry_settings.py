@@ -51,6 +51,8 @@ def test_view_shows_override_and_effective_threshold() -> None:
         "customer": "cus_1",
         "low_balance_threshold": "250",
         "effective_low_balance_threshold": "250",
+        "overage": {"policy": "reject", "limit": None},
+        "auto_topup": None,
         "updated_at": "2030-01-01T00:00:00.000000Z",
     }
     assert settings_view(AccountSettings("cus_2"), Decimal(100))["effective_low_balance_threshold"] == "100"

@@ -39,7 +39,7 @@ DEFAULT_PAGE_SIZE = 25
 USAGE_MAX_AHEAD = timedelta(minutes=5)
 USAGE_MAX_AGE = timedelta(days=35)
 # Entry metadata keys the service writes on usage debits; client metadata may not use them.
-RESERVED_METADATA_KEYS = frozenset({"meter", "quantity", "timestamp", "available_after"})
+RESERVED_METADATA_KEYS = frozenset({"meter", "quantity", "timestamp", "available_after", "overage"})
 
 # Amounts this large are no credit balance anyone has; the bound keeps quantity x rate exact in Decimal's
 # default 28-digit context.
@@ -262,6 +262,12 @@ class UsageResponse(ApiModel):
     balance: AmountString = Field(description="credits available after this debit")
     status: Literal["debited"] = "debited"
     allocations: list[AllocationView]
+    overage: AmountString | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="with overage policy allow: the part of credits that was not available, billed as "
+        "overage (the allocations cover the rest); absent when everything was covered",
+    )
 
 
 _BATCH_EVENTS_SCHEMA = {

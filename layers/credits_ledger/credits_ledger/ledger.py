@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any, Generic, TypeVar, cast
 
 from credits_ledger.dal.accounts import AccountRepository, EntryExists, Page, VersionConflict
+from credits_ledger.dal.settings import AccountSettingsRepository
 from credits_ledger.domain import idempotency, transitions
 from credits_ledger.domain.balance import balance as balance_of
 from credits_ledger.domain.errors import (
@@ -24,6 +25,7 @@ from credits_ledger.domain.errors import (
     WriteRejected,
 )
 from credits_ledger.domain.models import AccountState, Balance, Change, Grant, GrantStatus, LedgerEntry
+from credits_ledger.domain.overage import OverageSettings
 from credits_ledger.domain.rollover import RolloverPolicy
 from credits_ledger.domain.rollover import expire_with_rollover as _expire_with_rollover
 from credits_ledger.domain.transitions import EntryContext, GrantSpec
@@ -51,6 +53,8 @@ class DebitRequest:
     fingerprint: str = ""
     reference: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    # Usage debits may go into overage when the account's settings allow it (domain/overage.py).
+    allow_overage: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,11 +111,21 @@ class Ledger:
         clock: Callable[[], datetime] = utc_now,
         max_attempts: int = 60,
         sleep: Callable[[float], None] = time.sleep,
+        overage_settings: Callable[[str], OverageSettings] | None = None,
     ) -> None:
         self.repository = repository
         self._clock = clock
         self._max_attempts = max_attempts
         self._sleep = sleep
+        self._overage_settings = overage_settings
+
+    def overage_settings(self, account_id: str) -> OverageSettings:
+        """The account's overage policy. Read only when a usage debit finds too little available, so the
+        common debit pays no extra read."""
+        if self._overage_settings is None:
+            settings = AccountSettingsRepository(self.repository.client, self.repository.table)
+            self._overage_settings = lambda account: settings.get(account, consistent=False).overage
+        return self._overage_settings(account_id)
 
     # ---- writes ------------------------------------------------------------------------------------------
     def grant(
@@ -290,6 +304,7 @@ class Ledger:
     def _debit_chunk(self, account_id: str, requests: Sequence[DebitRequest]) -> list[DebitResult]:
         """Judge and write debits of one account in one transaction; returns results for the leading requests
         that fit in it (at least one), the caller passes the rest again."""
+        overage: dict[str, OverageSettings] = {}  # read at most once per chunk, only when needed
 
         def attempt(
             state: AccountState, existing: Mapping[str, LedgerEntry], consistent: bool
@@ -317,16 +332,13 @@ class Ledger:
                     fingerprint=request.fingerprint,
                     metadata=request.metadata,
                 )
-                try:
-                    change = _with_available_after(transitions.debit(current, request.amount, ctx), now)
-                except InsufficientCredits as exc:
-                    if not consistent:
-                        return _Step(None, reread=True)
-                    results.append(DebitResult(request, error=exc))
+                decided = self._decide(account_id, current, request, ctx, consistent, overage)
+                if decided is None:
+                    return _Step(None, reread=True)
+                if isinstance(decided, CreditsError):
+                    results.append(DebitResult(request, error=decided))
                     continue
-                except CreditsError as exc:
-                    results.append(DebitResult(request, error=exc))
-                    continue
+                change = decided
                 if changes and actions + _actions(change) > MAX_ACTIONS_PER_TRANSACTION:
                     break  # this one and the rest go into the next transaction
                 actions += _actions(change)
@@ -372,6 +384,35 @@ class Ledger:
         raise ConcurrencyConflict(
             f"account {account_id}: gave up after {self._max_attempts} conflicting writes"
         )
+
+    def _decide(
+        self,
+        account_id: str,
+        current: AccountState,
+        request: DebitRequest,
+        ctx: EntryContext,
+        consistent: bool,
+        overage: dict[str, OverageSettings],
+    ) -> Change | CreditsError | None:
+        """One debit on ``current``: its change, the error refusing it, or None (decide again on a strongly
+        consistent read: an eventually consistent one may miss a grant just added)."""
+        try:
+            return _with_available_after(transitions.debit(current, request.amount, ctx), ctx.now)
+        except InsufficientCredits as exc:
+            if not consistent:
+                return None
+            if not request.allow_overage:
+                return exc
+        except CreditsError as exc:
+            return exc
+        if account_id not in overage:
+            overage[account_id] = self.overage_settings(account_id)
+        try:
+            return _with_available_after(
+                transitions.debit(current, request.amount, ctx, overage=overage[account_id]), ctx.now
+            )
+        except CreditsError as refused:
+            return refused
 
     def _after_conflict(
         self, account_id: str, keys: list[str], exc: VersionConflict, attempt: int

@@ -1,6 +1,12 @@
-"""Per-account settings (admin route ``PUT /v1/customers/{customer}/settings``): the body is validated in pure
-code and stored by ``AccountSettingsRepository``. Today one setting: ``low_balance_threshold``, the level at
-or below which ``credits.balance.low`` fires (absent or null: the pricing file's ``[alerts]`` default).
+"""Per-account settings (admin route ``PUT /v1/customers/{customer}/settings``): the body is validated by the
+pydantic models below and stored by ``AccountSettingsRepository``.
+
+- ``low_balance_threshold``: the level at or below which ``credits.balance.low`` fires (absent or null: the
+  pricing file's ``[alerts]`` default);
+- ``overage``: ``{"policy": "reject" | "allow", "limit"?}``: what a usage debit beyond what is available does
+  (domain/overage.py; default reject);
+- ``auto_topup``: ``{"enabled", "threshold", "pack", "quantity"?, "monthly_limit"?}``: buy ``quantity`` of
+  ``pack`` when a debit leaves available below ``threshold`` (domain/topup.py; absent or null: off).
 
 PUT replaces the settings document: a key left out is reset to its default.
 """
@@ -8,58 +14,152 @@ PUT replaces the settings document: a key left out is reset to its default.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import Field, StrictBool, ValidationError
+
+from credits_ledger.api_models import ApiModel, Identifier, NonNegativeAmount
 from credits_ledger.dal.items import iso
-from credits_ledger.dal.settings import AccountSettings, AccountSettingsRepository, StaleSettingsWrite
+from credits_ledger.dal.settings import (
+    AccountSettings,
+    AccountSettingsRepository,
+    SettingsDocument,
+    StaleSettingsWrite,
+)
 from credits_ledger.domain.errors import InvalidField
-from credits_ledger.domain.money import InvalidAmount, format_amount, parse_amount
+from credits_ledger.domain.money import format_amount
+from credits_ledger.domain.overage import OveragePolicy, OverageSettings
+from credits_ledger.domain.topup import AutoTopupSettings
 from credits_ledger.pricing import Pricing, load_pricing
 
-KNOWN_KEYS = frozenset({"low_balance_threshold"})
+MAX_TOPUP_QUANTITY = 1000
+MAX_TOPUPS_PER_MONTH = 1000
+
+# The parsed document; kept under its former name for callers of parse_settings.
+SettingsUpdate = SettingsDocument
 
 
 class InvalidSettings(InvalidField):
-    """A settings body the domain rejects; ``field`` names the offending key."""
+    """A settings body the domain rejects (422); ``field`` names the offending key (dotted for nested ones)."""
 
 
-@dataclass(frozen=True)
-class SettingsUpdate:
-    low_balance_threshold: Decimal | None = None
+# ---- request and response models -------------------------------------------------------------------------
+class OverageBody(ApiModel):
+    policy: Literal["reject", "allow"] = Field(
+        default="reject", description="reject: 402 when credits run out; allow: bill the rest as overage"
+    )
+    limit: NonNegativeAmount | None = Field(
+        default=None, description="at most this many credits of overage per UTC calendar month (null: no cap)"
+    )
 
 
-def parse_settings(body: Any) -> SettingsUpdate:
-    """Validate a request body (parsed with ``parse_float=Decimal``). Pure."""
-    if not isinstance(body, dict):
-        raise InvalidSettings("body", "must be a JSON object")
-    unknown = sorted(set(body) - KNOWN_KEYS)
-    if unknown:
-        raise InvalidSettings(unknown[0], "is not a known setting")
-    raw = body.get("low_balance_threshold")
-    if raw is None:
-        return SettingsUpdate()
+class AutoTopupBody(ApiModel):
+    enabled: StrictBool
+    threshold: NonNegativeAmount = Field(description="buy when a debit leaves available below this")
+    pack: Identifier = Field(description="a pack of the pricing file with at least one Stripe price")
+    quantity: Annotated[int, Field(strict=True, ge=1, le=MAX_TOPUP_QUANTITY)] = 1
+    monthly_limit: Annotated[int, Field(strict=True, ge=1, le=MAX_TOPUPS_PER_MONTH)] | None = Field(
+        default=None, description="at most this many top-ups started per UTC calendar month (null: no cap)"
+    )
+
+
+class SettingsRequest(ApiModel):
+    low_balance_threshold: NonNegativeAmount | None = None
+    overage: OverageBody | None = None
+    auto_topup: AutoTopupBody | None = None
+
+
+class OverageView(ApiModel):
+    policy: Literal["reject", "allow"]
+    limit: str | None
+
+
+class AutoTopupView(ApiModel):
+    enabled: bool
+    threshold: str
+    pack: str
+    quantity: int
+    monthly_limit: int | None
+
+
+class SettingsResponse(ApiModel):
+    customer: str
+    low_balance_threshold: str | None
+    effective_low_balance_threshold: str
+    overage: OverageView
+    auto_topup: AutoTopupView | None
+    updated_at: str | None
+
+
+def _field(loc: tuple[str | int, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def parse_settings(body: Any, pricing: Pricing | None = None) -> SettingsDocument:
+    """Validate a request body (parsed with ``parse_float=Decimal``). Pure; with ``pricing``, the top-up pack
+    must be one of its packs and have a Stripe price to charge."""
     try:
-        threshold = parse_amount(raw)
-    except InvalidAmount as exc:
-        raise InvalidSettings("low_balance_threshold", str(exc)) from exc
-    if threshold < 0:
-        raise InvalidSettings("low_balance_threshold", "must be 0 or greater")
-    return SettingsUpdate(low_balance_threshold=threshold)
+        request = SettingsRequest.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+        if error.get("type") == "extra_forbidden":
+            message = "is not a known setting"
+        elif error.get("type") in ("model_type", "model_attributes_type"):
+            message = "must be a JSON object"
+        raise InvalidSettings(_field(tuple(error["loc"])), message) from None
+    overage = OverageSettings()
+    if request.overage is not None:
+        overage = OverageSettings(OveragePolicy(request.overage.policy), request.overage.limit)
+    topup = None
+    if request.auto_topup is not None:
+        body_topup = request.auto_topup
+        if pricing is not None:
+            pack = pricing.packs.get(body_topup.pack)
+            if pack is None:
+                known = ", ".join(sorted(pricing.packs)) or "none"
+                raise InvalidSettings("auto_topup.pack", f"unknown pack {body_topup.pack!r} (known: {known})")
+            if not pack.stripe_prices:
+                raise InvalidSettings("auto_topup.pack", "the pack has no stripe_prices to charge")
+        topup = AutoTopupSettings(
+            enabled=body_topup.enabled,
+            threshold=body_topup.threshold,
+            pack=body_topup.pack,
+            quantity=body_topup.quantity,
+            monthly_limit=body_topup.monthly_limit,
+        )
+    return SettingsDocument(
+        low_balance_threshold=request.low_balance_threshold, overage=overage, auto_topup=topup
+    )
 
 
 def settings_view(settings: AccountSettings, default_threshold: Decimal) -> dict[str, Any]:
     override = settings.low_balance_threshold
-    return {
-        "customer": settings.account_id,
-        "low_balance_threshold": format_amount(override) if override is not None else None,
-        "effective_low_balance_threshold": format_amount(
+    topup = settings.auto_topup
+    view = SettingsResponse(
+        customer=settings.account_id,
+        low_balance_threshold=format_amount(override) if override is not None else None,
+        effective_low_balance_threshold=format_amount(
             override if override is not None else default_threshold
         ),
-        "updated_at": iso(settings.updated_at) if settings.updated_at else None,
-    }
+        overage=OverageView(
+            policy=settings.overage.policy.value,
+            limit=format_amount(settings.overage.limit) if settings.overage.limit is not None else None,
+        ),
+        auto_topup=AutoTopupView(
+            enabled=topup.enabled,
+            threshold=format_amount(topup.threshold),
+            pack=topup.pack,
+            quantity=topup.quantity,
+            monthly_limit=topup.monthly_limit,
+        )
+        if topup
+        else None,
+        updated_at=iso(settings.updated_at) if settings.updated_at else None,
+    )
+    return view.model_dump(mode="json")
 
 
 def put_settings(
@@ -74,11 +174,11 @@ def put_settings(
 
     Raises InvalidSettings (422). Two writes racing: the one stamped later wins, the other returns it.
     """
-    update = parse_settings(body)
-    repository = repository or AccountSettingsRepository()
     pricing = pricing or load_pricing()
+    document = parse_settings(body, pricing)
+    repository = repository or AccountSettingsRepository()
     try:
-        stored = repository.put_threshold(account_id, update.low_balance_threshold, clock())
+        stored = repository.put(account_id, document, clock())
     except StaleSettingsWrite as exc:
         stored = exc.current
     return settings_view(stored, pricing.low_balance_threshold)

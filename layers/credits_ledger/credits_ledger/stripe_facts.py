@@ -82,6 +82,7 @@ HANDLED = (
     "checkout.session.async_payment_succeeded",
     "checkout.session.async_payment_failed",
     "payment_intent.succeeded",
+    "payment_intent.payment_failed",  # settles a failed automatic top-up (topups.py); no ledger change
     "invoice.paid",
     "invoice_payment.paid",
     "charge.refunded",
@@ -171,6 +172,9 @@ def _valid_days(metadata: dict[str, Any]) -> int | None:
     return int(text)
 
 
+MAX_PACK_QUANTITY = 1000
+
+
 def _metadata_lines(obj: dict[str, Any], pricing: Pricing, line_id: str) -> list[GrantLine] | None:
     metadata = obj.get("metadata") or {}
     priority = _priority(metadata)
@@ -178,7 +182,11 @@ def _metadata_lines(obj: dict[str, Any], pricing: Pricing, line_id: str) -> list
         pack = pricing.packs.get(metadata["credits_pack"])
         if pack is None:
             raise _Reject(f"unknown pack {metadata['credits_pack']!r} in metadata.credits_pack")
-        return _pack_lines(pack, 1, line_id, priority)
+        # credits_quantity: packs bought at once (automatic top-ups with auto_topup.quantity > 1)
+        quantity = str(metadata.get("credits_quantity") or "1")
+        if not quantity.isdigit() or not 1 <= int(quantity) <= MAX_PACK_QUANTITY:
+            raise _Reject(f"metadata.credits_quantity must be a whole number from 1 to {MAX_PACK_QUANTITY}")
+        return _pack_lines(pack, int(quantity), line_id, priority)
     if metadata.get("credits"):
         try:
             category = Category(metadata.get("credits_category", "paid"))

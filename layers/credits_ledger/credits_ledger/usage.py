@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,6 +31,7 @@ from credits_ledger.domain import idempotency
 from credits_ledger.domain.errors import ConcurrencyConflict, InvalidField, WriteRejected
 from credits_ledger.domain.models import LedgerEntry
 from credits_ledger.domain.money import format_amount, round_up
+from credits_ledger.domain.overage import OVERAGE_METADATA_KEY
 from credits_ledger.ledger import DebitRequest, DebitResult, Ledger, Outcome
 from credits_ledger.observability import logger
 from credits_ledger.pricing import Pricing, load_pricing
@@ -71,6 +73,7 @@ def debit_request(event: UsageRequest, pricing: Pricing) -> DebitRequest:
         fingerprint=fingerprint(event),
         reference=event.id,
         metadata=metadata,
+        allow_overage=True,
     )
 
 
@@ -80,17 +83,21 @@ def usage_id_of(entry: LedgerEntry) -> str:
 
 
 def answer(entry: LedgerEntry) -> UsageResponse:
-    """The usage answer, from the ledger entry alone (first answer and replays alike)."""
+    """The usage answer, from the ledger entry alone (first answer and replays alike). With overage, ``credits``
+    is still the whole priced amount: what the allocations took plus the overage."""
+    overage = entry.metadata.get(OVERAGE_METADATA_KEY)
+    credits = -entry.amount + (Decimal(overage) if overage else 0)
     return UsageResponse(
         id=usage_id_of(entry),
         customer=entry.account_id,
         meter=entry.metadata.get("meter", ""),
         quantity=entry.metadata.get("quantity", ""),
-        credits=format_amount(-entry.amount),
+        credits=format_amount(credits),
         balance=entry.metadata.get("available_after", ""),
         allocations=[
             AllocationView(grant_id=a.grant_id, amount=format_amount(a.amount)) for a in entry.allocations
         ],
+        overage=overage,
     )
 
 

@@ -109,6 +109,9 @@ def state_to_item(state: AccountState) -> Item:
             }
             for r in state.reservations.values()
         }
+    if state.overage_month is not None:  # only accounts that ever went into overage carry these
+        item["overage_month"] = state.overage_month
+        item["overage_used"] = state.overage_used
     return item
 
 
@@ -141,6 +144,8 @@ def state_from_item(account_id: str, item: Item | None) -> AccountState:
         ledger_balance=item["balance"],
         grants=grants,
         reservations=reservations,
+        overage_month=item.get("overage_month"),
+        overage_used=item.get("overage_used", Decimal(0)),
     )
 
 

@@ -3,7 +3,8 @@
   account settings   pk=ACCOUNT#<account>  sk=SETTINGS
 
 Attributes: ``low_balance_threshold`` (admin override of ``[alerts] low_balance_threshold``; absent: the
-pricing default), ``updated_at``; and, written only by the ledger stream function, ``alert_available``: the
+pricing default), ``overage_policy`` / ``overage_limit`` (domain/overage.py), ``auto_topup`` (a map:
+enabled, threshold, pack, quantity, monthly_limit; domain/topup.py), ``updated_at``; and, written only by the ledger stream function, ``alert_available``: the
 available balance last seen in a different alert band (the memory that makes alerts fire on crossings only).
 The item lives in the account's partition but never carries ``account_id``/``seq``/``grant_id``, so it is in
 no GSI. Every write states its invariant as a condition and a failed one becomes a named error.
@@ -22,6 +23,8 @@ from botocore.exceptions import ClientError
 from credits_ledger.dal import items as it
 from credits_ledger.dal.client import dynamodb_client, table_name
 from credits_ledger.domain.errors import CreditsError
+from credits_ledger.domain.overage import OveragePolicy, OverageSettings
+from credits_ledger.domain.topup import AutoTopupSettings
 
 SETTINGS_SK = "SETTINGS"
 
@@ -32,6 +35,17 @@ class AccountSettings:
     low_balance_threshold: Decimal | None = None
     updated_at: datetime | None = None
     alert_available: Decimal | None = None
+    overage: OverageSettings = OverageSettings()
+    auto_topup: AutoTopupSettings | None = None
+
+
+@dataclass(frozen=True)
+class SettingsDocument:
+    """What an admin sets (PUT replaces all of it); the alert state is the stream's and is kept."""
+
+    low_balance_threshold: Decimal | None = None
+    overage: OverageSettings = OverageSettings()
+    auto_topup: AutoTopupSettings | None = None
 
 
 class StaleSettingsWrite(CreditsError):
@@ -57,12 +71,54 @@ def settings_key(account_id: str) -> dict[str, Any]:
 def settings_from_item(account_id: str, item: it.Item | None) -> AccountSettings:
     if not item:
         return AccountSettings(account_id)
+    topup = item.get("auto_topup")
     return AccountSettings(
         account_id=account_id,
         low_balance_threshold=item.get("low_balance_threshold"),
         updated_at=it.parse_iso(item["updated_at"]) if item.get("updated_at") else None,
         alert_available=item.get("alert_available"),
+        overage=OverageSettings(
+            policy=OveragePolicy(item.get("overage_policy", OveragePolicy.REJECT.value)),
+            limit=item.get("overage_limit"),
+        ),
+        auto_topup=AutoTopupSettings(
+            enabled=bool(topup["enabled"]),
+            threshold=topup["threshold"],
+            pack=topup["pack"],
+            quantity=int(topup.get("quantity", 1)),
+            monthly_limit=int(topup["monthly_limit"]) if topup.get("monthly_limit") is not None else None,
+        )
+        if topup
+        else None,
     )
+
+
+def _document_update(document: SettingsDocument) -> tuple[list[str], list[str], dict[str, Any]]:
+    """SET and REMOVE clauses writing ``document`` over the item's admin settings (alert state untouched)."""
+    values: dict[str, Any] = {
+        "low_balance_threshold": document.low_balance_threshold,
+        "overage_policy": document.overage.policy.value,
+        "overage_limit": document.overage.limit,
+        "auto_topup": {
+            "enabled": document.auto_topup.enabled,
+            "threshold": document.auto_topup.threshold,
+            "pack": document.auto_topup.pack,
+            "quantity": document.auto_topup.quantity,
+            "monthly_limit": document.auto_topup.monthly_limit,
+        }
+        if document.auto_topup
+        else None,
+    }
+    sets: list[str] = []
+    removes: list[str] = []
+    attribute_values: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None:
+            removes.append(name)
+        else:
+            sets.append(f"{name} = :{name}")
+            attribute_values[f":{name}"] = value
+    return sets, removes, it.to_dynamo(attribute_values)
 
 
 class AccountSettingsRepository:
@@ -94,15 +150,18 @@ class AccountSettingsRepository:
         return found
 
     def put_threshold(self, account_id: str, threshold: Decimal | None, now: datetime) -> AccountSettings:
-        """Set (or, with None, clear) the account's low-balance threshold. Invariant: never overwrite a write
-        stamped later than ``now`` (last writer by time wins, whatever order the requests arrive in)."""
+        """Set (or, with None, clear) the low-balance threshold alone (the other settings at their defaults)."""
+        return self.put(account_id, SettingsDocument(low_balance_threshold=threshold), now)
+
+    def put(self, account_id: str, document: SettingsDocument, now: datetime) -> AccountSettings:
+        """Replace the account's admin settings with ``document``. Invariant: never overwrite a write stamped
+        later than ``now`` (last writer by time wins, whatever order the requests arrive in)."""
         names = {"#u": "updated_at", "#a": "account"}
-        values: dict[str, Any] = {":now": {"S": it.iso(now)}, ":a": {"S": account_id}}
-        if threshold is None:
-            update = "SET #u = :now, #a = :a REMOVE low_balance_threshold"
-        else:
-            update = "SET #u = :now, #a = :a, low_balance_threshold = :t"
-            values[":t"] = {"N": str(threshold)}
+        sets, removes, values = _document_update(document)
+        values.update({":now": {"S": it.iso(now)}, ":a": {"S": account_id}})
+        update = "SET " + ", ".join(["#u = :now", "#a = :a", *sets])
+        if removes:
+            update += " REMOVE " + ", ".join(removes)
         try:
             response = self._client.update_item(
                 TableName=self._table,

@@ -136,6 +136,9 @@ class AccountState:
     ledger_balance: Decimal = ZERO
     grants: dict[str, LiveGrant] = field(default_factory=dict)
     reservations: dict[str, LiveReservation] = field(default_factory=dict)
+    # Overage recorded in the UTC month ``overage_month`` (domain/overage.py): guarded by ``version`` like the rest.
+    overage_month: str | None = None
+    overage_used: Decimal = ZERO
 
     def with_changes(
         self,

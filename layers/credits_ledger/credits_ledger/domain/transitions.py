@@ -12,7 +12,13 @@ from datetime import datetime
 from decimal import Decimal
 
 from credits_ledger.domain import reserved, spend
-from credits_ledger.domain.errors import GrantNotDue, GrantNotLive, InvalidGrant, InvalidTransition
+from credits_ledger.domain.errors import (
+    GrantNotDue,
+    GrantNotLive,
+    InsufficientCredits,
+    InvalidGrant,
+    InvalidTransition,
+)
 from credits_ledger.domain.models import (
     DEFAULT_PRIORITY,
     AccountState,
@@ -29,7 +35,14 @@ from credits_ledger.domain.models import (
     LiveReservation,
     Source,
 )
-from credits_ledger.domain.money import ZERO
+from credits_ledger.domain.money import ZERO, format_amount
+from credits_ledger.domain.overage import (
+    OVERAGE_METADATA_KEY,
+    OverageSettings,
+    month_of,
+    overage_for,
+    used_in,
+)
 
 
 @dataclass(frozen=True)
@@ -168,13 +181,25 @@ def grant(state: AccountState, spec: GrantSpec, ctx: EntryContext) -> Change:
 
 
 def debit(
-    state: AccountState, amount: Decimal, ctx: EntryContext, entry_type: EntryType = EntryType.DEBIT
+    state: AccountState,
+    amount: Decimal,
+    ctx: EntryContext,
+    entry_type: EntryType = EntryType.DEBIT,
+    overage: OverageSettings | None = None,
 ) -> Change:
     """Spend ``amount`` across the grants active at ``ctx.now``, never what open reservations hold; raises
-    InsufficientCredits, changing nothing."""
+    InsufficientCredits, changing nothing.
+
+    With an ``overage`` policy that allows it, a debit beyond what is available takes all of it and records
+    the rest as overage (domain/overage.py): the entry's amount is what was taken, never more."""
     if amount <= 0:
         raise InvalidGrant("amount", "must be greater than 0")
-    allocations = spend.allocate(state.account_id, reserved.free_grants(state, ctx.now), amount, ctx.now)
+    try:
+        allocations = spend.allocate(state.account_id, reserved.free_grants(state, ctx.now), amount, ctx.now)
+    except InsufficientCredits as exc:
+        if overage is None:
+            raise
+        return _debit_with_overage(state, amount, exc.available, ctx, entry_type, overage)
     grants = dict(state.grants)
     for allocation in allocations:  # spent grants are closed (depleted) by _apply
         grants[allocation.grant_id] = replace(
@@ -182,6 +207,32 @@ def debit(
         )
     entry = _entry(state, ctx, entry_type, -amount, allocations)
     return _apply(state, entry, grants)
+
+
+def _debit_with_overage(
+    state: AccountState,
+    amount: Decimal,
+    available: Decimal,
+    ctx: EntryContext,
+    entry_type: EntryType,
+    settings: OverageSettings,
+) -> Change:
+    extra = overage_for(state, amount, available, settings, ctx.now)
+    taken = amount - extra
+    allocations = (
+        spend.allocate(state.account_id, reserved.free_grants(state, ctx.now), taken, ctx.now)
+        if taken
+        else []
+    )
+    grants = dict(state.grants)
+    for allocation in allocations:
+        grants[allocation.grant_id] = replace(
+            grants[allocation.grant_id], remaining=grants[allocation.grant_id].remaining - allocation.amount
+        )
+    month = month_of(ctx.now)
+    counted = replace(state, overage_month=month, overage_used=used_in(state, month) + extra)
+    ctx = replace(ctx, metadata={**ctx.metadata, OVERAGE_METADATA_KEY: format_amount(extra)})
+    return _apply(counted, _entry(counted, ctx, entry_type, -taken, allocations), grants)
 
 
 def _close(

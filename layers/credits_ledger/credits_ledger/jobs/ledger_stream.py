@@ -24,6 +24,7 @@ carries an id (the stream record's ``eventID``, the entry key) for consumers to 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -173,9 +174,7 @@ class StreamBatch:
         )
         self.stream.settings.set_alert_available(account_id, after, settings.alert_available)
         assert self._settings is not None
-        self._settings[account_id] = AccountSettings(
-            account_id, settings.low_balance_threshold, settings.updated_at, alert_available=after
-        )
+        self._settings[account_id] = replace(settings, alert_available=after)
         if alerts:
             logger.info("balance alert", account_id=account_id, alerts=[a.value for a in alerts])
 

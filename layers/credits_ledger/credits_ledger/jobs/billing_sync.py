@@ -1,0 +1,293 @@
+"""Debits from the table's stream -> Stripe: overage meter events and automatic top-ups (BillingSyncFunction).
+
+Fed by new ``debit`` ledger entries (the event source's filter), never by the request path of a debit: a
+slow or failing Stripe only delays these calls, it never slows or blocks a debit.
+
+**Overage, exactly one meter event per overage debit.** Our own record (dal/meter_reports.py) is claimed
+before the call and settled after it. A redelivered record whose report is settled does nothing. One still
+``sending`` (the worker crashed, timed out, or Stripe failed) is sent again with the same meter event
+``identifier`` (Stripe drops a duplicate identifier for at least 24 h) and a fresh idempotency key per
+attempt without an answer (Stripe replays a stored 5xx under the old one). A report still ``sending`` when
+that window is nearly over is never resent: it becomes ``unknown`` (metric ``MeterReportsUnknown``, alarmed)
+for an operator to check against the meter's event summaries. A 4xx is ``rejected`` (metric, alarmed),
+never retried.
+
+**Automatic top-up, one per crossing.** A debit that left ``available`` below the account's
+``auto_topup.threshold`` from at or above it claims an attempt (dal/topups.py: at most one in flight per
+account, at most ``monthly_limit`` started per UTC month), then creates one off-session PaymentIntent whose
+idempotency key is the attempt's. Credits come from its ``payment_intent.succeeded`` webhook like any
+purchase; the webhook settles the attempt (``topups.settle_from_event``). A decline or a refusal settles it
+as failed at once and publishes ``credits.topup.failed``; the next try waits for the next crossing.
+
+Ordering and retries as in the ledger stream function: after a record fails, the later records of the
+batch fail too (without side effects) and the retry starts at the first failure. ``StripeUnavailable``
+fails the record (retried by Lambda with bisection, then the OnFailure queue); nothing else does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
+    DynamoDBRecord,
+    DynamoDBRecordEventName,
+)
+
+from credits_ledger.bus import BusEvent, Publisher
+from credits_ledger.dal import items as it
+from credits_ledger.dal.meter_reports import (
+    REJECTED,
+    REPORTED,
+    SENDING,
+    UNKNOWN,
+    MeterReport,
+    MeterReportRepository,
+)
+from credits_ledger.dal.settings import AccountSettings, AccountSettingsRepository
+from credits_ledger.dal.topups import (
+    CLAIMED,
+    FAILED,
+    TopupAttempt,
+    TopupNotStarted,
+    TopupRepository,
+    attempt_id_of,
+)
+from credits_ledger.domain.errors import CreditsError
+from credits_ledger.domain.models import EntryType, LedgerEntry
+from credits_ledger.domain.overage import OVERAGE_METADATA_KEY, month_of
+from credits_ledger.domain.topup import AutoTopupSettings, is_crossing
+from credits_ledger.observability import logger, metrics
+from credits_ledger.pricing import Pricing
+from credits_ledger.stripe_api import CardDeclined, StripeApi, StripeRejected
+from credits_ledger.topups import TOPUP_FAILED, announce_pending, topup_detail
+
+DEFAULT_OVERAGE_METER = "credits_overage"
+# Stripe de-duplicates a meter event identifier for at least 24 h: resend a report only well inside it.
+RESEND_WINDOW = timedelta(hours=23)
+MAX_IDENTIFIER_LENGTH = 100  # Stripe's limit on meter event identifiers
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+
+TOPUP_REQUESTED = "credits.topup.requested"
+
+
+class SkippedAfterEarlierFailure(CreditsError):
+    """Not processed: an earlier record of the batch failed and the retry starts there."""
+
+
+def bounded(value: str, limit: int) -> str:
+    """``value`` when it fits Stripe's length limit, else a stable digest of it (same input, same key)."""
+    if len(value) <= limit:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+
+
+def meter_identifier(entry: LedgerEntry) -> str:
+    """The meter event identifier of an overage debit: its ledger entry key, unique in the table."""
+    return bounded(entry.entry_key, MAX_IDENTIFIER_LENGTH)
+
+
+def usage_time(entry: LedgerEntry) -> datetime:
+    stamp = entry.metadata.get("timestamp")
+    return it.parse_iso(stamp) if stamp else entry.created_at
+
+
+def overage_meter(pricing: Pricing) -> str:
+    stripe_section = pricing.raw.get("stripe") or {}
+    return str(stripe_section.get("overage_meter") or DEFAULT_OVERAGE_METER)
+
+
+class BillingSync:
+    """Long-lived dependencies; ``batch(event)`` gives the per-invocation processor."""
+
+    def __init__(
+        self,
+        stripe: Callable[[], StripeApi],
+        reports: MeterReportRepository,
+        topups: TopupRepository,
+        settings: AccountSettingsRepository,
+        bus: Publisher,
+        pricing: Pricing,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.stripe = stripe
+        self.reports = reports
+        self.topups = topups
+        self.settings = settings
+        self.bus = bus
+        self.pricing = pricing
+        self.clock = clock
+
+    def batch(self, event: dict[str, Any]) -> BillingSyncBatch:
+        return BillingSyncBatch(self, event)
+
+    # ---- overage -----------------------------------------------------------------------------------------
+    def report_overage(self, entry: LedgerEntry) -> str:
+        """Report the entry's overage once; returns the report's status after this delivery."""
+        now = self.clock()
+        value = Decimal(entry.metadata[OVERAGE_METADATA_KEY])
+        report = self.reports.claim(
+            MeterReport(entry.entry_key, entry.account_id, value, meter_identifier(entry), SENDING, now)
+        )
+        if report.status != SENDING:
+            return report.status
+        if now - report.first_sent_at > RESEND_WINDOW:
+            reason = "no answer from Stripe within its de-duplication window: check the meter's summaries"
+            self.reports.settle(entry.entry_key, UNKNOWN, now, reason)
+            metrics.add_metric(name="MeterReportsUnknown", unit=MetricUnit.Count, value=1)
+            logger.error(
+                "overage report outcome unknown", entry_key=entry.entry_key, account=entry.account_id
+            )
+            return UNKNOWN
+        if not entry.account_id.startswith("cus_"):
+            return self._reject(entry, now, "the account id is not a Stripe customer id")
+        key = bounded(f"meter:{entry.entry_key}:{report.generation}", MAX_IDEMPOTENCY_KEY_LENGTH)
+        try:
+            self.stripe().create_meter_event(
+                event_name=overage_meter(self.pricing),
+                stripe_customer_id=entry.account_id,
+                value=value,
+                identifier=report.identifier,
+                timestamp=usage_time(entry),
+                idempotency_key=key,
+            )
+        except StripeRejected as exc:
+            return self._reject(entry, now, str(exc))
+        except Exception:
+            # No answer: the next attempt gets a fresh key; the identifier keeps it a single event.
+            self.reports.next_generation(entry.entry_key, report.generation)
+            raise
+        self.reports.settle(entry.entry_key, REPORTED, now)
+        metrics.add_metric(name="MeterEventsReported", unit=MetricUnit.Count, value=1)
+        return REPORTED
+
+    def _reject(self, entry: LedgerEntry, now: datetime, reason: str) -> str:
+        self.reports.settle(entry.entry_key, REJECTED, now, reason)
+        metrics.add_metric(name="MeterReportsRejected", unit=MetricUnit.Count, value=1)
+        logger.error("overage report rejected", entry_key=entry.entry_key, reason=reason)
+        return REJECTED
+
+    # ---- top-ups -----------------------------------------------------------------------------------------
+    def request_topup(self, entry: LedgerEntry, settings: AutoTopupSettings) -> str:
+        """Start the top-up of this crossing (once); returns the attempt's status, or why none started."""
+        attempt = TopupAttempt(
+            attempt_id=attempt_id_of(entry.account_id, entry.entry_key),
+            account=entry.account_id,
+            entry_key=entry.entry_key,
+            pack=settings.pack,
+            quantity=settings.quantity,
+            status=CLAIMED,
+            created_at=self.clock(),
+        )
+        try:
+            attempt, _ = self.topups.claim(attempt, month_of(entry.created_at), settings.monthly_limit)
+        except TopupNotStarted as exc:
+            metrics.add_metric(name="TopupsNotStarted", unit=MetricUnit.Count, value=1)
+            logger.info("no automatic top-up", account=entry.account_id, reason=exc.reason)
+            return "skipped"
+        if attempt.status != CLAIMED:
+            announce_pending(self.topups, self.bus, attempt.attempt_id)  # after a crash while settling
+            return attempt.status  # an earlier delivery created the PaymentIntent (or it is settled)
+        pack = self.pricing.packs.get(attempt.pack)
+        if pack is None or not pack.stripe_prices:
+            return self._fail(attempt, None, f"pack {attempt.pack!r} is not sold through Stripe")
+        if not attempt.account.startswith("cus_"):
+            return self._fail(attempt, None, "the account id is not a Stripe customer id")
+        api = self.stripe()
+        key = bounded(f"topup:{attempt.attempt_id}", MAX_IDEMPOTENCY_KEY_LENGTH)
+        try:
+            customer = api.retrieve_customer(attempt.account, idempotency_key=f"{key}:customer")
+            method = (customer.get("invoice_settings") or {}).get("default_payment_method")
+            if isinstance(method, dict):
+                method = method.get("id")
+            if not method:
+                return self._fail(attempt, None, "the customer has no default payment method")
+            price = api.retrieve_price(pack.stripe_prices[0], idempotency_key=f"{key}:price")
+            if price.get("unit_amount") is None:
+                return self._fail(attempt, None, f"price {pack.stripe_prices[0]} has no unit_amount")
+            metadata = {
+                "credits_pack": pack.name,
+                "credits_customer": attempt.account,
+                "credits_topup": attempt.attempt_id,
+            }
+            if attempt.quantity != 1:
+                metadata["credits_quantity"] = str(attempt.quantity)
+            intent = api.create_payment_intent(
+                customer=attempt.account,
+                amount=int(price["unit_amount"]) * attempt.quantity,
+                currency=str(price["currency"]),
+                payment_method=str(method),
+                metadata=metadata,
+                idempotency_key=key,
+            )
+        except CardDeclined as exc:
+            intent_id = exc.payment_intent.get("id") if exc.payment_intent else None
+            return self._fail(attempt, intent_id, f"declined: {exc.decline_code or exc.info.code}")
+        except StripeRejected as exc:
+            return self._fail(attempt, None, str(exc))
+        if intent.get("status") in ("requires_payment_method", "requires_action", "canceled"):
+            return self._fail(attempt, intent.get("id"), f"payment intent {intent.get('status')}")
+        self.bus.publish([BusEvent(TOPUP_REQUESTED, topup_detail(attempt, intent.get("id")))])
+        self.topups.mark_requested(attempt.attempt_id, str(intent["id"]))
+        metrics.add_metric(name="TopupsRequested", unit=MetricUnit.Count, value=1)
+        return "requested"
+
+    def _fail(self, attempt: TopupAttempt, intent_id: str | None, reason: str) -> str:
+        # The webhook of the same decline may settle it first: only the winner's event is published.
+        if self.topups.settle(
+            attempt, FAILED, self.clock(), TOPUP_FAILED, payment_intent=intent_id, reason=reason
+        ):
+            metrics.add_metric(name="TopupsFailed", unit=MetricUnit.Count, value=1)
+            logger.warning("automatic top-up failed", account=attempt.account, reason=reason)
+        announce_pending(self.topups, self.bus, attempt.attempt_id)
+        return FAILED
+
+
+class BillingSyncBatch:
+    def __init__(self, sync: BillingSync, event: dict[str, Any]) -> None:
+        self.sync = sync
+        self._event = event
+        self._settings: dict[str, AccountSettings] | None = None
+        self._failed = False
+
+    def handle(self, record: DynamoDBRecord) -> None:
+        if self._failed:
+            raise SkippedAfterEarlierFailure(f"record {record.event_id} left for the retry")
+        try:
+            self._handle(record)
+        except Exception:
+            self._failed = True
+            raise
+
+    def _handle(self, record: DynamoDBRecord) -> None:
+        stream = record.dynamodb
+        if stream is None or record.event_name is not DynamoDBRecordEventName.INSERT:
+            return
+        if not str(stream.keys.get("pk", "")).startswith("ENTRY#"):
+            return
+        entry = it.entry_from_item(stream.new_image)
+        if entry.type is not EntryType.DEBIT:
+            return
+        if OVERAGE_METADATA_KEY in entry.metadata:
+            self.sync.report_overage(entry)
+        topup = self._settings_of(entry.account_id).auto_topup
+        if is_crossing(entry, topup):
+            assert topup is not None
+            self.sync.request_topup(entry, topup)
+
+    def _settings_of(self, account_id: str) -> AccountSettings:
+        """Settings of every account with a debit in this batch, read once (one BatchGetItem)."""
+        if self._settings is None:
+            accounts = []
+            for raw in self._event.get("Records", []):
+                image = raw.get("dynamodb", {}).get("NewImage", {})
+                if "account_id" in image:
+                    accounts.append(str(image["account_id"].get("S", "")))
+            self._settings = self.sync.settings.get_many(accounts or [account_id], consistent=False)
+        if account_id not in self._settings:
+            self._settings[account_id] = self.sync.settings.get(account_id, consistent=False)
+        return self._settings[account_id]

@@ -1,0 +1,459 @@
+"""The billing sync worker (overage meter events, automatic top-ups) on moto tables against the local Stripe
+emulator over HTTP with the real SDK: every call's parameters and idempotency key, exactly one meter event
+per overage debit under injected faults (500, 429, timeout after Stripe committed, crash after Stripe
+answered, stream redelivery), one top-up per crossing, declines, the in-flight and monthly limits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from credits_dev.local.patterns import matches
+from credits_dev.local.stripe_emulator import DECLINING_METHOD, PREFIX, StripeEmulator, serve
+from credits_ledger.bus import BusEvent
+from credits_ledger.dal import items as it
+from credits_ledger.dal.accounts import AccountRepository
+from credits_ledger.dal.meter_reports import REJECTED, REPORTED, UNKNOWN, MeterReportRepository
+from credits_ledger.dal.payments import PaymentRepository
+from credits_ledger.dal.settings import AccountSettingsRepository, SettingsDocument
+from credits_ledger.dal.topups import FAILED, SUCCEEDED, TopupRepository, attempt_id_of
+from credits_ledger.domain.models import LedgerEntry
+from credits_ledger.domain.overage import OveragePolicy, OverageSettings
+from credits_ledger.domain.topup import AutoTopupSettings
+from credits_ledger.jobs.billing_sync import BillingSync
+from credits_ledger.ledger import DebitRequest, Ledger
+from credits_ledger.pricing import load_pricing
+from credits_ledger.stripe_api import StripeApi, new_stripe_client
+from credits_ledger.topups import settle_from_event
+from credits_ledger.webhooks import StripeWebhookProcessor
+from tests.expiry_helpers import FakeContext, load_handler
+from tests.ledger_helpers import FakeClock, spec
+from tests.support.tables import load_template
+
+D = Decimal
+T0 = datetime(2030, 1, 15, tzinfo=UTC)
+PRICING = """
+[meters.api_call]
+credits_per_unit = "1"
+
+[packs.starter]
+credits = "1000"
+stripe_prices = ["price_EUR_starter"]
+
+[stripe]
+overage_meter = "credits_overage"
+"""
+METER_PATH = "/v1/billing/meter_events"
+PI_PATH = "/v1/payment_intents"
+
+
+class Events:
+    """A Publisher that keeps what was published."""
+
+    def __init__(self) -> None:
+        self.published: list[BusEvent] = []
+
+    def publish(self, events: Sequence[BusEvent]) -> None:
+        self.published.extend(events)
+
+    def types(self) -> list[str]:
+        return [e.detail_type for e in self.published]
+
+
+@dataclass
+class Env:
+    ledger: Ledger
+    clock: FakeClock
+    emulator: StripeEmulator
+    sync: BillingSync
+    bus: Events
+    settings: AccountSettingsRepository
+    reports: MeterReportRepository
+    topups: TopupRepository
+    webhooks: StripeWebhookProcessor
+    client: Any
+    table: str
+    delivered: list[dict[str, Any]] = field(default_factory=list)
+
+    def configure(self, account: str, overage: bool = False, topup: AutoTopupSettings | None = None) -> None:
+        policy = OverageSettings(OveragePolicy.ALLOW) if overage else OverageSettings()
+        self.settings.put(account, SettingsDocument(overage=policy, auto_topup=topup), self.clock())
+
+    def grant(self, account: str, amount: str, grant_id: str) -> None:
+        self.ledger.grant(account, spec(grant_id, amount), key=f"grant:{grant_id}")
+
+    def debit(self, account: str, usage_id: str, amount: str) -> LedgerEntry:
+        request = DebitRequest(
+            key=f"usage:{usage_id}", amount=D(amount), allow_overage=True, reference=usage_id
+        )
+        return self.ledger.debit(account, request).entry
+
+    def record(self, entry: LedgerEntry) -> dict[str, Any]:
+        """The stream record DynamoDB writes for a new ledger entry (INSERT, NEW image)."""
+        item = it.to_dynamo(it.entry_to_item(entry))
+        return {
+            "eventID": f"ev-{entry.entry_key}",
+            "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2030",
+            "eventName": "INSERT",
+            "eventSource": "aws:dynamodb",
+            "dynamodb": {
+                "Keys": {"pk": item["pk"], "sk": item["sk"]},
+                "NewImage": item,
+                "StreamViewType": "NEW_AND_OLD_IMAGES",
+                "SequenceNumber": str(entry.seq),
+            },
+        }
+
+    def deliver(self, *entries: LedgerEntry) -> list[str]:
+        """One batch through the worker; returns the failed record ids (retried by Lambda)."""
+        from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+        from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+        event = {"Records": [self.record(e) for e in entries]}
+        batch = self.sync.batch(event)
+        processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+        try:
+            result = process_partial_response(
+                event=event, record_handler=batch.handle, processor=processor, context=FakeContext()
+            )
+        except BatchProcessingError:  # every record failed: Lambda retries the whole batch
+            self.emulator.drain()
+            return [f"ev-{e.entry_key}" for e in entries]
+        self.emulator.drain()
+        assert self.emulator.webhook_failures == []
+        return [f["itemIdentifier"] for f in result["batchItemFailures"]]
+
+    def webhook(self, event: dict[str, Any]) -> None:
+        """What the stack's webhook route does with an event the emulator sends."""
+        self.delivered.append(event)
+        self.webhooks.process(event)
+        settle_from_event(event, self.topups, self.bus, self.clock)
+
+    def available(self, account: str) -> Decimal:
+        return self.ledger.balance(account).available
+
+    def calls(self, path: str) -> list[dict[str, Any]]:
+        return self.emulator.received(path)
+
+
+@pytest.fixture
+def env(moto_tables: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Env]:
+    pricing_file = tmp_path / "pricing.toml"
+    pricing_file.write_text(PRICING, encoding="utf-8")
+    monkeypatch.setenv("CREDITS_PRICING_FILE", str(pricing_file))
+    load_pricing.cache_clear()
+    pricing = load_pricing()
+    # the SDK's own backoff between retries, shortened
+    monkeypatch.setattr("stripe._http_client.HTTPClient._sleep_time_seconds", lambda self, n, r=None: 0.01)
+    monkeypatch.setattr("credits_ledger.stripe_api.TIMEOUT_SECONDS", (2.0, 5.0))
+    clock = FakeClock(T0)
+    client, table = moto_tables.client, moto_tables.first
+    ledger = Ledger(AccountRepository(client, table), clock=clock)
+    emulator = StripeEmulator()
+    server = serve(emulator)
+    base = f"http://127.0.0.1:{server.server_address[1]}{PREFIX}"
+    api = StripeApi(new_stripe_client("rk_test_emulated", base), sleep=lambda _: None)
+    bus = Events()
+    settings = AccountSettingsRepository(client, table)
+    reports, topups = MeterReportRepository(client, table), TopupRepository(client, table)
+    sync = BillingSync(lambda: api, reports, topups, settings, bus, pricing, clock)
+    webhooks = StripeWebhookProcessor(ledger, PaymentRepository(client, table), pricing, clock)
+    environment = Env(ledger, clock, emulator, sync, bus, settings, reports, topups, webhooks, client, table)
+    emulator.webhook = environment.webhook
+    yield environment
+    server.shutdown()
+    server.server_close()
+    load_pricing.cache_clear()
+
+
+def overdrawn(env: Env, usage_id: str = "u1", account: str = "cus_A") -> LedgerEntry:
+    """A debit of 15 on 10 available: 5 credits of overage."""
+    env.configure(account, overage=True)
+    env.grant(account, "10", f"g-{usage_id}")
+    entry = env.debit(account, usage_id, "15")
+    assert entry.metadata["overage"] == "5"
+    return entry
+
+
+# ---- the event source ------------------------------------------------------------------------------------------
+def test_the_template_filter_lets_only_new_debits_through(env: Env) -> None:
+    template = load_template(Path(__file__).resolve().parents[2] / "template.yaml")
+    source = template["Resources"]["BillingSyncFunction"]["Properties"]["Events"]["NewDebits"]["Properties"]
+    [pattern] = [json.loads(f["Pattern"]) for f in source["FilterCriteria"]["Filters"]]
+    debit = env.record(overdrawn(env))
+    grant_entry = env.ledger.grant("cus_B", spec("gB", "5"), key="grant:gB").entry
+    assert matches(pattern, debit)
+    assert not matches(pattern, env.record(grant_entry))
+    assert not matches(pattern, {**debit, "eventName": "MODIFY"})
+
+
+# ---- overage: one meter event per overage debit -----------------------------------------------------------------
+def test_an_overage_debit_becomes_one_meter_event(env: Env) -> None:
+    entry = overdrawn(env)
+    assert env.deliver(entry) == []
+    [call] = env.calls(METER_PATH)
+    assert call["idempotency_key"] == "meter:usage:u1:0"
+    assert call["params"] == {
+        "event_name": "credits_overage",
+        "payload": {"stripe_customer_id": "cus_A", "value": "5"},
+        "identifier": "usage:u1",
+        "timestamp": str(int(entry.created_at.timestamp())),
+    }
+    assert env.reports.get("usage:u1").status == REPORTED  # type: ignore[union-attr]
+    # the stream delivers the record again: nothing is sent
+    assert env.deliver(entry) == []
+    assert len(env.calls(METER_PATH)) == 1 and len(env.emulator.meter_events) == 1
+
+
+def test_covered_debits_send_nothing(env: Env) -> None:
+    env.configure("cus_A", overage=True)
+    env.grant("cus_A", "10", "g1")
+    assert env.deliver(env.debit("cus_A", "u1", "4")) == []
+    assert env.emulator.received() == []
+
+
+def test_stripe_500_is_retried_and_still_one_event(env: Env) -> None:
+    entry = overdrawn(env)
+    env.emulator.inject(METER_PATH, 500, times=3)  # the first delivery's call and both SDK retries
+    assert env.deliver(entry) == [f"ev-{entry.entry_key}"]
+    assert env.reports.get(entry.entry_key).status == "sending"  # type: ignore[union-attr]
+    assert env.deliver(entry) == []  # Lambda's retry of the record
+    keys = [c["idempotency_key"] for c in env.calls(METER_PATH)]
+    assert keys == ["meter:usage:u1:0"] * 3 + ["meter:usage:u1:1"]  # a fresh key after no answer
+    assert len(env.emulator.meter_events) == 1
+
+
+def test_429_is_retried_with_backoff(env: Env) -> None:
+    entry = overdrawn(env)
+    env.emulator.inject(METER_PATH, 429, times=2)
+    assert env.deliver(entry) == []
+    assert [c["status"] for c in env.calls(METER_PATH)] == [429, 429, 200]
+    assert len(env.emulator.meter_events) == 1
+
+
+def test_timeout_after_stripe_committed_is_one_event(env: Env) -> None:
+    entry = overdrawn(env)
+    # Stripe records the event, then no answer reaches us: on every SDK try of the first delivery
+    env.emulator.inject(METER_PATH, None, times=3)
+    assert env.deliver(entry) == [f"ev-{entry.entry_key}"]
+    assert env.deliver(entry) == []
+    calls = env.calls(METER_PATH)
+    assert len(calls) == 4 and [c["replayed"] for c in calls] == [False, True, True, False]
+    assert calls[-1]["duplicate"] is True  # the new key's call carried the same identifier: dropped
+    assert len(env.emulator.meter_events) == 1
+
+
+def test_crash_after_stripe_answered_is_one_event(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = overdrawn(env)
+    real_settle = env.reports.settle
+
+    def crash_once(*args: Any, **kwargs: Any) -> bool:
+        monkeypatch.setattr(env.reports, "settle", real_settle)
+        raise ConnectionError("the function died before recording the answer")
+
+    monkeypatch.setattr(env.reports, "settle", crash_once)
+    assert env.deliver(entry) == [f"ev-{entry.entry_key}"]
+    assert env.deliver(entry) == []
+    calls = env.calls(METER_PATH)
+    # the same key again: Stripe answers with the first answer (nothing new is recorded)
+    assert [(c["idempotency_key"], c["replayed"]) for c in calls] == [
+        ("meter:usage:u1:0", False),
+        ("meter:usage:u1:0", True),
+    ]
+    assert len(env.emulator.meter_events) == 1
+    assert env.reports.get(entry.entry_key).status == REPORTED  # type: ignore[union-attr]
+
+
+def test_a_rejected_report_is_recorded_and_never_retried(env: Env) -> None:
+    entry = overdrawn(env)
+    env.emulator.inject(METER_PATH, 400)
+    assert env.deliver(entry) == []  # a 4xx does not fail the record (it would fail the same way again)
+    report = env.reports.get(entry.entry_key)
+    assert report is not None and report.status == REJECTED and "400" in (report.reason or "")
+    assert env.deliver(entry) == []
+    assert len(env.calls(METER_PATH)) == 1
+
+
+def test_an_account_that_is_no_stripe_customer_is_rejected_without_a_call(env: Env) -> None:
+    entry = overdrawn(env, account="acct_internal")
+    assert env.deliver(entry) == []
+    assert env.reports.get(entry.entry_key).status == REJECTED  # type: ignore[union-attr]
+    assert env.calls(METER_PATH) == []
+
+
+def test_no_resend_after_the_deduplication_window(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = overdrawn(env)
+    env.emulator.inject(METER_PATH, 500, times=3)
+    assert env.deliver(entry) != []
+    env.clock.advance(hours=23, minutes=1)
+    assert env.deliver(entry) == []
+    assert env.reports.get(entry.entry_key).status == UNKNOWN  # type: ignore[union-attr]
+    assert len(env.calls(METER_PATH)) == 3 and env.emulator.meter_events == []
+
+
+def test_a_failed_record_fails_the_rest_of_the_batch_in_order(env: Env) -> None:
+    first = overdrawn(env, "u1")
+    second = overdrawn(env, "u2")
+    env.emulator.inject(METER_PATH, 500, times=3)
+    assert env.deliver(first, second) == [f"ev-{first.entry_key}", f"ev-{second.entry_key}"]
+    assert env.reports.get(second.entry_key) is None  # not touched: the retry starts at the first failure
+    assert env.deliver(first, second) == []
+    assert sorted(e["identifier"] for e in env.emulator.meter_events) == ["usage:u1", "usage:u2"]
+
+
+# ---- automatic top-ups ------------------------------------------------------------------------------------------
+TOPUP = AutoTopupSettings(enabled=True, threshold=D(100), pack="starter", quantity=2, monthly_limit=2)
+
+
+def crossing(env: Env, usage_id: str = "u1", topup: AutoTopupSettings = TOPUP) -> LedgerEntry:
+    env.configure("cus_A", topup=topup)
+    if env.available("cus_A") < 150:
+        env.grant("cus_A", "150", f"g-{usage_id}")
+    return env.debit("cus_A", usage_id, str(env.available("cus_A") - 60))
+
+
+def test_a_crossing_requests_one_top_up_and_its_webhook_grants_it(env: Env) -> None:
+    entry = crossing(env)
+    assert env.available("cus_A") == 60
+    assert env.deliver(entry) == []
+    attempt_id = attempt_id_of("cus_A", "usage:u1")
+    key = f"topup:{attempt_id}"
+    customer, price = env.calls("/v1/customers/cus_A"), env.calls("/v1/prices/price_EUR_starter")
+    assert [c["idempotency_key"] for c in customer + price] == [f"{key}:customer", f"{key}:price"]
+    [intent_call] = env.calls(PI_PATH)
+    assert intent_call["idempotency_key"] == key
+    assert intent_call["params"] == {
+        "customer": "cus_A",
+        "amount": "2000",  # the price's unit_amount x quantity 2
+        "currency": "eur",
+        "payment_method": "pm_card_visa",
+        "confirm": "true",
+        "off_session": "true",
+        "metadata": {
+            "credits_pack": "starter",
+            "credits_customer": "cus_A",
+            "credits_topup": attempt_id,
+            "credits_quantity": "2",
+        },
+    }
+    # the emulator sent payment_intent.succeeded: two packs granted, the attempt settled, events published
+    assert [e["type"] for e in env.delivered] == ["payment_intent.succeeded"]
+    assert env.available("cus_A") == 60 + 2000
+    assert env.topups.attempt(attempt_id).status == SUCCEEDED  # type: ignore[union-attr]
+    assert env.topups.state("cus_A").in_flight is None
+    assert sorted(env.bus.types()) == ["credits.topup.requested", "credits.topup.succeeded"]
+    # redelivery of the crossing record and of the webhook: nothing more
+    assert env.deliver(entry) == []
+    env.webhook(env.delivered[0])
+    assert len(env.calls(PI_PATH)) == 1 and env.available("cus_A") == 2060
+    assert len(env.bus.published) == 2
+
+
+def test_only_a_crossing_starts_a_top_up(env: Env) -> None:
+    env.configure("cus_A", topup=TOPUP)
+    env.grant("cus_A", "300", "g1")
+    above = env.debit("cus_A", "u1", "100")  # 200 left: above the threshold
+    assert env.deliver(above) == [] and env.calls(PI_PATH) == []
+    assert env.deliver(env.debit("cus_A", "u2", "150")) == []  # 50: a crossing
+    assert len(env.calls(PI_PATH)) == 1
+
+
+def set_card(env: Env, method: str) -> None:
+    """The customer's default payment method, set as with the Stripe API (``POST /v1/customers/{id}``)."""
+    headers = {"Authorization": "Bearer rk_test_emulated"}
+    body = f"invoice_settings[default_payment_method]={method}"
+    assert env.emulator.handle("POST", "/v1/customers/cus_A", headers, body)[0] == 200
+
+
+def test_a_decline_is_recorded_published_and_waits_for_the_next_crossing(env: Env) -> None:
+    set_card(env, DECLINING_METHOD)
+    entry = crossing(env)
+    assert env.deliver(entry) == []  # a decline does not fail the record
+    attempt = env.topups.attempt(attempt_id_of("cus_A", "usage:u1"))
+    assert attempt is not None and attempt.status == FAILED and "declined" in (attempt.reason or "")
+    assert attempt.payment_intent is not None
+    assert env.bus.types() == ["credits.topup.failed"]  # once, although the webhook came too
+    assert [e["type"] for e in env.delivered] == ["payment_intent.payment_failed"]
+    assert env.topups.state("cus_A").in_flight is None
+    # below the threshold already: the next debits are no crossing, no new charge
+    assert env.deliver(env.debit("cus_A", "u2", "10")) == []
+    assert len(env.calls(PI_PATH)) == 1
+    # the customer fixes the card and buys credits; the next crossing tries again
+    set_card(env, "pm_card_visa")
+    assert env.deliver(crossing(env, "u3")) == []
+    assert [c["status"] for c in env.calls(PI_PATH)] == [402, 200]
+
+
+def test_at_most_one_in_flight_and_the_monthly_limit(env: Env) -> None:
+    env.emulator.webhook = None  # the PaymentIntent succeeds, its webhook is late
+    limited = AutoTopupSettings(enabled=True, threshold=D(100), pack="starter", monthly_limit=1)
+    first = crossing(env, "u1", limited)
+    assert env.deliver(first) == []
+    env.grant("cus_A", "200", "g-more")  # back above the threshold, crossing again while the first is open
+    second = env.debit("cus_A", "u2", str(env.available("cus_A") - 50))
+    assert env.deliver(second) == []
+    assert len(env.calls(PI_PATH)) == 1  # in flight: not started
+    # the first settles; a third crossing in the same month hits the monthly limit
+    intent = next(iter(env.emulator.payment_intents.values()))
+    env.webhook(
+        {"id": "evt_late", "type": "payment_intent.succeeded", "created": 1, "data": {"object": intent}}
+    )
+    env.grant("cus_A", "500", "g-again")
+    third = env.debit("cus_A", "u3", str(env.available("cus_A") - 50))
+    assert env.deliver(third) == []
+    assert len(env.calls(PI_PATH)) == 1
+    # next month it may start again
+    env.clock.advance(days=20)
+    env.grant("cus_A", "500", "g-next-month")
+    fourth = env.debit("cus_A", "u4", str(env.available("cus_A") - 50))
+    assert env.deliver(fourth) == []
+    assert len(env.calls(PI_PATH)) == 2
+    state = env.topups.state("cus_A")
+    assert (state.month, state.count) == ("2030-02", 1)
+
+
+def test_stripe_unavailable_retries_the_same_payment_intent(env: Env) -> None:
+    entry = crossing(env)
+    env.emulator.inject(PI_PATH, None, times=3)  # created, but no answer on any SDK try
+    assert env.deliver(entry) == [f"ev-{entry.entry_key}"]
+    assert env.deliver(entry) == []
+    calls = env.calls(PI_PATH)
+    assert {c["idempotency_key"] for c in calls} == {f"topup:{attempt_id_of('cus_A', 'usage:u1')}"}
+    assert len(env.emulator.payment_intents) == 1  # one charge: every retry replayed the first answer
+    assert env.available("cus_A") == 60 + 2000
+
+
+def test_the_function_handler_runs_the_worker(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = overdrawn(env)
+    monkeypatch.setenv("STRIPE_API_KEY", "rk_test_emulated")
+    base = env.sync.stripe()._client._requestor._options.base_addresses["api"]
+    monkeypatch.setenv("STRIPE_API_BASE", base)
+    monkeypatch.setenv("TABLE_NAME", env.table)
+    monkeypatch.delenv("EVENT_BUS_NAME", raising=False)
+    handler = load_handler("billing_sync")
+    handler.sync.cache_clear()
+    result = handler.lambda_handler({"Records": [env.record(entry)]}, FakeContext())
+    assert result == {"batchItemFailures": []}
+    assert [e["identifier"] for e in env.emulator.meter_events] == ["usage:u1"]
+    handler.sync.cache_clear()
+
+
+def test_later_month_overage_timestamp_is_the_usage_time(env: Env) -> None:
+    env.configure("cus_A", overage=True)
+    request = DebitRequest(
+        key="usage:u9",
+        amount=D(3),
+        allow_overage=True,
+        metadata={"timestamp": it.iso(T0 - timedelta(hours=2))},
+    )
+    entry = env.ledger.debit("cus_A", request).entry
+    assert env.deliver(entry) == []
+    [call] = env.calls(METER_PATH)
+    assert call["params"]["timestamp"] == str(int((T0 - timedelta(hours=2)).timestamp()))

@@ -1,0 +1,56 @@
+"""Automatic top-up decisions (pure): which debit is a crossing of the threshold."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from credits_ledger.domain.models import EntryType, LedgerEntry
+from credits_ledger.domain.topup import AutoTopupSettings, available_before_and_after, is_crossing
+
+D = Decimal
+ON = AutoTopupSettings(enabled=True, threshold=D(100), pack="starter")
+
+
+def debit(taken: str, available_after: str | None, entry_type: EntryType = EntryType.DEBIT) -> LedgerEntry:
+    metadata = {"available_after": available_after} if available_after is not None else {}
+    return LedgerEntry(
+        entry_key="usage:u1",
+        account_id="cus_A",
+        seq=2,
+        type=entry_type,
+        amount=-D(taken),
+        balance_after=D(0),
+        allocations=(),
+        reference="u1",
+        created_at=datetime(2030, 1, 1, tzinfo=UTC),
+        metadata=metadata,
+    )
+
+
+@pytest.mark.parametrize(
+    ("taken", "after", "crossing"),
+    [
+        ("50", "60", True),  # 110 -> 60
+        ("10", "100", False),  # 110 -> 100: not below
+        ("1", "99", True),  # exactly at the threshold before: a crossing
+        ("5", "90", False),  # 95 -> 90: already below
+        ("0", "0", False),  # an overage debit on an empty account: nothing crossed
+        ("150", "0", True),  # 150 -> 0
+    ],
+)
+def test_crossings(taken: str, after: str, crossing: bool) -> None:
+    assert is_crossing(debit(taken, after), ON) is crossing
+
+
+def test_disabled_absent_or_not_a_usage_debit() -> None:
+    assert not is_crossing(debit("50", "60"), None)
+    assert not is_crossing(debit("50", "60"), AutoTopupSettings(False, D(100), "starter"))
+    assert not is_crossing(debit("50", "60", EntryType.ADJUSTMENT), ON)
+    assert not is_crossing(debit("50", None), ON)  # a debit that does not say what is left
+
+
+def test_levels() -> None:
+    assert available_before_and_after(debit("50", "60")) == (D(110), D(60))
