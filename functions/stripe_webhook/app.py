@@ -16,8 +16,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits_ledger import environment
+from credits_ledger.bus import Publisher, default_bus
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.payments import PaymentRepository
+from credits_ledger.dal.topups import TopupRepository
 from credits_ledger.ledger import Ledger
 from credits_ledger.observability import logger, metrics, tracer
 from credits_ledger.pricing import load_pricing
