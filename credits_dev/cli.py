@@ -665,6 +665,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--event-id", help="evt_...: reuse an id to simulate a redelivery")
     p.add_argument("--secret", default=None, help="webhook signing secret (default: $STRIPE_WEBHOOK_SECRET)")
     p.add_argument("--dry-run", action="store_true", help="print the event and its signature, send nothing")
+
+    p = stripe_sub.add_parser(
+        "calls",
+        parents=[common],
+        help="what the local Stripe emulator received (make dev: overage meter events, top-up payments)",
+    )
+    p.add_argument("--path", help="only calls of this API path, e.g. /v1/billing/meter_events")
+    p = stripe_sub.add_parser(
+        "card",
+        parents=[common],
+        help="set a customer's default payment method in the local Stripe emulator",
+        description="pm_card_visa succeeds, pm_card_chargeDeclined declines (as in Stripe test mode).",
+    )
+    p.add_argument("customer")
+    p.add_argument("payment_method", choices=("pm_card_visa", "pm_card_chargeDeclined"))
+
+    p = sub.add_parser(
+        "settings",
+        parents=[common],
+        help="an account's settings (admin): low-balance threshold, overage, automatic top-up",
+        description="Without options: show them. With options: replace them (PUT; what is not given is "
+        "reset to its default).",
+    )
+    p.add_argument("customer")
+    p.add_argument("--low-balance-threshold", type=amount_arg)
+    p.add_argument(
+        "--overage", choices=("reject", "allow"), help="what a debit beyond what is available does"
+    )
+    p.add_argument("--overage-limit", type=amount_arg, help="overage credits per UTC month (default: no cap)")
+    p.add_argument("--topup-threshold", type=amount_arg, help="buy a pack when a debit leaves less than this")
+    p.add_argument("--topup-pack", help="the pack to buy (a pack of the pricing file with a Stripe price)")
+    p.add_argument("--topup-quantity", type=int, help="packs per top-up (default 1)")
+    p.add_argument("--topup-monthly-limit", type=int, help="top-ups per UTC month (default: no cap)")
     return parser
 
 
@@ -938,6 +971,7 @@ def cmd_usage(api: Api, args: argparse.Namespace, out: Printer) -> int:
         out(
             f"{'replayed' if replayed else 'debited'} {body.get('credits')} credits from {body.get('customer')} "
             f"({body.get('quantity')} {body.get('meter')}); available {body.get('balance')}; id {body.get('id')}"
+            + (f"; overage {body['overage']}" if body.get("overage") else "")
         )
     return EXIT_OK
 
@@ -1326,6 +1360,112 @@ def _seg(value: str) -> str:
     return urllib.parse.quote(value, safe="")
 
 
+def _settings_body(args: argparse.Namespace) -> dict[str, Any] | None:
+    given = [
+        args.low_balance_threshold,
+        args.overage,
+        args.overage_limit,
+        args.topup_threshold,
+        args.topup_pack,
+        args.topup_quantity,
+        args.topup_monthly_limit,
+    ]
+    if all(value is None for value in given):
+        return None
+    body: dict[str, Any] = {}
+    if args.low_balance_threshold is not None:
+        body["low_balance_threshold"] = args.low_balance_threshold
+    if args.overage is not None or args.overage_limit is not None:
+        body["overage"] = {"policy": args.overage or "allow"}
+        if args.overage_limit is not None:
+            body["overage"]["limit"] = args.overage_limit
+    if args.topup_threshold is not None or args.topup_pack is not None:
+        if args.topup_threshold is None or args.topup_pack is None:
+            raise CliError("an automatic top-up needs --topup-threshold and --topup-pack", EXIT_USAGE)
+        topup: dict[str, Any] = {"enabled": True, "threshold": args.topup_threshold, "pack": args.topup_pack}
+        if args.topup_quantity is not None:
+            topup["quantity"] = args.topup_quantity
+        if args.topup_monthly_limit is not None:
+            topup["monthly_limit"] = args.topup_monthly_limit
+        body["auto_topup"] = topup
+    return body
+
+
+def render_settings(settings: dict[str, Any]) -> str:
+    overage = settings.get("overage") or {}
+    topup = settings.get("auto_topup")
+    rows = [
+        ("customer", settings.get("customer")),
+        ("low balance threshold", settings.get("effective_low_balance_threshold")),
+        (
+            "overage",
+            f"{overage.get('policy')}"
+            + (f", at most {overage['limit']} a month" if overage.get("limit") else ""),
+        ),
+    ]
+    if topup:
+        limit = f", at most {topup['monthly_limit']} a month" if topup.get("monthly_limit") else ""
+        state = "" if topup.get("enabled") else " (disabled)"
+        rows.append(
+            ("auto top-up", f"{topup['quantity']} x {topup['pack']} below {topup['threshold']}{limit}{state}")
+        )
+    else:
+        rows.append(("auto top-up", "off"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def cmd_settings(api: Api, args: argparse.Namespace, out: Printer) -> int:
+    body = _settings_body(args)
+    path = f"/v1/customers/{_seg(args.customer)}/settings"
+    settings = api.call("PUT", path, body).body if body is not None else api.call("GET", path).body
+    _emit(args, out, settings, lambda: render_settings(settings))
+    return EXIT_OK
+
+
+def cmd_stripe_calls(api: Api, args: argparse.Namespace, out: Printer) -> int:
+    response = api.request("GET", "/_stripe/_emulator/requests", query={"path": args.path}, auth=False)
+    if response.status != 200:
+        raise CliError(
+            f"no local Stripe emulator at {api.url} (HTTP {response.status})",
+            EXIT_USAGE,
+            "`make dev` serves it unless STRIPE_API_BASE is set",
+        )
+    calls = list(response.body["data"])
+    if args.json:
+        out(json.dumps(calls, indent=2))
+        return EXIT_OK
+    lines = []
+    for call in calls:
+        params = call.get("params") or {}
+        what = ""
+        if call["path"] == "/v1/billing/meter_events":
+            payload = params.get("payload") or {}
+            what = f"{payload.get('stripe_customer_id')} value {payload.get('value')} identifier {params.get('identifier')}"
+        elif call["path"] == "/v1/payment_intents":
+            what = f"{params.get('customer')} {params.get('amount')} {params.get('currency')} {params.get('payment_method')}"
+        flags = " replayed" if call.get("replayed") else (" duplicate" if call.get("duplicate") else "")
+        lines.append(f"{call['method']} {call['path']} -> {call['status']}{flags}  {what}".rstrip())
+    out("\n".join(lines) if lines else "no calls")
+    return EXIT_OK
+
+
+def cmd_stripe_card(api: Api, args: argparse.Namespace, out: Printer) -> int:
+    response = api.request(
+        "POST",
+        f"/_stripe/v1/customers/{_seg(args.customer)}",
+        raw_body=urllib.parse.urlencode(
+            {"invoice_settings[default_payment_method]": args.payment_method}
+        ).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Authorization": "Bearer rk_test_cli"},
+        auth=False,
+    )
+    if response.status != 200:
+        raise CliError(f"the local Stripe emulator answered HTTP {response.status}", EXIT_REJECTED)
+    out(f"{args.customer}: default payment method {args.payment_method}")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[Api, argparse.Namespace, Printer], int]] = {
     "balance": cmd_balance,
     "subscriptions": cmd_subscriptions,
@@ -1347,6 +1487,9 @@ COMMANDS: dict[str, Callable[[Api, argparse.Namespace, Printer], int]] = {
     "report rebuild": cmd_report_rebuild,
     "simulate": cmd_simulate,
     "stripe send": cmd_stripe_send,
+    "stripe calls": cmd_stripe_calls,
+    "stripe card": cmd_stripe_card,
+    "settings": cmd_settings,
 }
 
 

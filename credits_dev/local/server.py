@@ -8,6 +8,7 @@
 ``GET /_local/events``                                       the last 1,000 EventBridge events (``?limit=``,
                                                              ``?source=``, ``?detail-type=``); DELETE clears
 ``GET /_local/info``                                         functions, routes, engine, mode
+``/_stripe/v1/...``, ``/_stripe/_emulator/requests``          the local Stripe API emulator (stripe_emulator.py)
 ``GET /``                                                    the dashboard (unless the template routes ``/``)
 ==========================================================  ==================================================
 
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from credits_dev.local.apigw import HttpResponse, build_event, internal_error, not_found, to_http_response
+from credits_dev.local.stripe_emulator import PREFIX as STRIPE_PREFIX
+from credits_dev.local.stripe_emulator import answer_http
 
 if TYPE_CHECKING:
     from credits_dev.local.stack import LocalStack
@@ -193,6 +196,9 @@ class RequestHandler(BaseHTTPRequestHandler):
                 return
             if raw_path.startswith("/_local/"):
                 self._local(method, raw_path, raw_query)
+                return
+            if raw_path.startswith(STRIPE_PREFIX + "/") and stack.stripe_emulator is not None:
+                answer_http(stack.stripe_emulator, self, method, self.path, body)
                 return
             found = stack.router.match(method, raw_path)
             if found is None and method == "GET" and raw_path in ("/", "/index.html"):

@@ -26,6 +26,8 @@ from credits_dev.local.runtime import FunctionRuntime
 from credits_dev.local.schedules import Scheduler
 from credits_dev.local.server import LocalServer
 from credits_dev.local.streams import BatchFailed, Checkpoints, StreamPoller
+from credits_dev.local.stripe_emulator import StripeEmulator
+from credits_dev.local.stripe_emulator import attach as attach_stripe_emulator
 from credits_dev.local.tables import ensure_tables
 from credits_dev.local.template import (
     REGION,
@@ -157,6 +159,7 @@ class LocalStack:
         self.scheduler: Scheduler | None = None
         self.secret_values: dict[str, str] = {}
         self.bus = EventBus(self.log, quiet=settings.quiet_events)
+        self.stripe_emulator: StripeEmulator | None = None
         self.stubs = AwsStubs(self.bus, self.secret_values)
         self.model: StackModel
         self.runtime: FunctionRuntime
@@ -278,6 +281,7 @@ class LocalStack:
         env["STRIPE_WEBHOOK_SECRET"] = s.webhook_secret
         if s.pricing_file is not None:
             env["CREDITS_PRICING_FILE"] = str(s.pricing_file)
+        self.stripe_emulator = attach_stripe_emulator(self.url, s.webhook_secret, env)
 
     def _env_override(self, function_id: str, variable: str, value: Any) -> str | None:
         """Secrets: a variable holding a secret gets the local value; one naming an SSM parameter or a

@@ -35,11 +35,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SUCCEEDING_METHOD = "pm_card_visa"
 DECLINING_METHOD = "pm_card_chargeDeclined"
 DEFAULT_UNIT_AMOUNT = 1000
@@ -49,8 +47,9 @@ Reply = tuple[int, Json]
 
 
 def _fixture(name: str) -> Json:
-    data: Json = json.loads((FIXTURES / f"{name}.json").read_text(encoding="utf-8"))
-    return data
+    from credits_dev.stripe_events import fixture
+
+    return fixture(name)
 
 
 def _new_id(prefix: str) -> str:
@@ -362,28 +361,20 @@ class StripeEmulator:
 
     @staticmethod
     def _event(event_type: str, obj: Json) -> Json:
-        event = _fixture("event")
-        event.update(
-            id=_new_id("evt"),
-            type=event_type,
-            created=int(time.time()),
-            livemode=False,
-            data={"object": copy.deepcopy(obj)},
-            pending_webhooks=1,
-            request={"id": _new_id("req"), "idempotency_key": None},
-        )
-        return event
+        from credits_dev.stripe_events import event
+
+        return event(event_type, copy.deepcopy(obj))
 
 
 def signed_delivery(
     url: str, secret: str, post: Callable[[str, bytes, dict[str, str]], None]
 ) -> Callable[[Json], None]:
     """A webhook sender: signs each event with ``secret`` as Stripe does and posts it to ``url``."""
-    from credits_dev.stripe_events import serialize, sign
+    from credits_dev.stripe_events import body, signature_header
 
     def deliver(event: Json) -> None:
-        payload = serialize(event)
-        headers = {"Content-Type": "application/json", "Stripe-Signature": sign(payload, secret)}
+        payload = body(event)
+        headers = {"Content-Type": "application/json", "Stripe-Signature": signature_header(payload, secret)}
         post(url, payload.encode(), headers)
 
     return deliver
@@ -437,3 +428,25 @@ def serve(emulator: StripeEmulator, host: str = "127.0.0.1", port: int = 0) -> A
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+LOCAL_API_KEY = "rk_test_local_emulator"
+
+
+def attach(stack_url: str, webhook_secret: str, env: Any) -> StripeEmulator | None:
+    """The local stack's emulator, unless ``STRIPE_API_BASE`` points the functions elsewhere (stripe-mock,
+    Stripe itself with a test key). Sets ``STRIPE_API_BASE`` / ``STRIPE_API_KEY`` for the functions and sends
+    the emulator's webhooks, signed with the stack's secret, to the stack's own webhook route."""
+    if env.get("STRIPE_API_BASE"):
+        return None
+    import urllib.request
+
+    env["STRIPE_API_BASE"] = stack_url + PREFIX
+    env.setdefault("STRIPE_API_KEY", LOCAL_API_KEY)
+
+    def post(url: str, data: bytes, headers: dict[str, str]) -> None:
+        request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - the stack's own URL
+            response.read()
+
+    return StripeEmulator(webhook=signed_delivery(stack_url + "/v1/webhooks/stripe", webhook_secret, post))

@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from credits_dev.lambda_context import FakeLambdaContext
 from credits_dev.local.patterns import matches
 from credits_dev.local.stripe_emulator import DECLINING_METHOD, PREFIX, StripeEmulator, serve
+from credits_dev.local.template import load_template
 from credits_ledger.bus import BusEvent
 from credits_ledger.dal import items as it
 from credits_ledger.dal.accounts import AccountRepository
@@ -33,9 +35,8 @@ from credits_ledger.pricing import load_pricing
 from credits_ledger.stripe_api import StripeApi, new_stripe_client
 from credits_ledger.topups import settle_from_event
 from credits_ledger.webhooks import StripeWebhookProcessor
-from tests.expiry_helpers import FakeContext, load_handler
+from tests.expiry_helpers import load_handler
 from tests.ledger_helpers import FakeClock, spec
-from tests.support.tables import load_template
 
 D = Decimal
 T0 = datetime(2030, 1, 15, tzinfo=UTC)
@@ -121,7 +122,7 @@ class Env:
         processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
         try:
             result = process_partial_response(
-                event=event, record_handler=batch.handle, processor=processor, context=FakeContext()
+                event=event, record_handler=batch.handle, processor=processor, context=FakeLambdaContext()
             )
         except BatchProcessingError:  # every record failed: Lambda retries the whole batch
             self.emulator.drain()
@@ -439,7 +440,7 @@ def test_the_function_handler_runs_the_worker(env: Env, monkeypatch: pytest.Monk
     monkeypatch.delenv("EVENT_BUS_NAME", raising=False)
     handler = load_handler("billing_sync")
     handler.sync.cache_clear()
-    result = handler.lambda_handler({"Records": [env.record(entry)]}, FakeContext())
+    result = handler.lambda_handler({"Records": [env.record(entry)]}, FakeLambdaContext())
     assert result == {"batchItemFailures": []}
     assert [e["identifier"] for e in env.emulator.meter_events] == ["usage:u1"]
     handler.sync.cache_clear()
