@@ -1135,7 +1135,8 @@ def sample_events() -> dict[str, Json]:
       ``payment_intent.succeeded`` (grants once), then half refunded (12.00 of 24.00 EUR);
     - ``pi_b``: a SEPA Checkout (``payment_status`` unpaid at completion) that succeeded later;
     - ``pi_c``: a SEPA Checkout whose payment failed;
-    - ``in_``/``pi_d``: an invoice for 2 x pack ``pro`` paid by ``pi_d``, disputed and the dispute won.
+    - ``in_``/``pi_d``: an invoice for 2 x pack ``pro`` paid by ``pi_d``, disputed and the dispute won;
+    - an automatic top-up's PaymentIntent declined (``payment_intent.payment_failed``).
     """
     ids = Ids(seed=20261118)
     t = SAMPLE_CREATED
@@ -1206,6 +1207,26 @@ def sample_events() -> dict[str, Json]:
             pi_d, "won", amount=19800, created=t + 900, ids=ids, event_id=ids("evt"), event_created=t + 2_000
         ),
     }
+    # an automatic top-up whose card was declined (settles the attempt; no ledger change)
+    declined = payment_intent(
+        cus,
+        2000,
+        pack="starter",
+        metadata={"credits_customer": cus, "credits_topup": f"{cus}|usage:{cus}:req-topup"},
+        latest_charge=None,
+        status="requires_payment_method",
+        created=t + 3_000,
+        ids=ids,
+    )
+    declined["last_payment_error"] = {
+        "type": "card_error",
+        "code": "card_declined",
+        "decline_code": "generic_decline",
+        "message": "Your card was declined.",
+    }
+    samples["payment_intent_payment_failed"] = event(
+        "payment_intent.payment_failed", declined, ids("evt"), t + 3_000, ids=ids
+    )
     samples["charge_dispute_closed"]["data"]["object"]["id"] = samples["charge_dispute_created"]["data"][
         "object"
     ]["id"]

@@ -446,7 +446,7 @@ def attach(stack_url: str, webhook_secret: str, env: Any) -> StripeEmulator | No
 
     def post(url: str, data: bytes, headers: dict[str, str]) -> None:
         request = urllib.request.Request(url, data=data, headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - the stack's own URL
+        with urllib.request.urlopen(request, timeout=30) as response:
             response.read()
 
     return StripeEmulator(webhook=signed_delivery(stack_url + "/v1/webhooks/stripe", webhook_secret, post))

@@ -107,6 +107,27 @@ def test_invalid_overage_and_topup_settings_are_422(with_packs: Api, body: Any, 
     assert stored["overage"]["policy"] == "reject" and stored["auto_topup"] is None
 
 
+@pytest.mark.parametrize(
+    "raw_body",
+    [
+        '{"low_balance_threshold": ',  # truncated
+        "{'low_balance_threshold': 5}",  # not JSON
+        "[" * 5000 + "]" * 5000,  # deeply nested
+        '{"overage": ' + '{"policy": ' * 3000 + '"allow"' + "}" * 3000 + "}",
+        '{"low_balance_threshold": ' + "9" * 5000 + "}",  # a 5,000-digit number
+        '{"overage": {"policy": "allow", "limit": ' + "1" * 5000 + ".5}}",
+        '{"low_balance_threshold": 1e999999}',
+        "\ud800",
+    ],
+)
+def test_hostile_bodies_are_4xx_and_change_nothing(api: Api, raw_body: str) -> None:
+    reply = put(api, raw_body=raw_body)
+    assert 400 <= reply.status < 500, reply.raw
+    assert reply.error["code"] == "invalid_request"
+    stored = api.call("settings_get", path=PATH).body
+    assert stored["low_balance_threshold"] is None and stored["overage"]["policy"] == "reject"
+
+
 # ---- overage on POST /v1/usage ---------------------------------------------------------------------------
 def allow_overage(api: Api, limit: str | None = None) -> None:
     overage: dict[str, Any] = {"policy": "allow"}
@@ -154,6 +175,7 @@ def test_the_monthly_limit_is_a_402_past_it(api: Api) -> None:
     refused = api.usage(id="u3", quantity="0.5")
     assert refused.status == 402, refused.raw
     assert refused.error["code"] == "insufficient_credits"
+    assert "overage limit" in refused.error["message"]
     # the refused debit changed nothing: the month's overage is still at the limit
     assert api.usage(id="u4", quantity="0.000001").status == 402
     assert [e["amount"] for e in api.transactions("cus_A").body["data"]] == ["0", "0"]

@@ -894,6 +894,7 @@ SAMPLE_ORDER = [
     "charge_refunded",
     "charge_dispute_created",
     "charge_dispute_closed",
+    "payment_intent_payment_failed",
     # a subscription's life (tests/support/subscription_events.py), another customer
     "customer_subscription_created",
     "invoice_paid_subscription_cycle",
@@ -927,6 +928,7 @@ def test_samples_are_stale_as_stored_and_accepted_once_resigned(
         "charge_refunded": "processed",
         "charge_dispute_created": "processed",
         "charge_dispute_closed": "processed",
+        "payment_intent_payment_failed": "ignored",  # no ledger change (it settles a top-up attempt)
         "customer_subscription_created": "processed",
         "invoice_paid_subscription_cycle": "processed",
         "customer_subscription_updated": "processed",

@@ -32,6 +32,7 @@ from credits_ledger.domain.errors import (
     NotFound,
     WriteRejected,
 )
+from credits_ledger.domain.overage import OverageLimitReached
 from credits_ledger.observability import logger
 
 MAX_BODY_BYTES = 256 * 1024
@@ -74,6 +75,11 @@ CATALOGUE: dict[type[Exception], HttpError] = {
     Forbidden: HttpError(403, "forbidden", lambda exc: exc.message),
     InsufficientCredits: HttpError(
         402, "insufficient_credits", _fixed("not enough credits available; nothing was debited")
+    ),
+    OverageLimitReached: HttpError(
+        402,
+        "insufficient_credits",
+        _fixed("not enough credits available and this month's overage limit is reached; nothing was debited"),
     ),
     IdempotencyMismatch: HttpError(
         409, "idempotency_mismatch", _fixed("this id was already used with a different request")
