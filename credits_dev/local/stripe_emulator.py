@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 SUCCEEDING_METHOD = "pm_card_visa"
 DECLINING_METHOD = "pm_card_chargeDeclined"
@@ -450,3 +450,33 @@ def attach(stack_url: str, webhook_secret: str, env: Any) -> StripeEmulator | No
             response.read()
 
     return StripeEmulator(webhook=signed_delivery(stack_url + "/v1/webhooks/stripe", webhook_secret, post))
+
+
+def in_process_client(emulator: StripeEmulator) -> Any:
+    """A stripe SDK HTTP client that hands each call to ``emulator`` without a socket (property tests,
+    benchmarks): the SDK's own retries, idempotency keys and error mapping still run. An injected "no
+    answer" is a connection error the SDK may retry, as a timeout is."""
+    import stripe
+
+    class InProcessClient(stripe.HTTPClient):
+        name = "in_process"
+
+        def request(
+            self, method: str, url: str, headers: Any, post_data: Any = None, *, _usage: Any = None
+        ) -> tuple[str, int, dict[str, str]]:
+            parts = urlsplit(url)
+            path = parts.path.removeprefix(PREFIX) + (f"?{parts.query}" if parts.query else "")
+            body = post_data.decode() if isinstance(post_data, bytes) else (post_data or "")
+            try:
+                status, payload = emulator.handle(method.upper(), path, dict(headers or {}), body)
+            except NoAnswer as exc:
+                raise stripe.APIConnectionError("no answer (injected)", should_retry=True) from exc  # type: ignore[no-untyped-call]
+            return json.dumps(payload), status, {"request-id": _new_id("req")}
+
+        def _sleep_time_seconds(self, num_retries: int, response: Any = None) -> float:
+            return 0.0  # nothing to wait for in-process
+
+        def close(self) -> None:
+            pass
+
+    return InProcessClient()
