@@ -80,6 +80,7 @@ EXTERNAL_SECTIONS: dict[str, tuple[str, str]] = {
         "tools.bench_subscriptions",
         "subscriptions: units and time of a period grant, a proration, a cancellation",
     ),
+    "billing": ("tools.bench_billing", "overage debits and the billing sync worker (meter events, top-ups)"),
     "expiry": (
         "tools.bench_expiry",
         "expiry job: read units over 1,000 due grants, empty vs 110k-grant table",
