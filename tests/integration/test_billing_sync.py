@@ -458,3 +458,24 @@ def test_later_month_overage_timestamp_is_the_usage_time(env: Env) -> None:
     assert env.deliver(entry) == []
     [call] = env.calls(METER_PATH)
     assert call["params"]["timestamp"] == str(int((T0 - timedelta(hours=2)).timestamp()))
+
+
+def test_a_crash_between_settling_and_publishing_is_repaired_once(env: Env) -> None:
+    env.emulator.webhook = None  # the worker alone settles the decline
+    set_card(env, DECLINING_METHOD)
+    entry = crossing(env)
+    published = env.bus.publish
+
+    def down(events: Any) -> None:
+        raise ConnectionError("EventBridge unreachable")
+
+    env.bus.publish = down  # type: ignore[method-assign]
+    assert env.deliver(entry) == [f"ev-{entry.entry_key}"]  # settled, event not published: the record fails
+    env.bus.publish = published  # type: ignore[method-assign]
+    attempt = env.topups.attempt(attempt_id_of("cus_A", entry.entry_key))
+    assert attempt is not None and attempt.status == FAILED and attempt.announce == "credits.topup.failed"
+    assert env.deliver(entry) == [] and env.bus.types() == []  # a fresh note: its settler may be at work
+    env.clock.advance(minutes=2)
+    assert env.deliver(entry) == [] and env.bus.types() == ["credits.topup.failed"]
+    assert env.deliver(entry) == [] and env.bus.types() == ["credits.topup.failed"]
+    assert len(env.calls(PI_PATH)) == 1

@@ -4,14 +4,15 @@ attempt and publish ``credits.topup.succeeded`` / ``credits.topup.failed``. The 
 the same event through the ordinary purchase path (``metadata.credits_pack``), granted once per payment.
 
 Only the settlement that wins publishes: it notes the event on the attempt in the settling transaction,
-publishes it, then clears the note (``announce_pending``); a delivery that finds a note left by a crash
-publishes it (at-least-once; ``attempt_id`` lets consumers deduplicate).
+publishes it, then clears the note (``announce_pending``); the loser of the race publishes nothing, and a
+later delivery that finds the attempt settled with the note still there a minute later (the settler crashed
+in between) publishes it (at-least-once; ``attempt_id`` lets consumers deduplicate).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from credits_ledger.bus import BusEvent, Publisher
@@ -19,6 +20,7 @@ from credits_ledger.dal.topups import FAILED, OPEN, SUCCEEDED, TopupAttempt, Top
 
 TOPUP_SUCCEEDED = "credits.topup.succeeded"
 TOPUP_FAILED = "credits.topup.failed"
+ANNOUNCE_GRACE = timedelta(minutes=1)
 SETTLING_EVENTS = {"payment_intent.succeeded": SUCCEEDED, "payment_intent.payment_failed": FAILED}
 
 
@@ -56,16 +58,27 @@ def settle_from_event(
     attempt = topups.attempt(str(attempt_id))
     if attempt is None:
         return None
-    settled = False
-    if attempt.status in OPEN:
-        reason = None
-        if status == FAILED:
-            error = obj.get("last_payment_error") or {}
-            reason = f"declined: {error.get('decline_code') or error.get('code') or 'payment failed'}"
-        kind = TOPUP_SUCCEEDED if status == SUCCEEDED else TOPUP_FAILED
-        settled = topups.settle(attempt, status, clock(), kind, payment_intent=obj.get("id"), reason=reason)
+    if attempt.status not in OPEN:
+        repair_announcement(topups, bus, attempt, clock())
+        return None
+    reason = None
+    if status == FAILED:
+        error = obj.get("last_payment_error") or {}
+        reason = f"declined: {error.get('decline_code') or error.get('code') or 'payment failed'}"
+    kind = TOPUP_SUCCEEDED if status == SUCCEEDED else TOPUP_FAILED
+    if not topups.settle(attempt, status, clock(), kind, payment_intent=obj.get("id"), reason=reason):
+        return None  # the worker settled it first (a decline): it publishes
     announce_pending(topups, bus, attempt.attempt_id)
-    return status if settled else None
+    return status
+
+
+def repair_announcement(
+    topups: TopupRepository, bus: Publisher, attempt: TopupAttempt, now: datetime
+) -> None:
+    """A settled attempt whose event is still noted long after it settled: its settler crashed before
+    publishing, publish it now. A fresh note belongs to a settler still at work (the other one of a race)."""
+    if attempt.announce and attempt.settled_at is not None and now - attempt.settled_at > ANNOUNCE_GRACE:
+        announce_pending(topups, bus, attempt.attempt_id)
 
 
 def announce_pending(topups: TopupRepository, bus: Publisher, attempt_id: str) -> None:

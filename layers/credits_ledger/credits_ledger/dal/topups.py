@@ -46,6 +46,7 @@ class TopupAttempt:
     payment_intent: str | None = None
     reason: str | None = None
     announce: str | None = None  # the event of the settlement, until it is published
+    settled_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ def _attempt(item: it.Item) -> TopupAttempt:
         payment_intent=item.get("payment_intent"),
         reason=item.get("reason"),
         announce=item.get("announce"),
+        settled_at=it.parse_iso(item["settled_at"]) if item.get("settled_at") else None,
     )
 
 

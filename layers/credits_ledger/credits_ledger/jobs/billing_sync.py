@@ -64,7 +64,7 @@ from credits_ledger.domain.topup import AutoTopupSettings, is_crossing
 from credits_ledger.observability import logger, metrics
 from credits_ledger.pricing import Pricing
 from credits_ledger.stripe_api import CardDeclined, StripeApi, StripeRejected
-from credits_ledger.topups import TOPUP_FAILED, announce_pending, topup_detail
+from credits_ledger.topups import TOPUP_FAILED, announce_pending, repair_announcement, topup_detail
 
 DEFAULT_OVERAGE_METER = "credits_overage"
 # Stripe de-duplicates a meter event identifier for at least 24 h: resend a report only well inside it.
@@ -190,7 +190,7 @@ class BillingSync:
             logger.info("no automatic top-up", account=entry.account_id, reason=exc.reason)
             return "skipped"
         if attempt.status != CLAIMED:
-            announce_pending(self.topups, self.bus, attempt.attempt_id)  # after a crash while settling
+            repair_announcement(self.topups, self.bus, attempt, self.clock())  # a crash while settling
             return attempt.status  # an earlier delivery created the PaymentIntent (or it is settled)
         pack = self.pricing.packs.get(attempt.pack)
         if pack is None or not pack.stripe_prices:
@@ -237,13 +237,13 @@ class BillingSync:
         return "requested"
 
     def _fail(self, attempt: TopupAttempt, intent_id: str | None, reason: str) -> str:
-        # The webhook of the same decline may settle it first: only the winner's event is published.
+        # The webhook of the same decline may settle it first: only the winner publishes the event.
         if self.topups.settle(
             attempt, FAILED, self.clock(), TOPUP_FAILED, payment_intent=intent_id, reason=reason
         ):
             metrics.add_metric(name="TopupsFailed", unit=MetricUnit.Count, value=1)
             logger.warning("automatic top-up failed", account=attempt.account, reason=reason)
-        announce_pending(self.topups, self.bus, attempt.attempt_id)
+            announce_pending(self.topups, self.bus, attempt.attempt_id)
         return FAILED
 
 
