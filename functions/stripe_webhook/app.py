@@ -69,7 +69,7 @@ def stripe_webhook() -> Response:
     logger.append_keys(stripe_event_id=event["id"], stripe_event_type=event.get("type"))
     result = processor().process(event, payload)
     if result.status != "failed":  # an automatic top-up's PaymentIntent settles its attempt (topups.py)
-        settle_from_event(event, topups(), bus())
+        settle_from_event(event, topups(), bus(), mode=os.environ.get("STRIPE_MODE", "test"))
     metrics.add_metric(name=f"StripeEvent_{result.status}", unit=MetricUnit.Count, value=1)
     if result.status == "failed":
         logger.error(

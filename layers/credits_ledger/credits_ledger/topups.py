@@ -45,16 +45,18 @@ def settle_from_event(
     topups: TopupRepository,
     bus: Publisher,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    mode: str = "test",
 ) -> str | None:
     """Settle the top-up attempt a verified Stripe event reports on; returns the new status, or None when the
-    event is not about an open attempt (another event type, a payment we did not start, a repeat)."""
+    event is not about an open attempt (another event type, a payment we did not start, a repeat, an event
+    of the other Stripe ``mode`` or of a connected account)."""
     status = SETTLING_EVENTS.get(str(event.get("type")))
     obj = (event.get("data") or {}).get("object") or {}
     attempt_id = (obj.get("metadata") or {}).get("credits_topup")
     if status is None or not attempt_id:
         return None
-    if event.get("account"):
-        return None  # a connected account's payment is none of ours
+    if event.get("account") or bool(event.get("livemode")) != (mode == "live"):
+        return None  # a connected account's payment, or the other mode's: none of this deployment's
     attempt = topups.attempt(str(attempt_id))
     if attempt is None:
         return None
