@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import cache
 from http import HTTPStatus
 
@@ -16,7 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits_ledger import environment
-from credits_ledger.bus import Publisher, default_bus
+from credits_ledger.bus import BusEvent, Publisher, default_bus
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.payments import PaymentRepository
 from credits_ledger.dal.topups import TopupRepository
@@ -44,6 +45,13 @@ def bus() -> Publisher:
     return default_bus()
 
 
+class TopupEvents:
+    """The bus, made only when a top-up settles (most webhooks publish nothing)."""
+
+    def publish(self, events: Sequence[BusEvent]) -> None:
+        bus().publish(events)
+
+
 @cache
 def processor() -> StripeWebhookProcessor:
     # STRIPE_MODE (template parameter StripeMode): events of the other mode are acknowledged and ignored.
@@ -69,7 +77,7 @@ def stripe_webhook() -> Response:
     logger.append_keys(stripe_event_id=event["id"], stripe_event_type=event.get("type"))
     result = processor().process(event, payload)
     if result.status != "failed":  # an automatic top-up's PaymentIntent settles its attempt (topups.py)
-        settle_from_event(event, topups(), bus(), mode=os.environ.get("STRIPE_MODE", "test"))
+        settle_from_event(event, topups(), TopupEvents(), mode=os.environ.get("STRIPE_MODE", "test"))
     metrics.add_metric(name=f"StripeEvent_{result.status}", unit=MetricUnit.Count, value=1)
     if result.status == "failed":
         logger.error(

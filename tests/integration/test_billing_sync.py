@@ -438,6 +438,7 @@ def test_the_function_handler_runs_the_worker(env: Env, monkeypatch: pytest.Monk
     monkeypatch.setenv("STRIPE_API_BASE", base)
     monkeypatch.setenv("TABLE_NAME", env.table)
     monkeypatch.delenv("EVENT_BUS_NAME", raising=False)
+    monkeypatch.setenv("CREDITS_EVENT_BUS", "log-only")
     handler = load_handler("billing_sync")
     handler.sync.cache_clear()
     result = handler.lambda_handler({"Records": [env.record(entry)]}, FakeLambdaContext())
