@@ -56,7 +56,6 @@ def test_never_set_reads_the_pricing_default_and_null_resets_it(api: Api) -> Non
         ({"low_balance_threshold": "0.0000001"}, "low_balance_threshold"),
         ({"low_balance_threshold": "abc"}, "low_balance_threshold"),
         ({"colour": "blue"}, "colour"),
-        (["not", "an", "object"], "body"),
     ],
 )
 def test_invalid_settings_are_422_naming_the_field(api: Api, body: Any, field: str) -> None:
@@ -79,3 +78,11 @@ def test_settings_need_an_admin_key_for_that_account(api: Api) -> None:
     assert api.call("settings_get", path=PATH).body["low_balance_threshold"] is None
     # And without any key it is 401
     assert put(api, {"low_balance_threshold": "5"}, key="ck_nope_nope").status == 401
+
+
+def test_a_body_that_is_not_an_object_is_400(api: Api) -> None:
+    # the settings route validates its body like every route: not a JSON object is a bad request
+    reply = put(api, ["not", "an", "object"])
+    assert reply.status == 400, reply.raw
+    assert reply.error["code"] == "invalid_request"
+    assert api.call("settings_get", path=PATH).body["low_balance_threshold"] is None
