@@ -23,7 +23,7 @@ from typing import Any
 import boto3
 
 from credits_dev.lambda_context import FakeLambdaContext, function_arn
-from credits_ledger.dal.items import iso
+from credits_ledger.domain.times import iso
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "events"

@@ -476,7 +476,7 @@ def counted_client(endpoint: str) -> tuple[Any, CapacityCounter]:
     """A boto3 DynamoDB client (own session: safe to make per thread) and the counter of its request units."""
     import boto3
 
-    from credits_ledger.dal.client import CLIENT_CONFIG
+    from credits_ledger.aws import CLIENT_CONFIG
 
     client = boto3.session.Session().client(
         "dynamodb",

@@ -121,7 +121,7 @@ def _percentile(values: list[float], share: float) -> float:
 def _plain_client(endpoint: str) -> Any:
     import boto3
 
-    from credits_ledger.dal.client import CLIENT_CONFIG
+    from credits_ledger.aws import CLIENT_CONFIG
 
     return boto3.session.Session().client(
         "dynamodb",

@@ -20,9 +20,9 @@ from typing import Any
 import boto3
 
 from credits_dev.local.dynamodb_local import DUMMY_CREDENTIALS, REGION
+from credits_ledger.aws import CLIENT_CONFIG
 from credits_ledger.dal import items as it
 from credits_ledger.dal.accounts import LEDGER_INDEX, AccountRepository
-from credits_ledger.dal.client import CLIENT_CONFIG
 from credits_ledger.domain import spend
 from credits_ledger.domain.models import (
     AccountState,

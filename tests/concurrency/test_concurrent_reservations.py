@@ -21,8 +21,8 @@ import pytest
 from botocore.config import Config
 
 from credits_dev.local.dynamodb_local import DUMMY_CREDENTIALS, REGION
+from credits_ledger.aws import CLIENT_CONFIG
 from credits_ledger.dal.accounts import AccountRepository
-from credits_ledger.dal.client import CLIENT_CONFIG
 from credits_ledger.dal.reservations import ReservationRepository
 from credits_ledger.domain.errors import InsufficientCredits
 from credits_ledger.domain.models import EntryType, Source

@@ -20,8 +20,8 @@ from typing import Any
 import boto3
 import pytest
 
+from credits_ledger.aws import CLIENT_CONFIG
 from credits_ledger.dal.accounts import AccountRepository
-from credits_ledger.dal.client import CLIENT_CONFIG
 from credits_ledger.dal.reminders import ReminderRepository
 from credits_ledger.domain.errors import ConcurrencyConflict, InsufficientCredits
 from credits_ledger.domain.models import EntryType, Source

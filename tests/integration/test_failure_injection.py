@@ -33,7 +33,8 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, ReadTimeoutError
 
-from credits_ledger.dal.client import CLIENT_CONFIG, RETRYABLE_CANCELLATIONS, rejection
+from credits_ledger.aws import CLIENT_CONFIG
+from credits_ledger.dal.client import RETRYABLE_CANCELLATIONS, rejection
 from credits_ledger.domain.errors import GrantRecordMismatch, WriteRejected
 from credits_ledger.domain.models import Category, EntryType, LedgerEntry
 from credits_ledger.ledger import DebitRequest, Ledger

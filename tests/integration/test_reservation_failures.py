@@ -19,7 +19,7 @@ import boto3
 import pytest
 from botocore.exceptions import ReadTimeoutError
 
-from credits_ledger.dal.client import CLIENT_CONFIG
+from credits_ledger.aws import CLIENT_CONFIG
 from credits_ledger.dal.reservations import ReservationRecord, ReservationRepository
 from credits_ledger.domain.models import EntryType
 from credits_ledger.domain.reservations import ReservationStatus

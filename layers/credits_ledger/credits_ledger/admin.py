@@ -11,10 +11,10 @@ import uuid
 from dataclasses import dataclass
 
 from credits_ledger.api_models import GrantRequest
-from credits_ledger.dal.items import iso
 from credits_ledger.domain import idempotency
 from credits_ledger.domain.models import CostBasis, Grant, Source
 from credits_ledger.domain.money import format_amount
+from credits_ledger.domain.times import iso
 from credits_ledger.domain.transitions import GrantSpec
 from credits_ledger.ledger import Ledger, new_id
 

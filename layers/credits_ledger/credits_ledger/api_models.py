@@ -29,9 +29,9 @@ from pydantic import (
 )
 
 from credits_ledger.auth import ApiKey, Scope
-from credits_ledger.dal.items import iso
 from credits_ledger.domain.models import Balance, Category, Grant, GrantStatus, LedgerEntry
 from credits_ledger.domain.money import InvalidAmount, format_amount, parse_amount
+from credits_ledger.domain.times import iso
 
 MAX_BATCH_EVENTS = 100
 MAX_PAGE_SIZE = 100

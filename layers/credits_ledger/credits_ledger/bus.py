@@ -17,12 +17,10 @@ from decimal import Decimal
 from functools import cache
 from typing import Any, Protocol
 
-import boto3
-
-from credits_ledger.dal.client import CLIENT_CONFIG
-from credits_ledger.dal.items import iso
+from credits_ledger import aws
 from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.money import format_amount
+from credits_ledger.domain.times import iso
 from credits_ledger.environment import LOG_ONLY_BUS, PublishingEnvironment, load
 from credits_ledger.observability import logger
 
@@ -57,7 +55,7 @@ def _json_default(value: object) -> str:
 
 @cache
 def events_client() -> Any:
-    return boto3.client("events", config=CLIENT_CONFIG)
+    return aws.client("events")
 
 
 class EventBus:

@@ -220,6 +220,15 @@ class Ledger:
     def balance(self, account_id: str) -> Balance:
         return balance_of(self.repository.state(account_id), self._clock())
 
+    def grant_record(self, grant_id: str) -> Grant:
+        """The grant as recorded when it was created (GrantNotFound when there is none)."""
+        return self.repository.grant(grant_id)
+
+    def cost_basis_correction(self, grant_id: str, amount: Decimal, currency: str | None) -> dict[str, Any]:
+        """The transaction action that corrects a grant's cost basis; no credit moves, so no ledger entry. The
+        caller commits it with the record that justifies it (a better announcement of the same payment)."""
+        return self.repository.cost_basis_update(grant_id, amount, currency)
+
     def grant_view(self, grant_id: str) -> Grant:
         record = self.repository.grant(grant_id)
         state = self.repository.state(record.account_id, consistent=True)

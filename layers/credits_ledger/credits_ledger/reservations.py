@@ -18,7 +18,6 @@ from decimal import Decimal
 from typing import Any
 
 from credits_ledger.dal.accounts import AccountRepository, EntryExists, RelatedItemChanged, VersionConflict
-from credits_ledger.dal.items import iso, parse_iso
 from credits_ledger.dal.reservations import ReservationRecord, ReservationRepository
 from credits_ledger.domain import idempotency as idem
 from credits_ledger.domain import reservations as rv
@@ -27,6 +26,7 @@ from credits_ledger.domain.errors import ConcurrencyConflict, IdempotencyMismatc
 from credits_ledger.domain.models import AccountState, Change, LedgerEntry
 from credits_ledger.domain.money import ZERO, format_amount, round_up
 from credits_ledger.domain.reservations import ReservationError, ReservationStatus
+from credits_ledger.domain.times import iso, parse_iso
 from credits_ledger.domain.transitions import EntryContext
 from credits_ledger.ledger import utc_now
 from credits_ledger.pricing import Pricing

@@ -21,7 +21,6 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictBool, ValidationError
 
 from credits_ledger.api_models import ApiModel, Identifier, NonNegativeAmount
-from credits_ledger.dal.items import iso
 from credits_ledger.dal.settings import (
     AccountSettings,
     AccountSettingsRepository,
@@ -31,6 +30,7 @@ from credits_ledger.dal.settings import (
 from credits_ledger.domain.errors import InvalidField
 from credits_ledger.domain.money import format_amount
 from credits_ledger.domain.overage import OveragePolicy, OverageSettings
+from credits_ledger.domain.times import iso
 from credits_ledger.domain.topup import AutoTopupSettings
 from credits_ledger.pricing import Pricing, load_pricing
 

@@ -26,12 +26,12 @@ from credits_ledger.api_models import (
     UsageResponse,
 )
 from credits_ledger.auth import Forbidden
-from credits_ledger.dal.items import iso
 from credits_ledger.domain import idempotency
 from credits_ledger.domain.errors import ConcurrencyConflict, InvalidField, WriteRejected
 from credits_ledger.domain.models import LedgerEntry
 from credits_ledger.domain.money import format_amount, round_up
 from credits_ledger.domain.overage import OVERAGE_METADATA_KEY
+from credits_ledger.domain.times import iso
 from credits_ledger.ledger import DebitRequest, DebitResult, Ledger, Outcome
 from credits_ledger.observability import logger
 from credits_ledger.pricing import Pricing, load_pricing

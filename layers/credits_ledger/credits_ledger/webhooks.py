@@ -238,7 +238,7 @@ class StripeWebhookProcessor:
             if grant_id in known:
                 continue
             try:
-                self._ledger.repository.grant(grant_id)
+                self._ledger.grant_record(grant_id)
             except GrantNotFound:
                 continue  # announced by an invoice whose payment has not converged yet
             known.add(grant_id)
@@ -259,7 +259,7 @@ class StripeWebhookProcessor:
             if action is None:
                 return count
             update = self._subscriptions.pool_put(pool, pool_applied(pool, action))
-            record = self._ledger.repository.grant(action.grant_id)
+            record = self._ledger.grant_record(action.grant_id)
             now = self._clock()
             build: Callable[[AccountState], Change]
             if isinstance(action, RevokeFromPool):
@@ -326,7 +326,7 @@ class StripeWebhookProcessor:
         now = self._clock()
         if isinstance(action, CostBasisAction):
             updates = [
-                self._ledger.repository.cost_basis_update(grant_id, Decimal(cost), currency)
+                self._ledger.cost_basis_correction(grant_id, Decimal(cost), currency)
                 for grant_id, cost, currency in action.costs
             ]
             self._payments.save(owner, applied(owner, action), with_actions=updates)
@@ -360,7 +360,7 @@ class StripeWebhookProcessor:
                 owner, action, account, ctx, lambda state: transitions.grant(state, spec, ctx), spec.grant_id
             )
             return
-        record = self._ledger.repository.grant(action.grant_id)
+        record = self._ledger.grant_record(action.grant_id)
         build: Callable[[AccountState], Change]
         if isinstance(action, RevokeAction):
             ctx = EntryContext(

@@ -6,25 +6,15 @@ import os
 from functools import cache
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from credits_ledger import aws
 from credits_ledger.domain.errors import WriteRejected
-
-# Standard retry mode retries throttles and 5xx with backoff. A retried TransactWriteItems carries the same
-# ClientRequestToken, so DynamoDB treats a retry of an already committed transaction as a no-op.
-CLIENT_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 5},
-    connect_timeout=2,
-    read_timeout=5,
-    tcp_keepalive=True,
-)
 
 
 @cache
 def dynamodb_client() -> Any:
-    return boto3.client("dynamodb", config=CLIENT_CONFIG)
+    return aws.client("dynamodb")
 
 
 def table_name() -> str:

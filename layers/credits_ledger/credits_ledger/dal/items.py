@@ -28,6 +28,10 @@ from credits_ledger.domain.models import (
     Source,
 )
 
+# Items store times as the domain spells them; re-exported as the codec the data-access modules use (it.iso).
+from credits_ledger.domain.times import iso as iso
+from credits_ledger.domain.times import parse_iso as parse_iso
+
 STATE_SK = "STATE"
 GRANT_SK = "GRANT"
 ENTRY_SK = "ENTRY"
@@ -45,14 +49,6 @@ def to_dynamo(item: Item) -> dict[str, Any]:
 
 def from_dynamo(item: dict[str, Any]) -> Item:
     return {k: _deserializer.deserialize(v) for k, v in item.items()}
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def parse_iso(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def _epoch_us(moment: datetime) -> int:

@@ -33,7 +33,6 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from credits_ledger.bus import BusEvent, Publisher, PublishFailed
 from credits_ledger.dal.accounts import AccountRepository, Page
-from credits_ledger.dal.items import iso
 from credits_ledger.dal.reminders import Reminder, ReminderAlreadySent, ReminderRepository
 from credits_ledger.dal.reservations import ReservationRepository
 from credits_ledger.domain.errors import CreditsError
@@ -42,6 +41,7 @@ from credits_ledger.domain.money import ZERO, format_amount
 from credits_ledger.domain.reminders import due_threshold, reminder_window
 from credits_ledger.domain.rollover import RolloverPolicy
 from credits_ledger.domain.subscriptions import rollover_days
+from credits_ledger.domain.times import iso
 from credits_ledger.jobs.scheduled import Continuation, Deadline, ScheduledEvent
 from credits_ledger.ledger import Ledger
 from credits_ledger.observability import logger, metrics

@@ -23,7 +23,6 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from credits_ledger.bus import BusEvent, Publisher
 from credits_ledger.dal.accounts import AccountRepository
-from credits_ledger.dal.items import iso
 from credits_ledger.dal.reconcile import BUCKETS, CheckpointMoved, ReconcileRepository
 from credits_ledger.dal.reservations import ReservationRepository
 from credits_ledger.domain.reconcile import (
@@ -33,6 +32,7 @@ from credits_ledger.domain.reconcile import (
     missing_tail,
     reconcile,
 )
+from credits_ledger.domain.times import iso
 from credits_ledger.jobs.scheduled import Continuation, Deadline, ScheduledEvent
 from credits_ledger.observability import logger, metrics
 

@@ -16,10 +16,9 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Protocol
 
-import boto3
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from credits_ledger.dal.client import CLIENT_CONFIG
+from credits_ledger import aws
 from credits_ledger.environment import DEFAULT_DEADLINE_MARGIN_MS, JobEnvironment, load
 from credits_ledger.observability import logger
 
@@ -80,7 +79,7 @@ class Deadline:
 
 @cache
 def lambda_client() -> Any:
-    return boto3.client("lambda", config=CLIENT_CONFIG)
+    return aws.client("lambda")
 
 
 def reinvoke_self(context: LambdaContextLike, event: dict[str, Any]) -> None:

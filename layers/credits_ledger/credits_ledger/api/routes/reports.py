@@ -14,11 +14,11 @@ from credits_ledger.api.deps import caller, ledger, new_router
 from credits_ledger.api.openapi import responses
 from credits_ledger.api.params import CustomerId
 from credits_ledger.auth import Scope
-from credits_ledger.dal.items import iso
 from credits_ledger.dal.money import MoneyRepository
 from credits_ledger.domain.burn import WINDOW_DAYS, forecast, window
 from credits_ledger.domain.errors import InvalidField
 from credits_ledger.domain.money import ZERO, format_amount
+from credits_ledger.domain.times import iso
 from credits_ledger.jobs.revenue import RevenueReport, line_view
 
 router = new_router()

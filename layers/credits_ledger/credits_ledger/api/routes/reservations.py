@@ -24,10 +24,10 @@ from credits_ledger.api_models import (
     ReservationView,
 )
 from credits_ledger.auth import Scope
-from credits_ledger.dal.items import iso
 from credits_ledger.dal.reservations import ReservationRecord
 from credits_ledger.domain.models import Allocation
 from credits_ledger.domain.money import ZERO, format_amount
+from credits_ledger.domain.times import iso
 from credits_ledger.pricing import load_pricing
 from credits_ledger.reservations import ReservationView as View
 from credits_ledger.reservations import ReserveRequest, credits_for

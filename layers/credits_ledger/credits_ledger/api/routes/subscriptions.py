@@ -9,9 +9,9 @@ from credits_ledger.api.deps import caller, ledger, new_router
 from credits_ledger.api.openapi import responses
 from credits_ledger.api.params import CustomerId
 from credits_ledger.auth import Scope
-from credits_ledger.dal.items import iso
 from credits_ledger.dal.subscriptions import SubscriptionRepository
 from credits_ledger.domain.money import format_amount
+from credits_ledger.domain.times import iso
 from credits_ledger.ledger import utc_now
 from credits_ledger.subscription_view import SubscriptionView, subscription_views
 
