@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tests.integration.test_api_support import Api
+from tools.gen_openapi import SPEC
 
 pytest_plugins = ["tests.integration.test_api_support"]
 
@@ -166,3 +169,29 @@ def test_a_key_limited_to_accounts_cannot_read_others(api: Api, route: str) -> N
 def test_reading_needs_balance_read(api: Api, route: str) -> None:
     key = api.issue_key(["usage:write"])
     assert getattr(api, route)("cus_A", key=key).status == 403
+
+
+@pytest.mark.parametrize("path", ["/v1/customers/{customer}/grants", "/v1/customers/{customer}/transactions"])
+def test_the_cursor_format_is_stated_and_every_cursor_the_api_returns_fits_it(api: Api, path: str) -> None:
+    spec = json.loads(SPEC.read_text(encoding="utf-8"))
+    [cursor] = [p for p in spec["paths"][path]["get"]["parameters"] if p["name"] == "cursor"]
+    pattern = (
+        cursor["schema"]["anyOf"][0]["pattern"]
+        if "anyOf" in cursor["schema"]
+        else cursor["schema"]["pattern"]
+    )
+    for n in range(3):
+        assert api.grant("cus_cursor", "1", id=f"g{n}").status == 201
+    reply = api.call(
+        "grants_list" if path.endswith("grants") else "transactions",
+        path=path.replace("{customer}", "cus_cursor"),
+        query={"limit": "1"},
+    )
+    assert reply.status == 200 and reply.body["has_more"], reply.raw
+    assert re.fullmatch(pattern, reply.body["next_cursor"])
+    outside = api.call(
+        "grants_list" if path.endswith("grants") else "transactions",
+        path=path.replace("{customer}", "cus_cursor"),
+        query={"cursor": "not*a*cursor"},
+    )
+    assert outside.status == 400 and outside.fields() == ["cursor"], outside.raw

@@ -176,7 +176,9 @@ def _cursor(value: str | None) -> str | None:
     return value
 
 
-Cursor = Annotated[str | None, AfterValidator(_cursor)]
+# Cursors are opaque to clients; the document still states their shape (URL-safe base64 of a position).
+CURSOR_PATTERN = "^[A-Za-z0-9_-]+={0,2}$"
+Cursor = Annotated[Annotated[str, StringConstraints(pattern=CURSOR_PATTERN)] | None, AfterValidator(_cursor)]
 
 
 class ApiModel(BaseModel):

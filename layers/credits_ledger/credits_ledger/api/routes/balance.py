@@ -26,7 +26,13 @@ router = new_router()
 
 StatusFilter = Literal["all", "active", "pending", "held", "depleted", "expired", "voided"]
 PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
-PageCursor = Annotated[Cursor, Query(max_length=2048, description="next_cursor of the previous page")]
+PageCursor = Annotated[
+    Cursor,
+    Query(
+        max_length=2048,
+        description="next_cursor of the previous page, as returned (opaque URL-safe base64); any other is 400",
+    ),
+]
 
 
 @router.get(
