@@ -241,12 +241,12 @@ class LocalStack:
         if s.run_schedules:
             self.scheduler = Scheduler(list(self.model.functions.values()), self._schedule_invoke, self.log)
             schedule_lines = self.scheduler.start()
-        # 5. serve
+        # 5. serve; dev.env first, so whoever sees the stack answer can already source it
+        self._write_env_file()
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name="local-http", daemon=True
         )
         self.thread.start()
-        self._write_env_file()
         self._banner(failures, schedule_lines)
         return self
 
