@@ -241,13 +241,13 @@ class LocalStack:
         if s.run_schedules:
             self.scheduler = Scheduler(list(self.model.functions.values()), self._schedule_invoke, self.log)
             schedule_lines = self.scheduler.start()
-        # 5. serve; dev.env first, so whoever sees the stack answer can already source it
+        # 5. serve; dev.env and the banner first, so whoever sees the stack answer can already use both
         self._write_env_file()
+        self._banner(failures, schedule_lines)
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name="local-http", daemon=True
         )
         self.thread.start()
-        self._banner(failures, schedule_lines)
         return self
 
     def _raw_template(self) -> dict[str, Any]:
