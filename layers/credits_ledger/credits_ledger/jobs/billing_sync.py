@@ -57,10 +57,10 @@ from credits_ledger.dal.topups import (
     TopupRepository,
     attempt_id_of,
 )
-from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.models import EntryType, LedgerEntry
 from credits_ledger.domain.overage import OVERAGE_METADATA_KEY, month_of
 from credits_ledger.domain.topup import AutoTopupSettings, is_crossing
+from credits_ledger.jobs.in_order import InOrderBatch
 from credits_ledger.observability import logger, metrics
 from credits_ledger.pricing import Pricing
 from credits_ledger.stripe_api import CardDeclined, StripeApi, StripeRejected
@@ -73,10 +73,6 @@ MAX_IDENTIFIER_LENGTH = 100  # Stripe's limit on meter event identifiers
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 TOPUP_REQUESTED = "credits.topup.requested"
-
-
-class SkippedAfterEarlierFailure(CreditsError):
-    """Not processed: an earlier record of the batch failed and the retry starts there."""
 
 
 def bounded(value: str, limit: int) -> str:
@@ -247,21 +243,11 @@ class BillingSync:
         return FAILED
 
 
-class BillingSyncBatch:
+class BillingSyncBatch(InOrderBatch):
     def __init__(self, sync: BillingSync, event: dict[str, Any]) -> None:
         self.sync = sync
         self._event = event
         self._settings: dict[str, AccountSettings] | None = None
-        self._failed = False
-
-    def handle(self, record: DynamoDBRecord) -> None:
-        if self._failed:
-            raise SkippedAfterEarlierFailure(f"record {record.event_id} left for the retry")
-        try:
-            self._handle(record)
-        except Exception:
-            self._failed = True
-            raise
 
     def _handle(self, record: DynamoDBRecord) -> None:
         stream = record.dynamodb

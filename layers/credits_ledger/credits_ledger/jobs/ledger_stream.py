@@ -40,9 +40,9 @@ from credits_ledger.dal import items as it
 from credits_ledger.dal.reconcile import ReconcileRepository
 from credits_ledger.dal.settings import AccountSettings, AccountSettingsRepository
 from credits_ledger.domain.alerts import alert_crossings, available, band
-from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.models import LedgerEntry
 from credits_ledger.domain.money import format_amount
+from credits_ledger.jobs.in_order import InOrderBatch
 from credits_ledger.jobs.money_stream import MoneyStream
 from credits_ledger.observability import logger, metrics
 from credits_ledger.pricing import Pricing
@@ -53,10 +53,6 @@ METRIC_NAMES = {
     "credits.balance.low": "BalanceLowAlerts",
     "credits.balance.depleted": "BalanceDepletedAlerts",
 }
-
-
-class SkippedAfterEarlierFailure(CreditsError):
-    """Not processed: an earlier record of the batch failed and the retry starts there."""
 
 
 def entry_detail(entry: LedgerEntry, event_id: str | None) -> dict[str, Any]:
@@ -99,25 +95,15 @@ class LedgerStream:
         return StreamBatch(self, event)
 
 
-class StreamBatch:
+class StreamBatch(InOrderBatch):
     def __init__(self, stream: LedgerStream, event: dict[str, Any]) -> None:
         self.stream = stream
         self._event = event
         self._settings: dict[str, AccountSettings] | None = None
-        self._failed = False
         self.published = 0
         self.money = stream.money.batch(event) if stream.money is not None else None
 
     # ---- the record handler (Powertools BatchProcessor calls it once per record, in order) -----------------
-    def handle(self, record: DynamoDBRecord) -> None:
-        if self._failed:
-            raise SkippedAfterEarlierFailure(f"record {record.event_id} left for the retry")
-        try:
-            self._handle(record)
-        except Exception:
-            self._failed = True
-            raise
-
     def _handle(self, record: DynamoDBRecord) -> None:
         stream = record.dynamodb
         if stream is None:
