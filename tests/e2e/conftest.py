@@ -127,9 +127,11 @@ class StackProcess:
         """The functions' worker processes (``python -m credits_dev.local.worker <state dir> <function>``)."""
         return pids_matching(f"credits_dev.local.worker {self.state_dir}")
 
-    def log(self) -> str:
+    def log(self, tail: int | None = 6000) -> str:
+        """The stack's output: its last `tail` characters (enough for a failure message), or all of it."""
         try:
-            return self.log_path.read_text(errors="replace")[-6000:]
+            text = self.log_path.read_text(errors="replace")
+            return text if tail is None else text[-tail:]
         except OSError:
             return ""
 
