@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -98,6 +99,20 @@ def test_fold_counts_debits_by_day_and_meter_once_whatever_the_order_and_redeliv
     }
     assert second.tracker.since == DAY
     assert fold(second.tracker, [e1, e2, e3, e4, e5]).new_entries == ()
+
+
+def test_fold_counts_usage_sent_late_on_the_day_it_happened() -> None:
+    # Given yesterday's usage recorded today (its timestamp says yesterday) and today's own usage
+    late = replace(
+        entry(1, EntryType.DEBIT, "-40", NOW),
+        metadata={"meter": "api_call", "timestamp": "2030-01-31T23:00:00Z"},
+    )
+    today = entry(2, EntryType.DEBIT, "-3", NOW)
+    # Then yesterday burned 40 and today 3: a backlog upload is no spike
+    folded = fold(Tracker("cus_b"), [late, today])
+    assert folded.tracker.burn == {DAY - timedelta(days=1): {"api_call": D(40)}, DAY: {"api_call": D(3)}}
+    assert folded.tracker.since == DAY - timedelta(days=1)
+    assert late.usage_time == datetime(2030, 1, 31, 23, tzinfo=UTC) and today.usage_time == NOW
 
 
 def test_fold_forgets_days_the_window_no_longer_reaches() -> None:

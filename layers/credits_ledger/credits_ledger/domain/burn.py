@@ -112,7 +112,8 @@ class Folded:
 
 
 def fold(tracker: Tracker, entries: Iterable[LedgerEntry]) -> Folded:
-    """Count the entries not counted yet: debits add to their day's burn (by meter). Days older than
+    """Count the entries not counted yet: debits add to the burn (by meter) of the day their usage happened
+    (``LedgerEntry.usage_time``). Days older than
     ``KEPT_DAYS`` before the newest day are forgotten (the window no longer reaches them)."""
     new = sorted({e.seq: e for e in entries if not tracker.applied.has(e.seq)}.values(), key=lambda e: e.seq)
     if not new:
@@ -123,7 +124,7 @@ def fold(tracker: Tracker, entries: Iterable[LedgerEntry]) -> Folded:
     for entry in new:
         if entry.type is not EntryType.DEBIT or entry.amount >= 0:
             continue
-        day = entry.created_at.date()
+        day = entry.usage_time.date()  # usage sent late counts on the day it happened, not as a spike today
         meter = entry.metadata.get("meter") or OTHER_METER
         meters = burn.setdefault(day, {})
         meters[meter] = meters.get(meter, ZERO) - entry.amount

@@ -8,6 +8,7 @@ from decimal import Decimal
 from enum import StrEnum
 
 from credits_ledger.domain.money import ZERO
+from credits_ledger.domain.times import parse_iso
 
 DEFAULT_PRIORITY = 50
 
@@ -210,6 +211,13 @@ class LedgerEntry:
     created_at: datetime
     fingerprint: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def usage_time(self) -> datetime:
+        """When the usage behind a debit happened: the client's ``timestamp`` when it sent one (kept in the
+        metadata), else when the entry was recorded. Burn per day and Stripe meter events count by it."""
+        stamp = self.metadata.get("timestamp")
+        return parse_iso(stamp) if stamp else self.created_at
 
 
 @dataclass(frozen=True)

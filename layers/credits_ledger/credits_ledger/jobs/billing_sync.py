@@ -87,11 +87,6 @@ def meter_identifier(entry: LedgerEntry) -> str:
     return bounded(entry.entry_key, MAX_IDENTIFIER_LENGTH)
 
 
-def usage_time(entry: LedgerEntry) -> datetime:
-    stamp = entry.metadata.get("timestamp")
-    return it.parse_iso(stamp) if stamp else entry.created_at
-
-
 def overage_meter(pricing: Pricing) -> str:
     stripe_section = pricing.raw.get("stripe") or {}
     return str(stripe_section.get("overage_meter") or DEFAULT_OVERAGE_METER)
@@ -148,7 +143,7 @@ class BillingSync:
                 stripe_customer_id=entry.account_id,
                 value=value,
                 identifier=report.identifier,
-                timestamp=usage_time(entry),
+                timestamp=entry.usage_time,
                 idempotency_key=key,
             )
         except StripeRejected as exc:
