@@ -50,9 +50,26 @@ def _streams_client(endpoint: str) -> Any:
     )
 
 
-def _jsonable_record(record: dict[str, Any]) -> dict[str, Any]:
+def _attribute_value(value: Any) -> Any:
+    """DynamoDB Local's stream gives an empty map as ``{}`` where AWS gives ``{"M": {}}`` (a type-less value
+    that no deserializer accepts: the ledger stream failed on every account item with no live grants)."""
+    if not isinstance(value, dict):
+        return value
+    if not value:
+        return {"M": {}}
+    if "M" in value and isinstance(value["M"], dict):
+        return {"M": {k: _attribute_value(v) for k, v in value["M"].items()}}
+    if "L" in value and isinstance(value["L"], list):
+        return {"L": [_attribute_value(v) for v in value["L"]]}
+    return value
+
+
+def to_lambda_record(record: dict[str, Any]) -> dict[str, Any]:
     out = dict(record)
     ddb = dict(out.get("dynamodb") or {})
+    for image in ("Keys", "NewImage", "OldImage"):
+        if isinstance(ddb.get(image), dict):
+            ddb[image] = {name: _attribute_value(v) for name, v in ddb[image].items()}
     created = ddb.get("ApproximateCreationDateTime")
     if isinstance(created, dt.datetime):
         ddb["ApproximateCreationDateTime"] = int(created.timestamp())
@@ -199,7 +216,7 @@ class StreamPoller:
             if iterator is None or self.stopping.is_set():
                 continue
             answer = client.get_records(ShardIterator=iterator, Limit=self.source.batch_size)
-            records = [_jsonable_record(r) for r in answer.get("Records", [])]
+            records = [to_lambda_record(r) for r in answer.get("Records", [])]
             for record in records:
                 record["eventSourceARN"] = arn
             if records:

@@ -19,6 +19,7 @@ from credits_dev.local.apigw import Router, build_event, to_http_response
 from credits_dev.local.patterns import matches
 from credits_dev.local.runtime import FunctionRuntime, local_concurrency
 from credits_dev.local.schedules import event_for, fire_after, next_fire, scheduled_event
+from credits_dev.local.streams import to_lambda_record
 from credits_dev.local.template import Function, LocalNames, Route, Schedule, load_stack
 from tests.e2e.conftest import REPO_ROOT
 
@@ -458,3 +459,29 @@ def test_unserializable_results_and_import_errors_are_lambda_errors(tmp_path: Pa
         assert outcome.error is not None and outcome.error["errorType"] == "Runtime.ImportModuleError"
     finally:
         runtime.close()
+
+
+def test_stream_records_carry_empty_maps_as_aws_does() -> None:
+    # DynamoDB Local's stream drops the type of an empty map; Lambda's records from AWS say {"M": {}}
+    record = {
+        "eventID": "1",
+        "dynamodb": {
+            "Keys": {"pk": {"S": "ACCOUNT#a"}, "sk": {"S": "STATE"}},
+            "NewImage": {
+                "pk": {"S": "ACCOUNT#a"},
+                "grants": {},
+                "purchase": {"M": {"lines": {"L": [{}, {"N": "1"}]}, "meta": {}}},
+                "children": {"L": []},
+            },
+            "ApproximateCreationDateTime": dt.datetime(2030, 1, 1, tzinfo=UTC),
+        },
+    }
+    out = to_lambda_record(record)["dynamodb"]
+    assert out["NewImage"] == {
+        "pk": {"S": "ACCOUNT#a"},
+        "grants": {"M": {}},
+        "purchase": {"M": {"lines": {"L": [{"M": {}}, {"N": "1"}]}, "meta": {"M": {}}}},
+        "children": {"L": []},
+    }
+    assert out["ApproximateCreationDateTime"] == 1893456000
+    json.dumps(out)  # what the worker process receives

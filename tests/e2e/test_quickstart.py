@@ -169,3 +169,6 @@ def test_quickstart_runs_as_written(fresh_stack: StackProcess) -> None:
         elif step.expected is not None and not matches(step.expected, output):
             failures.append(f"{where}\n  expected:\n{step.expected}\n  got:\n{output}")
     assert not failures, "\n\n".join(failures) + "\n\nstack log:\n" + fresh_stack.log()[-3000:]
+    # and nothing failed behind the answers: every stream batch of the walk-through went through first time
+    log = fresh_stack.log(tail=None)
+    assert "batch failed" not in log and "Traceback" not in log, log[log.find("Traceback") - 2000 :][:6000]
