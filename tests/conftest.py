@@ -34,13 +34,15 @@ from credits_dev.local.template import DEFAULT_TEMPLATE
 REGION = "us-east-1"
 
 # ---------------------------------------------------------------------------------------------------------
-# Hypothesis profiles: "dev" (default) and "ci" (chosen when CI is set); HYPOTHESIS_PROFILE overrides.
+# Hypothesis profiles: "dev" (default: new random examples on every run, to find what CI has not seen) and
+# "ci" (chosen when CI is set: derandomized, so a CI result is reproducible and a red build is a change's doing,
+# not the luck of the draw); HYPOTHESIS_PROFILE overrides.
 try:
     from hypothesis import HealthCheck, settings
 
     settings.register_profile("dev", deadline=None)
     settings.register_profile(
-        "ci", deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+        "ci", deadline=None, derandomize=True, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
     )
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 except ImportError:  # pragma: no cover
