@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError, ParamValidationError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import dynamodb_client, rejection, table_name
+from credits_ledger.dal.client import TableRepository, rejection
 from credits_ledger.domain.errors import (
     CreditsError,
     GrantNotFound,
@@ -87,20 +87,7 @@ def _decode_cursor(cursor: str | None) -> dict[str, Any] | None:
     return key
 
 
-class AccountRepository:
-    def __init__(self, client: Any | None = None, table: str | None = None) -> None:
-        self._client = client or dynamodb_client()
-        self._table = table or table_name()
-
-    @property
-    def client(self) -> Any:
-        return self._client
-
-    @property
-    def table(self) -> str:
-        """Aggregates written in the account's transactions (extra actions) live in this same table."""
-        return self._table
-
+class AccountRepository(TableRepository):
     # ---- reads -------------------------------------------------------------------------------------------
     def load(
         self, account_id: str, entry_keys: Sequence[str] = (), *, consistent: bool = False
@@ -111,15 +98,7 @@ class AccountRepository:
         write fail and retry, and a missed entry is still caught by the write's attribute_not_exists.
         """
         keys = [it.account_key(account_id), *(it.entry_key(k) for k in entry_keys)]
-        found: list[dict[str, Any]] = []
-        for chunk_start in range(0, len(keys), 100):
-            request = {
-                self._table: {"Keys": keys[chunk_start : chunk_start + 100], "ConsistentRead": consistent}
-            }
-            while request:
-                response = self._client.batch_get_item(RequestItems=request)
-                found.extend(response["Responses"].get(self._table, []))
-                request = response.get("UnprocessedKeys") or {}
+        found = self._batch_get(keys, consistent=consistent)
         state_item = None
         entries: dict[str, LedgerEntry] = {}
         for raw in found:

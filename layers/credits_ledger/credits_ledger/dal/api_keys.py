@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from credits_ledger.auth import ApiKey, ApiKeyExists, ApiKeyNotFound, Scope
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import dynamodb_client, table_name
+from credits_ledger.dal.client import TableRepository
 
 API_KEY_SK = "APIKEY"
 
@@ -55,11 +55,7 @@ def _failed_condition(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
-class ApiKeyRepository:
-    def __init__(self, client: Any | None = None, table: str | None = None) -> None:
-        self._client = client or dynamodb_client()
-        self._table = table or table_name()
-
+class ApiKeyRepository(TableRepository):
     def get(self, key_id: str) -> ApiKey | None:
         # Strongly consistent: a revocation is seen by the very next uncached lookup.
         response = self._client.get_item(TableName=self._table, Key=api_key_key(key_id), ConsistentRead=True)

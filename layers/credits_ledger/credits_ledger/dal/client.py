@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from functools import cache
 from typing import Any
 
@@ -19,6 +20,49 @@ def dynamodb_client() -> Any:
 
 def table_name() -> str:
     return os.environ["TABLE_NAME"]
+
+
+BATCH_GET_LIMIT = 100  # keys per BatchGetItem, DynamoDB's limit
+FIRST_UNPROCESSED_PAUSE = 0.02  # seconds before asking again for keys DynamoDB left unprocessed (doubles)
+MAX_UNPROCESSED_PAUSE = 1.0
+
+
+class TableRepository:
+    """What every repository of the one table shares: its client and table name (the function's own unless
+    given, as tests and tools do) and batched reads."""
+
+    def __init__(self, client: Any | None = None, table: str | None = None) -> None:
+        self._client = client or dynamodb_client()
+        self._table = table or table_name()
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    @property
+    def table(self) -> str:
+        """Aggregates written in one transaction with this repository's items live in this same table."""
+        return self._table
+
+    def _batch_get(
+        self, keys: list[dict[str, Any]], *, consistent: bool = True, **request: Any
+    ) -> list[dict[str, Any]]:
+        """The raw items of ``keys`` that exist, in BatchGetItem calls of at most 100 keys (``request`` adds
+        e.g. a ProjectionExpression). Keys DynamoDB leaves unprocessed (throttling, its 16 MB answer limit) are
+        asked again after a growing pause, not in a tight loop."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(keys), BATCH_GET_LIMIT):
+            chunk = keys[start : start + BATCH_GET_LIMIT]
+            pending: dict[str, Any] = {self._table: {"Keys": chunk, "ConsistentRead": consistent, **request}}
+            pause = FIRST_UNPROCESSED_PAUSE
+            while pending:
+                response = self._client.batch_get_item(RequestItems=pending)
+                found.extend(response["Responses"].get(self._table, []))
+                pending = response.get("UnprocessedKeys") or {}
+                if pending:
+                    time.sleep(pause)
+                    pause = min(pause * 2, MAX_UNPROCESSED_PAUSE)
+        return found
 
 
 # Why DynamoDB may cancel a transaction (CancellationReasons[].Code), and whether trying again can help:

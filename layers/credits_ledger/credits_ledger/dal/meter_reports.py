@@ -20,7 +20,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import dynamodb_client, table_name
+from credits_ledger.dal.client import TableRepository
 
 SENDING = "sending"
 REPORTED = "reported"
@@ -61,11 +61,7 @@ def _failed_condition(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
-class MeterReportRepository:
-    def __init__(self, client: Any | None = None, table: str | None = None) -> None:
-        self._client = client or dynamodb_client()
-        self._table = table or table_name()
-
+class MeterReportRepository(TableRepository):
     def claim(self, report: MeterReport) -> MeterReport:
         """Create the record in ``sending`` unless one exists; returns the stored record either way."""
         item = {

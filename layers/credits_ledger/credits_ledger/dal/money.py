@@ -26,7 +26,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import dynamodb_client, table_name
+from credits_ledger.dal.client import TableRepository
 from credits_ledger.domain.burn import Applied, Tracker
 from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.revenue import Flow, GrantCost, Totals
@@ -122,10 +122,9 @@ def totals_from_item(item: it.Item) -> dict[str, Totals]:
     return out
 
 
-class MoneyRepository:
+class MoneyRepository(TableRepository):
     def __init__(self, client: Any | None = None, table: str | None = None, max_attempts: int = 8) -> None:
-        self._client = client or dynamodb_client()
-        self._table = table or table_name()
+        super().__init__(client, table)
         self._max_attempts = max_attempts
 
     # ---- tracker -------------------------------------------------------------------------------------------
@@ -133,20 +132,10 @@ class MoneyRepository:
         """Trackers of several accounts, strongly consistent (the previous batch may have just written)."""
         wanted = list(dict.fromkeys(account_ids))
         found = {a: Tracker(a) for a in wanted}
-        for start in range(0, len(wanted), 100):
-            request: dict[str, Any] = {
-                self._table: {
-                    "Keys": [tracker_key(a) for a in wanted[start : start + 100]],
-                    "ConsistentRead": True,
-                }
-            }
-            while request:
-                response = self._client.batch_get_item(RequestItems=request)
-                for raw in response["Responses"].get(self._table, []):
-                    item = it.from_dynamo(raw)
-                    account_id = str(item["pk"]).removeprefix("ACCOUNT#")
-                    found[account_id] = tracker_from_item(account_id, item)
-                request = response.get("UnprocessedKeys") or {}
+        for raw in self._batch_get([tracker_key(a) for a in wanted]):
+            item = it.from_dynamo(raw)
+            account_id = str(item["pk"]).removeprefix("ACCOUNT#")
+            found[account_id] = tracker_from_item(account_id, item)
         return found
 
     def tracker(self, account_id: str, *, consistent: bool = False) -> Tracker:
@@ -224,20 +213,11 @@ class MoneyRepository:
         the transaction of its first entry, so it exists before any of its stream records is read)."""
         wanted = list(dict.fromkeys(grant_ids))
         found: dict[str, GrantCost] = {}
-        for start in range(0, len(wanted), 100):
-            request: dict[str, Any] = {
-                self._table: {
-                    "Keys": [it.grant_key(g) for g in wanted[start : start + 100]],
-                    "ProjectionExpression": "grant_id, amount, cost_amount, cost_currency",
-                    "ConsistentRead": consistent,
-                }
-            }
-            while request:
-                response = self._client.batch_get_item(RequestItems=request)
-                for raw in response["Responses"].get(self._table, []):
-                    item = it.from_dynamo(raw)
-                    found[item["grant_id"]] = grant_cost_from_item(item)
-                request = response.get("UnprocessedKeys") or {}
+        keys = [it.grant_key(g) for g in wanted]
+        projection = "grant_id, amount, cost_amount, cost_currency"
+        for raw in self._batch_get(keys, consistent=consistent, ProjectionExpression=projection):
+            item = it.from_dynamo(raw)
+            found[item["grant_id"]] = grant_cost_from_item(item)
         return found
 
     # ---- daily aggregate ---------------------------------------------------------------------------------

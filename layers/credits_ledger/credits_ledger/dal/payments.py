@@ -15,7 +15,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import dynamodb_client, rejection, table_name
+from credits_ledger.dal.client import TableRepository, rejection
 from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.models import Category
 from credits_ledger.domain.payments import DisputeEffect, DisputeStatus, GrantLine, PaymentRecord, Purchase
@@ -157,19 +157,7 @@ def record_from_item(key: str, item: dict[str, Any] | None) -> PaymentRecord:
     )
 
 
-class PaymentRepository:
-    def __init__(self, client: Any | None = None, table: str | None = None) -> None:
-        self._client = client or dynamodb_client()
-        self._table = table or table_name()
-
-    @property
-    def client(self) -> Any:
-        return self._client
-
-    @property
-    def table(self) -> str:
-        return self._table
-
+class PaymentRepository(TableRepository):
     def transact(self, actions: list[dict[str, Any]]) -> None:
         """Write conditional actions of records that ride along with payments (subscription periods)."""
         self._transact(actions)
@@ -177,13 +165,9 @@ class PaymentRepository:
     def get_many(self, keys: Sequence[str]) -> dict[str, PaymentRecord]:
         wanted = list(dict.fromkeys(keys))
         found: dict[str, dict[str, Any]] = {}
-        request = {self._table: {"Keys": [_payment_key(k) for k in wanted], "ConsistentRead": True}}
-        while request and wanted:
-            response = self._client.batch_get_item(RequestItems=request)
-            for raw in response["Responses"].get(self._table, []):
-                item = it.from_dynamo(raw)
-                found[item["pk"].removeprefix("PAYMENT#")] = item
-            request = response.get("UnprocessedKeys") or {}
+        for raw in self._batch_get([_payment_key(k) for k in wanted]):
+            item = it.from_dynamo(raw)
+            found[item["pk"].removeprefix("PAYMENT#")] = item
         return {k: record_from_item(k, found.get(k)) for k in wanted}
 
     def put_action(self, old: PaymentRecord, new: PaymentRecord) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
 from credits_ledger.dal.accounts import LEDGER_INDEX
-from credits_ledger.dal.client import dynamodb_client, table_name
+from credits_ledger.dal.client import TableRepository
 from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.models import LedgerEntry
 from credits_ledger.domain.reconcile import Checkpoint
@@ -67,11 +67,7 @@ def _checkpoint_from_item(item: it.Item) -> Checkpoint:
     )
 
 
-class ReconcileRepository:
-    def __init__(self, client: Any | None = None, table: str | None = None) -> None:
-        self._client = client or dynamodb_client()
-        self._table = table or table_name()
-
+class ReconcileRepository(TableRepository):
     # ---- registry ----------------------------------------------------------------------------------------
     def register(self, account_id: str, now: datetime) -> bool:
         """Add the account to the registry; False when it was there already (invariant: never reset a

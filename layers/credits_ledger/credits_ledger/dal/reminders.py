@@ -18,7 +18,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import dynamodb_client, table_name
+from credits_ledger.dal.client import TableRepository
 from credits_ledger.domain.errors import CreditsError
 
 REMINDER_SK = "REMINDER"
@@ -45,11 +45,7 @@ def reminder_key(grant_id: str, days: int) -> dict[str, Any]:
     return it.to_dynamo({"pk": f"REMINDER#{grant_id}#{days}", "sk": REMINDER_SK})
 
 
-class ReminderRepository:
-    def __init__(self, client: Any | None = None, table: str | None = None) -> None:
-        self._client = client or dynamodb_client()
-        self._table = table or table_name()
-
+class ReminderRepository(TableRepository):
     def sent(self, candidates: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
         """Which (grant, days) reminders are recorded: one eventually consistent BatchGetItem per 100, a cheap
         pre-filter (0.5 read unit each) so the nightly run does not spend a failed conditional write (1 write
@@ -57,21 +53,15 @@ class ReminderRepository:
         """
         wanted = list(dict.fromkeys(candidates))
         found: set[tuple[str, int]] = set()
-        for start in range(0, len(wanted), 100):
-            keys = [reminder_key(g, d) for g, d in wanted[start : start + 100]]
-            request: dict[str, Any] = {
-                self._table: {
-                    "Keys": keys,
-                    "ProjectionExpression": "#g, #d",
-                    "ExpressionAttributeNames": {"#g": "grant", "#d": "threshold_days"},
-                }
-            }
-            while request:
-                response = self._client.batch_get_item(RequestItems=request)
-                for raw in response["Responses"].get(self._table, []):
-                    item = it.from_dynamo(raw)
-                    found.add((item["grant"], int(item["threshold_days"])))
-                request = response.get("UnprocessedKeys") or {}
+        raws = self._batch_get(
+            [reminder_key(g, d) for g, d in wanted],
+            consistent=False,
+            ProjectionExpression="#g, #d",
+            ExpressionAttributeNames={"#g": "grant", "#d": "threshold_days"},
+        )
+        for raw in raws:
+            item = it.from_dynamo(raw)
+            found.add((item["grant"], int(item["threshold_days"])))
         return found
 
     def record(self, reminder: Reminder, now: datetime) -> None:

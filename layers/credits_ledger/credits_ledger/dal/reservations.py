@@ -20,7 +20,7 @@ from typing import Any
 
 from credits_ledger.dal import items as it
 from credits_ledger.dal.accounts import EXPIRY_INDEX, Page, _decode_cursor, _encode_cursor
-from credits_ledger.dal.client import dynamodb_client, table_name
+from credits_ledger.dal.client import TableRepository
 from credits_ledger.domain.models import Allocation
 from credits_ledger.domain.money import ZERO
 from credits_ledger.domain.reservations import ReservationNotFound, ReservationStatus
@@ -128,11 +128,7 @@ def record_from_item(item: it.Item) -> ReservationRecord:
     )
 
 
-class ReservationRepository:
-    def __init__(self, client: Any | None = None, table: str | None = None) -> None:
-        self._client = client or dynamodb_client()
-        self._table = table or table_name()
-
+class ReservationRepository(TableRepository):
     # ---- reads -------------------------------------------------------------------------------------------
     def get(self, reservation_id: str) -> ReservationRecord:
         response = self._client.get_item(
@@ -146,16 +142,9 @@ class ReservationRepository:
     def get_many(self, reservation_ids: Iterable[str]) -> dict[str, ReservationRecord]:
         keys = [reservation_key(r) for r in dict.fromkeys(reservation_ids)]
         found: dict[str, ReservationRecord] = {}
-        for start in range(0, len(keys), 100):
-            request: dict[str, Any] = {
-                self._table: {"Keys": keys[start : start + 100], "ConsistentRead": True}
-            }
-            while request:
-                response = self._client.batch_get_item(RequestItems=request)
-                for raw in response["Responses"].get(self._table, []):
-                    record = record_from_item(it.from_dynamo(raw))
-                    found[record.reservation_id] = record
-                request = response.get("UnprocessedKeys") or {}
+        for raw in self._batch_get(keys):
+            record = record_from_item(it.from_dynamo(raw))
+            found[record.reservation_id] = record
         return found
 
     def due(self, before: datetime, limit: int = 100, cursor: str | None = None) -> Page:

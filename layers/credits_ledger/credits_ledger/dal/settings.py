@@ -21,7 +21,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import dynamodb_client, table_name
+from credits_ledger.dal.client import TableRepository
 from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.overage import OveragePolicy, OverageSettings
 from credits_ledger.domain.topup import AutoTopupSettings
@@ -121,11 +121,7 @@ def _document_update(document: SettingsDocument) -> tuple[list[str], list[str], 
     return sets, removes, it.to_dynamo(attribute_values)
 
 
-class AccountSettingsRepository:
-    def __init__(self, client: Any | None = None, table: str | None = None) -> None:
-        self._client = client or dynamodb_client()
-        self._table = table or table_name()
-
+class AccountSettingsRepository(TableRepository):
     def get(self, account_id: str, *, consistent: bool = True) -> AccountSettings:
         response = self._client.get_item(
             TableName=self._table, Key=settings_key(account_id), ConsistentRead=consistent
@@ -137,16 +133,10 @@ class AccountSettingsRepository:
         """Settings of several accounts in BatchGetItem calls (an account without an item gets defaults)."""
         wanted = list(dict.fromkeys(account_ids))
         found: dict[str, AccountSettings] = {a: AccountSettings(a) for a in wanted}
-        for start in range(0, len(wanted), 100):
-            keys = [settings_key(a) for a in wanted[start : start + 100]]
-            request: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": consistent}}
-            while request:
-                response = self._client.batch_get_item(RequestItems=request)
-                for raw in response["Responses"].get(self._table, []):
-                    item = it.from_dynamo(raw)
-                    account_id = item["pk"].removeprefix("ACCOUNT#")
-                    found[account_id] = settings_from_item(account_id, item)
-                request = response.get("UnprocessedKeys") or {}
+        for raw in self._batch_get([settings_key(a) for a in wanted], consistent=consistent):
+            item = it.from_dynamo(raw)
+            account_id = item["pk"].removeprefix("ACCOUNT#")
+            found[account_id] = settings_from_item(account_id, item)
         return found
 
     def put_threshold(self, account_id: str, threshold: Decimal | None, now: datetime) -> AccountSettings:

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import dynamodb_client, table_name
+from credits_ledger.dal.client import TableRepository
 from credits_ledger.domain.subscriptions import (
     PoolGrant,
     PoolRecord,
@@ -155,23 +155,12 @@ def subscription_from_item(account_id: str, key: str, item: dict[str, Any] | Non
     )
 
 
-class SubscriptionRepository:
-    def __init__(self, client: Any | None = None, table: str | None = None) -> None:
-        self._client = client or dynamodb_client()
-        self._table = table or table_name()
-
+class SubscriptionRepository(TableRepository):
     def _get_many(self, keys: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(keys), 100):
-            request: dict[str, Any] = {
-                self._table: {"Keys": keys[start : start + 100], "ConsistentRead": True}
-            }
-            while request:
-                response = self._client.batch_get_item(RequestItems=request)
-                for raw in response["Responses"].get(self._table, []):
-                    item = it.from_dynamo(raw)
-                    found[f"{item['pk']}|{item['sk']}"] = item
-                request = response.get("UnprocessedKeys") or {}
+        for raw in self._batch_get(keys):
+            item = it.from_dynamo(raw)
+            found[f"{item['pk']}|{item['sk']}"] = item
         return found
 
     def pools(self, keys: Sequence[str]) -> dict[str, PoolRecord]:

@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import dynamodb_client, table_name
+from credits_ledger.dal.client import TableRepository
 from credits_ledger.domain.errors import CreditsError
 
 CLAIMED = "claimed"  # the attempt exists; the PaymentIntent may or may not have been created
@@ -107,11 +107,7 @@ def _failed_condition(exc: ClientError) -> bool:
     )
 
 
-class TopupRepository:
-    def __init__(self, client: Any | None = None, table: str | None = None) -> None:
-        self._client = client or dynamodb_client()
-        self._table = table or table_name()
-
+class TopupRepository(TableRepository):
     # ---- reads -------------------------------------------------------------------------------------------
     def state(self, account: str) -> TopupState:
         raw = self._client.get_item(TableName=self._table, Key=_state_key(account), ConsistentRead=True)
