@@ -115,6 +115,13 @@ def test_fold_counts_usage_sent_late_on_the_day_it_happened() -> None:
     assert late.usage_time == datetime(2030, 1, 31, 23, tzinfo=UTC) and today.usage_time == NOW
 
 
+@pytest.mark.parametrize("stamp", ["yesterday", "2030-13-45T00:00:00Z", "", "9999-12-31T23:59:59-23:59"])
+def test_a_stamp_that_is_no_time_counts_as_the_recording_time(stamp: str) -> None:
+    odd = replace(entry(1, EntryType.DEBIT, "-5", NOW), metadata={"meter": "api_call", "timestamp": stamp})
+    assert odd.usage_time == NOW
+    assert fold(Tracker("cus_b"), [odd]).tracker.burn == {DAY: {"api_call": D(5)}}
+
+
 def test_fold_forgets_days_the_window_no_longer_reaches() -> None:
     old = entry(1, EntryType.DEBIT, "-1", NOW - timedelta(days=40))
     new = entry(2, EntryType.DEBIT, "-1", NOW)

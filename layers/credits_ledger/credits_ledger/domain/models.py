@@ -215,9 +215,16 @@ class LedgerEntry:
     @property
     def usage_time(self) -> datetime:
         """When the usage behind a debit happened: the client's ``timestamp`` when it sent one (kept in the
-        metadata), else when the entry was recorded. Burn per day and Stripe meter events count by it."""
+        metadata), else when the entry was recorded. Burn per day and Stripe meter events count by it.
+        A stamp that does not read as a time (only the usage API validates it) counts as the recording time:
+        the stream jobs that ask must never fail on one entry's metadata and stall the account behind it."""
         stamp = self.metadata.get("timestamp")
-        return parse_iso(stamp) if stamp else self.created_at
+        if not stamp:
+            return self.created_at
+        try:
+            return parse_iso(stamp)
+        except (ValueError, TypeError, OverflowError):
+            return self.created_at
 
 
 @dataclass(frozen=True)
