@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from credits_dev import stripe_events as se
+
 Json = dict[str, Any]
 _counter = itertools.count(1)
 
@@ -53,47 +55,17 @@ def plan_line(
     subscription: str = "sub_1",
     unit_amount: int | None = None,
     interval: str = "month",
-    interval_count: int = 1,
     embed_price: bool = True,
     line_id: str | None = None,
 ) -> Json:
-    """A subscription invoice line (``amount`` in minor units, negative for a credit)."""
-    line: Json = {
-        "id": line_id or uid("il"),
-        "object": "line_item",
-        "amount": amount,
-        "currency": "eur",
-        "description": f"{quantity} x {price}",
-        "metadata": {},
-        "quantity": quantity,
-        "period": {"start": ts(start), "end": ts(end)},
-        "parent": {
-            "type": "subscription_item_details",
-            "invoice_item_details": None,
-            "subscription_item_details": {
-                "invoice_item": uid("ii") if proration else None,
-                "proration": proration,
-                "proration_details": {"credited_items": None},
-                "subscription": subscription,
-                "subscription_item": item,
-            },
-        },
-        "pricing": {
-            "type": "price_details",
-            "price_details": {"price": price, "product": "prod_plan"},
-            "unit_amount_decimal": None if unit_amount is None else str(unit_amount),
-        },
-    }
-    if embed_price:
-        line["price"] = {
-            "id": price,
-            "object": "price",
-            "type": "recurring",
-            "unit_amount": unit_amount,
-            "unit_amount_decimal": None if unit_amount is None else str(unit_amount),
-            "recurring": {"interval": interval, "interval_count": interval_count, "usage_type": "licensed"},
-            "metadata": {},
-        }
+    """credits_dev's subscription invoice line (``amount`` in minor units, negative for a credit) over
+    ``start``..``end``; ``embed_price=False`` leaves the expanded ``price`` out, as current API versions do."""
+    line = se.plan_line(
+        price, ts(start), ts(end), amount, unit_amount=unit_amount, quantity=quantity, proration=proration,
+        item=item, subscription=subscription, line_id=line_id or uid("il"), interval=interval,
+    )  # fmt: skip
+    if not embed_price:
+        del line["price"]
     return line
 
 
@@ -162,39 +134,21 @@ def subscription_event(
     cancel_at_period_end: bool = False,
     event_id: str | None = None,
 ) -> Json:
-    obj: Json = {
-        "id": subscription,
-        "object": "subscription",
-        "customer": customer,
-        "status": status,
-        "metadata": {},
-        "livemode": False,
-        "cancel_at_period_end": cancel_at_period_end,
-        "canceled_at": ts(canceled_at) if canceled_at else None,
-        "ended_at": ts(ended_at) if ended_at else None,
-        "trial_start": ts(trial_start) if trial_start else None,
-        "trial_end": ts(trial_end) if trial_end else None,
-        "items": {
-            "object": "list",
-            "has_more": False,
-            "data": [
-                {
-                    "id": item,
-                    "object": "subscription_item",
-                    "quantity": quantity,
-                    "subscription": subscription,
-                    "price": {
-                        "id": price,
-                        "object": "price",
-                        "recurring": {"interval": "month", "interval_count": 1},
-                    },
-                    "current_period_start": ts(period_start) if period_start else None,
-                    "current_period_end": ts(period_end) if period_end else None,
-                }
-            ],
-        },
-    }
+    obj = se.subscription_object(
+        customer, price, subscription=subscription, item=item, status=status, quantity=quantity,
+        period=_span(period_start, period_end), trial=_span(trial_start, trial_end),
+        ended_at=ts(ended_at) if ended_at else None, cancel_at_period_end=cancel_at_period_end,
+    )  # fmt: skip
+    obj["canceled_at"] = ts(canceled_at) if canceled_at else None
     return event(event_type, obj, event_id=event_id, created=created)
+
+
+def _span(start: datetime | None, end: datetime | None) -> tuple[int, int] | None:
+    if start is None and end is None:
+        return None
+    if start is None or end is None:
+        raise ValueError("a period needs both its start and its end")
+    return ts(start), ts(end)
 
 
 def charge_refunded(payment_intent: str, amount: int, refunded: int, *, created: int) -> Json:
@@ -263,8 +217,6 @@ def sample_events() -> dict[str, Json]:
 def write_samples() -> list[Path]:
     """Write the subscription samples beside the other Stripe samples, signed with the documented sample
     secret at the event's own time (stale: re-sign before sending, as for the others)."""
-    from credits_dev import stripe_events as se
-
     written = []
     for name, sample in sample_events().items():
         api = se.signed_api_event(
