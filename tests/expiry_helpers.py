@@ -5,6 +5,8 @@ bus = CapturedBus.create()                                   # moto bus + rule -
 rec = StreamRecorder(client, table, clock)                   # DynamoDB stream records from table diffs
 with rec.capture(): ledger.debit(...)                         # -> rec.drain() == {"Records": [...]}
 load_event("expiry/scheduled.json", time=...)                 # a sample event from events/, optionally retimed
+bus = pricing_and_bus(monkeypatch, tmp_path, PRICING)          # the handlers' pricing file and captured bus
+env = StreamEnv(handler, ledger, clock, bus, rec)              # env.do(op); env.deliver() -> the handler's result
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ import json
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import boto3
+import pytest
 
 from credits_dev.lambda_context import FakeLambdaContext, function_arn
 from credits_ledger.domain.times import iso
+from credits_ledger.ledger import Ledger
+from tests.ledger_helpers import FakeClock
 
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "events"
@@ -115,6 +121,17 @@ class CapturedBus:
         return [e for e in self._seen if detail_type is None or e["detail-type"] == detail_type]
 
 
+def pricing_and_bus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pricing: str) -> CapturedBus:
+    """Point the handlers at a pricing file holding ``pricing`` (``CREDITS_PRICING_FILE``) and at a new
+    captured bus (``EVENT_BUS_NAME``); the bus."""
+    pricing_file = tmp_path / "pricing.toml"
+    pricing_file.write_text(pricing)
+    monkeypatch.setenv("CREDITS_PRICING_FILE", str(pricing_file))
+    bus = CapturedBus.create()
+    monkeypatch.setenv("EVENT_BUS_NAME", bus.name)
+    return bus
+
+
 class StreamRecorder:
     """DynamoDB stream records (NEW_AND_OLD_IMAGES) computed from table snapshots taken around an operation.
 
@@ -189,3 +206,33 @@ def template_filter(record: dict[str, Any]) -> bool:
     keys = record["dynamodb"]["Keys"]
     pk, sk = keys["pk"]["S"], keys["sk"]["S"]
     return (pk.startswith("ENTRY#") and record["eventName"] == "INSERT") or sk == "STATE"
+
+
+@dataclass
+class HandlerEnv:
+    """A function's handler module (``load_handler``) with its test's ledger, clock and captured bus."""
+
+    handler: ModuleType
+    ledger: Ledger
+    clock: FakeClock
+    bus: CapturedBus
+
+
+@dataclass
+class StreamEnv(HandlerEnv):
+    """LedgerStreamFunction's handler, fed the stream records of what the test does to the ledger."""
+
+    recorder: StreamRecorder
+
+    def do(self, operation: Callable[[], Any]) -> None:
+        with self.recorder.capture():
+            operation()
+
+    def event(self) -> dict[str, Any]:
+        """What the stream captured so far, after the template's filter, as one event (and forget it)."""
+        return self.recorder.drain(template_filter)
+
+    def deliver(self, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Invoke the function with ``event``, by default with what the stream captured so far."""
+        result: dict[str, Any] = self.handler.lambda_handler(event or self.event(), FakeLambdaContext())
+        return result

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -27,9 +26,16 @@ from credits_ledger.environment import ConfigurationError
 from credits_ledger.jobs import scheduled
 from credits_ledger.jobs.expiry import ExpiryJob
 from credits_ledger.jobs.scheduled import Deadline
-from credits_ledger.ledger import DebitRequest, Ledger
+from credits_ledger.ledger import DebitRequest
 from credits_ledger.pricing import load_pricing
-from tests.expiry_helpers import FUNCTION_ARN, CapturedBus, load_event, load_handler, time_runs_out_after
+from tests.expiry_helpers import (
+    FUNCTION_ARN,
+    HandlerEnv,
+    load_event,
+    load_handler,
+    pricing_and_bus,
+    time_runs_out_after,
+)
 from tests.ledger_helpers import FakeClock, all_entries, assert_books_balance, make_ledger, spec
 from tests.support.leading_keys import record_keys
 
@@ -72,11 +78,7 @@ class FakeLambdaClient:
 
 
 @dataclass
-class Env:
-    handler: ModuleType
-    ledger: Ledger
-    clock: FakeClock
-    bus: CapturedBus
+class Env(HandlerEnv):
     lambda_client: FakeLambdaClient
     client: Any
 
@@ -99,11 +101,7 @@ class Env:
 
 @pytest.fixture
 def env(moto_tables: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Env]:
-    pricing = tmp_path / "pricing.toml"
-    pricing.write_text(PRICING)
-    monkeypatch.setenv("CREDITS_PRICING_FILE", str(pricing))
-    bus = CapturedBus.create()
-    monkeypatch.setenv("EVENT_BUS_NAME", bus.name)
+    bus = pricing_and_bus(monkeypatch, tmp_path, PRICING)
     fake_lambda = FakeLambdaClient()
     monkeypatch.setattr(scheduled, "lambda_client", lambda: fake_lambda)
     handler = load_handler("expiry")

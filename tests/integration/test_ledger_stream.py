@@ -4,12 +4,11 @@ fails the record (and the rest of the batch) for a retry."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -22,14 +21,15 @@ from credits_ledger.dal.settings import AccountSettingsRepository
 from credits_ledger.jobs.expiry import ExpiryJob
 from credits_ledger.jobs.ledger_stream import LedgerStream
 from credits_ledger.jobs.scheduled import Deadline
-from credits_ledger.ledger import DebitRequest, Ledger
+from credits_ledger.ledger import DebitRequest
 from credits_ledger.pricing import load_pricing
 from credits_ledger.settings import get_settings, put_settings
 from tests.expiry_helpers import (
-    CapturedBus,
+    StreamEnv,
     StreamRecorder,
     load_event,
     load_handler,
+    pricing_and_bus,
     template_filter,
 )
 from tests.ledger_helpers import FakeClock, all_entries, make_ledger, spec
@@ -39,27 +39,12 @@ D = Decimal
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 TABLE = "CreditsTable"
 LOW, DEPLETED, ENTRY = "credits.balance.low", "credits.balance.depleted", "credits.ledger.entry"
+PRICING = '[meters.api_call]\ncredits_per_unit = "1"\n\n[alerts]\nlow_balance_threshold = "100"\n'
 
 
 @dataclass
-class Env:
-    handler: ModuleType
-    ledger: Ledger
-    clock: FakeClock
-    bus: CapturedBus
-    recorder: StreamRecorder
+class Env(StreamEnv):
     client: Any
-
-    def do(self, operation: Callable[[], Any]) -> None:
-        with self.recorder.capture():
-            operation()
-
-    def deliver(self) -> dict[str, Any]:
-        """Invoke the function with what the stream (after the template's filter) captured so far."""
-        result: dict[str, Any] = self.handler.lambda_handler(
-            self.recorder.drain(template_filter), FakeLambdaContext()
-        )
-        return result
 
     def debit(self, account: str, key: str, amount: str) -> None:
         self.do(lambda: self.ledger.debit(account, DebitRequest(key=key, amount=D(amount))))
@@ -81,13 +66,7 @@ class Env:
 
 @pytest.fixture
 def env(moto_tables: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Env]:
-    pricing = tmp_path / "pricing.toml"
-    pricing.write_text(
-        '[meters.api_call]\ncredits_per_unit = "1"\n\n[alerts]\nlow_balance_threshold = "100"\n'
-    )
-    monkeypatch.setenv("CREDITS_PRICING_FILE", str(pricing))
-    bus = CapturedBus.create()
-    monkeypatch.setenv("EVENT_BUS_NAME", bus.name)
+    bus = pricing_and_bus(monkeypatch, tmp_path, PRICING)
     clock = FakeClock(T0)
     handler = load_handler("ledger_stream")
     recorder = StreamRecorder(moto_tables.client, TABLE, clock)

@@ -9,45 +9,28 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from credits_dev.lambda_context import FakeLambdaContext
 from credits_ledger.dal.money import MoneyRepository
 from credits_ledger.domain.models import Category
 from credits_ledger.domain.revenue import Totals, revenue_report
-from credits_ledger.ledger import DebitRequest, Ledger
+from credits_ledger.ledger import DebitRequest
 from credits_ledger.pricing import load_pricing
-from tests.expiry_helpers import CapturedBus, StreamRecorder, load_handler, template_filter
+from tests.expiry_helpers import StreamEnv, StreamRecorder, load_handler, pricing_and_bus
 from tests.ledger_helpers import FakeClock, make_ledger, spec
 
 D = Decimal
 T0 = datetime(2030, 1, 1, 10, tzinfo=UTC)
 TABLE = "CreditsTable"
 ANOMALY = "credits.usage.anomaly"
+PRICING = '[meters.api_call]\ncredits_per_unit = "1"\n\n[alerts]\nlow_balance_threshold = "100"\n'
 
 
 @dataclass
-class Env:
-    handler: ModuleType
-    ledger: Ledger
-    clock: FakeClock
-    bus: CapturedBus
-    recorder: StreamRecorder
+class Env(StreamEnv):
     money: MoneyRepository
-
-    def do(self, operation: Any) -> None:
-        with self.recorder.capture():
-            operation()
-
-    def event(self) -> dict[str, Any]:
-        return self.recorder.drain(template_filter)
-
-    def deliver(self, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.handler.lambda_handler(event or self.event(), FakeLambdaContext())
-        return result
 
     def debit(self, account: str, key: str, amount: str, meter: str = "api_call") -> None:
         request = DebitRequest(key=key, amount=D(amount), metadata={"meter": meter})
@@ -56,13 +39,7 @@ class Env:
 
 @pytest.fixture
 def env(moto_tables: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Env]:
-    pricing = tmp_path / "pricing.toml"
-    pricing.write_text(
-        '[meters.api_call]\ncredits_per_unit = "1"\n\n[alerts]\nlow_balance_threshold = "100"\n'
-    )
-    monkeypatch.setenv("CREDITS_PRICING_FILE", str(pricing))
-    bus = CapturedBus.create()
-    monkeypatch.setenv("EVENT_BUS_NAME", bus.name)
+    bus = pricing_and_bus(monkeypatch, tmp_path, PRICING)
     clock = FakeClock(T0)
     handler = load_handler("ledger_stream")
     handler.stream.cache_clear()
