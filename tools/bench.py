@@ -125,7 +125,9 @@ _calibrations: dict[str, Calibration] = {}
 _calibration_lock = threading.Lock()
 
 
-def _plain_client(endpoint: str) -> Any:
+def _plain_client(endpoint: str, config: Any = None) -> Any:
+    """A boto3 DynamoDB client of its own session (safe to make per thread), with botocore's defaults unless
+    ``config`` is given."""
     import boto3
 
     return boto3.session.Session().client(
@@ -134,6 +136,25 @@ def _plain_client(endpoint: str) -> Any:
         region_name=REGION,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
+        config=config,
+    )
+
+
+def ledger_client(endpoint: str) -> Any:
+    """A DynamoDB client configured as the Lambda functions' clients are (credits_ledger.aws.CLIENT_CONFIG)."""
+    from credits_ledger.aws import CLIENT_CONFIG
+
+    return _plain_client(endpoint, CLIENT_CONFIG)
+
+
+def credits_table(client: Any, tag: str) -> str:
+    """Create template.yaml's tables with a unique ``-<tag>-...`` suffix on ``client``'s DynamoDB; the name
+    of its CreditsTable."""
+    from credits_dev.local.tables import create_tables_from_template
+
+    suffix = f"-{tag}-{uuid.uuid4().hex[:6]}"
+    return str(
+        create_tables_from_template(client, ROOT / "template.yaml", name_suffix=suffix)["CreditsTable"]
     )
 
 
@@ -473,19 +494,8 @@ def instrument(client: Any, endpoint: str) -> CapacityCounter:
 
 
 def counted_client(endpoint: str) -> tuple[Any, CapacityCounter]:
-    """A boto3 DynamoDB client (own session: safe to make per thread) and the counter of its request units."""
-    import boto3
-
-    from credits_ledger.aws import CLIENT_CONFIG
-
-    client = boto3.session.Session().client(
-        "dynamodb",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=CLIENT_CONFIG,
-    )
+    """A ``ledger_client`` (own session: safe to make per thread) and the counter of its request units."""
+    client = ledger_client(endpoint)
     return client, instrument(client, endpoint)
 
 
@@ -614,17 +624,7 @@ def measure(
 ) -> OpRow:
     """Run ``setup()`` (not counted) then ``op(setup_result)`` ``runs`` times; medians of units and time."""
     runs = runs or ctx.runs
-    samples: list[dict[str, Any]] = []
-    times: list[float] = []
-    for _ in range(runs):
-        prepared = setup()
-        ctx.counter.reset()
-        began = time.perf_counter()
-        op(prepared)
-        elapsed = time.perf_counter() - began
-        sample = ctx.counter.snapshot()
-        times.append((elapsed - sample["overhead"]) * 1000)
-        samples.append(sample)
+    samples, times = _samples(ctx.counter, runs, op, lambda _run: setup())
 
     def median(key: str) -> float:
         return float(statistics.median(s[key] for s in samples))
@@ -646,6 +646,59 @@ def measure(
         note=note,
         varies=varies,
     )
+
+
+def _samples(
+    counter: CapacityCounter, runs: int, op: Callable[[Any], Any], setup: Callable[[int], Any]
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """For each run: ``setup(run)`` (not counted), then ``op`` of what it returned, counted and timed. The
+    counter snapshots, and the times in ms without the counter's own reads."""
+    samples: list[dict[str, Any]] = []
+    times: list[float] = []
+    for run in range(runs):
+        prepared = setup(run)
+        counter.reset()
+        began = time.perf_counter()
+        op(prepared)
+        elapsed = time.perf_counter() - began
+        sample = counter.snapshot()
+        times.append((elapsed - sample["overhead"]) * 1000)
+        samples.append(sample)
+    return samples, times
+
+
+def median_units(
+    counter: CapacityCounter,
+    runs: int,
+    op: Callable[..., Any],
+    setup: Callable[[int], Any] = lambda run: run,
+) -> tuple[float, float, float]:
+    """Median read units, write units and ms of ``op(setup(run))`` over ``runs`` runs (``setup`` not counted;
+    without one, ``op`` gets the run's number): for sections that print these three figures only."""
+    samples, times = _samples(counter, runs, op, setup)
+    return (
+        statistics.median(s["read"] for s in samples),
+        statistics.median(s["write"] for s in samples),
+        statistics.median(times),
+    )
+
+
+@dataclass(frozen=True)
+class UnitsRow:
+    """One operation of a section module: median request units and time, on one line."""
+
+    section: str
+    name: str
+    read_units: float
+    write_units: float
+    ms: float
+    note: str = ""
+
+    def __str__(self) -> str:
+        return (
+            f"{self.section:8} {self.name:46} {self.read_units:7.2f} RRU {self.write_units:7.2f} WRU "
+            f"{self.ms:8.2f} ms  {self.note}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1158,12 +1211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     began = time.monotonic()
     with dynamodb(args.endpoint) as endpoint:
-        from credits_dev.local.tables import create_tables_from_template
-
         client, counter = counted_client(endpoint)
-        table = create_tables_from_template(
-            client, ROOT / "template.yaml", name_suffix=f"-bench-{uuid.uuid4().hex[:6]}"
-        )["CreditsTable"]
+        table = credits_table(client, "bench")
         ctx = BenchContext(endpoint=endpoint, table=table, runs=args.runs, client=client, counter=counter)
         self_check = model_self_check(ctx)
         ctx.extra["reference_ms"] = reference_read_ms(ctx)

@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
-import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from credits_dev.lambda_context import FakeLambdaContext
-from tools.bench import counted_client, section_main
+from tools.bench import UnitsRow, counted_client, credits_table, median_units, section_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "api"
@@ -32,21 +29,6 @@ ACCOUNTS = 10
 GRANTS_PER_ACCOUNT = 10
 BATCH = 100
 ADMIN_KEY = "bench-admin-key"
-
-
-@dataclass(frozen=True)
-class ApiRow:
-    name: str
-    read_units: float
-    write_units: float
-    ms: float
-    note: str = ""
-
-    def __str__(self) -> str:
-        return (
-            f"{SECTION:8} {self.name:46} {self.read_units:7.2f} RRU {self.write_units:7.2f} WRU "
-            f"{self.ms:8.2f} ms  {self.note}"
-        )
 
 
 def _event(name: str, body: Any) -> dict[str, Any]:
@@ -90,26 +72,9 @@ def _seed(call: Callable[[dict[str, Any]], dict[str, Any]], customers: list[str]
             call(event)
 
 
-def _measure(counter: Any, runs: int, op: Callable[[int], Any]) -> tuple[float, float, float]:
-    reads, writes, times = [], [], []
-    for run in range(runs):
-        counter.reset()
-        began = time.perf_counter()
-        op(run)
-        elapsed = time.perf_counter() - began
-        sample = counter.snapshot()
-        reads.append(sample["read"])
-        writes.append(sample["write"])
-        times.append((elapsed - sample["overhead"]) * 1000)
-    return statistics.median(reads), statistics.median(writes), statistics.median(times)
-
-
-def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None, runs: int = RUNS) -> list[ApiRow]:
-    from credits_dev.local.tables import create_tables_from_template
-
+def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None, runs: int = RUNS) -> list[UnitsRow]:
     client, counter = counted_client(endpoint)
-    suffix = f"-api-{uuid.uuid4().hex[:6]}"
-    table = create_tables_from_template(client, ROOT / "template.yaml", name_suffix=suffix)["CreditsTable"]
+    table = credits_table(client, "api")
     call = _handler(client, table)
     customers = [f"cus_bench{index:02d}{uuid.uuid4().hex[:4]}" for index in range(ACCOUNTS)]
     _seed(call, customers)
@@ -118,8 +83,8 @@ def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None, runs: 
         body = {"id": f"u-single-{run}", "customer": customers[0], "meter": "api_call", "quantity": 1}
         return call(_event("usage", body))
 
-    single = _measure(counter, runs, usage)
-    replay = _measure(counter, runs, usage)  # the same ids again: each run replays its first answer
+    single = median_units(counter, runs, usage)
+    replay = median_units(counter, runs, usage)  # the same ids again: each run replays its first answer
 
     def batch(run: int) -> dict[str, Any]:
         events = [
@@ -133,11 +98,12 @@ def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None, runs: 
         ]
         return call(_event("usage_batch", {"events": events}))
 
-    batch_units = _measure(counter, max(3, runs // 3), batch)
+    batch_units = median_units(counter, max(3, runs // 3), batch)
     return [
-        ApiRow("POST /v1/usage (one debit, 10 live grants)", *single),
-        ApiRow("POST /v1/usage replay (same id and body)", *replay),
-        ApiRow(
+        UnitsRow(SECTION, "POST /v1/usage (one debit, 10 live grants)", *single),
+        UnitsRow(SECTION, "POST /v1/usage replay (same id and body)", *replay),
+        UnitsRow(
+            SECTION,
             f"POST /v1/usage/batch, per event ({BATCH} over {ACCOUNTS} accounts)",
             batch_units[0] / BATCH,
             batch_units[1] / BATCH,

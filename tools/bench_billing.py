@@ -17,21 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import statistics
-import sys
-import time
 import uuid
-from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-from tools.bench import ValueRow, counted_client, section_main
-
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT / "layers" / "credits_ledger", ROOT):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+from tools.bench import ValueRow, counted_client, credits_table, median_units, section_main
 
 SECTION = "billing"
 RUNS = int(os.environ.get("BENCH_BILLING_RUNS", "10"))
@@ -46,20 +36,6 @@ def _row(name: str, reads: float, writes: float, ms: float, note: str = "") -> l
     ]
 
 
-def _measure(counter: Any, runs: int, op: Callable[[int], Any]) -> tuple[float, float, float]:
-    reads, writes, times = [], [], []
-    for index in range(runs):
-        counter.reset()
-        began = time.perf_counter()
-        op(index)
-        elapsed = time.perf_counter() - began
-        sample = counter.snapshot()
-        reads.append(sample["read"])
-        writes.append(sample["write"])
-        times.append((elapsed - sample["overhead"]) * 1000)
-    return statistics.median(reads), statistics.median(writes), statistics.median(times)
-
-
 def run(endpoint: str, runs: int = RUNS) -> list[ValueRow]:
     import tempfile
 
@@ -69,7 +45,6 @@ def run(endpoint: str, runs: int = RUNS) -> list[ValueRow]:
 
     from credits_dev.lambda_context import FakeLambdaContext
     from credits_dev.local.stripe_emulator import StripeEmulator, in_process_client
-    from credits_dev.local.tables import create_tables_from_template
     from credits_ledger.dal import items as it
     from credits_ledger.dal.accounts import AccountRepository
     from credits_ledger.dal.meter_reports import MeterReportRepository
@@ -90,9 +65,7 @@ def run(endpoint: str, runs: int = RUNS) -> list[ValueRow]:
     load_pricing.cache_clear()
     pricing = load_pricing()
     client, counter = counted_client(endpoint)
-    table = create_tables_from_template(
-        client, ROOT / "template.yaml", name_suffix=f"-bill-{uuid.uuid4().hex[:6]}"
-    )["CreditsTable"]
+    table = credits_table(client, "bill")
     ledger = Ledger(AccountRepository(client, table))
     settings = AccountSettingsRepository(client, table)
     emulator = StripeEmulator()
@@ -151,27 +124,31 @@ def run(endpoint: str, runs: int = RUNS) -> list[ValueRow]:
 
     rows: list[ValueRow] = []
     covered = account(True, False, "1000000")
-    rows += _row("usage debit, covered", *_measure(counter, runs, lambda i: debit(covered, f"usage:c{i}", 1)))
+    rows += _row(
+        "usage debit, covered", *median_units(counter, runs, lambda i: debit(covered, f"usage:c{i}", 1))
+    )
     overdrawn = account(True, False, "1")
     rows += _row(
         "usage debit into overage",
-        *_measure(counter, runs, lambda i: debit(overdrawn, f"usage:o{i}", 5)),
+        *median_units(counter, runs, lambda i: debit(overdrawn, f"usage:o{i}", 5)),
         note="the overage policy is read only when credits run out",
     )
     entries = [debit(overdrawn, f"usage:w{i}", 5) for i in range(runs)]
     rows += _row(
         "worker: one overage debit record",
-        *_measure(counter, runs, lambda i: deliver([entries[i]])),
+        *median_units(counter, runs, lambda i: deliver([entries[i]])),
         note="claim + settle the meter report, settings read, one meter event",
     )
-    rows += _row("worker: the same record again", *_measure(counter, runs, lambda i: deliver([entries[i]])))
+    rows += _row(
+        "worker: the same record again", *median_units(counter, runs, lambda i: deliver([entries[i]]))
+    )
     crossings = []
     for _ in range(runs):
         name = account(False, True, "150")
         crossings.append(debit(name, f"usage:x{uuid.uuid4().hex[:6]}", 100))
     rows += _row(
         "worker: a crossing requesting a top-up",
-        *_measure(counter, runs, lambda i: deliver([crossings[i]])),
+        *median_units(counter, runs, lambda i: deliver([crossings[i]])),
         note="attempt claimed (transaction), customer + price + PaymentIntent calls, requested",
     )
     # exactly once under faults

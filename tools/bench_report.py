@@ -14,18 +14,14 @@ Units are AWS figures from ``tools.bench.counted_client``; time is wall time on 
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-from tools.bench import counted_client, section_main
+from tools.bench import counted_client, credits_table, median_units, section_main
 
-ROOT = Path(__file__).resolve().parents[1]
 SECTION = "report"
 RUNS = 5
 BATCH = 100
@@ -46,20 +42,6 @@ class ReportRow:
             f"{SECTION:8} {self.name:52} {self.read_units:8.2f} RRU {self.write_units:7.2f} WRU "
             f"{self.ms:8.2f} ms  {self.note}"
         )
-
-
-def _measure(counter: Any, runs: int, op: Any) -> tuple[float, float, float]:
-    reads, writes, times = [], [], []
-    for run in range(runs):
-        counter.reset()
-        began = time.perf_counter()
-        op(run)
-        elapsed = time.perf_counter() - began
-        sample = counter.snapshot()
-        reads.append(sample["read"])
-        writes.append(sample["write"])
-        times.append((elapsed - sample["overhead"]) * 1000)
-    return statistics.median(reads), statistics.median(writes), statistics.median(times)
 
 
 def _stream_event(entries: list[Any]) -> dict[str, Any]:
@@ -100,7 +82,6 @@ def _seed_days(client: Any, table: str, days: int, buckets: int, end: date) -> N
 
 
 def run(endpoint: str, runs: int = RUNS) -> list[ReportRow]:
-    from credits_dev.local.tables import create_tables_from_template
     from credits_ledger.bus import LogOnlyBus
     from credits_ledger.dal.accounts import AccountRepository
     from credits_ledger.dal.money import MoneyRepository
@@ -114,14 +95,8 @@ def run(endpoint: str, runs: int = RUNS) -> list[ReportRow]:
     client, counter = counted_client(endpoint)
     rows: list[ReportRow] = []
 
-    def fresh_table() -> str:
-        suffix = f"-report-{uuid.uuid4().hex[:6]}"
-        return str(
-            create_tables_from_template(client, ROOT / "template.yaml", name_suffix=suffix)["CreditsTable"]
-        )
-
     # ---- stream side ---------------------------------------------------------------------------------------
-    table = fresh_table()
+    table = credits_table(client, "report")
     ledger = Ledger(AccountRepository(client, table))
     money = MoneyRepository(client, table)
     stream = MoneyStream(money, AccountSettingsRepository(client, table), LogOnlyBus(), lambda: Decimal(100))
@@ -137,40 +112,38 @@ def run(endpoint: str, runs: int = RUNS) -> list[ReportRow]:
     for account in many:
         ledger.grant(account, paid(f"g-{account}"), key=f"g:{account}")
 
-    def busy_batch(run: int) -> float:
+    def busy_entries(run: int) -> dict[str, Any]:
         entries = [
             ledger.debit(
                 busy, DebitRequest(key=f"b{run}-{i}", amount=Decimal(3), metadata={"meter": "api_call"})
             ).entry
             for i in range(BATCH)
         ]
-        event = _stream_event(entries)
-        counter.reset()
-        began = time.perf_counter()
-        batch = stream.batch(event)
-        batch.account(busy)
-        return (time.perf_counter() - began - counter.snapshot()["overhead"]) * 1000
+        return _stream_event(entries)
 
-    def many_batch(run: int) -> float:
+    def many_entries(run: int) -> dict[str, Any]:
         entries = [
             ledger.debit(
                 a, DebitRequest(key=f"m{run}-{a}", amount=Decimal(3), metadata={"meter": "api_call"})
             ).entry
             for a in many
         ]
-        event = _stream_event(entries)
-        counter.reset()
-        began = time.perf_counter()
+        return _stream_event(entries)
+
+    def busy_batch(event: dict[str, Any]) -> None:
+        stream.batch(event).account(busy)
+
+    def many_batch(event: dict[str, Any]) -> None:
         batch = stream.batch(event)
         for account in many:
             batch.account(account)
-        return (time.perf_counter() - began - counter.snapshot()["overhead"]) * 1000
 
-    for name, op in (
-        (f"stream batch: {BATCH} debits of one busy account", busy_batch),
-        (f"stream batch: {BATCH} accounts, one debit each", many_batch),
+    # the ledger writes that make a run's entries are its setup, not counted
+    for name, op, setup in (
+        (f"stream batch: {BATCH} debits of one busy account", busy_batch, busy_entries),
+        (f"stream batch: {BATCH} accounts, one debit each", many_batch, many_entries),
     ):
-        reads, writes, ms = _measure_after_reset(counter, runs, op)
+        reads, writes, ms = median_units(counter, runs, op, setup)
         rows.append(
             ReportRow(
                 name, reads, writes, ms, note=f"per entry: {reads / BATCH:.3f} RRU, {writes / BATCH:.3f} WRU"
@@ -184,17 +157,17 @@ def run(endpoint: str, runs: int = RUNS) -> list[ReportRow]:
         ("1 year of a busy account", 365, 1),
         ("1 year of many accounts (4 buckets a day)", 365, 4),
     ):
-        table = fresh_table()
+        table = credits_table(client, "report")
         _seed_days(client, table, days, buckets, end)
         report = RevenueReport(MoneyRepository(client, table))
         start = end - timedelta(days=days - 1)
-        reads, writes, ms = _measure(counter, runs, lambda _run, r=report, s=start: r.lines(s, end))
+        reads, writes, ms = median_units(counter, runs, lambda _run, r=report, s=start: r.lines(s, end))
         rows.append(
             ReportRow(f"report {label}", reads, writes, ms, note=f"{days * buckets} day items, 2 currencies")
         )
         tail = end - timedelta(days=29)
         if days > 30:
-            reads, writes, ms = _measure(counter, runs, lambda _run, r=report, t=tail: r.lines(t, end))
+            reads, writes, ms = median_units(counter, runs, lambda _run, r=report, t=tail: r.lines(t, end))
             rows.append(
                 ReportRow(
                     f"report last 30 days of {label}",
@@ -205,18 +178,6 @@ def run(endpoint: str, runs: int = RUNS) -> list[ReportRow]:
                 )
             )
     return rows
-
-
-def _measure_after_reset(counter: Any, runs: int, op: Any) -> tuple[float, float, float]:
-    """Like _measure, but ``op`` resets the counter itself once its setup (the ledger writes) is done and
-    returns the milliseconds of the measured part."""
-    reads, writes, times = [], [], []
-    for run in range(runs):
-        times.append(op(run))
-        sample = counter.snapshot()
-        reads.append(sample["read"])
-        writes.append(sample["write"])
-    return statistics.median(reads), statistics.median(writes), statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:

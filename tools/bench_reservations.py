@@ -12,63 +12,20 @@ beforehand (not counted).
 from __future__ import annotations
 
 import os
-import statistics
-import sys
-import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-from tools.bench import counted_client, section_main
+from tools.bench import UnitsRow, counted_client, credits_table, median_units, section_main
 
-ROOT = Path(__file__).resolve().parents[1]
 SECTION = "reservations"
 RUNS = int(os.environ.get("BENCH_RESERVATIONS_RUNS", "15"))
 GRANTS = 10
 OPEN = 10  # open reservations on the account of the "debit next to open reservations" row
 
 
-@dataclass(frozen=True)
-class ReservationRow:
-    name: str
-    read_units: float
-    write_units: float
-    ms: float
-    note: str = ""
-
-    def __str__(self) -> str:
-        return (
-            f"{SECTION:12} {self.name:46} {self.read_units:7.2f} RRU {self.write_units:7.2f} WRU "
-            f"{self.ms:8.2f} ms  {self.note}"
-        )
-
-
-def _measure(
-    counter: Any, runs: int, op: Callable[[Any], Any], setup: Callable[[int], Any]
-) -> tuple[float, float, float]:
-    reads, writes, times = [], [], []
-    for run in range(runs):
-        prepared = setup(run)
-        counter.reset()
-        began = time.perf_counter()
-        op(prepared)
-        elapsed = time.perf_counter() - began
-        sample = counter.snapshot()
-        reads.append(sample["read"])
-        writes.append(sample["write"])
-        times.append((elapsed - sample["overhead"]) * 1000)
-    return statistics.median(reads), statistics.median(writes), statistics.median(times)
-
-
-def run(endpoint: str, *, runs: int = RUNS) -> list[ReservationRow]:
-    for path in (ROOT / "layers" / "credits_ledger", ROOT):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
-    from credits_dev.local.tables import create_tables_from_template
+def run(endpoint: str, *, runs: int = RUNS) -> list[UnitsRow]:
     from credits_ledger.dal.accounts import AccountRepository
     from credits_ledger.dal.reservations import ReservationRepository
     from credits_ledger.domain.models import Source
@@ -77,8 +34,7 @@ def run(endpoint: str, *, runs: int = RUNS) -> list[ReservationRow]:
     from credits_ledger.reservations import Reservations, ReserveRequest
 
     client, counter = counted_client(endpoint)
-    suffix = f"-resv-{uuid.uuid4().hex[:6]}"
-    table = create_tables_from_template(client, ROOT / "template.yaml", name_suffix=suffix)["CreditsTable"]
+    table = credits_table(client, "resv")
     accounts = AccountRepository(client, table)
     ledger = Ledger(accounts)
     service = Reservations(accounts, ReservationRepository(client, table))
@@ -108,39 +64,47 @@ def run(endpoint: str, *, runs: int = RUNS) -> list[ReservationRow]:
     def new_request(_run: int) -> ReserveRequest:
         return ReserveRequest(f"bench-{tag}-{next(ids)}", customer, Decimal(100), 3600)
 
-    reserve = _measure(counter, runs, service.reserve, new_request)
-    replay = _measure(
+    reserve = median_units(counter, runs, service.reserve, new_request)
+    replay = median_units(
         counter,
         runs,
         service.reserve,
         lambda run: ReserveRequest(f"bench-{tag}-0", customer, Decimal(100), 3600),
     )
-    capture = _measure(counter, runs, lambda record: service.capture(record, Decimal(60), False), reserved)
-    release = _measure(counter, runs, service.release, reserved)
+    capture = median_units(
+        counter, runs, lambda record: service.capture(record, Decimal(60), False), reserved
+    )
+    release = median_units(counter, runs, service.release, reserved)
     crowded = account("crowded")
     for index in range(OPEN):
         service.reserve(ReserveRequest(f"bench-{tag}-open-{index}", crowded, Decimal(10), 86_400))
-    debit = _measure(
+    debit = median_units(
         counter,
         runs,
         lambda key: ledger.debit(crowded, DebitRequest(key=key, amount=Decimal(1), fingerprint="1")),
         lambda run: f"usage:bench:{tag}:{run}",
     )
     return [
-        ReservationRow(
-            "reserve (10 live grants)", *reserve, note="account + reserve entry + record (+ its index)"
+        UnitsRow(
+            SECTION,
+            "reserve (10 live grants)",
+            *reserve,
+            note="account + reserve entry + record (+ its index)",
         ),
-        ReservationRow("reserve replay (same id and body)", *replay, note="reads the entry, writes nothing"),
-        ReservationRow(
+        UnitsRow(
+            SECTION, "reserve replay (same id and body)", *replay, note="reads the entry, writes nothing"
+        ),
+        UnitsRow(
+            SECTION,
             "capture 60 of 100 (debit + unreserve)",
             *capture,
             note="account + debit + unreserve entries + record (API: +1 RRU record read)",
         ),
-        ReservationRow(
-            "release", *release, note="account + unreserve entry + record (API: +1 RRU record read)"
+        UnitsRow(
+            SECTION, "release", *release, note="account + unreserve entry + record (API: +1 RRU record read)"
         ),
-        ReservationRow(
-            f"debit next to {OPEN} open reservations", *debit, note="the account item carries them"
+        UnitsRow(
+            SECTION, f"debit next to {OPEN} open reservations", *debit, note="the account item carries them"
         ),
     ]
 

@@ -126,17 +126,7 @@ def capacity_rows(client: Any, table: str, runs: int = RUNS) -> list[Row]:
 
 
 def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None) -> list[Row]:
-    if client_for is not None:
-        from credits_dev.local.tables import create_tables_from_template
-
-        client = client_for(endpoint)
-        suffix = f"-sub-{uuid.uuid4().hex[:6]}"
-        table = create_tables_from_template(client, ROOT / "template.yaml", name_suffix=suffix)[
-            "CreditsTable"
-        ]
-    else:
-        client, table = _tables(endpoint)
-    return capacity_rows(client, table)
+    return capacity_rows(*_tables(endpoint, "sub", client_for))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ import re
 import statistics
 import subprocess
 import sys
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.bench import ValueRow as Row
-from tools.bench import section_main
+from tools.bench import credits_table, section_main
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER = ROOT / "layers" / "credits_ledger"
@@ -198,22 +197,22 @@ def capacity_rows(client: Any, table: str) -> list[Row]:
     return rows
 
 
-def _tables(endpoint: str) -> tuple[Any, str]:
+def _tables(endpoint: str, tag: str, client_for: Callable[[str], Any] | None = None) -> tuple[Any, str]:
+    """A client of the DynamoDB at ``endpoint`` (``client_for(endpoint)``'s when given, e.g. tools.bench's
+    counted client) and a CreditsTable created on it from template.yaml."""
     import boto3
 
-    from credits_dev.local.tables import create_tables_from_template
-
-    client = boto3.client(
-        "dynamodb",
-        endpoint_url=endpoint,
-        region_name=os.environ.get("AWS_REGION", "us-east-1"),
-        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
-        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
-    )
-    names = create_tables_from_template(
-        client, ROOT / "template.yaml", name_suffix=f"-wh-{uuid.uuid4().hex[:6]}"
-    )
-    return client, names["CreditsTable"]
+    if client_for is not None:
+        client = client_for(endpoint)
+    else:
+        client = boto3.client(
+            "dynamodb",
+            endpoint_url=endpoint,
+            region_name=os.environ.get("AWS_REGION", "us-east-1"),
+            aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+            aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+        )
+    return client, credits_table(client, tag)
 
 
 def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None) -> list[Row]:
@@ -221,17 +220,7 @@ def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None) -> lis
     (``client_for(endpoint)`` may supply the client, e.g. tools.bench's counted client; the tables are
     created from template.yaml with a unique suffix)."""
     rows = import_rows(import_profile(), IMPORT_RUNS)
-    if client_for is not None:
-        from credits_dev.local.tables import create_tables_from_template
-
-        client = client_for(endpoint)
-        suffix = f"-wh-{uuid.uuid4().hex[:6]}"
-        table = create_tables_from_template(client, ROOT / "template.yaml", name_suffix=suffix)[
-            "CreditsTable"
-        ]
-    else:
-        client, table = _tables(endpoint)
-    return rows + capacity_rows(client, table)
+    return rows + capacity_rows(*_tables(endpoint, "wh", client_for))
 
 
 def main(argv: list[str] | None = None) -> int:
