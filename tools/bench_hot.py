@@ -42,7 +42,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from tools.bench import REGION, counted_client, item_size, section_main
+from tools.bench import REGION, counted_client, credits_table, item_size, ledger_client, section_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "hot"
@@ -110,6 +110,35 @@ class _Tally:
     first_error: str = ""
 
 
+class _Load:
+    """W writer threads that start together and debit for ``SECONDS``: each writer's tally and count of
+    debits done, and the barrier and event that start and stop them all."""
+
+    def __init__(self, writers: int) -> None:
+        self.writers = writers
+        self.tallies = [_Tally() for _ in range(writers)]
+        self.counts = [0] * writers
+        self.start = threading.Barrier(writers + 1)
+        self.stop = threading.Event()
+
+    def run(self, writer: Callable[[int], None], helpers: tuple[threading.Thread, ...] = ()) -> float:
+        """Run ``writer(index)`` on W threads (``helpers`` started before them and joined after them);
+        the seconds from the common start until all have ended."""
+        threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(self.writers)]
+        for thread in (*helpers, *threads):
+            thread.start()
+        self.start.wait()
+        began = time.perf_counter()
+        time.sleep(SECONDS)
+        self.stop.set()
+        for thread in (*threads, *helpers):
+            thread.join()
+        return time.perf_counter() - began
+
+    def row(self, path: str, spread: bool, elapsed: float) -> HotRow:
+        return _row(path, self.writers, spread, sum(self.counts), elapsed, self.tallies)
+
+
 def _percentile(values: list[float], share: float) -> float:
     if not values:
         return 0.0
@@ -118,21 +147,6 @@ def _percentile(values: list[float], share: float) -> float:
 
 
 # ---- 1. the ledger under W writers --------------------------------------------------------------------------
-def _plain_client(endpoint: str) -> Any:
-    import boto3
-
-    from credits_ledger.aws import CLIENT_CONFIG
-
-    return boto3.session.Session().client(
-        "dynamodb",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=CLIENT_CONFIG,
-    )
-
-
 def _fund(ledger: Any, account: str, grants: int = 10, amount: str = "100000") -> None:
     from credits_ledger.domain.models import Source
     from credits_ledger.domain.transitions import GrantSpec
@@ -153,31 +167,28 @@ def _ledger_writers(
 
     run = uuid.uuid4().hex[:6]
     accounts = [f"cus_hot_{run}_{i}" for i in (range(writers) if spread else range(1))]
-    setup = Ledger(AccountRepository(_plain_client(endpoint), table))
+    setup = Ledger(AccountRepository(ledger_client(endpoint), table))
     for account in accounts:
         _fund(setup, account)
-    tallies = [_Tally() for _ in range(writers)]
-    counts = [0] * writers
-    start = threading.Barrier(writers + 1)
-    stop = threading.Event()
+    load = _Load(writers)
 
     def writer(index: int) -> None:
-        tally = tallies[index]
+        tally = load.tallies[index]
 
         def backoff(seconds: float) -> None:  # the ledger calls it once per version conflict
             tally.conflicts += 1
             time.sleep(seconds * backoff_scale)
 
-        ledger = Ledger(AccountRepository(_plain_client(endpoint), table), sleep=backoff)
+        ledger = Ledger(AccountRepository(ledger_client(endpoint), table), sleep=backoff)
         account = accounts[index if spread else 0]
-        start.wait()
+        load.start.wait()
         n = 0
-        while not stop.is_set():
+        while not load.stop.is_set():
             n += 1
             began = time.perf_counter()
             try:
                 ledger.debit(account, DebitRequest(f"use:{run}:{index}:{n}", Decimal(1), fingerprint="1"))
-                counts[index] += 1
+                load.counts[index] += 1
             except ConcurrencyConflict:
                 tally.rate_limited += 1
             except Exception as exc:  # counted and shown, the bench goes on
@@ -185,17 +196,7 @@ def _ledger_writers(
                 tally.first_error = tally.first_error or f"{exc.__class__.__name__}: {exc}"
             tally.latencies.append((time.perf_counter() - began) * 1000)
 
-    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(writers)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    began = time.perf_counter()
-    time.sleep(SECONDS)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began
-    return _row("ledger", writers, spread, sum(counts), elapsed, tallies)
+    return load.row("ledger", spread, load.run(writer))
 
 
 def _row(path: str, writers: int, spread: bool, debits: int, elapsed: float, tallies: list[_Tally]) -> HotRow:
@@ -237,23 +238,20 @@ def _lanes_writers(endpoint: str, table: str, writers: int, lanes: int) -> HotRo
     from botocore.exceptions import ClientError
 
     run = uuid.uuid4().hex[:6]
-    setup = _plain_client(endpoint)
+    setup = ledger_client(endpoint)
     lane_keys = [{"pk": {"S": f"LANE#{run}#{i}"}, "sk": {"S": "LANE"}} for i in range(lanes)]
     for key in lane_keys:
         setup.put_item(TableName=table, Item={**key, "balance": {"N": "1000000"}})
-    tallies = [_Tally() for _ in range(writers)]
-    counts = [0] * writers
-    start = threading.Barrier(writers + 1)
-    stop = threading.Event()
+    load = _Load(writers)
 
     def writer(index: int) -> None:
         import random
 
-        tally = tallies[index]
-        client = _plain_client(endpoint)
-        start.wait()
+        tally = load.tallies[index]
+        client = ledger_client(endpoint)
+        load.start.wait()
         n = 0
-        while not stop.is_set():
+        while not load.stop.is_set():
             n += 1
             began = time.perf_counter()
             for attempt in range(60):
@@ -283,7 +281,7 @@ def _lanes_writers(endpoint: str, table: str, writers: int, lanes: int) -> HotRo
                             },
                         ]
                     )
-                    counts[index] += 1
+                    load.counts[index] += 1
                     break
                 except ClientError as exc:
                     if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
@@ -296,18 +294,7 @@ def _lanes_writers(endpoint: str, table: str, writers: int, lanes: int) -> HotRo
                 tally.rate_limited += 1
             tally.latencies.append((time.perf_counter() - began) * 1000)
 
-    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(writers)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    began = time.perf_counter()
-    time.sleep(SECONDS)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    return replace_layout(
-        _row("lanes", writers, False, sum(counts), time.perf_counter() - began, tallies), f"{lanes} lanes"
-    )
+    return replace_layout(load.row("lanes", False, load.run(writer)), f"{lanes} lanes")
 
 
 def _combined_writers(endpoint: str, table: str, writers: int) -> HotRow:
@@ -321,17 +308,14 @@ def _combined_writers(endpoint: str, table: str, writers: int) -> HotRow:
 
     run = uuid.uuid4().hex[:6]
     account = f"cus_hotc_{run}"
-    ledger = Ledger(AccountRepository(_plain_client(endpoint), table))
+    ledger = Ledger(AccountRepository(ledger_client(endpoint), table))
     _fund(ledger, account)
     pending: queue.Queue[tuple[DebitRequest, threading.Event, list[Any]]] = queue.Queue()
-    tallies = [_Tally() for _ in range(writers)]
-    counts = [0] * writers
-    start = threading.Barrier(writers + 1)
-    stop = threading.Event()
+    load = _Load(writers)
     batches: list[int] = []
 
     def committer() -> None:
-        while not (stop.is_set() and pending.empty()):
+        while not (load.stop.is_set() and pending.empty()):
             try:
                 first = pending.get(timeout=0.05)
             except queue.Empty:
@@ -349,10 +333,10 @@ def _combined_writers(endpoint: str, table: str, writers: int) -> HotRow:
                 done.set()
 
     def writer(index: int) -> None:
-        tally = tallies[index]
-        start.wait()
+        tally = load.tallies[index]
+        load.start.wait()
         n = 0
-        while not stop.is_set():
+        while not load.stop.is_set():
             n += 1
             done, out = threading.Event(), []
             began = time.perf_counter()
@@ -360,23 +344,13 @@ def _combined_writers(endpoint: str, table: str, writers: int) -> HotRow:
             done.wait()
             tally.latencies.append((time.perf_counter() - began) * 1000)
             if out and out[0].error is None:
-                counts[index] += 1
+                load.counts[index] += 1
             else:
                 tally.errors += 1
 
-    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(writers)]
-    leader = threading.Thread(target=committer, daemon=True)
-    leader.start()
-    for thread in threads:
-        thread.start()
-    start.wait()
-    began = time.perf_counter()
-    time.sleep(SECONDS)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    leader.join()
-    row = _row("combine", writers, False, sum(counts), time.perf_counter() - began, tallies)
+    row = load.row(
+        "combine", False, load.run(writer, helpers=(threading.Thread(target=committer, daemon=True),))
+    )
     mean = statistics.mean(batches) if batches else 0
     return replace_layout(row, f"~{mean:.0f}/tx")
 
@@ -459,17 +433,14 @@ def _http_writers(stack: _Stack, writers: int, spread: bool) -> HotRow:
             "POST", f"/v1/customers/{account}/grants", {"amount": "1000000", "id": f"fund-{account}"}
         )
         assert status in (200, 201), (status, body)
-    tallies = [_Tally() for _ in range(writers)]
-    counts = [0] * writers
-    start = threading.Barrier(writers + 1)
-    stop = threading.Event()
+    load = _Load(writers)
 
     def writer(index: int) -> None:
-        tally = tallies[index]
+        tally = load.tallies[index]
         account = accounts[index if spread else 0]
-        start.wait()
+        load.start.wait()
         n = 0
-        while not stop.is_set():
+        while not load.stop.is_set():
             n += 1
             body = {"id": f"u-{run}-{index}-{n}", "customer": account, "meter": "api_call", "quantity": 1}
             began = time.perf_counter()
@@ -479,23 +450,14 @@ def _http_writers(stack: _Stack, writers: int, spread: bool) -> HotRow:
                 status, answer = 0, str(exc)
             tally.latencies.append((time.perf_counter() - began) * 1000)
             if status == 201:
-                counts[index] += 1
+                load.counts[index] += 1
             elif status == 429:
                 tally.rate_limited += 1
             else:
                 tally.errors += 1
                 tally.first_error = tally.first_error or f"HTTP {status}: {answer}"
 
-    threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(writers)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    began = time.perf_counter()
-    time.sleep(SECONDS)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    return _row("http", writers, spread, sum(counts), time.perf_counter() - began, tallies)
+    return load.row("http", spread, load.run(writer))
 
 
 # ---- 3. the debit's cost as live grants grow ----------------------------------------------------------------
@@ -612,12 +574,7 @@ def _debit_costs(endpoint: str, table: str) -> list[CostRow]:
 
 # ---- the section ------------------------------------------------------------------------------------------------
 def run(endpoint: str) -> list[Any]:
-    from credits_dev.local.tables import create_tables_from_template
-
-    client = _plain_client(endpoint)
-    table = create_tables_from_template(
-        client, ROOT / "template.yaml", name_suffix=f"-hot-{uuid.uuid4().hex[:6]}"
-    )["CreditsTable"]
+    table = credits_table(ledger_client(endpoint), "hot")
     rows: list[Any] = []
     for writers in WRITERS:
         rows += _pair(lambda w, spread: _ledger_writers(endpoint, table, w, spread), writers)
