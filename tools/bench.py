@@ -889,58 +889,43 @@ def ledger_section(ctx: BenchContext) -> list[Any]:
     def fresh(funded: bool = False) -> Callable[[], tuple[str, list[str]]]:
         return lambda: fx.account(10, funded=funded)
 
-    rows.append(
-        measure(
-            ctx,
-            name,
+    # (row, operation on a fresh account with 10 grants, whether those grants are Stripe-funded, note)
+    on_fresh_account: list[tuple[str, Callable[[tuple[str, list[str]]], Any], bool, str]] = [
+        (
             "grant (11th grant, with expiry)",
             lambda s: fx.grant(s[0], "100", expires_in=timedelta(days=90)),
-            setup=fresh(),
-            note="account + entry + grant item (GSIs: GrantsByAccount, ExpiringGrants)",
-        )
-    )
-    rows.append(
-        measure(
-            ctx,
-            name,
+            False,
+            "account + entry + grant item (GSIs: GrantsByAccount, ExpiringGrants)",
+        ),
+        (
             "grant (Stripe-funded, with expiry)",
             lambda s: fx.grant(
                 s[0], "100", expires_in=timedelta(days=90), funding_key=f"pi_{uuid.uuid4().hex}"
             ),
-            setup=fresh(),
-            note="funding_key is an attribute, not indexed: as any grant",
-        )
-    )
-    rows.append(
-        measure(
-            ctx,
-            name,
+            False,
+            "funding_key is an attribute, not indexed: as any grant",
+        ),
+        (
             "debit touching 1 grant (10 active)",
             lambda s: fx.debit(s[0], "1"),
-            setup=fresh(),
-            note="target: <= 1 RRU, <= 4 WRU",
-        )
-    )
-    rows.append(
-        measure(
-            ctx,
-            name,
+            False,
+            "target: <= 1 RRU, <= 4 WRU",
+        ),
+        (
             "debit touching 3 grants (depletes 2)",
             lambda s: fx.debit(s[0], "250"),
-            setup=fresh(),
-            note="+ 2 grant-item closes",
-        )
-    )
-    rows.append(
-        measure(
-            ctx,
-            name,
+            False,
+            "+ 2 grant-item closes",
+        ),
+        (
             "debit touching 3 grants, Stripe-funded",
             lambda s: fx.debit(s[0], "250"),
-            setup=fresh(funded=True),
-            note="as unfunded grants",
-        )
-    )
+            True,
+            "as unfunded grants",
+        ),
+    ]
+    for label, op, funded, note in on_fresh_account:
+        rows.append(measure(ctx, name, label, op, setup=fresh(funded), note=note))
 
     replay_account, _ = fx.account(10)
     first = fx.debit(replay_account, "1", key=usage_key(replay_account, "replayed"))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -113,10 +112,5 @@ def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None, runs: 
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    section_main(run, argv)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    section_main(run)

@@ -176,10 +176,5 @@ def run(endpoint: str, runs: int = RUNS) -> list[ValueRow]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    section_main(run, argv)
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    section_main(run)

@@ -608,10 +608,5 @@ def run(endpoint: str) -> list[Any]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    section_main(run, argv)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    section_main(run)

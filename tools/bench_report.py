@@ -14,7 +14,6 @@ Units are AWS figures from ``tools.bench.counted_client``; time is wall time on 
 
 from __future__ import annotations
 
-import sys
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -180,10 +179,5 @@ def run(endpoint: str, runs: int = RUNS) -> list[ReportRow]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    section_main(run, argv)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    section_main(run)

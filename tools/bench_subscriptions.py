@@ -129,10 +129,5 @@ def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None) -> lis
     return capacity_rows(*_tables(endpoint, "sub", client_for))
 
 
-def main(argv: list[str] | None = None) -> int:
-    section_main(run, argv)
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    section_main(run)

@@ -223,10 +223,5 @@ def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None) -> lis
     return rows + capacity_rows(*_tables(endpoint, "wh", client_for))
 
 
-def main(argv: list[str] | None = None) -> int:
-    section_main(run, argv)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    section_main(run)
