@@ -13,6 +13,7 @@ dynamodb_local_server    the ``DynamoDBLocal`` object behind it (session).
 local_tables             ``Tables`` created on DynamoDB Local with a unique suffix per test, deleted after;
                          sets ``TABLE_NAME`` and ``AWS_ENDPOINT_URL_DYNAMODB`` so code that builds its own
                          boto3 client reaches DynamoDB Local.
+botocore_sleeps          list of botocore's retry backoff delays, recorded instead of slept.
 
 Tests using ``dynamodb_local``/``local_tables``/``java_executable`` get the ``dynamodb_local`` marker automatically.
 """
@@ -23,8 +24,10 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import botocore.endpoint
 import pytest
 
 from credits_dev.local.dynamodb_local import DynamoDBLocal, find_java, java_major_version
@@ -178,3 +181,11 @@ def local_tables(
         yield tables
     finally:
         delete_tables(client, mapping.values())
+
+
+@pytest.fixture
+def botocore_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """botocore's retry backoff (``time.sleep`` in botocore.endpoint) recorded instead of slept."""
+    slept: list[float] = []
+    monkeypatch.setattr(botocore.endpoint, "time", SimpleNamespace(sleep=slept.append))
+    return slept

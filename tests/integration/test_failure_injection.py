@@ -28,7 +28,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import boto3
-import botocore.endpoint
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, ReadTimeoutError
@@ -141,14 +140,6 @@ def ops(*names: str) -> Any:
 def client(moto_tables: Any) -> Any:
     """A client configured like production (standard retries, 5 attempts), inside moto."""
     return boto3.client("dynamodb", region_name="us-east-1", config=CLIENT_CONFIG)
-
-
-@pytest.fixture
-def botocore_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """botocore's retry backoff (``time.sleep`` in botocore.endpoint) recorded instead of slept."""
-    slept: list[float] = []
-    monkeypatch.setattr(botocore.endpoint, "time", SimpleNamespace(sleep=slept.append))
-    return slept
 
 
 @pytest.fixture

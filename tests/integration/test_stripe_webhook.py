@@ -18,7 +18,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import botocore.endpoint
 import pytest
 from botocore.awsrequest import AWSResponse
 
@@ -33,7 +32,7 @@ from credits_ledger.pricing import load_pricing
 from credits_ledger.webhooks import StripeWebhookProcessor
 from functions.stripe_webhook import app
 from tests.ledger_helpers import all_entries, all_grants, assert_books_balance
-from tests.support.webhook import lambda_context
+from tests.support.webhook import lambda_context, reset_webhook_caches, webhook_configured
 
 D = Decimal
 SECRET = "whsec_test_3f9c1a2b4d5e6f708192a3b4c5d6e7f8"
@@ -119,28 +118,10 @@ class Webhook:
         return {k: next(iter(v.values())) for k, v in raw.items()} if raw else None
 
 
-def _reset_caches() -> None:
-    app.processor.cache_clear()
-    load_pricing.cache_clear()
-    dal_client.dynamodb_client.cache_clear()
-
-
-@pytest.fixture
-def botocore_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """botocore's retry backoff recorded instead of slept."""
-    slept: list[float] = []
-    monkeypatch.setattr(botocore.endpoint, "time", SimpleNamespace(sleep=slept.append))
-    return slept
-
-
 @pytest.fixture
 def webhook(moto_tables: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Webhook]:
-    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", SECRET)
-    monkeypatch.delenv("STRIPE_WEBHOOK_SECRET_PARAMETER", raising=False)
-    monkeypatch.setenv("CREDITS_PRICING_FILE", str(PRICING_FILE))
-    _reset_caches()
-    yield Webhook(moto_tables)
-    _reset_caches()
+    with webhook_configured(monkeypatch, SECRET, PRICING_FILE):
+        yield Webhook(moto_tables)
 
 
 @pytest.fixture
@@ -708,7 +689,7 @@ def test_unknown_pack_is_acknowledged_recorded_and_replayable(
     pricing = tmp_path / "pricing.toml"
     pricing.write_text(PRICING_FILE.read_text(encoding="utf-8"), encoding="utf-8")
     monkeypatch.setenv("CREDITS_PRICING_FILE", str(pricing))
-    _reset_caches()
+    reset_webhook_caches()
     ev = checkout(customer, "mega", amount_subtotal=40000, amount_tax=0)
     capsys.readouterr()
     webhook.ok(ev, "failed")

@@ -34,7 +34,7 @@ from credits_ledger.ledger import Ledger
 from credits_ledger.pricing import load_pricing
 from credits_ledger.webhooks import StripeWebhookProcessor
 from tests.ledger_helpers import all_entries, all_grants, assert_books_balance
-from tests.support.webhook import deliver, fast_tables, reset_webhook_caches
+from tests.support.webhook import deliver, fast_tables, webhook_configured
 
 D = Decimal
 SECRET = "whsec_test_permutations_5b1f0c7e9a2d"
@@ -123,15 +123,12 @@ class Backend:
 @pytest.fixture
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
     """DynamoDB Local when Java is there (40 examples), else moto (slow: 12 examples)."""
-    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", SECRET)
-    monkeypatch.setenv("CREDITS_PRICING_FILE", str(PRICING_FILE))
-    reset_webhook_caches()
-    tables, local = fast_tables(request)
-    client, table = tables.client, tables["CreditsTable"]
-    ledger = Ledger(AccountRepository(client, table))
-    processor = StripeWebhookProcessor(ledger, PaymentRepository(client, table), load_pricing())
-    yield Backend(ledger, processor, 40 if local else 12)
-    reset_webhook_caches()
+    with webhook_configured(monkeypatch, SECRET, PRICING_FILE):
+        tables, local = fast_tables(request)
+        client, table = tables.client, tables["CreditsTable"]
+        ledger = Ledger(AccountRepository(client, table))
+        processor = StripeWebhookProcessor(ledger, PaymentRepository(client, table), load_pricing())
+        yield Backend(ledger, processor, 40 if local else 12)
 
 
 def money_state(ledger: Ledger, customer: str) -> dict[str, tuple[Decimal, GrantStatus, bool]]:

@@ -33,7 +33,7 @@ from credits_ledger.ledger import Ledger
 from credits_ledger.pricing import load_pricing
 from credits_ledger.webhooks import StripeWebhookProcessor
 from tests.ledger_helpers import all_entries, assert_books_balance
-from tests.support.webhook import deliver, fast_tables, reset_webhook_caches
+from tests.support.webhook import deliver, fast_tables, webhook_configured
 
 SECRET = "whsec_test_stream_7d3e9f01b2c4"
 PRICING_FILE = Path(__file__).resolve().parents[2] / "config" / "pricing.toml"
@@ -241,14 +241,11 @@ class Backend:
 
 @pytest.fixture
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
-    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", SECRET)
-    monkeypatch.setenv("CREDITS_PRICING_FILE", str(PRICING_FILE))
-    reset_webhook_caches()
-    tables, local = fast_tables(request)
-    deliveries, payments, accounts = (1000, PAYMENTS, ACCOUNTS) if local else (120, 12, 6)
-    deliveries = int(os.environ.get("STRIPE_STREAM_DELIVERIES", deliveries))
-    yield Backend(tables.client, tables["CreditsTable"], deliveries, payments, accounts)
-    reset_webhook_caches()
+    with webhook_configured(monkeypatch, SECRET, PRICING_FILE):
+        tables, local = fast_tables(request)
+        deliveries, payments, accounts = (1000, PAYMENTS, ACCOUNTS) if local else (120, 12, 6)
+        deliveries = int(os.environ.get("STRIPE_STREAM_DELIVERIES", deliveries))
+        yield Backend(tables.client, tables["CreditsTable"], deliveries, payments, accounts)
 
 
 # ---------------------------------------------------------------------------------------------- the test

@@ -3,8 +3,13 @@ the fastest tables (the events themselves come from ``credits_dev.stripe_events`
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from credits_dev.lambda_context import FakeLambdaContext
 from credits_dev.stripe_events import Json, body, signed_api_event
@@ -38,11 +43,21 @@ def reset_webhook_caches() -> None:
     dynamodb_client.cache_clear()
 
 
+@contextlib.contextmanager
+def webhook_configured(monkeypatch: pytest.MonkeyPatch, secret: str, pricing_file: Path) -> Iterator[None]:
+    """The webhook verifies with ``secret`` (not a secret parameter) and prices with ``pricing_file``, its
+    caches reset on entry and on exit."""
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", secret)
+    monkeypatch.delenv("STRIPE_WEBHOOK_SECRET_PARAMETER", raising=False)
+    monkeypatch.setenv("CREDITS_PRICING_FILE", str(pricing_file))
+    reset_webhook_caches()
+    yield
+    reset_webhook_caches()
+
+
 def fast_tables(request: Any) -> tuple[Any, bool]:
     """(tables, on_dynamodb_local): DynamoDB Local's tables when Java is there (``local_tables``, much faster
     than moto for many transactions), else ``moto_tables``. For the long property tests."""
-    import pytest
-
     try:
         return request.getfixturevalue("local_tables"), True
     except pytest.skip.Exception:
