@@ -51,33 +51,34 @@ def _reserve_then_lapse(service: Reservations, clock: FakeClock) -> None:
     clock.advance(hours=2)
 
 
+UNRESERVE_ENTRY = (f"unreserve:{RID}", EntryType.UNRESERVE, D(0))  # every op but reserve ends with it
+
+
+def _capture(name: str, amount: int, overrun: bool) -> Op:
+    return Op(
+        name,
+        lambda s, c: s.capture(s.record(RID), D(amount), overrun).record,
+        ((f"capture:{RID}", EntryType.DEBIT, D(-amount)), UNRESERVE_ENTRY),
+        ReservationStatus.CAPTURED,
+        setup=_reserve,
+    )
+
+
 OPS = [
     Op("reserve", _reserve, ((f"reserve:{RID}", EntryType.RESERVE, D(0)),), ReservationStatus.ACTIVE),
-    Op(
-        "capture",
-        lambda s, c: s.capture(s.record(RID), D(25), False).record,
-        ((f"capture:{RID}", EntryType.DEBIT, D(-25)), (f"unreserve:{RID}", EntryType.UNRESERVE, D(0))),
-        ReservationStatus.CAPTURED,
-        setup=_reserve,
-    ),
-    Op(
-        "capture-overrun",
-        lambda s, c: s.capture(s.record(RID), D(90), True).record,
-        ((f"capture:{RID}", EntryType.DEBIT, D(-90)), (f"unreserve:{RID}", EntryType.UNRESERVE, D(0))),
-        ReservationStatus.CAPTURED,
-        setup=_reserve,
-    ),
+    _capture("capture", 25, overrun=False),
+    _capture("capture-overrun", 90, overrun=True),
     Op(
         "release",
         lambda s, c: s.release(s.record(RID)).record,
-        ((f"unreserve:{RID}", EntryType.UNRESERVE, D(0)),),
+        (UNRESERVE_ENTRY,),
         ReservationStatus.RELEASED,
         setup=_reserve,
     ),
     Op(
         "sweep",
         lambda s, c: s.expire(ACCT, RID, c.now),
-        ((f"unreserve:{RID}", EntryType.UNRESERVE, D(0)),),
+        (UNRESERVE_ENTRY,),
         ReservationStatus.EXPIRED,
         setup=_reserve_then_lapse,
     ),
