@@ -538,21 +538,8 @@ def test_stripe_send_posts_the_signed_raw_body(api: FakeApi, monkeypatch: pytest
     api.on("POST", "/v1/webhooks/stripe", 200, {"received": True, "status": "processed"})
     monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", SECRET)
     monkeypatch.delenv("CREDITS_API_KEY", raising=False)
-    code, out, _ = run(
-        [
-            "--url",
-            api.url,
-            "stripe",
-            "send",
-            "checkout.session.completed",
-            "--customer",
-            "cus_123",
-            "--credits",
-            "500",
-            "--payment-intent",
-            "pi_Z9",
-        ]
-    )
+    send = "stripe send checkout.session.completed --customer cus_123 --credits 500 --payment-intent pi_Z9"
+    code, out, _ = run(["--url", api.url, *send.split()])
     assert code == 0 and "pi_Z9" in out and "processed" in out
     request = api.requests[0]
     assert "Authorization" not in request["headers"]
@@ -566,38 +553,14 @@ def test_stripe_send_needs_a_secret_and_a_payment_intent(
     api: FakeApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("STRIPE_WEBHOOK_SECRET", raising=False)
-    code, _, err = run(
-        [
-            "--url",
-            api.url,
-            "stripe",
-            "send",
-            "checkout.session.completed",
-            "--customer",
-            "c",
-            "--credits",
-            "1",
-        ]
-    )
+    send = "stripe send checkout.session.completed --customer c --credits 1"
+    code, _, err = run(["--url", api.url, *send.split()])
     assert code == 2 and "STRIPE_WEBHOOK_SECRET" in err
     code, _, err = run(["--url", api.url, "stripe", "send", "charge.refunded", "--secret", SECRET])
     assert code == 2 and "--payment-intent" in err
     api.on(
         "POST", "/v1/webhooks/stripe", 400, {"error": {"code": "invalid_request", "message": "bad signature"}}
     )
-    code, _, err = run(
-        [
-            "--url",
-            api.url,
-            "stripe",
-            "send",
-            "payment_intent.succeeded",
-            "--customer",
-            "c",
-            "--credits",
-            "1",
-            "--secret",
-            "whsec_wrong",
-        ]
-    )
+    send = "stripe send payment_intent.succeeded --customer c --credits 1 --secret whsec_wrong"
+    code, _, err = run(["--url", api.url, *send.split()])
     assert code == 1 and "bad signature" in err

@@ -4,20 +4,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
-from tests.unit.test_cli import BALANCE, FakeApi, base, run
+from tests.unit.test_cli import BALANCE, FakeApi, api, base, run
 
-
-@pytest.fixture
-def api() -> Iterator[FakeApi]:
-    fake = FakeApi()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
-
+__all__ = ["api"]  # test_cli's fake API fixture, which the tests here take (exported: it is used by name)
 
 REPORT = {
     "data": [
