@@ -11,12 +11,14 @@ on DynamoDB Local, median of RUNS.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from credits_dev.lambda_context import FakeLambdaContext
 from tools.bench import UnitsRow, counted_client, credits_table, median_units, section_main
@@ -38,20 +40,14 @@ def _event(name: str, body: Any) -> dict[str, Any]:
     return event
 
 
-def _handler(client: Any, table: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    from credits_ledger.dal.accounts import AccountRepository
-    from credits_ledger.dal.api_keys import ApiKeyRepository
-    from credits_ledger.keys import KeyService
-    from credits_ledger.ledger import Ledger
+def _handler() -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The API function's handler, in process; its repositories are built on whatever client and table
+    ``_bound_to`` gave it (the function's own dependencies, ``credits_ledger.api.deps``, unchanged)."""
     from tools.gen_openapi import load_api_app
 
     os.environ["CREDITS_ADMIN_KEY"] = ADMIN_KEY  # the bootstrap key is checked without a DynamoDB read
     os.environ.setdefault("CREDITS_PRICING_FILE", str(ROOT / "config" / "pricing.toml"))
     app = load_api_app()
-    ledger = Ledger(AccountRepository(client, table))
-    keys = KeyService(ApiKeyRepository(client, table))
-    app.ledger = lambda: ledger
-    app.key_service = lambda: keys
 
     def call(event: dict[str, Any]) -> dict[str, Any]:
         reply = app.lambda_handler(event, FakeLambdaContext("ApiFunction", timeout_s=10))
@@ -60,6 +56,24 @@ def _handler(client: Any, table: str) -> Callable[[dict[str, Any]], dict[str, An
         return dict(reply)
 
     return call
+
+
+@contextlib.contextmanager
+def _bound_to(client: Any, table: str) -> Iterator[None]:
+    """The function's DynamoDB client is the bench's counting client and its table the bench's, for the
+    duration (the function reads both from its environment: ``dal.client``)."""
+    from credits_ledger.api import deps
+    from credits_ledger.dal import client as dal_client
+
+    with (
+        mock.patch.object(dal_client, "dynamodb_client", lambda: client),
+        mock.patch.dict(os.environ, {"TABLE_NAME": table}),
+    ):
+        deps.reset()
+        try:
+            yield
+        finally:
+            deps.reset()
 
 
 def _seed(call: Callable[[dict[str, Any]], dict[str, Any]], customers: list[str]) -> None:
@@ -74,7 +88,11 @@ def _seed(call: Callable[[dict[str, Any]], dict[str, Any]], customers: list[str]
 def run(endpoint: str, *, client_for: Callable[[str], Any] | None = None, runs: int = RUNS) -> list[UnitsRow]:
     client, counter = counted_client(endpoint)
     table = credits_table(client, "api")
-    call = _handler(client, table)
+    with _bound_to(client, table):
+        return _measure(_handler(), counter, runs)
+
+
+def _measure(call: Callable[[dict[str, Any]], dict[str, Any]], counter: Any, runs: int) -> list[UnitsRow]:
     customers = [f"cus_bench{index:02d}{uuid.uuid4().hex[:4]}" for index in range(ACCOUNTS)]
     _seed(call, customers)
 
