@@ -220,6 +220,16 @@ class Ledger:
     def balance(self, account_id: str) -> Balance:
         return balance_of(self.repository.state(account_id), self._clock())
 
+    def account_state(self, account_id: str) -> AccountState:
+        """The account as last committed (eventually consistent: a reader that acts on it re-checks in the
+        write), e.g. the nightly job deciding which grants are due a reminder."""
+        return self.repository.state(account_id)
+
+    def grants_expiring(self, before: datetime, limit: int, cursor: str | None = None) -> Page:
+        """(account id, grant id) of live grants with ``expires_at <= before``, ``limit`` per page; cost follows
+        what is due, not the number of grants."""
+        return self.repository.expiring(before, limit=limit, cursor=cursor)
+
     def grant_record(self, grant_id: str) -> Grant:
         """The grant as recorded when it was created (GrantNotFound when there is none)."""
         return self.repository.grant(grant_id)

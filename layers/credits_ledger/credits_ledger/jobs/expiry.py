@@ -32,7 +32,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 
 from credits_ledger.bus import BusEvent, Publisher, PublishFailed
-from credits_ledger.dal.accounts import AccountRepository, Page
+from credits_ledger.dal.accounts import Page
 from credits_ledger.dal.reminders import Reminder, ReminderAlreadySent, ReminderRepository
 from credits_ledger.dal.reservations import ReservationRepository
 from credits_ledger.domain.errors import CreditsError
@@ -132,7 +132,6 @@ class ExpiryJob:
         self.reservations = reservations or Reservations(
             ledger.repository, ReservationRepository(ledger.repository.client, ledger.repository.table)
         )
-        self.accounts: AccountRepository = ledger.repository
         self.reminders = reminders
         self.bus = bus
         self.pricing = pricing
@@ -197,7 +196,7 @@ class ExpiryJob:
     def _pages(self, before: datetime, cursor: str | None) -> Iterator[tuple[str | None, Page]]:
         """(the cursor a page was read with, the page)."""
         while True:
-            page = self.accounts.expiring(before, limit=self.page_size, cursor=cursor)
+            page = self.ledger.grants_expiring(before, limit=self.page_size, cursor=cursor)
             yield cursor, page
             if page.next_cursor is None:
                 return
@@ -271,7 +270,8 @@ class ExpiryJob:
 
     def _due_reminders(self, now: datetime, pairs: list[tuple[str, str]]) -> list[_Due]:
         states = {
-            account_id: self.accounts.state(account_id) for account_id in dict.fromkeys(a for a, _ in pairs)
+            account_id: self.ledger.account_state(account_id)
+            for account_id in dict.fromkeys(a for a, _ in pairs)
         }
         due: list[_Due] = []
         for account_id, grant_id in pairs:
