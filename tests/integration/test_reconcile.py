@@ -30,7 +30,7 @@ from tests.support.leading_keys import record_keys
 D = Decimal
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 TABLE = "CreditsTable"
-MISMATCH = "credits.reconciliation.mismatch"
+MISMATCH = "credits.reconcile.mismatch"
 
 
 class FakeLambdaClient:

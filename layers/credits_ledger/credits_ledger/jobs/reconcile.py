@@ -2,7 +2,7 @@
 
 Per account: one strongly consistent read of the state item, and (only when its version moved since the
 checkpoint) one Query of ``LedgerByAccount`` for the entries after the checkpoint. A clean account advances
-its checkpoint; a mismatch is counted, published as ``credits.reconciliation.mismatch`` with the details,
+its checkpoint; a mismatch is counted, published as ``credits.reconcile.mismatch`` with the details,
 noted on the checkpoint item, and checked again (from the same checkpoint) on every run until fixed.
 
 Cost per run: the registry (one small item per account, ~50 per read unit) + 1 read unit per account (state
@@ -36,7 +36,7 @@ from credits_ledger.domain.times import iso
 from credits_ledger.jobs.scheduled import Continuation, Deadline, ScheduledEvent
 from credits_ledger.observability import logger, metrics
 
-MISMATCH = "credits.reconciliation.mismatch"
+MISMATCH = "credits.reconcile.mismatch"
 BACKFILL = "backfill"
 MAX_LISTED = 100
 
