@@ -380,6 +380,36 @@ def test_priority_from_metadata_for_a_pack(webhook: Webhook, customer: str) -> N
     assert grant.priority == 5
 
 
+def test_validity_and_category_from_metadata_for_a_pack(webhook: Webhook, customer: str) -> None:
+    created = se.now() - 10
+    meta = {"credits_valid_days": "30", "credits_category": "promotional"}
+    webhook.ok(checkout(customer, "starter", metadata=meta, event_created=created))
+    [grant] = webhook.grants(customer)
+    assert grant.amount == 1000 and grant.category is Category.PROMOTIONAL
+    assert grant.expires_at == utc(created) + timedelta(days=30)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"credits_valid_days": "0"},
+        {"credits_valid_days": "36501"},
+        {"credits_valid_days": "ten"},
+        {"credits_category": "free"},
+        {"credits_priority": "-1"},
+    ],
+)
+def test_out_of_range_metadata_fails_a_pack_payment_too(
+    webhook: Webhook, customer: str, metadata: dict[str, str]
+) -> None:
+    # The contract's metadata ranges hold for credits_pack as for credits: failed with a reason, kept for replay
+    ev = checkout(customer, "starter", metadata=metadata)
+    webhook.ok(ev, "failed")
+    record = webhook.event_record(ev["id"])
+    assert record["status"] == "failed" and "metadata.credits_" in record["reason"]
+    assert webhook.grants(customer) == []
+
+
 @pytest.mark.parametrize("mode", ["subscription", "setup"])
 def test_checkout_in_other_modes_is_ignored(webhook: Webhook, customer: str, mode: str) -> None:
     webhook.ok(checkout(customer, mode=mode), "ignored")

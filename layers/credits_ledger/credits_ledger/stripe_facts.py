@@ -125,15 +125,21 @@ def _amount(value: Any, field: str) -> Decimal:
     return amount
 
 
-def _pack_lines(pack: Pack, quantity: int, line_id: str, priority: int | None) -> list[GrantLine]:
+def _pack_lines(
+    pack: Pack,
+    quantity: int,
+    line_id: str,
+    priority: int | None,
+    valid_days: int | None = None,
+    category: Category | None = None,
+) -> list[GrantLine]:
+    """The pack's grant (and its bonus, always promotional); the payment's metadata may override the
+    priority, validity and the pack grant's category (contract: optional for ``credits`` and ``credits_pack``)."""
+    priority = priority if priority is not None else pack.priority
+    valid_days = valid_days if valid_days is not None else pack.valid_days
     lines = [
         GrantLine(
-            line_id,
-            pack.credits * quantity,
-            pack.category,
-            priority if priority is not None else pack.priority,
-            pack.valid_days,
-            pack=pack.name,
+            line_id, pack.credits * quantity, category or pack.category, priority, valid_days, pack=pack.name
         )
     ]
     if pack.bonus_credits:
@@ -142,8 +148,8 @@ def _pack_lines(pack: Pack, quantity: int, line_id: str, priority: int | None) -
                 f"{line_id}:bonus",
                 pack.bonus_credits * quantity,
                 Category.PROMOTIONAL,
-                priority if priority is not None else pack.priority,
-                pack.valid_days,
+                priority,
+                valid_days,
                 pack=pack.name,
             )
         )
@@ -186,22 +192,23 @@ def _metadata_lines(obj: dict[str, Any], pricing: Pricing, line_id: str) -> list
         quantity = str(metadata.get("credits_quantity") or "1")
         if not quantity.isdigit() or not 1 <= int(quantity) <= MAX_PACK_QUANTITY:
             raise _Reject(f"metadata.credits_quantity must be a whole number from 1 to {MAX_PACK_QUANTITY}")
-        return _pack_lines(pack, int(quantity), line_id, priority)
+        return _pack_lines(pack, int(quantity), line_id, priority, _valid_days(metadata), _category(metadata))
     if metadata.get("credits"):
-        try:
-            category = Category(metadata.get("credits_category", "paid"))
-        except ValueError as exc:
-            raise _Reject("metadata.credits_category must be paid or promotional") from exc
+        credits = _amount(metadata["credits"], "credits")
         return [
-            GrantLine(
-                line_id,
-                _amount(metadata["credits"], "credits"),
-                category,
-                priority,
-                _valid_days(metadata),
-            )
+            GrantLine(line_id, credits, _category(metadata) or Category.PAID, priority, _valid_days(metadata))
         ]
     return None
+
+
+def _category(metadata: dict[str, Any]) -> Category | None:
+    raw = metadata.get("credits_category")
+    if raw is None or raw == "":
+        return None
+    try:
+        return Category(raw)
+    except ValueError as exc:
+        raise _Reject("metadata.credits_category must be paid or promotional") from exc
 
 
 def _with_cost(lines: list[GrantLine], total_minor: int, currency: str | None) -> tuple[GrantLine, ...]:
