@@ -66,6 +66,38 @@ def test_the_view_shows_plan_period_and_this_months_credits(api: Api) -> None:
     }
 
 
+def test_this_months_credits_follow_a_quantity_decrease(api: Api) -> None:
+    # Given Pro x2 paid for the month (10,000 credits), then halfway through a decrease to x1: the proration
+    # credits half of the two units (revokes 5,000) and charges half of one unit (grants 2,500)
+    now = datetime.now(UTC).replace(microsecond=0)
+    start, mid, end = now - timedelta(days=15), now - timedelta(hours=1), now + timedelta(days=15)
+    webhook = StripeWebhookProcessor(api.ledger(), PaymentRepository(), PLANS)
+    created = ev.ts(start)
+    for event in (
+        ev.subscription_event(
+            "customer.subscription.created", CUSTOMER, "price_pro_month", created=created, quantity=2,
+            period_start=start, period_end=end,
+        ),
+        ev.invoice_paid(
+            CUSTOMER, [ev.plan_line("price_pro_month", start, end, 9800, quantity=2, unit_amount=4900)],
+            created=created + 60,
+        ),
+        ev.invoice_paid(
+            CUSTOMER,
+            [
+                ev.plan_line("price_pro_month", mid, end, -4900, proration=True, unit_amount=4900, quantity=2),
+                ev.plan_line("price_pro_month", mid, end, 2450, proration=True, unit_amount=4900, quantity=1),
+            ],
+            created=ev.ts(mid), amount_paid=0,
+        ),
+    ):  # fmt: skip
+        assert webhook.process(event).status == "processed"
+    # Then this month's allowance reads 7,500, as the balance does, not the 12,500 announced
+    [view] = api.call("subscriptions_list").body["data"]
+    assert (view["credits_this_month"], view["remaining_this_month"]) == ("7500", "7500")
+    assert api.ledger().balance(CUSTOMER).available == 7500
+
+
 def ev_iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
 

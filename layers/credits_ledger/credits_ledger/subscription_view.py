@@ -46,10 +46,12 @@ def subscription_views(
         assert snapshot is not None
         credits, remaining = ZERO, ZERO
         for key in _current_pools(record, now):
-            for grant in pools[key].grants.values():
-                if not grant.start <= now < grant.end:
+            pool = pools[key]
+            for grant in pool.grants.values():
+                if not grant.start <= now < grant.end or grant.grant_id in pool.voided:
                     continue
-                credits += grant.credits
+                # what this month's allowance is after plan changes: a downgrade's revocation takes its share
+                credits += grant.credits - pool.revoked.get(grant.grant_id, ZERO)
                 live = state.grants.get(grant.grant_id)
                 if live is not None and live.is_spendable(now):
                     remaining += live.remaining
