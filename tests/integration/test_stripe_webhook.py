@@ -524,6 +524,29 @@ def test_invoice_lines_by_pack_price_and_by_metadata(webhook: Webhook, customer:
     assert webhook.books(customer) == 27_180
 
 
+@pytest.mark.parametrize("api", ["current", "older"])
+def test_invoice_cost_basis_is_what_the_line_paid_after_discounts_before_tax(
+    webhook: Webhook, customer: str, api: str
+) -> None:
+    # Given a starter line of 2,000 with a 500 discount, and a pro line of 19,800 whose price includes 3,300 VAT
+    ev = se.invoice_paid(customer, [("price_EUR_starter", 1, 2000), ("price_EUR_pro", 1, 19800)])
+    starter, pro = ev["data"]["object"]["lines"]["data"]
+    if api == "current":
+        starter["pretax_credit_amounts"] = [
+            {"amount": 500, "discount": "di_1", "type": "discount"},
+            {"amount": 300, "credit_balance_transaction": "cbtxn_1", "type": "credit_balance_transaction"},
+        ]  # a credit balance applied is still money the customer paid
+        pro["pretax_credit_amounts"] = []
+        pro["taxes"] = [{"amount": 3300, "tax_behavior": "inclusive", "taxable_amount": 16500, "type": "x"}]
+    else:
+        starter["discount_amounts"] = [{"amount": 500, "discount": "di_1"}]
+        pro["tax_amounts"] = [{"amount": 3300, "inclusive": True, "tax_rate": "txr_1"}]
+    webhook.ok(ev)
+    # Then the grants carry 1,500 and 16,500: what was paid for them before tax
+    costs = {g.metadata.get("pack"): g.cost_basis.amount for g in webhook.grants(customer)}
+    assert costs == {"starter": 1500, "pro": 16500}
+
+
 def test_invoice_with_bonus_pack_line(webhook: Webhook, customer: str) -> None:
     ev = se.invoice_paid(customer, [("price_EUR_enterprise", 1, 10_000_000)])
     webhook.ok(ev)

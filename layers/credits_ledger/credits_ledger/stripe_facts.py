@@ -432,7 +432,27 @@ def _plan_line(
                 pool, account, subscription, PoolGrant(grant_id, credits, slot.start, slot.end, plan.name)
             )
         )
-    return _PlanLine(_with_cost(grant_lines, amount, invoice.get("currency")), tuple(facts))
+    return _PlanLine(_with_cost(grant_lines, _line_cost(line), invoice.get("currency")), tuple(facts))
+
+
+def _line_cost(line: dict[str, Any]) -> int:
+    """What a line's buyer paid for it before tax, in minor units: its ``amount`` (before discounts) less
+    the discounts applied to it (``pretax_credit_amounts`` of type discount on current API versions, which
+    also lists credit-balance amounts that are still money paid; ``discount_amounts`` on older ones) and less
+    any tax included in the price (``taxes`` with ``tax_behavior`` inclusive; ``tax_amounts`` with
+    ``inclusive`` on older versions). Never below zero."""
+    cost = int(line.get("amount") or 0)
+    pretax = line.get("pretax_credit_amounts")
+    if isinstance(pretax, list):
+        cost -= sum(int(c.get("amount") or 0) for c in pretax if c.get("type") == "discount")
+    else:
+        cost -= sum(int(d.get("amount") or 0) for d in line.get("discount_amounts") or [])
+    taxes = line.get("taxes")
+    if isinstance(taxes, list):
+        cost -= sum(int(t.get("amount") or 0) for t in taxes if t.get("tax_behavior") == "inclusive")
+    else:
+        cost -= sum(int(t.get("amount") or 0) for t in line.get("tax_amounts") or [] if t.get("inclusive"))
+    return max(cost, 0)
 
 
 def _invoice_lines(obj: dict[str, Any], reads: StripeReads | None) -> list[dict[str, Any]]:
@@ -483,7 +503,7 @@ def _invoice(
             if not (price_metadata or {}).get("credits"):
                 continue
             lines = [GrantLine(line["id"], _amount(price_metadata["credits"], "credits") * quantity)]  # type: ignore[index]
-        grant_lines += _with_cost(lines, amount, obj.get("currency"))
+        grant_lines += _with_cost(lines, _line_cost(line), obj.get("currency"))
     if grant_lines:
         purchase = Purchase(
             _account(obj),
