@@ -357,7 +357,24 @@ def test_a_crossing_requests_one_top_up_and_its_webhook_grants_it(env: Env) -> N
     assert len(env.bus.published) == 2
 
 
-def test_only_a_crossing_starts_a_top_up(env: Env) -> None:
+def test_a_debit_left_below_the_threshold_starts_the_next_top_up_once_the_last_succeeded(env: Env) -> None:
+    # Given a threshold above what one pack brings back (5,000 against packs of 1,000), two a month
+    high = AutoTopupSettings(enabled=True, threshold=D(5000), pack="starter", monthly_limit=2)
+    env.configure("cus_A", topup=high)
+    env.grant("cus_A", "5100", "g1")
+    assert env.deliver(env.debit("cus_A", "u1", "3100")) == []  # 2,000: a crossing; the pack brings 3,000
+    assert env.available("cus_A") == 3000
+    # When a debit leaves the account below the threshold again (no crossing: it was below already)
+    assert env.deliver(env.debit("cus_A", "u2", "10")) == []
+    # Then it starts the next top-up (contract: a debit that leaves available below the threshold), and the
+    # monthly limit still caps them
+    assert env.available("cus_A") == 3990
+    assert env.deliver(env.debit("cus_A", "u3", "10")) == []
+    assert len(env.calls(PI_PATH)) == 2 and env.available("cus_A") == 3980
+    assert env.topups.state("cus_A").count == 2
+
+
+def test_a_debit_that_leaves_the_threshold_covered_starts_nothing(env: Env) -> None:
     env.configure("cus_A", topup=TOPUP)
     env.grant("cus_A", "300", "g1")
     above = env.debit("cus_A", "u1", "100")  # 200 left: above the threshold

@@ -8,7 +8,12 @@ from decimal import Decimal
 import pytest
 
 from credits_ledger.domain.models import EntryType, LedgerEntry
-from credits_ledger.domain.topup import AutoTopupSettings, available_before_and_after, is_crossing
+from credits_ledger.domain.topup import (
+    AutoTopupSettings,
+    available_before_and_after,
+    is_crossing,
+    leaves_below,
+)
 
 D = Decimal
 ON = AutoTopupSettings(enabled=True, threshold=D(100), pack="starter")
@@ -54,3 +59,13 @@ def test_disabled_absent_or_not_a_usage_debit() -> None:
 
 def test_levels() -> None:
     assert available_before_and_after(debit("50", "60")) == (D(110), D(60))
+
+
+@pytest.mark.parametrize(
+    ("taken", "after", "below"),
+    [("50", "60", True), ("10", "99", True), ("1", "100", False), ("50", "500", False), ("0", "40", True)],
+)
+def test_leaves_below_is_any_debit_ending_under_the_threshold(taken: str, after: str, below: bool) -> None:
+    assert leaves_below(debit(taken, after), ON) is below
+    assert not leaves_below(debit(taken, after), None)
+    assert not leaves_below(debit(taken, after, EntryType.ADJUSTMENT), ON)

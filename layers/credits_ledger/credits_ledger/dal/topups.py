@@ -55,6 +55,9 @@ class TopupState:
     in_flight: str | None = None
     month: str | None = None
     count: int = 0
+    # the last attempt failed (a decline, a missing payment method): only a debit that crosses the threshold
+    # from at or above it starts the next one, not every debit that stays below
+    waits_for_crossing: bool = False
 
 
 class TopupNotStarted(CreditsError):
@@ -97,7 +100,13 @@ def _attempt(item: it.Item) -> TopupAttempt:
 def _state(account: str, item: it.Item | None) -> TopupState:
     if not item:
         return TopupState(account)
-    return TopupState(account, item.get("in_flight"), item.get("month"), int(item.get("count", 0)))
+    return TopupState(
+        account,
+        item.get("in_flight"),
+        item.get("month"),
+        int(item.get("count", 0)),
+        bool(item.get("waits_for_crossing", False)),
+    )
 
 
 def _failed_condition(exc: ClientError) -> bool:
@@ -121,11 +130,12 @@ class TopupRepository(TableRepository):
 
     # ---- writes ------------------------------------------------------------------------------------------
     def claim(
-        self, attempt: TopupAttempt, month: str, monthly_limit: int | None
+        self, attempt: TopupAttempt, month: str, monthly_limit: int | None, *, crossing: bool = True
     ) -> tuple[TopupAttempt, bool]:
         """Start ``attempt`` (True), or return the attempt already stored under its id (False).
 
-        Raises TopupNotStarted when another attempt is in flight or ``monthly_limit`` is reached this month.
+        Raises TopupNotStarted when another attempt is in flight, ``monthly_limit`` is reached this month, or
+        the last attempt failed and this debit is no ``crossing`` of the threshold (a crossing re-arms).
         """
         for _ in range(3):  # the state read may be stale by the time the transaction runs: decide again
             existing = self.attempt(attempt.attempt_id)
@@ -137,6 +147,8 @@ class TopupRepository(TableRepository):
             same_month = state.month == month
             if same_month and monthly_limit is not None and state.count >= monthly_limit:
                 raise TopupNotStarted(state, f"monthly limit of {monthly_limit} reached")
+            if state.waits_for_crossing and not crossing:
+                raise TopupNotStarted(state, "the last top-up failed: waiting for the next crossing")
             values: dict[str, Any] = {":id": attempt.attempt_id, ":m": month, ":one": 1}
             if same_month:
                 update = "SET in_flight = :id, #c = #c + :one"
@@ -147,6 +159,10 @@ class TopupRepository(TableRepository):
             else:
                 update = "SET in_flight = :id, #m = :m, #c = :one"
                 condition = "attribute_not_exists(in_flight) AND (attribute_not_exists(#m) OR #m <> :m)"
+            if crossing:
+                update += " REMOVE waits_for_crossing"
+            else:
+                condition += " AND attribute_not_exists(waits_for_crossing)"
             item = {
                 "pk": f"TOPUP#{attempt.attempt_id}",
                 "sk": "TOPUP",
@@ -250,9 +266,13 @@ class TopupRepository(TableRepository):
                         "Update": {
                             "TableName": self._table,
                             "Key": _state_key(attempt.account),
-                            "UpdateExpression": "REMOVE in_flight",
+                            # a failure leaves the next top-up to the next crossing (contract section 7)
+                            "UpdateExpression": "REMOVE in_flight"
+                            + (" SET waits_for_crossing = :true" if status == FAILED else ""),
                             "ConditionExpression": "in_flight = :id",
-                            "ExpressionAttributeValues": it.to_dynamo({":id": attempt.attempt_id}),
+                            "ExpressionAttributeValues": it.to_dynamo(
+                                {":id": attempt.attempt_id, **({":true": True} if status == FAILED else {})}
+                            ),
                         }
                     },
                 ]

@@ -34,6 +34,15 @@ def available_before_and_after(entry: LedgerEntry) -> tuple[Decimal, Decimal] | 
     return after - entry.amount, after  # a debit's amount is negative: before = after + taken
 
 
+def leaves_below(entry: LedgerEntry, settings: AutoTopupSettings | None) -> bool:
+    """True when ``entry`` is a debit that left ``available`` below the threshold (contract: such a debit
+    starts a top-up, at most one in flight and ``monthly_limit`` a month; after a failure only a crossing)."""
+    if settings is None or not settings.enabled:
+        return False
+    levels = available_before_and_after(entry)
+    return levels is not None and levels[1] < settings.threshold
+
+
 def is_crossing(entry: LedgerEntry, settings: AutoTopupSettings | None) -> bool:
     """True when ``entry`` is a debit that left ``available`` below the threshold from at or above it."""
     if settings is None or not settings.enabled:

@@ -59,7 +59,7 @@ from credits_ledger.dal.topups import (
 )
 from credits_ledger.domain.models import EntryType, LedgerEntry
 from credits_ledger.domain.overage import OVERAGE_METADATA_KEY, month_of
-from credits_ledger.domain.topup import AutoTopupSettings, is_crossing
+from credits_ledger.domain.topup import AutoTopupSettings, is_crossing, leaves_below
 from credits_ledger.jobs.in_order import InOrderBatch
 from credits_ledger.observability import logger, metrics
 from credits_ledger.pricing import Pricing
@@ -164,7 +164,8 @@ class BillingSync:
 
     # ---- top-ups -----------------------------------------------------------------------------------------
     def request_topup(self, entry: LedgerEntry, settings: AutoTopupSettings) -> str:
-        """Start the top-up of this crossing (once); returns the attempt's status, or why none started."""
+        """Start the top-up of this debit that left available below the threshold (once per debit); returns
+        the attempt's status, or why none started."""
         attempt = TopupAttempt(
             attempt_id=attempt_id_of(entry.account_id, entry.entry_key),
             account=entry.account_id,
@@ -175,7 +176,12 @@ class BillingSync:
             created_at=self.clock(),
         )
         try:
-            attempt, _ = self.topups.claim(attempt, month_of(entry.created_at), settings.monthly_limit)
+            attempt, _ = self.topups.claim(
+                attempt,
+                month_of(entry.created_at),
+                settings.monthly_limit,
+                crossing=is_crossing(entry, settings),
+            )
         except TopupNotStarted as exc:
             metrics.add_metric(name="TopupsNotStarted", unit=MetricUnit.Count, value=1)
             logger.info("no automatic top-up", account=entry.account_id, reason=exc.reason)
@@ -256,7 +262,7 @@ class BillingSyncBatch(InOrderBatch):
         if OVERAGE_METADATA_KEY in entry.metadata:
             self.sync.report_overage(entry)
         topup = self._settings_of(entry.account_id).auto_topup
-        if is_crossing(entry, topup):
+        if leaves_below(entry, topup):
             assert topup is not None
             self.sync.request_topup(entry, topup)
 
