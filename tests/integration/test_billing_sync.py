@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from credits_dev import stripe_events as se
 from credits_dev.lambda_context import FakeLambdaContext
 from credits_dev.local.patterns import matches
 from credits_dev.local.stripe_emulator import DECLINING_METHOD, PREFIX, StripeEmulator, serve
@@ -287,6 +288,34 @@ def test_an_account_that_is_no_stripe_customer_is_rejected_without_a_call(env: E
     assert env.deliver(entry) == []
     assert env.reports.get(entry.entry_key).status == REJECTED  # type: ignore[union-attr]
     assert env.calls(METER_PATH) == []
+
+
+def test_an_account_named_by_credits_customer_bills_the_stripe_customer_that_paid_for_it(env: Env) -> None:
+    # Given org_42's credits bought by the Stripe customer cus_A (metadata.credits_customer), an older
+    # payment by cus_OLD delivered late, overage allowed and an automatic top-up below 100
+    paid = se.checkout_session_completed("cus_A", "starter", metadata={"credits_customer": "org_42"})
+    late = se.checkout_session_completed(
+        "cus_OLD", "starter", metadata={"credits_customer": "org_42"}, event_created=paid["created"] - 3600
+    )
+    env.webhook(paid)
+    env.webhook(late)
+    assert env.settings.get("org_42").billing_customer == "cus_A"  # the later payment's customer stays
+    env.settings.put(
+        "org_42",
+        SettingsDocument(overage=OverageSettings(OveragePolicy.ALLOW), auto_topup=TOPUP),
+        env.clock(),
+    )
+    # When org_42 goes 50 into overage
+    entry = env.debit("org_42", "u-org", "2050")
+    assert entry.metadata["overage"] == "50"
+    assert env.deliver(entry) == []
+    # Then the meter event and the top-up are cus_A's, and the top-up's credits are org_42's
+    [meter] = env.calls(METER_PATH)
+    assert meter["params"]["payload"]["stripe_customer_id"] == "cus_A"
+    [intent] = env.calls(PI_PATH)
+    assert intent["params"]["customer"] == "cus_A"
+    assert intent["params"]["metadata"]["credits_customer"] == "org_42"
+    assert env.available("org_42") == 2000
 
 
 def test_no_resend_after_the_deduplication_window(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:

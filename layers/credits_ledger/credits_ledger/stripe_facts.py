@@ -610,6 +610,37 @@ def _foreign(event: dict[str, Any], mode: str) -> str | None:
     return None
 
 
+PAYMENT_EVENTS = frozenset(
+    {
+        "checkout.session.completed",
+        "checkout.session.async_payment_succeeded",
+        "payment_intent.succeeded",
+        "invoice.paid",
+    }
+)
+
+
+@dataclass(frozen=True)
+class CustomerLink:
+    """A Stripe customer paid for an account that is not that customer (``metadata.credits_customer``)."""
+
+    account_id: str
+    customer: str
+    paid_at: datetime
+
+
+def customer_link(event: dict[str, Any]) -> CustomerLink | None:
+    """Who to bill for the account a payment event names: overage and top-ups go to the Stripe customer."""
+    if event.get("type") not in PAYMENT_EVENTS:
+        return None
+    obj = (event.get("data") or {}).get("object") or {}
+    account = (obj.get("metadata") or {}).get("credits_customer")
+    customer = _id(obj.get("customer"))
+    if not account or not customer or not customer.startswith("cus_") or account == customer:
+        return None
+    return CustomerLink(str(account), customer, _paid_at(event))
+
+
 def interpret(
     event: dict[str, Any], pricing: Pricing, reads: StripeReads | None = None, mode: str = "test"
 ) -> Interpretation:

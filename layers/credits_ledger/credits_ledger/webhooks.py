@@ -28,6 +28,7 @@ from typing import Any
 
 from credits_ledger.dal.accounts import RelatedItemChanged
 from credits_ledger.dal.payments import EventAlreadyRecorded, PaymentChanged, PaymentRepository
+from credits_ledger.dal.settings import AccountSettingsRepository
 from credits_ledger.dal.subscriptions import SubscriptionRepository
 from credits_ledger.domain import idempotency, transitions
 from credits_ledger.domain.errors import (
@@ -69,7 +70,7 @@ from credits_ledger.domain.subscriptions import (
 from credits_ledger.domain.transitions import EntryContext, GrantSpec
 from credits_ledger.ledger import Ledger, new_id
 from credits_ledger.pricing import Pricing
-from credits_ledger.stripe_facts import Facts, Ignored, StripeReads, Unprocessable, interpret
+from credits_ledger.stripe_facts import Facts, Ignored, StripeReads, Unprocessable, customer_link, interpret
 
 MAX_ROUNDS = 50
 MAX_GROUP_DEPTH = 3
@@ -98,6 +99,7 @@ class StripeWebhookProcessor:
         self._pricing = pricing
         self._clock = clock or (lambda: datetime.now(UTC))
         self._subscriptions = subscriptions or SubscriptionRepository(payments.client, payments.table)
+        self._settings = AccountSettingsRepository(payments.client, payments.table)
         self._reads = stripe_reads
         self._mode = mode
 
@@ -129,6 +131,9 @@ class StripeWebhookProcessor:
                 replace_processed=True,
             )
             return WebhookResult("failed", reason)
+        link = customer_link(event)
+        if link is not None:  # after the grant: a failed event links nothing
+            self._settings.link_stripe_customer(link.account_id, link.customer, link.paid_at)
         return WebhookResult("duplicate" if duplicate else "processed", actions=actions)
 
     def replay_failed(self, event_id: str) -> WebhookResult:

@@ -4,7 +4,9 @@
 
 Attributes: ``low_balance_threshold`` (admin override of ``[alerts] low_balance_threshold``; absent: the
 pricing default), ``overage_policy`` / ``overage_limit`` (domain/overage.py), ``auto_topup`` (a map:
-enabled, threshold, pack, quantity, monthly_limit; domain/topup.py), ``updated_at``; and, written only by the ledger stream function, ``alert_available``: the
+enabled, threshold, pack, quantity, monthly_limit; domain/topup.py), ``updated_at``; ``stripe_customer`` /
+``stripe_customer_at`` (written by the Stripe webhook: the customer that last paid for an account named by
+``metadata.credits_customer``); and, written only by the ledger stream function, ``alert_available``: the
 available balance last seen in a different alert band (the memory that makes alerts fire on crossings only).
 The item lives in the account's partition but never carries ``account_id``/``seq``/``grant_id``, so it is in
 no GSI. Every write states its invariant as a condition and a failed one becomes a named error.
@@ -37,6 +39,17 @@ class AccountSettings:
     alert_available: Decimal | None = None
     overage: OverageSettings = OverageSettings()
     auto_topup: AutoTopupSettings | None = None
+    # the Stripe customer that last paid for an account named by metadata.credits_customer (else None: the
+    # account id is the customer id); overage meter events and top-ups go to it
+    stripe_customer: str | None = None
+
+    @property
+    def billing_customer(self) -> str | None:
+        """The Stripe customer to bill for this account: the linked one, else the account id when it is a
+        Stripe customer id; None when there is neither."""
+        if self.stripe_customer:
+            return self.stripe_customer
+        return self.account_id if self.account_id.startswith("cus_") else None
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,7 @@ def settings_from_item(account_id: str, item: it.Item | None) -> AccountSettings
         )
         if topup
         else None,
+        stripe_customer=item.get("stripe_customer"),
     )
 
 
@@ -168,6 +182,27 @@ class AccountSettingsRepository(TableRepository):
                 raise
             raise StaleSettingsWrite(settings_from_item(account_id, _old_item(exc))) from exc
         return settings_from_item(account_id, it.from_dynamo(response["Attributes"]))
+
+    def link_stripe_customer(self, account_id: str, customer: str, paid_at: datetime) -> bool:
+        """Remember that ``customer`` paid for the account at ``paid_at``. Invariant: a later payment's link is
+        never replaced by an earlier one's (events arrive in any order and again); the admin settings are
+        untouched. False when a link at least as recent is stored."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=settings_key(account_id),
+                UpdateExpression="SET stripe_customer = :c, stripe_customer_at = :t, #a = :a",
+                ConditionExpression="attribute_not_exists(stripe_customer_at) OR stripe_customer_at < :t",
+                ExpressionAttributeNames={"#a": "account"},
+                ExpressionAttributeValues=it.to_dynamo(
+                    {":c": customer, ":t": it.iso(paid_at), ":a": account_id}
+                ),
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            return False
+        return True
 
     def set_alert_available(self, account_id: str, available: Decimal, previous: Decimal | None) -> None:
         """Remember ``available`` as the alert state. Invariant: the stored state is still ``previous`` (absent

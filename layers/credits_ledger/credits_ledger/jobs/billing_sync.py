@@ -73,6 +73,7 @@ MAX_IDENTIFIER_LENGTH = 100  # Stripe's limit on meter event identifiers
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 TOPUP_REQUESTED = "credits.topup.requested"
+NO_CUSTOMER = "no Stripe customer to bill: the account id is not one and no payment named it in metadata.credits_customer"
 
 
 def bounded(value: str, limit: int) -> str:
@@ -117,7 +118,7 @@ class BillingSync:
         return BillingSyncBatch(self, event)
 
     # ---- overage -----------------------------------------------------------------------------------------
-    def report_overage(self, entry: LedgerEntry) -> str:
+    def report_overage(self, entry: LedgerEntry, customer: str | None) -> str:
         """Report the entry's overage once; returns the report's status after this delivery."""
         now = self.clock()
         value = Decimal(entry.metadata[OVERAGE_METADATA_KEY])
@@ -134,13 +135,13 @@ class BillingSync:
                 "overage report outcome unknown", entry_key=entry.entry_key, account=entry.account_id
             )
             return UNKNOWN
-        if not entry.account_id.startswith("cus_"):
-            return self._reject(entry, now, "the account id is not a Stripe customer id")
+        if customer is None:
+            return self._reject(entry, now, NO_CUSTOMER)
         key = bounded(f"meter:{entry.entry_key}:{report.generation}", MAX_IDEMPOTENCY_KEY_LENGTH)
         try:
             self.stripe().create_meter_event(
                 event_name=overage_meter(self.pricing),
-                stripe_customer_id=entry.account_id,
+                stripe_customer_id=customer,
                 value=value,
                 identifier=report.identifier,
                 timestamp=entry.usage_time,
@@ -163,7 +164,7 @@ class BillingSync:
         return REJECTED
 
     # ---- top-ups -----------------------------------------------------------------------------------------
-    def request_topup(self, entry: LedgerEntry, settings: AutoTopupSettings) -> str:
+    def request_topup(self, entry: LedgerEntry, settings: AutoTopupSettings, customer: str | None) -> str:
         """Start the top-up of this debit that left available below the threshold (once per debit); returns
         the attempt's status, or why none started."""
         attempt = TopupAttempt(
@@ -192,13 +193,13 @@ class BillingSync:
         pack = self.pricing.packs.get(attempt.pack)
         if pack is None or not pack.stripe_prices:
             return self._fail(attempt, None, f"pack {attempt.pack!r} is not sold through Stripe")
-        if not attempt.account.startswith("cus_"):
-            return self._fail(attempt, None, "the account id is not a Stripe customer id")
+        if customer is None:
+            return self._fail(attempt, None, NO_CUSTOMER)
         api = self.stripe()
         key = bounded(f"topup:{attempt.attempt_id}", MAX_IDEMPOTENCY_KEY_LENGTH)
         try:
-            customer = api.retrieve_customer(attempt.account, idempotency_key=f"{key}:customer")
-            method = (customer.get("invoice_settings") or {}).get("default_payment_method")
+            found = api.retrieve_customer(customer, idempotency_key=f"{key}:customer")
+            method = (found.get("invoice_settings") or {}).get("default_payment_method")
             if isinstance(method, dict):
                 method = method.get("id")
             if not method:
@@ -214,7 +215,7 @@ class BillingSync:
             if attempt.quantity != 1:
                 metadata["credits_quantity"] = str(attempt.quantity)
             intent = api.create_payment_intent(
-                customer=attempt.account,
+                customer=customer,
                 amount=int(price["unit_amount"]) * attempt.quantity,
                 currency=str(price["currency"]),
                 payment_method=str(method),
@@ -259,12 +260,13 @@ class BillingSyncBatch(InOrderBatch):
         entry = it.entry_from_item(stream.new_image)
         if entry.type is not EntryType.DEBIT:
             return
+        account = self._settings_of(entry.account_id)
         if OVERAGE_METADATA_KEY in entry.metadata:
-            self.sync.report_overage(entry)
-        topup = self._settings_of(entry.account_id).auto_topup
+            self.sync.report_overage(entry, account.billing_customer)
+        topup = account.auto_topup
         if leaves_below(entry, topup):
             assert topup is not None
-            self.sync.request_topup(entry, topup)
+            self.sync.request_topup(entry, topup, account.billing_customer)
 
     def _settings_of(self, account_id: str) -> AccountSettings:
         """Settings of every account with a debit in this batch, read once (one BatchGetItem)."""
