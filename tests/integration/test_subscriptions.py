@@ -505,6 +505,37 @@ def test_a_checkout_that_creates_an_invoice_is_one_payment_with_it(
     assert [g.amount for g in books.grants(customer)] == [D(1000)]
 
 
+@pytest.mark.parametrize("intent_first", [True, False])
+def test_a_payment_intent_that_names_its_invoice_is_one_payment_with_it(
+    books: Books, customer: str, intent_first: bool
+) -> None:
+    # Given an older API version's PaymentIntent that names the invoice it pays and carries credits metadata,
+    # and that invoice's invoice.paid (naming no payment intent) with the pack's line
+    intent = ev.event(
+        "payment_intent.succeeded",
+        {
+            "id": "pi_old_api",
+            "object": "payment_intent",
+            "customer": customer,
+            "invoice": "in_old_api",
+            "amount": 1900,
+            "amount_received": 1900,
+            "currency": "eur",
+            "status": "succeeded",
+            "metadata": {"credits_pack": "starter"},
+        },
+        created=ev.ts(T0),
+    )
+    line = {**ev.plan_line("price_starter", T0, T0, 1900), "price": "price_starter", "parent": None}
+    invoice = ev.invoice_paid(
+        customer, [line], created=ev.ts(T0) + 5, invoice_id="in_old_api", billing_reason="manual"
+    )
+    for event in (intent, invoice) if intent_first else (invoice, intent):
+        books.send(event)
+    # Then the pack is granted once
+    assert [g.amount for g in books.grants(customer)] == [D(1000)]
+
+
 # ---- plan rollover -----------------------------------------------------------------------------------------
 def test_a_plan_month_rolls_over_by_the_plans_rules_and_the_rollover_does_not_roll_again(
     books: Books, customer: str

@@ -253,6 +253,9 @@ def _payment_intent(event: dict[str, Any], obj: dict[str, Any], pricing: Pricing
     charge = _id(obj.get("latest_charge"))
     if charge:  # lets a dispute that names only the charge find this payment
         facts += [(obj["id"], Link(obj["id"], charge)), (charge, Link(obj["id"], charge))]
+    invoice = _id(obj.get("invoice"))  # API versions before 2025-03-31 name the invoice the intent pays
+    if invoice:  # one payment with it: credits metadata here and pack lines there grant once
+        facts += [(invoice, Link(invoice, obj["id"])), (obj["id"], Link(invoice, obj["id"]))]
     lines = _metadata_lines(obj, pricing, "payment")
     if lines is not None:
         cost = obj.get("amount_received") or obj.get("amount") or 0
