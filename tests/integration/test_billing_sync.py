@@ -6,6 +6,7 @@ answered, stream redelivery), one top-up per crossing, declines, the in-flight a
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -83,6 +84,9 @@ class Env:
     client: Any
     table: str
     delivered: list[dict[str, Any]] = field(default_factory=list)
+    # moto is not thread-safe, and the emulator sends its webhooks from a thread of their own after it
+    # answered (as Stripe does): the worker's batch and each webhook take turns on the tables
+    tables_in_use: threading.RLock = field(default_factory=threading.RLock)
 
     def configure(self, account: str, overage: bool = False, topup: AutoTopupSettings | None = None) -> None:
         policy = OverageSettings(OveragePolicy.ALLOW) if overage else OverageSettings()
@@ -122,9 +126,10 @@ class Env:
         batch = self.sync.batch(event)
         processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
         try:
-            result = process_partial_response(
-                event=event, record_handler=batch.handle, processor=processor, context=FakeLambdaContext()
-            )
+            with self.tables_in_use:
+                result = process_partial_response(
+                    event=event, record_handler=batch.handle, processor=processor, context=FakeLambdaContext()
+                )
         except BatchProcessingError:  # every record failed: Lambda retries the whole batch
             self.emulator.drain()
             return [f"ev-{e.entry_key}" for e in entries]
@@ -134,9 +139,10 @@ class Env:
 
     def webhook(self, event: dict[str, Any]) -> None:
         """What the stack's webhook route does with an event the emulator sends."""
-        self.delivered.append(event)
-        self.webhooks.process(event)
-        settle_from_event(event, self.topups, self.bus, self.clock)
+        with self.tables_in_use:
+            self.delivered.append(event)
+            self.webhooks.process(event)
+            settle_from_event(event, self.topups, self.bus, self.clock)
 
     def available(self, account: str) -> Decimal:
         return self.ledger.balance(account).available
