@@ -322,6 +322,9 @@ def test_an_account_named_by_credits_customer_bills_the_stripe_customer_that_pai
     assert intent["params"]["customer"] == "cus_A"
     assert intent["params"]["metadata"]["credits_customer"] == "org_42"
     assert env.available("org_42") == 2000
+    # and an account that is a Stripe customer itself is billed as itself, whoever paid for its credits
+    env.webhook(se.checkout_session_completed("cus_OTHER", "starter", metadata={"credits_customer": "cus_B"}))
+    assert env.settings.get("cus_B").billing_customer == "cus_B"
 
 
 def test_no_resend_after_the_deduplication_window(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -639,8 +639,8 @@ def customer_link(event: dict[str, Any]) -> CustomerLink | None:
     obj = (event.get("data") or {}).get("object") or {}
     account = (obj.get("metadata") or {}).get("credits_customer")
     customer = _id(obj.get("customer"))
-    if not account or not customer or not customer.startswith("cus_") or account == customer:
-        return None
+    if not account or not customer or not customer.startswith("cus_") or str(account).startswith("cus_"):
+        return None  # an account that is a Stripe customer is billed as itself
     return CustomerLink(str(account), customer, _paid_at(event))
 
 

@@ -45,11 +45,11 @@ class AccountSettings:
 
     @property
     def billing_customer(self) -> str | None:
-        """The Stripe customer to bill for this account: the linked one, else the account id when it is a
-        Stripe customer id; None when there is neither."""
-        if self.stripe_customer:
-            return self.stripe_customer
-        return self.account_id if self.account_id.startswith("cus_") else None
+        """The Stripe customer to bill for this account: the account id when it is a Stripe customer id (the
+        account is that customer, whoever paid), else the customer linked by its payments; None without."""
+        if self.account_id.startswith("cus_"):
+            return self.account_id
+        return self.stripe_customer
 
 
 @dataclass(frozen=True)
