@@ -472,65 +472,49 @@ def test_metadata_at_the_range_limits_is_accepted(books: Books, customer: str) -
     assert grant.priority == 1_000_000 and grant.expires_at == T0 + timedelta(days=36500)
 
 
-@pytest.mark.parametrize("session_first", [True, False])
-def test_a_checkout_that_creates_an_invoice_is_one_payment_with_it(
-    books: Books, customer: str, session_first: bool
-) -> None:
-    # Given a payment-mode Checkout with invoice creation, and that invoice's invoice.paid (which names no
-    # payment intent) with the pack's line
-    session = ev.event(
+# What pays an invoice and names it: a payment-mode Checkout with invoice creation, or (API versions before
+# 2025-03-31) a PaymentIntent; each carries the pack in its metadata.
+PAYERS = {
+    "checkout": (
         "checkout.session.completed",
         {
             "id": "cs_inv",
             "object": "checkout.session",
             "mode": "payment",
             "payment_status": "paid",
-            "customer": customer,
             "payment_intent": "pi_cs_inv",
-            "invoice": "in_cs_inv",
             "amount_subtotal": 1900,
             "amount_total": 1900,
-            "currency": "eur",
-            "metadata": {"credits_pack": "starter"},
         },
-        created=ev.ts(T0),
-    )
-    line = {**ev.plan_line("price_starter", T0, T0, 1900), "price": "price_starter", "parent": None}
-    invoice = ev.invoice_paid(
-        customer, [line], created=ev.ts(T0) + 5, invoice_id="in_cs_inv", billing_reason="manual"
-    )
-    for event in (session, invoice) if session_first else (invoice, session):
-        books.send(event)
-    # Then the pack is granted once
-    assert [g.amount for g in books.grants(customer)] == [D(1000)]
-
-
-@pytest.mark.parametrize("intent_first", [True, False])
-def test_a_payment_intent_that_names_its_invoice_is_one_payment_with_it(
-    books: Books, customer: str, intent_first: bool
-) -> None:
-    # Given an older API version's PaymentIntent that names the invoice it pays and carries credits metadata,
-    # and that invoice's invoice.paid (naming no payment intent) with the pack's line
-    intent = ev.event(
+    ),
+    "payment intent": (
         "payment_intent.succeeded",
         {
             "id": "pi_old_api",
             "object": "payment_intent",
-            "customer": customer,
-            "invoice": "in_old_api",
+            "status": "succeeded",
             "amount": 1900,
             "amount_received": 1900,
-            "currency": "eur",
-            "status": "succeeded",
-            "metadata": {"credits_pack": "starter"},
         },
-        created=ev.ts(T0),
-    )
+    ),
+}
+
+
+@pytest.mark.parametrize("payer_first", [True, False])
+@pytest.mark.parametrize("payer", sorted(PAYERS))
+def test_a_payment_that_names_its_invoice_is_one_payment_with_it(
+    books: Books, customer: str, payer: str, payer_first: bool
+) -> None:
+    # Given the payer's event naming the invoice, and that invoice's invoice.paid (which names no payment
+    # intent) with the pack's line
+    event_type, fields = PAYERS[payer]
+    obj = {**fields, "customer": customer, "invoice": "in_paid", "currency": "eur"}
+    paying = ev.event(event_type, {**obj, "metadata": {"credits_pack": "starter"}}, created=ev.ts(T0))
     line = {**ev.plan_line("price_starter", T0, T0, 1900), "price": "price_starter", "parent": None}
     invoice = ev.invoice_paid(
-        customer, [line], created=ev.ts(T0) + 5, invoice_id="in_old_api", billing_reason="manual"
+        customer, [line], created=ev.ts(T0) + 5, invoice_id="in_paid", billing_reason="manual"
     )
-    for event in (intent, invoice) if intent_first else (invoice, intent):
+    for event in (paying, invoice) if payer_first else (invoice, paying):
         books.send(event)
     # Then the pack is granted once
     assert [g.amount for g in books.grants(customer)] == [D(1000)]
