@@ -243,6 +243,11 @@ class TopupRepository(TableRepository):
             ":announce": announce,
         }
         update = "SET #s = :status, settled_at = :at, announce = :announce"
+        state_update = "REMOVE in_flight"
+        state_values: dict[str, Any] = {":id": attempt.attempt_id}
+        if status == FAILED:  # a failure leaves the next top-up to the next crossing (contract section 7)
+            state_update += " SET waits_for_crossing = :true"
+            state_values[":true"] = True
         if payment_intent:
             update += ", payment_intent = :pi"
             values[":pi"] = payment_intent
@@ -266,13 +271,9 @@ class TopupRepository(TableRepository):
                         "Update": {
                             "TableName": self._table,
                             "Key": _state_key(attempt.account),
-                            # a failure leaves the next top-up to the next crossing (contract section 7)
-                            "UpdateExpression": "REMOVE in_flight"
-                            + (" SET waits_for_crossing = :true" if status == FAILED else ""),
+                            "UpdateExpression": state_update,
                             "ConditionExpression": "in_flight = :id",
-                            "ExpressionAttributeValues": it.to_dynamo(
-                                {":id": attempt.attempt_id, **({":true": True} if status == FAILED else {})}
-                            ),
+                            "ExpressionAttributeValues": it.to_dynamo(state_values),
                         }
                     },
                 ]

@@ -113,8 +113,8 @@ class Folded:
 
 def fold(tracker: Tracker, entries: Iterable[LedgerEntry]) -> Folded:
     """Count the entries not counted yet: debits add to the burn (by meter) of the day their usage happened
-    (``LedgerEntry.usage_time``). Days older than
-    ``KEPT_DAYS`` before the newest day are forgotten (the window no longer reaches them)."""
+    (``LedgerEntry.usage_time``). Days older than ``KEPT_DAYS`` before the newest day are forgotten (the
+    window no longer reaches them)."""
     new = sorted({e.seq: e for e in entries if not tracker.applied.has(e.seq)}.values(), key=lambda e: e.seq)
     if not new:
         return Folded(tracker, (), ())
