@@ -141,11 +141,15 @@ sam-build: $(TOOLS_STAMP)
 	@echo ">> sam build with $$($(SAM_PYTHON_DIR)/python3.13 --version) from $(SAM_PYTHON_DIR)"
 	$(AWS_OFFLINE_ENV) PATH="$(abspath $(SAM_PYTHON_DIR)):$$PATH" \
 	  $(TOOLS_VENV)/bin/sam build --cached --parallel --template-file $(TEMPLATE) --build-dir $(SAM_BUILD_DIR)
+	@# what the build copied from the working tree: bytecode of whatever Python ran there, and dependency tests
 	find $(SAM_BUILD_DIR) -depth \( -name __pycache__ -o -name '*.pyc' \
 	  -o \( -path '*/python/*' -name tests -type d \) \) -exec rm -rf {} +
 	rm -f $(SAM_BUILD_DIR)/*/python/requirements.txt $(SAM_BUILD_DIR)/*/requirements.txt
 	test -f $(SAM_BUILD_DIR)/CreditsLedgerLayer/python/credits_ledger/config/pricing.toml
-	@echo ">> sam build: ok ($(SAM_BUILD_DIR); pricing file in the layer)"
+	@# Lambda cannot write bytecode (read-only mounts): ship it, compiled by the runtime's Python (tools/bytecode.py)
+	$(SAM_PYTHON_DIR)/python3.13 -m tools.bytecode $(SAM_BUILD_DIR)
+	test -n "$$(find $(SAM_BUILD_DIR)/CreditsLedgerLayer/python/boto3 -name '__init__.cpython-313.pyc')"
+	@echo ">> sam build: ok ($(SAM_BUILD_DIR); pricing file in the layer; bytecode for Python 3.13)"
 
 # What each artifact weighs zipped (deflate, as `sam deploy` uploads it) and unzipped (Lambda's 250 MB limit
 # counts a function and its layers unzipped).

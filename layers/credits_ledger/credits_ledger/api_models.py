@@ -187,6 +187,12 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
+class ResponseView(BaseModel):
+    """A response the routes build themselves (no client input): built when first used, like ApiModel."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
 # ---- errors ----------------------------------------------------------------------------------------------
 class ErrorDetail(ApiModel):
     field: str

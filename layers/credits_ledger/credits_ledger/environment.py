@@ -32,7 +32,7 @@ class ConfigurationError(CreditsError, RuntimeError):
 class FunctionEnvironment(BaseModel):
     """What every function reads: the table (``template.yaml`` Globals) and, locally, another pricing file."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
     table_name: str = Field(alias="TABLE_NAME", min_length=1)
     pricing_file: str | None = Field(default=None, alias="CREDITS_PRICING_FILE")

@@ -10,7 +10,6 @@ defaults. The file ships with the functions (``config/pricing.toml`` beside the 
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
@@ -138,7 +137,7 @@ Priority = Annotated[StrictInt, Field(ge=0, le=1_000_000)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class MeterSpec(_Section):
@@ -318,6 +317,8 @@ def pricing_path() -> Path:
 
 @cache
 def load_pricing(path: Path | None = None) -> Pricing:
+    import tomllib  # on first use: a cold start that never reads the pricing file does not load the parser
+
     target = path or pricing_path()
     try:
         with target.open("rb") as handle:

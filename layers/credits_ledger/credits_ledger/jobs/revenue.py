@@ -52,7 +52,7 @@ def line_view(line: RevenueLine) -> dict[str, Any]:
 
 
 class UsageExportRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
     start: date = Field(alias="from")
     end: date = Field(alias="to")
@@ -99,7 +99,7 @@ def _registered(registry: ReconcileRepository) -> list[str]:
 
 
 class RebuildRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
     start: date = Field(alias="from")
     end: date = Field(alias="to")

@@ -24,7 +24,7 @@ from credits_ledger.observability import logger
 
 
 class Continuation(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     phase: str
     cursor: str | None = None
@@ -34,7 +34,7 @@ class Continuation(BaseModel):
 class ScheduledEvent(BaseModel):
     """The EventBridge ``Scheduled Event`` (rule or Scheduler ``Input``); only ``time`` is required."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="allow")
+    model_config = ConfigDict(populate_by_name=True, extra="allow", defer_build=True)
 
     id: str = "manual"
     detail_type: str = Field(default="Scheduled Event", alias="detail-type")

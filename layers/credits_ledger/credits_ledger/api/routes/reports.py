@@ -8,11 +8,12 @@ from functools import cache
 from typing import Annotated
 
 from aws_lambda_powertools.event_handler.openapi.params import Query
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from credits_ledger.api.deps import caller, ledger, new_router
 from credits_ledger.api.openapi import responses
 from credits_ledger.api.params import CustomerId
+from credits_ledger.api_models import ResponseView
 from credits_ledger.auth import Scope
 from credits_ledger.dal.money import MoneyRepository
 from credits_ledger.domain.burn import WINDOW_DAYS, forecast, window
@@ -28,7 +29,7 @@ router = new_router()
 MAX_RANGE_DAYS = 3660
 
 
-class RevenueLineView(BaseModel):
+class RevenueLineView(ResponseView):
     currency: str = Field(description="ISO currency code, lower case as Stripe sends it")
     opening_deferred: str = Field(description="minor units deferred at the start of `from`")
     sold: str
@@ -38,18 +39,18 @@ class RevenueLineView(BaseModel):
     closing_deferred: str = Field(description="opening_deferred + sold - recognized - breakage - refunded")
 
 
-class RevenueReportView(BaseModel):
+class RevenueReportView(ResponseView):
     data: list[RevenueLineView]
 
 
-class BurnDay(BaseModel):
+class BurnDay(ResponseView):
     day: str
     burn: str
     by_meter: dict[str, str]
     anomaly: bool = Field(description="credits.usage.anomaly was raised for this day")
 
 
-class ForecastView(BaseModel):
+class ForecastView(ResponseView):
     customer: str
     burn_per_day: str = Field(description="credits debited in the last window_days UTC days / window_days")
     runs_out_at: str | None = Field(description="now + available / burn_per_day; null when nothing burns")

@@ -3,11 +3,12 @@ from the Stripe subscription events (docs/subscriptions.md)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from credits_ledger.api.deps import caller, ledger, new_router
 from credits_ledger.api.openapi import responses
 from credits_ledger.api.params import CustomerId
+from credits_ledger.api_models import ResponseView
 from credits_ledger.auth import Scope
 from credits_ledger.dal.subscriptions import SubscriptionRepository
 from credits_ledger.domain.money import format_amount
@@ -18,14 +19,14 @@ from credits_ledger.subscription_view import SubscriptionView, subscription_view
 router = new_router()
 
 
-class Period(BaseModel):
+class Period(ResponseView):
     model_config = ConfigDict(frozen=True)
 
     start: str | None
     end: str | None
 
 
-class SubscriptionOut(BaseModel):
+class SubscriptionOut(ResponseView):
     model_config = ConfigDict(frozen=True)
 
     id: str
@@ -54,7 +55,7 @@ class SubscriptionOut(BaseModel):
         )
 
 
-class SubscriptionList(BaseModel):
+class SubscriptionList(ResponseView):
     data: list[SubscriptionOut]
 
 
