@@ -19,7 +19,8 @@ import pytest
 
 from credits_dev.lambda_context import FakeLambdaContext
 from credits_ledger.bus import EventBus
-from credits_ledger.dal.accounts import AccountRepository, Page
+from credits_ledger.dal.accounts import AccountRepository
+from credits_ledger.dal.pages import Page
 from credits_ledger.dal.reminders import ReminderRepository
 from credits_ledger.domain.models import EntryType, GrantStatus
 from credits_ledger.environment import ConfigurationError

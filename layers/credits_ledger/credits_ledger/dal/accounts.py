@@ -12,11 +12,8 @@ retry can cure (an item over 400 KB, a validation error) is WriteRejected, never
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -24,7 +21,8 @@ from typing import Any
 from botocore.exceptions import ClientError, ParamValidationError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import TableRepository, rejection
+from credits_ledger.dal.client import TableRepository, error_code, raise_unless_cancelled
+from credits_ledger.dal.pages import Page, decode_cursor, encode_cursor, pages
 from credits_ledger.domain.errors import (
     CreditsError,
     GrantNotFound,
@@ -61,30 +59,6 @@ class VersionConflict(CreditsError):
     def __init__(self, current: AccountState | None) -> None:
         super().__init__("account changed concurrently")
         self.current = current
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list[Any]
-    next_cursor: str | None
-
-
-def _encode_cursor(key: dict[str, Any] | None) -> str | None:
-    if not key:
-        return None
-    return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode()
-
-
-def _decode_cursor(cursor: str | None) -> dict[str, Any] | None:
-    if not cursor:
-        return None
-    try:
-        key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except (ValueError, TypeError) as exc:
-        raise InvalidCursor() from exc
-    if not isinstance(key, dict):
-        raise InvalidCursor()
-    return key
 
 
 class AccountRepository(TableRepository):
@@ -165,7 +139,7 @@ class AccountRepository(TableRepository):
                 "grant_id": grant.grant_id,
             }
         )
-        cursor = _encode_cursor(key)
+        cursor = encode_cursor(key)
         assert cursor is not None
         return cursor
 
@@ -182,7 +156,7 @@ class AccountRepository(TableRepository):
         )
 
     def _query_page(self, *, cursor: str | None, mapper: Any, **query: Any) -> Page:
-        start = _decode_cursor(cursor)
+        start = decode_cursor(cursor)
         if start is not None:
             # A cursor is only valid for the partition it came from: never let one page into another account.
             expected = query["ExpressionAttributeValues"]
@@ -193,13 +167,13 @@ class AccountRepository(TableRepository):
         try:
             response = self._client.query(TableName=self._table, **query)
         except ClientError as exc:
-            if start is not None and exc.response.get("Error", {}).get("Code") == "ValidationException":
+            if start is not None and error_code(exc) == "ValidationException":
                 raise InvalidCursor() from exc
             raise
         except ParamValidationError as exc:  # a cursor whose values are not DynamoDB attribute values
             raise InvalidCursor() from exc
         items = [mapper(it.from_dynamo(raw)) for raw in response.get("Items", [])]
-        return Page(items=items, next_cursor=_encode_cursor(response.get("LastEvaluatedKey")))
+        return Page(items=items, next_cursor=encode_cursor(response.get("LastEvaluatedKey")))
 
     # ---- writes ------------------------------------------------------------------------------------------
     def commit(
@@ -225,11 +199,7 @@ class AccountRepository(TableRepository):
                 ReturnConsumedCapacity="NONE",
             )
         except ClientError as exc:
-            rejected = rejection(exc)
-            if rejected is not None:
-                raise rejected from exc
-            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
-                raise
+            raise_unless_cancelled(exc)
             raise self._cancellation_error(exc, change, first_extra) from exc
 
     def _cancellation_error(self, exc: ClientError, change: Change, first_extra: int) -> CreditsError:
@@ -339,10 +309,5 @@ class AccountRepository(TableRepository):
         }
 
     def iter_expiring(self, before: datetime) -> Iterator[tuple[str, str]]:
-        cursor = None
-        while True:
-            page = self.expiring(before, cursor=cursor)
+        for _, page in pages(lambda cursor: self.expiring(before, cursor=cursor)):
             yield from page.items
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from credits_ledger.auth import ApiKey, ApiKeyExists, ApiKeyNotFound, Scope
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import TableRepository
+from credits_ledger.dal.client import TableRepository, failed_condition
 
 API_KEY_SK = "APIKEY"
 
@@ -51,10 +51,6 @@ def api_key_from_item(item: it.Item) -> ApiKey:
     )
 
 
-def _failed_condition(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
-
-
 class ApiKeyRepository(TableRepository):
     def get(self, key_id: str) -> ApiKey | None:
         # Strongly consistent: a revocation is seen by the very next uncached lookup.
@@ -70,7 +66,7 @@ class ApiKeyRepository(TableRepository):
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except ClientError as exc:
-            if _failed_condition(exc):
+            if failed_condition(exc):
                 raise ApiKeyExists(key.key_id) from exc
             raise
 
@@ -86,7 +82,7 @@ class ApiKeyRepository(TableRepository):
                 ReturnValues="ALL_NEW",
             )
         except ClientError as exc:
-            if _failed_condition(exc):
+            if failed_condition(exc):
                 raise ApiKeyNotFound(key_id) from exc
             raise
         return api_key_from_item(it.from_dynamo(response["Attributes"]))

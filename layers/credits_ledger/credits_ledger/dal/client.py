@@ -80,13 +80,44 @@ RETRYABLE_CANCELLATIONS = frozenset(
 )
 
 
+CONDITION_FAILED = "ConditionalCheckFailedException"
+TRANSACTION_CANCELLED = "TransactionCanceledException"
+
+
+def error_code(exc: ClientError) -> str:
+    """DynamoDB's name for what went wrong (``ConditionalCheckFailedException``, ...)."""
+    return str(exc.response.get("Error", {}).get("Code") or "")
+
+
+def failed_condition(exc: ClientError) -> bool:
+    """A single-item write refused by its ConditionExpression: the invariant it states did not hold."""
+    return error_code(exc) == CONDITION_FAILED
+
+
+def cancellation_codes(exc: ClientError) -> list[str]:
+    """Why DynamoDB cancelled a transaction, one code per action in request order (``None``: that action
+    was fine)."""
+    return [str(reason.get("Code") or "None") for reason in exc.response.get("CancellationReasons") or []]
+
+
+def raise_unless_cancelled(exc: ClientError) -> None:
+    """Return only when ``exc`` is a transaction DynamoDB cancelled for reasons a new attempt may overcome
+    (the caller names them from ``CancellationReasons``); raise WriteRejected for a write DynamoDB will
+    refuse again, and ``exc`` itself for any other error."""
+    rejected = rejection(exc)
+    if rejected is not None:
+        raise rejected from exc
+    if error_code(exc) != TRANSACTION_CANCELLED:
+        raise exc
+
+
 def rejection(exc: ClientError) -> WriteRejected | None:
     """The WriteRejected a failed write amounts to, or None when a retry may succeed."""
     error = exc.response.get("Error", {})
-    code = error.get("Code")
+    code = error_code(exc)
     if code == "ValidationException":
         return WriteRejected((code,), str(error.get("Message", "")))
-    if code != "TransactionCanceledException":
+    if code != TRANSACTION_CANCELLED:
         return None
     reasons = exc.response.get("CancellationReasons") or []
     rejected = [r for r in reasons if str(r.get("Code") or "None") not in RETRYABLE_CANCELLATIONS]

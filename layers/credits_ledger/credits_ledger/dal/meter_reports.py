@@ -20,7 +20,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import TableRepository
+from credits_ledger.dal.client import TableRepository, failed_condition
 
 SENDING = "sending"
 REPORTED = "reported"
@@ -57,10 +57,6 @@ def _from_item(item: it.Item) -> MeterReport:
     )
 
 
-def _failed_condition(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
-
-
 class MeterReportRepository(TableRepository):
     def claim(self, report: MeterReport) -> MeterReport:
         """Create the record in ``sending`` unless one exists; returns the stored record either way."""
@@ -83,7 +79,7 @@ class MeterReportRepository(TableRepository):
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if not _failed_condition(exc):
+            if not failed_condition(exc):
                 raise
             old = exc.response.get("Item")
             return _from_item(it.from_dynamo(old)) if old else self.get(report.entry_key)  # type: ignore[return-value]
@@ -112,7 +108,7 @@ class MeterReportRepository(TableRepository):
                 ExpressionAttributeValues=it.to_dynamo(values),
             )
         except ClientError as exc:
-            if not _failed_condition(exc):
+            if not failed_condition(exc):
                 raise
             return False
         return True
@@ -132,5 +128,5 @@ class MeterReportRepository(TableRepository):
                 ),
             )
         except ClientError as exc:
-            if not _failed_condition(exc):
+            if not failed_condition(exc):
                 raise

@@ -26,7 +26,13 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import TableRepository
+from credits_ledger.dal.client import (
+    TRANSACTION_CANCELLED,
+    TableRepository,
+    cancellation_codes,
+    error_code,
+    failed_condition,
+)
 from credits_ledger.domain.burn import Applied, Tracker
 from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.revenue import Flow, GrantCost, Totals
@@ -194,12 +200,11 @@ class MoneyRepository(TableRepository):
                     self._client.transact_write_items(TransactItems=actions)
                 return
             except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code")
-                if code == "ConditionalCheckFailedException":
+                if failed_condition(exc):
                     raise TrackerMoved(account_id) from exc
-                if code != "TransactionCanceledException":
+                if error_code(exc) != TRANSACTION_CANCELLED:
                     raise
-                reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+                reasons = cancellation_codes(exc)
                 if reasons and reasons[0] == "ConditionalCheckFailed":
                     raise TrackerMoved(account_id) from exc
                 if not any(r in ("TransactionConflict", "ThrottlingError") for r in reasons):

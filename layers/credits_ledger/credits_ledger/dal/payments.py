@@ -15,7 +15,12 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import TableRepository, rejection
+from credits_ledger.dal.client import (
+    TableRepository,
+    cancellation_codes,
+    failed_condition,
+    raise_unless_cancelled,
+)
 from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.models import Category
 from credits_ledger.domain.payments import DisputeEffect, DisputeStatus, GrantLine, PaymentRecord, Purchase
@@ -263,7 +268,7 @@ class PaymentRepository(TableRepository):
                 },
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            if not failed_condition(exc):
                 raise
             raise EventAlreadyRecorded(event_id) from exc
 
@@ -284,11 +289,6 @@ class PaymentRepository(TableRepository):
         try:
             self._client.transact_write_items(TransactItems=actions)
         except ClientError as exc:
-            rejected = rejection(exc)
-            if rejected is not None:
-                raise rejected from exc
-            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
-                raise
-            reasons = exc.response.get("CancellationReasons") or []
-            failed = [i for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"]
+            raise_unless_cancelled(exc)
+            failed = [i for i, code in enumerate(cancellation_codes(exc)) if code == "ConditionalCheckFailed"]
             raise PaymentChanged(failed[0] if failed else -1) from exc

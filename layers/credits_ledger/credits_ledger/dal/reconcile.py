@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
 from credits_ledger.dal.accounts import LEDGER_INDEX
-from credits_ledger.dal.client import TableRepository
+from credits_ledger.dal.client import TableRepository, failed_condition
 from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.models import LedgerEntry
 from credits_ledger.domain.reconcile import Checkpoint
@@ -85,7 +85,7 @@ class ReconcileRepository(TableRepository):
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            if failed_condition(exc):
                 return False
             raise
         return True
@@ -130,7 +130,7 @@ class ReconcileRepository(TableRepository):
                 ExpressionAttributeValues=values,
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            if not failed_condition(exc):
                 raise
             raise CheckpointMoved(checkpoint.account_id) from exc
 

@@ -18,7 +18,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import TableRepository
+from credits_ledger.dal.client import TableRepository, failed_condition
 from credits_ledger.domain.errors import CreditsError
 
 REMINDER_SK = "REMINDER"
@@ -85,7 +85,7 @@ class ReminderRepository(TableRepository):
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            if not failed_condition(exc):
                 raise
             raise ReminderAlreadySent(reminder.grant_id, reminder.threshold_days) from exc
 
@@ -99,5 +99,5 @@ class ReminderRepository(TableRepository):
                 ExpressionAttributeValues={":r": {"S": reminder.run_id}},
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            if not failed_condition(exc):
                 raise

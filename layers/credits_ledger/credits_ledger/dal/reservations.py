@@ -19,8 +19,9 @@ from decimal import Decimal
 from typing import Any
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.accounts import EXPIRY_INDEX, Page, _decode_cursor, _encode_cursor
+from credits_ledger.dal.accounts import EXPIRY_INDEX
 from credits_ledger.dal.client import TableRepository
+from credits_ledger.dal.pages import Page, decode_cursor, encode_cursor, pages
 from credits_ledger.domain.models import Allocation
 from credits_ledger.domain.money import ZERO
 from credits_ledger.domain.reservations import ReservationNotFound, ReservationStatus
@@ -159,7 +160,7 @@ class ReservationRepository(TableRepository):
             },
             "Limit": limit,
         }
-        start = _decode_cursor(cursor)
+        start = decode_cursor(cursor)
         if start is not None:
             query["ExclusiveStartKey"] = start
         response = self._client.query(**query)
@@ -167,16 +168,11 @@ class ReservationRepository(TableRepository):
         for raw in response.get("Items", []):
             item = it.from_dynamo(raw)
             items.append((item["account_id"], item["pk"].removeprefix("RESERVATION#")))
-        return Page(items=items, next_cursor=_encode_cursor(response.get("LastEvaluatedKey")))
+        return Page(items=items, next_cursor=encode_cursor(response.get("LastEvaluatedKey")))
 
     def iter_due(self, before: datetime) -> Iterator[tuple[str, str]]:
-        cursor = None
-        while True:
-            page = self.due(before, cursor=cursor)
+        for _, page in pages(lambda cursor: self.due(before, cursor=cursor)):
             yield from page.items
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
 
     # ---- transaction actions (committed with the account change) ----------------------------------------
     def create_action(self, record: ReservationRecord) -> dict[str, Any]:

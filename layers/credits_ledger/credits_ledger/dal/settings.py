@@ -23,7 +23,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import TableRepository
+from credits_ledger.dal.client import TableRepository, failed_condition
 from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.overage import OveragePolicy, OverageSettings
 from credits_ledger.domain.topup import AutoTopupSettings
@@ -178,7 +178,7 @@ class AccountSettingsRepository(TableRepository):
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            if not failed_condition(exc):
                 raise
             raise StaleSettingsWrite(settings_from_item(account_id, _old_item(exc))) from exc
         return settings_from_item(account_id, it.from_dynamo(response["Attributes"]))
@@ -199,7 +199,7 @@ class AccountSettingsRepository(TableRepository):
                 ),
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            if not failed_condition(exc):
                 raise
             return False
         return True
@@ -224,7 +224,7 @@ class AccountSettingsRepository(TableRepository):
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            if not failed_condition(exc):
                 raise
             raise AlertStateChanged(settings_from_item(account_id, _old_item(exc))) from exc
 

@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import TableRepository
+from credits_ledger.dal.client import TRANSACTION_CANCELLED, TableRepository, error_code, failed_condition
 from credits_ledger.domain.errors import CreditsError
 
 CLAIMED = "claimed"  # the attempt exists; the PaymentIntent may or may not have been created
@@ -109,11 +109,9 @@ def _state(account: str, item: it.Item | None) -> TopupState:
     )
 
 
-def _failed_condition(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") in (
-        "ConditionalCheckFailedException",
-        "TransactionCanceledException",
-    )
+def _refused(exc: ClientError) -> bool:
+    """A top-up write (one item or a transaction) whose conditions did not hold: the attempt moved on."""
+    return failed_condition(exc) or error_code(exc) == TRANSACTION_CANCELLED
 
 
 class TopupRepository(TableRepository):
@@ -197,7 +195,7 @@ class TopupRepository(TableRepository):
                     ]
                 )
             except ClientError as exc:
-                if not _failed_condition(exc):
+                if not _refused(exc):
                     raise
                 continue  # read again: either the attempt exists now, or the state says why not
             return _attempt(item), True
@@ -218,7 +216,7 @@ class TopupRepository(TableRepository):
                 ),
             )
         except ClientError as exc:
-            if not _failed_condition(exc):
+            if not _refused(exc):
                 raise
             return False
         return True
@@ -279,7 +277,7 @@ class TopupRepository(TableRepository):
                 ]
             )
         except ClientError as exc:
-            if not _failed_condition(exc):
+            if not _refused(exc):
                 raise
             return False
         return True
@@ -294,5 +292,5 @@ class TopupRepository(TableRepository):
                 ConditionExpression="attribute_exists(announce)",
             )
         except ClientError as exc:
-            if not _failed_condition(exc):
+            if not _refused(exc):
                 raise

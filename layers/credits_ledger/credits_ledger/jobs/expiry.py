@@ -32,7 +32,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 
 from credits_ledger.bus import BusEvent, Publisher, PublishFailed
-from credits_ledger.dal.accounts import Page
+from credits_ledger.dal.pages import Page, pages
 from credits_ledger.dal.reminders import Reminder, ReminderAlreadySent, ReminderRepository
 from credits_ledger.dal.reservations import ReservationRepository
 from credits_ledger.domain.errors import CreditsError
@@ -88,6 +88,13 @@ class ExpirySummary:
     @property
     def remaining(self) -> bool:
         return self.continuation is not None
+
+    def failure(self, item_id: str, exc: Exception, message: str) -> None:
+        """``item_id`` (a grant, a reservation) was not handled; it stays due for the next run. Counted,
+        listed and logged."""
+        self.failed += 1
+        self.failures.append(f"{item_id}: {exc}")
+        logger.warning(message, item_id=item_id, error=str(exc))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -171,36 +178,32 @@ class ExpiryJob:
     # ---- phase 0: end lapsed reservations -------------------------------------------------------------------
     def _unreserve(self, summary: ExpirySummary, cursor: str | None, deadline: Deadline) -> str | None:
         """None when done; else the cursor to resume with ("" = from the start)."""
-        while True:
-            page = self.reservations.records.due(summary.now, limit=self.page_size, cursor=cursor)
+        records = self.reservations.records
+        for page_cursor, page in pages(
+            lambda at: records.due(summary.now, limit=self.page_size, cursor=at), cursor
+        ):
             for account_id, reservation_id in page.items:
                 if deadline.near():
-                    return cursor or ""
-                try:
-                    ended = self.reservations.expire(account_id, reservation_id, summary.now)
-                except CreditsError as exc:  # stays in the index for the next run
-                    summary.failed += 1
-                    summary.failures.append(f"{reservation_id}: {exc}")
-                    logger.warning("reservation not ended", reservation_id=reservation_id, error=str(exc))
-                    continue
-                if ended is None:
-                    summary.replays += 1
-                else:
-                    summary.reservations_ended += 1
-                    summary.expired_amount += ended.expired
-            if page.next_cursor is None:
-                return None
-            cursor = page.next_cursor
+                    return page_cursor or ""
+                self._end_reservation(summary, account_id, reservation_id)
+        return None
+
+    def _end_reservation(self, summary: ExpirySummary, account_id: str, reservation_id: str) -> None:
+        try:
+            ended = self.reservations.expire(account_id, reservation_id, summary.now)
+        except CreditsError as exc:  # stays in the index for the next run
+            summary.failure(reservation_id, exc, "reservation not ended")
+            return
+        if ended is None:
+            summary.replays += 1
+        else:
+            summary.reservations_ended += 1
+            summary.expired_amount += ended.expired
 
     # ---- phase 1: expire ---------------------------------------------------------------------------------
     def _pages(self, before: datetime, cursor: str | None) -> Iterator[tuple[str | None, Page]]:
         """(the cursor a page was read with, the page)."""
-        while True:
-            page = self.ledger.grants_expiring(before, limit=self.page_size, cursor=cursor)
-            yield cursor, page
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        return pages(lambda at: self.ledger.grants_expiring(before, limit=self.page_size, cursor=at), cursor)
 
     def _expire(self, summary: ExpirySummary, cursor: str | None, deadline: Deadline) -> str | None:
         """None when done; else the cursor to resume with ("" = from the start)."""
@@ -224,9 +227,7 @@ class ExpiryJob:
                 grant_id, as_of=summary.now, policy_for=self._policy, reference=summary.run_id
             )
         except CreditsError as exc:  # e.g. ConcurrencyConflict: the grant stays in the index for the next run
-            summary.failed += 1
-            summary.failures.append(f"{grant_id}: {exc}")
-            logger.warning("grant not expired", grant_id=grant_id, error=str(exc))
+            summary.failure(grant_id, exc, "grant not expired")
             return
         if outcome is None:
             summary.nothing_left += 1
