@@ -26,31 +26,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
+from credits_ledger.bus import BusEvent
+from credits_ledger.dal import items as it
+from credits_ledger.dal.accounts import AccountRepository
+from credits_ledger.dal.reminders import ReminderRepository
+from credits_ledger.domain.models import Category, CostBasis, Grant, GrantStatus, Source
+from credits_ledger.domain.transitions import GrantSpec
+from credits_ledger.jobs.expiry import ExpiryJob
+from credits_ledger.jobs.scheduled import Deadline
+from credits_ledger.ledger import Ledger
+from credits_ledger.pricing import parse_pricing
+from tools.bench import READ_OPS as READS
+from tools.bench import ROOT, section_main
+from tools.bench import WRITE_OPS as WRITES
 from tools.bench import ValueRow as Row
-from tools.bench import section_main
-
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT / "layers" / "credits_ledger", ROOT):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from credits_ledger.bus import BusEvent  # noqa: E402
-from credits_ledger.dal import items as it  # noqa: E402
-from credits_ledger.dal.accounts import AccountRepository  # noqa: E402
-from credits_ledger.dal.reminders import ReminderRepository  # noqa: E402
-from credits_ledger.domain.models import Category, CostBasis, Grant, GrantStatus, Source  # noqa: E402
-from credits_ledger.domain.transitions import GrantSpec  # noqa: E402
-from credits_ledger.jobs.expiry import ExpiryJob  # noqa: E402
-from credits_ledger.jobs.scheduled import Deadline  # noqa: E402
-from credits_ledger.ledger import Ledger  # noqa: E402
-from credits_ledger.pricing import parse_pricing  # noqa: E402
 
 SECTION = "expiry"
-READS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems"})
-WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 RUN_AT = T0 + timedelta(days=2)
 TOLERANCE = 0.10

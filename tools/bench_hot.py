@@ -477,44 +477,18 @@ def _live_grants(count: int, now: datetime) -> list[Any]:
     ]
 
 
-def _state(account: str, grants: list[Any]) -> Any:
-    from credits_ledger.domain.models import AccountState
-
-    return AccountState(
-        account_id=account,
-        version=len(grants),
-        ledger_balance=sum((g.remaining for g in grants), Decimal(0)),
-        grants={g.grant_id: g for g in grants},
-    )
-
-
 def _seed_account(client: Any, table: str, account: str, grants: list[Any], now: datetime) -> None:
-    from credits_ledger.dal import items as it
-    from credits_ledger.domain.models import CostBasis, Grant, Source
+    from credits_dev.seed import seed_account
+    from credits_ledger.domain.models import Source
 
-    client.put_item(TableName=table, Item=it.to_dynamo(it.state_to_item(_state(account, grants))))
-    first = grants[0]
-    record = Grant(
-        grant_id=first.grant_id,
-        account_id=account,
-        amount=first.remaining,
-        category=first.category,
-        priority=first.priority,
-        effective_at=first.effective_at,
-        expires_at=first.expires_at,
-        source=Source("admin"),
-        cost_basis=CostBasis(),
-        created_at=now,
-        remaining=first.remaining,
-    )
-    client.put_item(TableName=table, Item=it.to_dynamo(it.grant_to_item(record)))
+    seed_account(client, table, account, grants, created_at=now, source=Source("admin"))
 
 
 def _size(grants: list[Any]) -> int:
     """DynamoDB size of an account item holding ``grants`` (AWS's sizing rules, tools.bench.item_size)."""
-    from credits_ledger.dal import items as it
+    from credits_dev.seed import account_item
 
-    return item_size(it.to_dynamo(it.state_to_item(_state("cus_cost_0000_000000", grants))))
+    return item_size(account_item("cus_cost_0000_000000", grants))
 
 
 def _debit_costs(endpoint: str, table: str) -> list[CostRow]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits_ledger.bus import default_bus
@@ -17,6 +16,7 @@ from credits_ledger.dal.meter_reports import MeterReportRepository
 from credits_ledger.dal.settings import AccountSettingsRepository
 from credits_ledger.dal.topups import TopupRepository
 from credits_ledger.jobs.billing_sync import BillingSync
+from credits_ledger.jobs.stream_batches import process_stream_batch
 from credits_ledger.observability import logger, metrics, tracer
 from credits_ledger.pricing import load_pricing
 from credits_ledger.stripe_api import stripe_api
@@ -38,8 +38,4 @@ def sync() -> BillingSync:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    batch = sync().batch(event)
-    processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
-    return process_partial_response(
-        event=event, record_handler=batch.handle, processor=processor, context=context
-    )
+    return process_stream_batch(event, context, sync().batch(event).handle)

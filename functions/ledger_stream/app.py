@@ -9,7 +9,6 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits_ledger import environment
@@ -19,6 +18,7 @@ from credits_ledger.dal.reconcile import ReconcileRepository
 from credits_ledger.dal.settings import AccountSettingsRepository
 from credits_ledger.jobs.ledger_stream import LedgerStream
 from credits_ledger.jobs.money_stream import MoneyStream
+from credits_ledger.jobs.stream_batches import process_stream_batch
 from credits_ledger.observability import logger, metrics, tracer
 from credits_ledger.pricing import load_pricing
 
@@ -37,8 +37,4 @@ def stream() -> LedgerStream:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    batch = stream().batch(event)
-    processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
-    return process_partial_response(
-        event=event, record_handler=batch.handle, processor=processor, context=context
-    )
+    return process_stream_batch(event, context, stream().batch(event).handle)

@@ -87,32 +87,29 @@ class Milestones:
 
 
 # ---------------------------------------------------------------------------------------------------------
-def _query_all(client: Any, **query: Any) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    while True:
-        response = client.query(**query)
-        found.extend(it.from_dynamo(raw) for raw in response.get("Items", []))
-        last = response.get("LastEvaluatedKey")
-        if not last:
-            return found
-        query["ExclusiveStartKey"] = last
+def _all_items(client: Any, operation: str, **request: Any) -> list[dict[str, Any]]:
+    """Every item a Query or a Scan (``operation``) returns, all pages (boto3's paginator)."""
+    pages = client.get_paginator(operation).paginate(**request)
+    return [it.from_dynamo(raw) for page in pages for raw in page.get("Items", [])]
 
 
-def _scan_all(client: Any, **scan: Any) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    while True:
-        response = client.scan(**scan)
-        found.extend(it.from_dynamo(raw) for raw in response.get("Items", []))
-        last = response.get("LastEvaluatedKey")
-        if not last:
-            return found
-        scan["ExclusiveStartKey"] = last
+def _scan_account(client: Any, table: str, account_id: str, sort_key: str) -> list[dict[str, Any]]:
+    """The account's items of one kind (``sk``) in the base table: a consistent Scan, all pages."""
+    return _all_items(
+        client,
+        "scan",
+        TableName=table,
+        FilterExpression="sk = :k AND account_id = :a",
+        ExpressionAttributeValues={":k": {"S": sort_key}, ":a": {"S": account_id}},
+        ConsistentRead=True,
+    )
 
 
 def ledger_entries(client: Any, table: str, account_id: str) -> list[LedgerEntry]:
     """Every ledger entry of the account, oldest first, read through the LedgerByAccount index (all pages)."""
-    raw = _query_all(
+    raw = _all_items(
         client,
+        "query",
         TableName=table,
         IndexName=LEDGER_INDEX,
         KeyConditionExpression="account_id = :a",
@@ -125,26 +122,12 @@ def ledger_entries(client: Any, table: str, account_id: str) -> list[LedgerEntry
 
 def base_table_entry_keys(client: Any, table: str, account_id: str) -> list[str]:
     """Entry keys of the account found in the base table (Scan): the index must show exactly these."""
-    raw = _scan_all(
-        client,
-        TableName=table,
-        FilterExpression="sk = :e AND account_id = :a",
-        ExpressionAttributeValues={":e": {"S": it.ENTRY_SK}, ":a": {"S": account_id}},
-        ConsistentRead=True,
-    )
-    return [item["entry_key"] for item in raw]
+    return [item["entry_key"] for item in _scan_account(client, table, account_id, it.ENTRY_SK)]
 
 
 def grant_records(client: Any, table: str, account_id: str) -> dict[str, Grant]:
     """Grant items of the account (base table, consistent)."""
-    raw = _scan_all(
-        client,
-        TableName=table,
-        FilterExpression="sk = :g AND account_id = :a",
-        ExpressionAttributeValues={":g": {"S": it.GRANT_SK}, ":a": {"S": account_id}},
-        ConsistentRead=True,
-    )
-    grants = [it.grant_from_item(item) for item in raw]
+    grants = [it.grant_from_item(item) for item in _scan_account(client, table, account_id, it.GRANT_SK)]
     return {g.grant_id: g for g in grants}
 
 

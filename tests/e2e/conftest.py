@@ -75,6 +75,21 @@ class StackProcess:
         self.log_path = state_dir.parent / f"{state_dir.name.lstrip('.')}-stack.log"
         self.process: subprocess.Popen[bytes] | None = None
 
+    def aws_client(self, service: str, **config: Any) -> Any:
+        """A boto3 client of ``service`` that talks to this stack (dummy credentials; ``config``: botocore
+        Config options, e.g. ``retries``)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+            config=Config(**config),
+        )
+
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self, timeout: float = 120.0) -> StackProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from tests.e2e.conftest import StackProcess, require_java
 
@@ -329,14 +327,7 @@ def test_bodies_text_and_binary(toy: StackProcess) -> None:
 
 def test_handler_errors_are_500_and_unhandled_function_errors(toy: StackProcess) -> None:
     assert toy.get("/echo/x/fail")[:2] == (500, {"message": "Internal Server Error"})
-    client = boto3.client(
-        "lambda",
-        endpoint_url=toy.url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        config=Config(retries={"max_attempts": 0}),
-    )
+    client = toy.aws_client("lambda", retries={"max_attempts": 0})
     answer = client.invoke(FunctionName="EchoFunction", Payload=json.dumps({"rawPath": "/x/fail"}).encode())
     assert answer["FunctionError"] == "Unhandled"
     error = json.loads(answer["Payload"].read())

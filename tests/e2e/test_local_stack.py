@@ -12,10 +12,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import stripe
-from botocore.config import Config
 
 from credits_dev.local.template import load_stack
 from tests.e2e.conftest import ADMIN_KEY, REPO_ROOT, StackProcess, require_java
@@ -27,15 +25,8 @@ def template_functions() -> set[str]:
     return set(load_stack(REPO_ROOT / "template.yaml").functions)
 
 
-def lambda_client(url: str) -> Any:
-    return boto3.client(
-        "lambda",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        config=Config(retries={"max_attempts": 0}, read_timeout=120),
-    )
+def lambda_client(stack: StackProcess) -> Any:
+    return stack.aws_client("lambda", retries={"max_attempts": 0}, read_timeout=120)
 
 
 # ---- HTTP API ----------------------------------------------------------------------------------------------
@@ -76,7 +67,7 @@ def test_admin_key_grants_and_reads_through_path_parameters(stack: StackProcess)
 def test_invoke_api_runs_a_function_with_boto3(stack: StackProcess) -> None:
     if "ApiFunction" not in template_functions():
         pytest.skip("ApiFunction is not in template.yaml yet")
-    client = lambda_client(stack.url)
+    client = lambda_client(stack)
     event = {
         "version": "2.0",
         "routeKey": "GET /health",
@@ -112,7 +103,7 @@ def test_invoke_api_runs_a_function_with_boto3(stack: StackProcess) -> None:
 def test_invoke_api_expiry_function(stack: StackProcess) -> None:
     if "ExpiryFunction" not in template_functions():
         pytest.skip("ExpiryFunction is not in template.yaml yet")
-    client = lambda_client(stack.url)
+    client = lambda_client(stack)
     event = {
         "version": "0",
         "id": str(uuid.uuid4()),
@@ -130,7 +121,7 @@ def test_invoke_api_expiry_function(stack: StackProcess) -> None:
 
 
 def test_invoke_api_unknown_function_is_resource_not_found(stack: StackProcess) -> None:
-    client = lambda_client(stack.url)
+    client = lambda_client(stack)
     with pytest.raises(client.exceptions.ResourceNotFoundException):
         client.invoke(FunctionName="NoSuchFunction", Payload=b"{}")
 
@@ -209,13 +200,7 @@ def test_webhook_chunked_body_as_a_proxy_may_send_it(stack: StackProcess) -> Non
 
 # ---- the local EventBridge ---------------------------------------------------------------------------------
 def test_put_events_are_kept_and_listed(stack: StackProcess) -> None:
-    client = boto3.client(
-        "events",
-        endpoint_url=stack.url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )
+    client = stack.aws_client("events")
     marker = uuid.uuid4().hex
     answer = client.put_events(
         Entries=[

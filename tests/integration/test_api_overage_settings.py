@@ -11,21 +11,18 @@ import pytest
 
 from credits_ledger.pricing import load_pricing
 from tests.integration.test_api_support import Api
+from tests.support.billing import STARTER_PRICING
 
 pytest_plugins = ["tests.integration.test_api_support"]
 
 PATH = "/v1/customers/cus_A/settings"
-PRICING_WITH_PACK = """
-[meters.api_call]
-credits_per_unit = "1"
-
-[packs.starter]
-credits = "1000"
-stripe_prices = ["price_EUR_starter"]
-
+PRICING_WITH_PACK = (
+    STARTER_PRICING
+    + """
 [packs.unsold]
 credits = "10"
 """
+)
 
 
 def put(api: Api, body: Any = None, raw_body: str | None = None) -> Any:

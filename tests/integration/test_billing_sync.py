@@ -39,22 +39,17 @@ from credits_ledger.topups import settle_from_event
 from credits_ledger.webhooks import StripeWebhookProcessor
 from tests.expiry_helpers import load_handler
 from tests.ledger_helpers import FakeClock, spec
+from tests.support.billing import METER_PATH, PI_PATH, STARTER_PRICING
 
 D = Decimal
 T0 = datetime(2030, 1, 15, tzinfo=UTC)
-PRICING = """
-[meters.api_call]
-credits_per_unit = "1"
-
-[packs.starter]
-credits = "1000"
-stripe_prices = ["price_EUR_starter"]
-
+PRICING = (
+    STARTER_PRICING
+    + """
 [stripe]
 overage_meter = "credits_overage"
 """
-METER_PATH = "/v1/billing/meter_events"
-PI_PATH = "/v1/payment_intents"
+)
 
 
 class Events:

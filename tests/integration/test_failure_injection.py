@@ -38,6 +38,7 @@ from credits_ledger.domain.errors import GrantRecordMismatch, WriteRejected
 from credits_ledger.domain.models import Category, EntryType, LedgerEntry
 from credits_ledger.ledger import DebitRequest, Ledger
 from tests.ledger_helpers import T0, FakeClock, all_entries, assert_books_balance, make_ledger, spec
+from tests.support.faults import fail_after_commit, read_timeout, resend_after_commit
 
 D = Decimal
 ACCT = "cus_fi"
@@ -229,15 +230,7 @@ def test_resend_of_a_committed_transaction_applies_once(
     ledger: Ledger, client: Any, sends: dict[str, int], op: Op
 ) -> None:
     balance_before, count_before = _prepare(ledger, op)
-    forced: list[int] = []
-
-    def resend_once_after_success(response: Any, attempts: int, **_: Any) -> float | None:
-        if not forced and response is not None and response[0].status_code == 200:
-            forced.append(attempts)
-            return 0  # "retry after 0 s": the same request (same ClientRequestToken) goes out again
-        return None
-
-    client.meta.events.register_first(f"needs-retry.dynamodb.{TWI}", resend_once_after_success)
+    forced = resend_after_commit(client, TWI)
     sends.clear()
     # When the write commits and botocore sends it again
     returned = op.run(ledger)
@@ -248,19 +241,8 @@ def test_resend_of_a_committed_transaction_applies_once(
 
 
 # ---- (b) the caller sees a failure of a write that committed, and calls again ------------------------------
-def _raise_after_commit(make_error: Callable[[], Exception]) -> Callable[..., None]:
-    raised: list[bool] = []
-
-    def handler(http_response: Any, **_: Any) -> None:
-        if not raised and http_response.status_code == 200:
-            raised.append(True)
-            raise make_error()
-
-    return handler
-
-
 AFTER_COMMIT_FAILURES = {
-    "read-timeout": lambda: ReadTimeoutError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com/"),
+    "read-timeout": read_timeout,
     "server-error-500": lambda: ClientError(
         {
             "Error": {"Code": "InternalServerError", "Message": "injected"},
@@ -281,7 +263,7 @@ def test_failure_after_commit_then_caller_retry_applies_once(
 ) -> None:
     balance_before, count_before = _prepare(ledger, op)
     make_error = AFTER_COMMIT_FAILURES[failure]
-    client.meta.events.register(f"after-call.dynamodb.{TWI}", _raise_after_commit(make_error))
+    fail_after_commit(client, TWI, make_error)
     # When the write commits but the caller gets an error
     with pytest.raises(type(make_error())):
         op.run(ledger)

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from credits_ledger.dal import items as it
+from credits_dev.seed import account_item, seed_account
 from credits_ledger.domain.errors import WriteRejected
-from credits_ledger.domain.models import AccountState, Category, CostBasis, Grant, LiveGrant, Source
+from credits_ledger.domain.models import Category, LiveGrant
 from credits_ledger.ledger import DebitRequest, Ledger
 from tests.ledger_helpers import T0, FakeClock, SleepRecorder, make_ledger, spec
 from tools.bench import item_size
@@ -40,24 +40,14 @@ def _live(index: int) -> LiveGrant:
     )
 
 
-def _state(count: int, grants: list[LiveGrant]) -> AccountState:
-    chosen = grants[:count]
-    return AccountState(
-        account_id=ACCT,
-        version=count,
-        ledger_balance=sum((g.remaining for g in chosen), Decimal(0)),
-        grants={g.grant_id: g for g in chosen},
-    )
-
-
 ITEM_LIMIT = 400 * 1024  # bytes, names and values (tools/bench.py: item_size follows AWS's sizing rules)
 
 
 def _largest_that_fits(grants: list[LiveGrant]) -> int:
-    sizes = [item_size(it.to_dynamo(it.state_to_item(_state(n, grants)))) for n in (0, 1)]
+    sizes = [item_size(account_item(ACCT, grants[:n])) for n in (0, 1)]
     per_grant = sizes[1] - sizes[0]
     count = (ITEM_LIMIT - sizes[0]) // per_grant + 1
-    while item_size(it.to_dynamo(it.state_to_item(_state(count, grants)))) > ITEM_LIMIT:
+    while item_size(account_item(ACCT, grants[:count])) > ITEM_LIMIT:
         count -= 1
     return count
 
@@ -69,23 +59,9 @@ def full_account(local_tables: Any) -> tuple[Ledger, SleepRecorder, int]:
     count = _largest_that_fits(grants)
     # One more grant of this shape would not fit: DynamoDB Local agrees with the size rules
     with pytest.raises(client.exceptions.ClientError, match="Item size has exceeded"):
-        client.put_item(TableName=table, Item=it.to_dynamo(it.state_to_item(_state(count + 1, grants))))
-    client.put_item(TableName=table, Item=it.to_dynamo(it.state_to_item(_state(count, grants))))
-    first = grants[0]  # spent first (soonest expiry): its grant record is closed when a debit depletes it
-    record = Grant(
-        grant_id=first.grant_id,
-        account_id=ACCT,
-        amount=first.remaining,
-        category=first.category,
-        priority=first.priority,
-        effective_at=first.effective_at,
-        expires_at=first.expires_at,
-        source=Source("admin", "seed"),
-        cost_basis=CostBasis(),
-        created_at=first.effective_at,
-        remaining=first.remaining,
-    )
-    client.put_item(TableName=table, Item=it.to_dynamo(it.grant_to_item(record)))
+        client.put_item(TableName=table, Item=account_item(ACCT, grants[: count + 1]))
+    # the grant spent first (soonest expiry) also gets its grant record: a debit that depletes it closes it
+    seed_account(client, table, ACCT, grants[:count], created_at=grants[0].effective_at)
     sleeps = SleepRecorder()
     return make_ledger(client, table, FakeClock(), sleep=sleeps), sleeps, count
 

@@ -26,6 +26,7 @@ from credits_ledger.domain.reservations import ReservationStatus
 from credits_ledger.ledger import Ledger
 from credits_ledger.reservations import Reservations, ReserveRequest
 from tests.ledger_helpers import FakeClock, all_entries, assert_books_balance, make_ledger, spec
+from tests.support.faults import fail_after_commit, resend_after_commit
 
 D = Decimal
 ACCT = "cus_fi"
@@ -124,15 +125,7 @@ def test_resend_of_a_committed_reservation_write_applies_once(
 ) -> None:
     op.setup(service, clock)
     before = (ledger.repository.state(ACCT, consistent=True).ledger_balance, len(all_entries(ledger, ACCT)))
-    forced: list[int] = []
-
-    def resend_once_after_success(response: Any, attempts: int, **_: Any) -> float | None:
-        if not forced and response is not None and response[0].status_code == 200:
-            forced.append(attempts)
-            return 0
-        return None
-
-    client.meta.events.register_first(f"needs-retry.dynamodb.{TWI}", resend_once_after_success)
+    forced = resend_after_commit(client, TWI)
     op.run(service, clock)
     assert forced == [1]
     _assert_once(ledger, service, op, before)
@@ -144,14 +137,7 @@ def test_failure_after_commit_then_caller_retry_applies_once(
 ) -> None:
     op.setup(service, clock)
     before = (ledger.repository.state(ACCT, consistent=True).ledger_balance, len(all_entries(ledger, ACCT)))
-    raised: list[bool] = []
-
-    def fail_after_commit(http_response: Any, **_: Any) -> None:
-        if not raised and http_response.status_code == 200:
-            raised.append(True)
-            raise ReadTimeoutError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com/")
-
-    client.meta.events.register(f"after-call.dynamodb.{TWI}", fail_after_commit)
+    fail_after_commit(client, TWI)
     with pytest.raises(ReadTimeoutError):
         op.run(service, clock)
     again = op.run(service, clock)
@@ -174,14 +160,7 @@ def test_extend_retried_by_the_caller_moves_the_end_to_the_same_instant(
     ledger: Ledger, service: Reservations, client: Any, clock: FakeClock
 ) -> None:
     _reserve(service, clock)
-    raised: list[bool] = []
-
-    def fail_after_commit(http_response: Any, **_: Any) -> None:
-        if not raised and http_response.status_code == 200:
-            raised.append(True)
-            raise ReadTimeoutError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com/")
-
-    client.meta.events.register(f"after-call.dynamodb.{TWI}", fail_after_commit)
+    fail_after_commit(client, TWI)
     with pytest.raises(ReadTimeoutError):
         service.extend(service.record(RID), 7200)
     view = service.extend(service.record(RID), 7200)

@@ -47,19 +47,12 @@ from credits_ledger.stripe_api import StripeApi
 from credits_ledger.topups import settle_from_event
 from credits_ledger.webhooks import StripeWebhookProcessor
 from tests.ledger_helpers import FakeClock, spec
+from tests.support.billing import METER_PATH, PI_PATH, STARTER_PRICING
 
 D = Decimal
-PRICING = """
-[meters.api_call]
-credits_per_unit = "1"
-
-[packs.starter]
-credits = "1000"
-stripe_prices = ["price_EUR_starter"]
-"""
+PRICING = STARTER_PRICING
 MONTHLY_LIMIT = 2
 TOPUP = AutoTopupSettings(enabled=True, threshold=D(100), pack="starter", monthly_limit=MONTHLY_LIMIT)
-METER_PATH, PI_PATH = "/v1/billing/meter_events", "/v1/payment_intents"
 
 operation = st.one_of(
     st.tuples(st.just("debit"), st.integers(min_value=1, max_value=400)),

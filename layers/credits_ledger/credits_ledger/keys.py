@@ -31,25 +31,19 @@ from credits_ledger.auth import (
     strong_enough,
 )
 from credits_ledger.dal.api_keys import ApiKeyRepository
+from credits_ledger.secrets import secret
 
 CACHE_SECONDS = 5.0
 ADMIN_KEY_ENV = "CREDITS_ADMIN_KEY"
 ADMIN_KEY_PARAMETER_ENV = "ADMIN_KEY_PARAMETER"
-PARAMETER_MAX_AGE = 300
 
 
 def bootstrap_key() -> str | None:
     """The bootstrap admin key: the environment (local), else the SSM SecureString (AWS), else none."""
-    local = os.environ.get(ADMIN_KEY_ENV)
-    if local:
-        return local
-    name = os.environ.get(ADMIN_KEY_PARAMETER_ENV)
-    if not name:
-        return None
-    from aws_lambda_powertools.utilities.parameters import get_parameter
-
-    key = get_parameter(name, decrypt=True, max_age=PARAMETER_MAX_AGE)
-    if key and not strong_enough(key):
+    key = secret(ADMIN_KEY_ENV, ADMIN_KEY_PARAMETER_ENV)
+    if key is None or os.environ.get(ADMIN_KEY_ENV):
+        return key  # a local key (make dev, tests) is taken as it is set
+    if not strong_enough(key):
         # Refused, not fatal: issued keys keep working; the error log (and its alarm) says what to fix.
         from credits_ledger.observability import logger
 
@@ -57,7 +51,7 @@ def bootstrap_key() -> str | None:
             "bootstrap admin key refused: under %d bits of entropy; store a random key in %s "
             "(e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)",
             MIN_BOOTSTRAP_KEY_BITS,
-            name,
+            os.environ.get(ADMIN_KEY_PARAMETER_ENV),
         )
         return None
     return key

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -93,26 +94,17 @@ def overage_meter(pricing: Pricing) -> str:
     return str(stripe_section.get("overage_meter") or DEFAULT_OVERAGE_METER)
 
 
+@dataclass(eq=False)
 class BillingSync:
     """Long-lived dependencies; ``batch(event)`` gives the per-invocation processor."""
 
-    def __init__(
-        self,
-        stripe: Callable[[], StripeApi],
-        reports: MeterReportRepository,
-        topups: TopupRepository,
-        settings: AccountSettingsRepository,
-        bus: Publisher,
-        pricing: Pricing,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        self.stripe = stripe
-        self.reports = reports
-        self.topups = topups
-        self.settings = settings
-        self.bus = bus
-        self.pricing = pricing
-        self.clock = clock
+    stripe: Callable[[], StripeApi]
+    reports: MeterReportRepository
+    topups: TopupRepository
+    settings: AccountSettingsRepository
+    bus: Publisher
+    pricing: Pricing
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def batch(self, event: dict[str, Any]) -> BillingSyncBatch:
         return BillingSyncBatch(self, event)

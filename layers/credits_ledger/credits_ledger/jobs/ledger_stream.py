@@ -24,7 +24,7 @@ carries an id (the stream record's ``eventID``, the entry key) for consumers to 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -72,24 +72,16 @@ def entry_detail(entry: LedgerEntry, event_id: str | None) -> dict[str, Any]:
     }
 
 
+@dataclass(eq=False)
 class LedgerStream:
     """Long-lived dependencies; ``batch(event)`` gives the per-invocation processor."""
 
-    def __init__(
-        self,
-        bus: Publisher,
-        settings: AccountSettingsRepository,
-        registry: ReconcileRepository,
-        pricing: Pricing,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        money: MoneyStream | None = None,
-    ) -> None:
-        self.bus = bus
-        self.settings = settings
-        self.registry = registry
-        self.pricing = pricing
-        self.clock = clock
-        self.money = money  # revenue aggregates, burn and anomalies (jobs/money_stream.py)
+    bus: Publisher
+    settings: AccountSettingsRepository
+    registry: ReconcileRepository
+    pricing: Pricing
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    money: MoneyStream | None = None  # revenue aggregates, burn and anomalies (jobs/money_stream.py)
 
     def batch(self, event: dict[str, Any]) -> StreamBatch:
         return StreamBatch(self, event)

@@ -22,7 +22,7 @@ fires.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -50,20 +50,14 @@ USAGE_ANOMALY = "credits.usage.anomaly"
 MAX_DECISIONS = 5
 
 
+@dataclass(eq=False)
 class MoneyStream:
     """Long-lived dependencies of the money side of the stream function."""
 
-    def __init__(
-        self,
-        repository: MoneyRepository,
-        settings: AccountSettingsRepository,
-        bus: Publisher,
-        default_threshold: Callable[[], Decimal],
-    ) -> None:
-        self.repository = repository
-        self.settings = settings
-        self.bus = bus
-        self.default_threshold = default_threshold
+    repository: MoneyRepository
+    settings: AccountSettingsRepository
+    bus: Publisher
+    default_threshold: Callable[[], Decimal]
 
     def batch(self, event: dict[str, Any]) -> MoneyBatch:
         return MoneyBatch(self, event)

@@ -1,0 +1,45 @@
+"""Faults injected into a boto3 DynamoDB client through its event hooks (botocore's ``after-call``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from botocore.exceptions import ReadTimeoutError
+
+
+def read_timeout() -> ReadTimeoutError:
+    """What the caller sees when the answer of a call that reached DynamoDB never arrives."""
+    return ReadTimeoutError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com/")
+
+
+def fail_after_commit(
+    client: Any, operation: str, make_error: Callable[[], Exception] = read_timeout
+) -> Callable[..., None]:
+    """The first successful ``operation`` of ``client`` commits, then its caller gets ``make_error()``
+    (once): a write that happened although the caller was told it failed. Returns the hook."""
+    raised: list[bool] = []
+
+    def hook(http_response: Any, **_: Any) -> None:
+        if not raised and http_response.status_code == 200:
+            raised.append(True)
+            raise make_error()
+
+    client.meta.events.register(f"after-call.dynamodb.{operation}", hook)
+    return hook
+
+
+def resend_after_commit(client: Any, operation: str) -> list[int]:
+    """botocore sends the first successful ``operation`` of ``client`` again (the same request, the same
+    ClientRequestToken), as its retry does when an answer is lost. Returns the list that records the attempt
+    the re-send followed (``[1]`` once it happened)."""
+    forced: list[int] = []
+
+    def resend_once(response: Any, attempts: int, **_: Any) -> float | None:
+        if not forced and response is not None and response[0].status_code == 200:
+            forced.append(attempts)
+            return 0  # "retry after 0 s": the same request goes out again
+        return None
+
+    client.meta.events.register_first(f"needs-retry.dynamodb.{operation}", resend_once)
+    return forced
