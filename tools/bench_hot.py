@@ -364,7 +364,7 @@ class _Stack:
     """``python -m credits_dev.local`` on a free port, using the bench's DynamoDB Local."""
 
     def __init__(self, endpoint: str) -> None:
-        from credits_dev.local.engine import free_port
+        from credits_dev.local.dynamodb_local import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

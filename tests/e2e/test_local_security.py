@@ -136,7 +136,7 @@ def test_unsafe_settings_stop_the_stack_at_start(tmp_path: Path, env: dict[str, 
 
 
 def test_dynamodb_local_is_out_of_reach_and_answers_no_web_page(stack: StackProcess) -> None:
-    from credits_dev.local.engine import network_namespaces
+    from credits_dev.local.dynamodb_local import network_namespaces
     from tests.e2e.conftest import pids_matching
 
     engine = send(stack, "GET", "/_local/info", own(stack))[1]["engine"]
