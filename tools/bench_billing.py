@@ -46,9 +46,9 @@ def run(endpoint: str, runs: int = RUNS) -> list[ValueRow]:
     from credits_dev.lambda_context import FakeLambdaContext
     from credits_dev.local.stripe_emulator import StripeEmulator, in_process_client
     from credits_ledger.dal import items as it
+    from credits_ledger.dal.account_settings import AccountSettingsRepository, SettingsDocument
     from credits_ledger.dal.accounts import AccountRepository
     from credits_ledger.dal.meter_reports import MeterReportRepository
-    from credits_ledger.dal.settings import AccountSettingsRepository, SettingsDocument
     from credits_ledger.dal.topups import TopupRepository
     from credits_ledger.domain.models import Source
     from credits_ledger.domain.overage import OveragePolicy, OverageSettings

@@ -82,9 +82,9 @@ def _seed_days(client: Any, table: str, days: int, buckets: int, end: date) -> N
 
 def run(endpoint: str, runs: int = RUNS) -> list[ReportRow]:
     from credits_ledger.bus import LogOnlyBus
+    from credits_ledger.dal.account_settings import AccountSettingsRepository
     from credits_ledger.dal.accounts import AccountRepository
     from credits_ledger.dal.money import MoneyRepository
-    from credits_ledger.dal.settings import AccountSettingsRepository
     from credits_ledger.domain.models import CostBasis, Source
     from credits_ledger.domain.transitions import GrantSpec
     from credits_ledger.jobs.money_stream import MoneyStream

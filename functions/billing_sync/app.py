@@ -12,8 +12,8 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits_ledger.bus import default_bus
+from credits_ledger.dal.account_settings import AccountSettingsRepository
 from credits_ledger.dal.meter_reports import MeterReportRepository
-from credits_ledger.dal.settings import AccountSettingsRepository
 from credits_ledger.dal.topups import TopupRepository
 from credits_ledger.jobs.billing_sync import BillingSync
 from credits_ledger.jobs.stream_batches import process_stream_batch

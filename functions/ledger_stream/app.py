@@ -1,7 +1,7 @@
 """LedgerStreamFunction: the table's DynamoDB stream -> ``credits.ledger.entry`` for every new ledger entry,
 ``credits.balance.low`` / ``credits.balance.depleted`` on available-balance crossings, the reconcile
 registry, and the money view: daily revenue aggregates, burn per day, ``credits.usage.anomaly``. Partial batch failures are reported (``ReportBatchItemFailures``): a failed record and every
-record after it in the batch are retried, then go to the OnFailure queue. Design: docs/expiry.md.
+record after it in the batch are retried, then go to the OnFailure queue. Design: docs/stream.md.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits_ledger import environment
 from credits_ledger.bus import default_bus
+from credits_ledger.dal.account_settings import AccountSettingsRepository
 from credits_ledger.dal.money import MoneyRepository
 from credits_ledger.dal.reconcile import ReconcileRepository
-from credits_ledger.dal.settings import AccountSettingsRepository
 from credits_ledger.jobs.ledger_stream import LedgerStream
 from credits_ledger.jobs.money_stream import MoneyStream
 from credits_ledger.jobs.stream_batches import process_stream_batch

@@ -3,7 +3,7 @@ incrementally from per-account checkpoints; metrics CheckedAccounts / Mismatched
 ``credits.reconcile.mismatch`` event per mismatch. ``{"detail": {"backfill": true}}`` first registers
 accounts created before the ledger stream function (one full-table scan). ``{"revenue_rebuild": {"from",
 "to", "write"}}`` recomputes the daily revenue aggregate from the ledger and compares (docs/money.md §4).
-Design: docs/expiry.md.
+Design: docs/reconcile.md.
 """
 
 from __future__ import annotations

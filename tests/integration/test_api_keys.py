@@ -10,8 +10,8 @@ import boto3
 import pytest
 
 from credits_ledger.api import deps
+from credits_ledger.api_keys import CACHE_SECONDS, KeyService
 from credits_ledger.auth import Unauthorized
-from credits_ledger.keys import CACHE_SECONDS, KeyService
 from tests.integration.test_api_support import NO_KEY, Api
 
 pytest_plugins = ["tests.integration.test_api_support"]

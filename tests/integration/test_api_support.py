@@ -17,7 +17,7 @@ import pytest
 
 from credits_dev.lambda_context import FakeLambdaContext
 from credits_ledger.api import deps
-from credits_ledger.keys import KeyService
+from credits_ledger.api_keys import KeyService
 from credits_ledger.ledger import Ledger
 from credits_ledger.pricing import load_pricing
 from tools.gen_openapi import load_api_app

@@ -23,10 +23,10 @@ from credits_dev.local.stripe_emulator import DECLINING_METHOD, PREFIX, StripeEm
 from credits_dev.local.template import load_template
 from credits_ledger.bus import BusEvent
 from credits_ledger.dal import items as it
+from credits_ledger.dal.account_settings import AccountSettingsRepository, SettingsDocument
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.meter_reports import REJECTED, REPORTED, UNKNOWN, MeterReportRepository
 from credits_ledger.dal.payments import PaymentRepository
-from credits_ledger.dal.settings import AccountSettingsRepository, SettingsDocument
 from credits_ledger.dal.topups import FAILED, SUCCEEDED, TopupRepository, attempt_id_of
 from credits_ledger.domain.models import LedgerEntry
 from credits_ledger.domain.overage import OveragePolicy, OverageSettings

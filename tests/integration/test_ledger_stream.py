@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 
 from credits_dev.lambda_context import FakeLambdaContext
+from credits_ledger.account_settings import get_settings, put_settings
 from credits_ledger.bus import EventBus
+from credits_ledger.dal.account_settings import AccountSettingsRepository
 from credits_ledger.dal.reconcile import ReconcileRepository, bucket_of
 from credits_ledger.dal.reminders import ReminderRepository
-from credits_ledger.dal.settings import AccountSettingsRepository
 from credits_ledger.jobs.expiry import ExpiryJob
 from credits_ledger.jobs.ledger_stream import LedgerStream
 from credits_ledger.jobs.scheduled import Deadline
 from credits_ledger.ledger import DebitRequest
 from credits_ledger.pricing import load_pricing
-from credits_ledger.settings import get_settings, put_settings
 from tests.expiry_helpers import (
     StreamEnv,
     StreamRecorder,

@@ -32,10 +32,10 @@ from credits_dev.local.stripe_emulator import (
     in_process_client,
 )
 from credits_ledger.dal import items as it
+from credits_ledger.dal.account_settings import AccountSettingsRepository, SettingsDocument
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.meter_reports import UNKNOWN, MeterReportRepository
 from credits_ledger.dal.payments import PaymentRepository
-from credits_ledger.dal.settings import AccountSettingsRepository, SettingsDocument
 from credits_ledger.dal.topups import OPEN, TopupRepository
 from credits_ledger.domain.models import LedgerEntry
 from credits_ledger.domain.overage import OveragePolicy, OverageSettings

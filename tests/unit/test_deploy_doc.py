@@ -165,12 +165,12 @@ def test_stage_parameters_are_used() -> None:
 def test_secrets_come_from_ssm_parameter_names(
     function: str, role: str, variable: str, parameter: str
 ) -> None:
-    from credits_ledger import keys, stripe_api, stripe_signature
+    from credits_ledger import api_keys, stripe_api, stripe_signature
 
     variables = RESOURCES[function]["Properties"]["Environment"]["Variables"]
     assert variables[variable] == {"Ref": parameter}
     # the code reads exactly that variable (and decrypts with Powertools parameters)
-    sources = "".join(Path(m.__file__).read_text() for m in (stripe_signature, keys, stripe_api))
+    sources = "".join(Path(m.__file__).read_text() for m in (stripe_signature, api_keys, stripe_api))
     assert f'"{variable}"' in sources
     statements = RESOURCES[role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
     # each ssm:GetParameter statement names exactly one parameter; this secret's is among them

@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from credits_ledger.dal.settings import AccountSettings
-from credits_ledger.settings import InvalidSettings, SettingsUpdate, parse_settings, settings_view
+from credits_ledger.account_settings import InvalidSettings, SettingsUpdate, parse_settings, settings_view
+from credits_ledger.dal.account_settings import AccountSettings
 
 
 @pytest.mark.parametrize(

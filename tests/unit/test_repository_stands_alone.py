@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -31,3 +32,18 @@ def test_the_public_api_is_documented_in_the_clone() -> None:
     for heading in ("## 3. HTTP API", "## 4. Stripe webhooks", "## 2. Pricing configuration", "## 9. Money"):
         assert heading in api
     assert "docs/api.md" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_every_relative_link_of_the_documentation_resolves() -> None:
+    """A moved or split document leaves no link behind (the docs cite each other by file and section)."""
+    documents = [
+        *sorted((ROOT / "docs").glob("*.md")),
+        ROOT / "README.md",
+        ROOT / "credits_dev" / "README.md",
+    ]
+    broken = []
+    for document in documents:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", document.read_text(encoding="utf-8")):
+            if "://" not in target and not (document.parent / target).exists():
+                broken.append(f"{document.relative_to(ROOT)} -> {target}")
+    assert broken == []

@@ -1,7 +1,7 @@
 """The project's own EventBridge bus (``EVENT_BUS_NAME``): every event has source ``credits``.
 
 Detail types published: ``credits.grant.expiring``, ``credits.ledger.entry``, ``credits.balance.low``,
-``credits.balance.depleted``, ``credits.reconcile.mismatch`` (payloads in docs/expiry.md),
+``credits.balance.depleted``, ``credits.reconcile.mismatch`` (payloads in docs/stream.md and docs/reconcile.md),
 ``credits.topup.requested`` / ``.succeeded`` / ``.failed`` (topups.py: attempt_id, account, pack, quantity,
 crossing_entry, payment_intent, reason). EventBridge
 does not deduplicate, so every detail carries an id downstream can deduplicate on.

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Generic, TypeVar, cast
 
+from credits_ledger.dal.account_settings import AccountSettingsRepository
 from credits_ledger.dal.accounts import AccountRepository, EntryExists, VersionConflict
 from credits_ledger.dal.pages import Page
-from credits_ledger.dal.settings import AccountSettingsRepository
 from credits_ledger.domain import idempotency, transitions
 from credits_ledger.domain.balance import balance as balance_of
 from credits_ledger.domain.errors import (

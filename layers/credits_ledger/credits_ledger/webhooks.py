@@ -26,9 +26,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from credits_ledger.dal.account_settings import AccountSettingsRepository
 from credits_ledger.dal.accounts import RelatedItemChanged
 from credits_ledger.dal.payments import EventAlreadyRecorded, PaymentChanged, PaymentRepository
-from credits_ledger.dal.settings import AccountSettingsRepository
 from credits_ledger.dal.subscriptions import SubscriptionRepository
 from credits_ledger.domain import idempotency, transitions
 from credits_ledger.domain.errors import (

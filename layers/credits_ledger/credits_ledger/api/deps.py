@@ -14,11 +14,11 @@ from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
 from aws_lambda_powertools.event_handler.router import APIGatewayHttpRouter
 
 from credits_ledger.api.errors import MAX_BODY_BYTES, BodyNotAnObject, PayloadTooLarge
+from credits_ledger.api_keys import KeyService
 from credits_ledger.auth import Principal, bearer_token
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.api_keys import ApiKeyRepository
 from credits_ledger.dal.reservations import ReservationRepository
-from credits_ledger.keys import KeyService
 from credits_ledger.ledger import Ledger
 from credits_ledger.reservations import Reservations
 

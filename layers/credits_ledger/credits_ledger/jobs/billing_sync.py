@@ -41,6 +41,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from credits_ledger.bus import BusEvent, Publisher
 from credits_ledger.dal import items as it
+from credits_ledger.dal.account_settings import AccountSettings, AccountSettingsRepository
 from credits_ledger.dal.meter_reports import (
     REJECTED,
     REPORTED,
@@ -49,7 +50,6 @@ from credits_ledger.dal.meter_reports import (
     MeterReport,
     MeterReportRepository,
 )
-from credits_ledger.dal.settings import AccountSettings, AccountSettingsRepository
 from credits_ledger.dal.topups import (
     CLAIMED,
     FAILED,

@@ -37,8 +37,8 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from credits_ledger.bus import BusEvent, Publisher
 from credits_ledger.dal import items as it
+from credits_ledger.dal.account_settings import AccountSettings, AccountSettingsRepository
 from credits_ledger.dal.reconcile import ReconcileRepository
-from credits_ledger.dal.settings import AccountSettings, AccountSettingsRepository
 from credits_ledger.domain.alerts import alert_crossings, available, band
 from credits_ledger.domain.models import LedgerEntry
 from credits_ledger.domain.money import format_amount

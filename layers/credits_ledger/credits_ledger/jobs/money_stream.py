@@ -31,8 +31,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from credits_ledger.bus import BusEvent, Publisher
 from credits_ledger.dal import items as it
+from credits_ledger.dal.account_settings import AccountSettingsRepository
 from credits_ledger.dal.money import MoneyRepository, TrackerMoved
-from credits_ledger.dal.settings import AccountSettingsRepository
 from credits_ledger.domain.burn import Tracker, anomaly_candidates, fold, is_anomaly
 from credits_ledger.domain.models import LedgerEntry
 from credits_ledger.domain.money import format_amount

@@ -7,12 +7,12 @@ from typing import Annotated
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Path
 
-from credits_ledger.admin import grant_credits, void_grant
 from credits_ledger.api.deps import caller, ledger, new_router, replayable
 from credits_ledger.api.openapi import REPLAY, responses
 from credits_ledger.api.params import CustomerId
 from credits_ledger.api_models import GrantRequest, GrantView
 from credits_ledger.auth import Scope
+from credits_ledger.grants import grant_credits, void_grant
 
 router = new_router()
 

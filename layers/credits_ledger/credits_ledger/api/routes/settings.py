@@ -4,11 +4,11 @@ malformed or too deeply nested JSON is 400, a wrong or out-of-range field 422 na
 
 from __future__ import annotations
 
+from credits_ledger.account_settings import SettingsRequest, SettingsResponse, get_settings, put_settings
 from credits_ledger.api.deps import caller, new_router
 from credits_ledger.api.openapi import responses
 from credits_ledger.api.params import CustomerId
 from credits_ledger.auth import Scope
-from credits_ledger.settings import SettingsRequest, SettingsResponse, get_settings, put_settings
 
 router = new_router()
 

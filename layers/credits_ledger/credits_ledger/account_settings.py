@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StrictBool, ValidationError
 
 from credits_ledger.api_models import ApiModel, Identifier, NonNegativeAmount
-from credits_ledger.dal.settings import (
+from credits_ledger.dal.account_settings import (
     AccountSettings,
     AccountSettingsRepository,
     SettingsDocument,
