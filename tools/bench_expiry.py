@@ -38,6 +38,7 @@ from credits_ledger.jobs.expiry import ExpiryJob
 from credits_ledger.jobs.scheduled import Deadline
 from credits_ledger.ledger import Ledger
 from credits_ledger.pricing import parse_pricing
+from credits_ledger.reservations import Reservations
 from tools.bench import READ_OPS as READS
 from tools.bench import ROOT, section_main
 from tools.bench import WRITE_OPS as WRITES
@@ -176,7 +177,13 @@ def run_scenario(
             f"   {scenario.name}: {written:,} filler grant items written in {time.perf_counter() - started:.0f} s"
         )
     meter = CapacityMeter(client)
-    job = ExpiryJob(ledger, ReminderRepository(client, table), NullBus(), parse_pricing({}))  # type: ignore[arg-type]
+    job = ExpiryJob(
+        ledger,
+        ReminderRepository(client, table),
+        NullBus(),  # type: ignore[arg-type]
+        parse_pricing({}),
+        reservations=Reservations.over(ledger.repository),
+    )
     meter.enabled = True
     started = time.perf_counter()
     summary = job.run(RUN_AT, f"bench-{uuid.uuid4().hex[:8]}", Deadline(None))

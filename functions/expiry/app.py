@@ -21,6 +21,7 @@ from credits_ledger.jobs.scheduled import run_scheduled
 from credits_ledger.ledger import Ledger
 from credits_ledger.observability import logger, metrics, tracer
 from credits_ledger.pricing import load_pricing
+from credits_ledger.reservations import Reservations
 
 # Inside Lambda a missing or malformed setting fails the init phase (credits_ledger/environment.py).
 environment.at_start_up(environment.PublishingJobEnvironment)
@@ -28,7 +29,14 @@ environment.at_start_up(environment.PublishingJobEnvironment)
 
 @cache
 def job() -> ExpiryJob:
-    return ExpiryJob(Ledger(AccountRepository()), ReminderRepository(), default_bus(), load_pricing())
+    accounts = AccountRepository()
+    return ExpiryJob(
+        Ledger(accounts),
+        ReminderRepository(),
+        default_bus(),
+        load_pricing(),
+        reservations=Reservations.over(accounts),
+    )
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -30,6 +30,7 @@ from credits_ledger.jobs.expiry import ExpiryJob, ExpirySummary
 from credits_ledger.jobs.scheduled import Deadline
 from credits_ledger.ledger import DebitRequest, Ledger
 from credits_ledger.pricing import parse_pricing
+from credits_ledger.reservations import Reservations
 
 pytestmark = [pytest.mark.dynamodb_local, pytest.mark.slow]
 
@@ -115,11 +116,13 @@ def test_expiry_racing_debits_and_itself_never_spends_and_expires_the_same_credi
 
     def expiry(copy: int) -> None:
         client = new_client(endpoint)
+        accounts = AccountRepository(client, table)
         job = ExpiryJob(
-            Ledger(AccountRepository(client, table), clock=lambda: RUN_AT),
+            Ledger(accounts, clock=lambda: RUN_AT),
             ReminderRepository(client, table),
             NullBus(),  # type: ignore[arg-type]
             parse_pricing({}),
+            reservations=Reservations.over(accounts, clock=lambda: RUN_AT),
             page_size=4,
         )
         start.wait()

@@ -29,6 +29,7 @@ from credits_ledger.jobs.expiry import ExpiryJob
 from credits_ledger.jobs.scheduled import Deadline
 from credits_ledger.ledger import DebitRequest
 from credits_ledger.pricing import load_pricing
+from credits_ledger.reservations import Reservations
 from tests.expiry_helpers import (
     FUNCTION_ARN,
     HandlerEnv,
@@ -117,7 +118,13 @@ def job_on(env: Env, repository: AccountRepository | None = None, max_attempts: 
     ledger = make_ledger(env.client, TABLE, env.clock, max_attempts=max_attempts)
     if repository is not None:
         ledger.repository = repository
-    return ExpiryJob(ledger, ReminderRepository(env.client, TABLE), EventBus(), load_pricing())
+    return ExpiryJob(
+        ledger,
+        ReminderRepository(env.client, TABLE),
+        EventBus(),
+        load_pricing(),
+        reservations=Reservations.over(ledger.repository),
+    )
 
 
 # ---- expiry as of the event's time ---------------------------------------------------------------------------
@@ -319,7 +326,13 @@ def test_a_reminder_that_could_not_be_published_is_sent_by_the_next_run(env: Env
 
     ledger = make_ledger(env.client, TABLE, env.clock)
     reminders = ReminderRepository(env.client, TABLE)
-    failing = ExpiryJob(ledger, reminders, EventBus(RejectingEvents(), env.bus.name), load_pricing())
+    failing = ExpiryJob(
+        ledger,
+        reminders,
+        EventBus(RejectingEvents(), env.bus.name),
+        load_pricing(),
+        reservations=Reservations.over(ledger.repository),
+    )
     # When the run's publish fails
     summary = failing.run(RUN_AT, "run-1", Deadline(None))
     # Then the claim is released (not counted as sent) ...

@@ -24,6 +24,7 @@ from credits_ledger.jobs.ledger_stream import LedgerStream
 from credits_ledger.jobs.scheduled import Deadline
 from credits_ledger.ledger import DebitRequest
 from credits_ledger.pricing import load_pricing
+from credits_ledger.reservations import Reservations
 from tests.expiry_helpers import (
     StreamEnv,
     StreamRecorder,
@@ -191,7 +192,13 @@ def test_a_drop_caused_by_time_passing_is_reported_once_by_the_next_change(env: 
     env.deliver()
     # When the expiry job expires the 150 after their expires_at (available was 200, now 50)
     env.clock.set(expires + timedelta(minutes=15))
-    job = ExpiryJob(env.ledger, ReminderRepository(env.client, TABLE), EventBus(), load_pricing())
+    job = ExpiryJob(
+        env.ledger,
+        ReminderRepository(env.client, TABLE),
+        EventBus(),
+        load_pricing(),
+        reservations=Reservations.over(env.ledger.repository),
+    )
     env.do(lambda: job.run(env.clock.now, "run", Deadline(None)))
     env.deliver()
     # Then one low alert, attributed to the expiry
@@ -298,10 +305,9 @@ def test_settings_writes_keep_the_latest_and_null_resets_to_the_default(env: Env
 
 
 def test_low_balance_alerts_count_available_so_a_reservation_can_cross_the_threshold(env: Env) -> None:
-    from credits_ledger.dal.reservations import ReservationRepository
-    from credits_ledger.reservations import Reservations, ReserveRequest
+    from credits_ledger.reservations import ReserveRequest
 
-    service = Reservations(env.ledger.repository, ReservationRepository(env.client, TABLE), clock=env.clock)
+    service = Reservations.over(env.ledger.repository, clock=env.clock)
     # Given 300 credits and a threshold of 100
     env.grant("cus_r", "g1", "300")
     env.deliver()

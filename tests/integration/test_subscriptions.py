@@ -528,7 +528,7 @@ def test_a_plan_month_rolls_over_by_the_plans_rules_and_the_rollover_does_not_ro
 
     books.send(cycle(customer))
     [month] = books.grants(customer)
-    job = ExpiryJob(books.ledger, None, None, books.pricing)  # type: ignore[arg-type]
+    job = ExpiryJob(books.ledger, None, None, books.pricing, reservations=None)  # type: ignore[arg-type]
     # When the month ends unspent: 50 % of 5,000 capped at 2,000, valid one calendar month from its end
     outcome = books.ledger.expire_with_rollover(month.grant_id, FEB, job._policy)
     assert outcome is not None and outcome.entry.metadata["rolled_over"] == "2000"

@@ -99,6 +99,12 @@ class Reservations:
         self._max_attempts = max_attempts
         self._sleep = sleep
 
+    @classmethod
+    def over(cls, accounts: AccountRepository, clock: Callable[[], datetime] = utc_now) -> Reservations:
+        """The reservations of the accounts in ``accounts``' table (their records live in the same table, so a
+        reserve commits with the account in one transaction)."""
+        return cls(accounts, ReservationRepository(accounts.client, accounts.table), clock)
+
     # ---- reads -------------------------------------------------------------------------------------------
     def record(self, reservation_id: str) -> ReservationRecord:
         return self.records.get(reservation_id)

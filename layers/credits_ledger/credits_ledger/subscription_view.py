@@ -4,12 +4,13 @@ the month running now (the plan month, prorations of the same period) with what 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.subscriptions import SubscriptionRepository
+from credits_ledger.domain.models import AccountState
 from credits_ledger.domain.money import ZERO
 from credits_ledger.domain.subscriptions import SubscriptionRecord, epoch
 
@@ -33,12 +34,17 @@ def _current_pools(record: SubscriptionRecord, now: datetime) -> list[str]:
 
 
 def subscription_views(
-    subscriptions: SubscriptionRepository, accounts: AccountRepository, account_id: str, now: datetime
+    subscriptions: SubscriptionRepository,
+    account_state: Callable[[str], AccountState],
+    account_id: str,
+    now: datetime,
 ) -> list[SubscriptionView]:
+    """The account's subscriptions with this month's credits; ``account_state`` (e.g. ``Ledger.account_state``)
+    is read only when the account has a subscription."""
     records = [r for r in subscriptions.for_account(account_id) if r.snapshot is not None]
     if not records:
         return []
-    state = accounts.state(account_id)
+    state = account_state(account_id)
     pools = subscriptions.pools([p for r in records for p in _current_pools(r, now)])
     views = []
     for record in sorted(records, key=lambda r: r.key):

@@ -18,7 +18,6 @@ from credits_ledger.api_keys import KeyService
 from credits_ledger.auth import Principal, bearer_token
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.api_keys import ApiKeyRepository
-from credits_ledger.dal.reservations import ReservationRepository
 from credits_ledger.ledger import Ledger
 from credits_ledger.reservations import Reservations
 
@@ -57,8 +56,7 @@ def key_service() -> KeyService:
 
 @cache
 def reservations() -> Reservations:
-    accounts = AccountRepository()
-    return Reservations(accounts, ReservationRepository(accounts.client, accounts.table))
+    return Reservations.over(AccountRepository())
 
 
 def reset() -> None:

@@ -34,7 +34,6 @@ from aws_lambda_powertools.metrics import MetricUnit
 from credits_ledger.bus import BusEvent, Publisher, PublishFailed
 from credits_ledger.dal.pages import Page, pages
 from credits_ledger.dal.reminders import Reminder, ReminderAlreadySent, ReminderRepository
-from credits_ledger.dal.reservations import ReservationRepository
 from credits_ledger.domain.errors import CreditsError
 from credits_ledger.domain.models import Grant, LiveGrant
 from credits_ledger.domain.money import ZERO, format_amount
@@ -132,13 +131,12 @@ class ExpiryJob:
         reminders: ReminderRepository,
         bus: Publisher,
         pricing: Pricing,
+        *,
+        reservations: Reservations,
         page_size: int = 100,
-        reservations: Reservations | None = None,
     ) -> None:
         self.ledger = ledger
-        self.reservations = reservations or Reservations(
-            ledger.repository, ReservationRepository(ledger.repository.client, ledger.repository.table)
-        )
+        self.reservations = reservations  # the same accounts as the ledger's (Reservations.over)
         self.reminders = reminders
         self.bus = bus
         self.pricing = pricing

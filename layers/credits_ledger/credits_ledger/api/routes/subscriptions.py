@@ -67,5 +67,5 @@ class SubscriptionList(ResponseView):
 )
 def list_subscriptions(customer: CustomerId) -> SubscriptionList:
     caller().require(Scope.BALANCE_READ, customer)
-    views = subscription_views(SubscriptionRepository(), ledger().repository, customer, utc_now())
+    views = subscription_views(SubscriptionRepository(), ledger().account_state, customer, utc_now())
     return SubscriptionList(data=[SubscriptionOut.of(view) for view in views])
