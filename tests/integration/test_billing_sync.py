@@ -37,9 +37,9 @@ from credits_ledger.pricing import load_pricing
 from credits_ledger.stripe_api import StripeApi, new_stripe_client
 from credits_ledger.topups import settle_from_event
 from credits_ledger.webhooks import StripeWebhookProcessor
-from tests.expiry_helpers import load_handler
-from tests.ledger_helpers import FakeClock, spec
 from tests.support.billing import METER_PATH, PI_PATH, STARTER_PRICING
+from tests.support.expiry import load_handler
+from tests.support.ledger import FakeClock, spec
 
 D = Decimal
 T0 = datetime(2030, 1, 15, tzinfo=UTC)

@@ -30,7 +30,7 @@ from credits_ledger.jobs.scheduled import Deadline
 from credits_ledger.ledger import DebitRequest
 from credits_ledger.pricing import load_pricing
 from credits_ledger.reservations import Reservations
-from tests.expiry_helpers import (
+from tests.support.expiry import (
     FUNCTION_ARN,
     HandlerEnv,
     load_event,
@@ -38,8 +38,8 @@ from tests.expiry_helpers import (
     pricing_and_bus,
     time_runs_out_after,
 )
-from tests.ledger_helpers import FakeClock, all_entries, assert_books_balance, make_ledger, spec
 from tests.support.leading_keys import record_keys
+from tests.support.ledger import FakeClock, all_entries, assert_books_balance, make_ledger, spec
 
 D = Decimal
 T0 = datetime(2030, 1, 1, tzinfo=UTC)

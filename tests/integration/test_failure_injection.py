@@ -37,8 +37,8 @@ from credits_ledger.dal.client import RETRYABLE_CANCELLATIONS, rejection
 from credits_ledger.domain.errors import GrantRecordMismatch, WriteRejected
 from credits_ledger.domain.models import Category, EntryType, LedgerEntry
 from credits_ledger.ledger import DebitRequest, Ledger
-from tests.ledger_helpers import T0, FakeClock, all_entries, assert_books_balance, make_ledger, spec
 from tests.support.faults import fail_after_commit, read_timeout, resend_after_commit
+from tests.support.ledger import T0, FakeClock, all_entries, assert_books_balance, make_ledger, spec
 
 D = Decimal
 ACCT = "cus_fi"

@@ -21,7 +21,7 @@ from credits_dev.seed import account_item, seed_account
 from credits_ledger.domain.errors import WriteRejected
 from credits_ledger.domain.models import Category, LiveGrant
 from credits_ledger.ledger import DebitRequest, Ledger
-from tests.ledger_helpers import T0, FakeClock, SleepRecorder, make_ledger, spec
+from tests.support.ledger import T0, FakeClock, SleepRecorder, make_ledger, spec
 from tools.bench import item_size
 
 pytestmark = pytest.mark.slow  # DynamoDB Local takes seconds per 400 KB item

@@ -24,7 +24,7 @@ from credits_ledger.domain.errors import (
 )
 from credits_ledger.domain.models import AccountState, Allocation, Category, EntryType, GrantStatus
 from credits_ledger.ledger import DebitRequest, Ledger
-from tests.ledger_helpers import (
+from tests.support.ledger import (
     FakeClock,
     SleepRecorder,
     all_entries,

@@ -25,7 +25,7 @@ from credits_ledger.jobs.scheduled import Deadline
 from credits_ledger.ledger import DebitRequest
 from credits_ledger.pricing import load_pricing
 from credits_ledger.reservations import Reservations
-from tests.expiry_helpers import (
+from tests.support.expiry import (
     StreamEnv,
     StreamRecorder,
     load_event,
@@ -33,8 +33,8 @@ from tests.expiry_helpers import (
     pricing_and_bus,
     template_filter,
 )
-from tests.ledger_helpers import FakeClock, all_entries, make_ledger, spec
 from tests.support.leading_keys import record_keys
+from tests.support.ledger import FakeClock, all_entries, make_ledger, spec
 
 D = Decimal
 T0 = datetime(2030, 1, 1, tzinfo=UTC)

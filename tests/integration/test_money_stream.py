@@ -18,8 +18,8 @@ from credits_ledger.domain.models import Category
 from credits_ledger.domain.revenue import Totals, revenue_report
 from credits_ledger.ledger import DebitRequest
 from credits_ledger.pricing import load_pricing
-from tests.expiry_helpers import StreamEnv, StreamRecorder, load_handler, pricing_and_bus
-from tests.ledger_helpers import FakeClock, make_ledger, spec
+from tests.support.expiry import StreamEnv, StreamRecorder, load_handler, pricing_and_bus
+from tests.support.ledger import FakeClock, make_ledger, spec
 
 D = Decimal
 T0 = datetime(2030, 1, 1, 10, tzinfo=UTC)

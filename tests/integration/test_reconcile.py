@@ -23,9 +23,9 @@ from credits_ledger.jobs.reconcile import ReconcileJob
 from credits_ledger.jobs.scheduled import Deadline
 from credits_ledger.ledger import DebitRequest, Ledger
 from credits_ledger.observability import metrics
-from tests.expiry_helpers import CapturedBus, load_event, load_handler, time_runs_out_after
-from tests.ledger_helpers import FakeClock, make_ledger, spec
+from tests.support.expiry import CapturedBus, load_event, load_handler, time_runs_out_after
 from tests.support.leading_keys import record_keys
+from tests.support.ledger import FakeClock, make_ledger, spec
 
 D = Decimal
 T0 = datetime(2030, 1, 1, tzinfo=UTC)

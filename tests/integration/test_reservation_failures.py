@@ -25,8 +25,8 @@ from credits_ledger.domain.models import EntryType
 from credits_ledger.domain.reservations import ReservationStatus
 from credits_ledger.ledger import Ledger
 from credits_ledger.reservations import Reservations, ReserveRequest
-from tests.ledger_helpers import FakeClock, all_entries, assert_books_balance, make_ledger, spec
 from tests.support.faults import fail_after_commit, resend_after_commit
+from tests.support.ledger import FakeClock, all_entries, assert_books_balance, make_ledger, spec
 
 D = Decimal
 ACCT = "cus_fi"

@@ -22,9 +22,9 @@ from credits_ledger.jobs import scheduled
 from credits_ledger.ledger import Ledger
 from credits_ledger.pricing import load_pricing
 from credits_ledger.reservations import Reservations, ReserveRequest
-from tests.expiry_helpers import CapturedBus, load_event, load_handler
-from tests.ledger_helpers import FakeClock, all_entries, assert_books_balance, make_ledger, spec
+from tests.support.expiry import CapturedBus, load_event, load_handler
 from tests.support.leading_keys import record_keys
+from tests.support.ledger import FakeClock, all_entries, assert_books_balance, make_ledger, spec
 
 D = Decimal
 RUN_AT = datetime(2030, 2, 1, 0, 15, tzinfo=UTC)  # the time of events/expiry/reservation_sweep.json

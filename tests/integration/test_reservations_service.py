@@ -18,7 +18,7 @@ from credits_ledger.domain.reservations import ReservationError, ReservationNotF
 from credits_ledger.jobs.reconcile import ReconcileJob, ReconcileSummary
 from credits_ledger.ledger import Ledger
 from credits_ledger.reservations import Reservations, ReserveRequest
-from tests.ledger_helpers import (
+from tests.support.ledger import (
     FakeClock,
     SleepRecorder,
     all_entries,

@@ -14,8 +14,8 @@ from credits_ledger.dal.reconcile import ReconcileRepository
 from credits_ledger.domain.burn import Tracker
 from credits_ledger.domain.revenue import Totals
 from credits_ledger.ledger import DebitRequest
-from tests.expiry_helpers import load_handler
-from tests.ledger_helpers import FakeClock, make_ledger, spec
+from tests.support.expiry import load_handler
+from tests.support.ledger import FakeClock, make_ledger, spec
 
 D = Decimal
 T0 = datetime(2030, 3, 1, 8, tzinfo=UTC)

@@ -31,7 +31,7 @@ from credits_ledger.ledger import DebitRequest, Ledger
 from credits_ledger.pricing import load_pricing
 from credits_ledger.webhooks import StripeWebhookProcessor
 from functions.stripe_webhook import app
-from tests.ledger_helpers import all_entries, all_grants, assert_books_balance
+from tests.support.ledger import all_entries, all_grants, assert_books_balance
 from tests.support.webhook import lambda_context, reset_webhook_caches, webhook_configured
 
 D = Decimal

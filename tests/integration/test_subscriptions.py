@@ -21,8 +21,8 @@ from credits_ledger.domain.models import Category, EntryType, Grant, GrantStatus
 from credits_ledger.ledger import Ledger
 from credits_ledger.pricing import Pricing, parse_pricing
 from credits_ledger.webhooks import StripeWebhookProcessor
-from tests.ledger_helpers import FakeClock, all_entries, all_grants, assert_books_balance
 from tests.support import subscription_events as ev
+from tests.support.ledger import FakeClock, all_entries, all_grants, assert_books_balance
 
 D = Decimal
 T0 = datetime(2030, 1, 15, tzinfo=UTC)

@@ -46,8 +46,8 @@ from credits_ledger.pricing import load_pricing
 from credits_ledger.stripe_api import StripeApi
 from credits_ledger.topups import settle_from_event
 from credits_ledger.webhooks import StripeWebhookProcessor
-from tests.ledger_helpers import FakeClock, spec
 from tests.support.billing import METER_PATH, PI_PATH, STARTER_PRICING
+from tests.support.ledger import FakeClock, spec
 
 D = Decimal
 PRICING = STARTER_PRICING

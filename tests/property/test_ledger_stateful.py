@@ -42,7 +42,7 @@ from credits_ledger.domain.errors import (
 )
 from credits_ledger.domain.models import Allocation, Category, EntryType, LedgerEntry
 from credits_ledger.ledger import DebitRequest, Outcome
-from tests.ledger_helpers import FakeClock, all_entries, make_ledger, spec
+from tests.support.ledger import FakeClock, all_entries, make_ledger, spec
 
 D = Decimal
 ACCT = "cus_model"

@@ -33,7 +33,7 @@ from credits_ledger.domain.payments import revoke_target
 from credits_ledger.ledger import Ledger
 from credits_ledger.pricing import load_pricing
 from credits_ledger.webhooks import StripeWebhookProcessor
-from tests.ledger_helpers import all_entries, all_grants, assert_books_balance
+from tests.support.ledger import all_entries, all_grants, assert_books_balance
 from tests.support.webhook import deliver, fast_tables, webhook_configured
 
 D = Decimal

@@ -32,7 +32,7 @@ from credits_ledger.domain.models import EntryType
 from credits_ledger.ledger import Ledger
 from credits_ledger.pricing import load_pricing
 from credits_ledger.webhooks import StripeWebhookProcessor
-from tests.ledger_helpers import all_entries, assert_books_balance
+from tests.support.ledger import all_entries, assert_books_balance
 from tests.support.webhook import deliver, fast_tables, webhook_configured
 
 SECRET = "whsec_test_stream_7d3e9f01b2c4"

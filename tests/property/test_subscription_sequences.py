@@ -31,8 +31,8 @@ from credits_ledger.dal.payments import PaymentRepository
 from credits_ledger.ledger import Ledger
 from credits_ledger.pricing import parse_pricing
 from credits_ledger.webhooks import StripeWebhookProcessor
-from tests.ledger_helpers import FakeClock, all_grants, assert_books_balance
 from tests.support import subscription_events as ev
+from tests.support.ledger import FakeClock, all_grants, assert_books_balance
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 NEXT = datetime(2030, 2, 1, tzinfo=UTC)

@@ -29,9 +29,9 @@ import pytest
 from credits_dev.lambda_context import FakeLambdaContext, function_arn
 from credits_ledger.domain.times import iso
 from credits_ledger.ledger import Ledger
-from tests.ledger_helpers import FakeClock
+from tests.support.ledger import FakeClock
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
 REGION = "us-east-1"
 FUNCTION_ARN = function_arn("credits-test")
