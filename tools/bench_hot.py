@@ -237,6 +237,8 @@ def _lanes_writers(endpoint: str, table: str, writers: int, lanes: int) -> HotRo
     out: this measures the contention of the pattern, an upper bound for the design."""
     from botocore.exceptions import ClientError
 
+    from credits_ledger.retry import pause_after_conflict
+
     run = uuid.uuid4().hex[:6]
     setup = ledger_client(endpoint)
     lane_keys = [{"pk": {"S": f"LANE#{run}#{i}"}, "sk": {"S": "LANE"}} for i in range(lanes)]
@@ -289,7 +291,7 @@ def _lanes_writers(endpoint: str, table: str, writers: int, lanes: int) -> HotRo
                         tally.first_error = tally.first_error or str(exc)
                         break
                     tally.conflicts += 1
-                    time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
+                    time.sleep(pause_after_conflict(attempt))  # the ledger's own backoff
             else:
                 tally.rate_limited += 1
             tally.latencies.append((time.perf_counter() - began) * 1000)

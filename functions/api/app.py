@@ -17,7 +17,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, content_
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from credits_ledger import environment
+from credits_ledger import environment, retry
 from credits_ledger.api import errors
 from credits_ledger.api.deps import caller, json_bodies_only, parse_json_body
 from credits_ledger.api.openapi import openapi_spec as _openapi_spec
@@ -61,7 +61,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     logger.set_correlation_id(rid)
     app.append_context(request_id=rid)
     try:
-        response = app.resolve(json_bodies_only(event), context)
+        # a debit that keeps losing races answers 429 before Lambda's Timeout would cut it off
+        with retry.answering_by(context):
+            response = app.resolve(json_bodies_only(event), context)
     except Exception:  # an error inside an error handler: still the contract's 500
         logger.exception("unhandled error while handling an error", extra={"request_id": rid})
         body = {"error": {"code": "internal", "message": f"internal error; request id {rid}"}}

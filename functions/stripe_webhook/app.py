@@ -16,7 +16,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from credits_ledger import environment
+from credits_ledger import environment, retry
 from credits_ledger.bus import BusEvent, Publisher, default_bus
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.payments import PaymentRepository
@@ -104,4 +104,6 @@ def processing_failed(exc: Exception) -> Response:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return app.resolve(event, context)
+    # a write that keeps losing races fails (5xx: Stripe sends it again) before Lambda's Timeout cuts it off
+    with retry.answering_by(context):
+        return app.resolve(event, context)

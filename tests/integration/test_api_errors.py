@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,16 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from credits_dev.lambda_context import FakeLambdaContext
 from credits_dev.local.template import load_yaml
+from credits_ledger.dal.accounts import VersionConflict
 from credits_ledger.domain.errors import ConcurrencyConflict
 from tests.integration.test_api_support import EVENTS, NO_KEY, Api, load_event
 
 pytest_plugins = ["tests.integration.test_api_support"]
 
 SAMPLES = sorted(p.stem for p in Path(EVENTS).glob("*.json"))
+USAGE = {"id": "evt_race", "customer": "cus_A", "meter": "api_call", "quantity": 1}
 
 
 @pytest.mark.parametrize("name", SAMPLES)
@@ -140,6 +144,47 @@ def test_too_many_concurrent_writers_is_429_with_retry_after(
     assert reply.error["code"] == "rate_limited"
     assert reply.headers["retry-after"] == "1"
     assert "60" not in reply.error["message"]
+
+
+def _always_losing_races(api: Api, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every commit of the ledger loses its race (another writer moved the version); returns the commits."""
+    ledger = api.ledger()
+    commits: list[int] = []
+
+    def lose(*args: Any, **kwargs: Any) -> None:
+        commits.append(1)
+        raise VersionConflict(None)
+
+    monkeypatch.setattr(ledger.repository, "commit", lose)
+    return commits
+
+
+def test_a_debit_that_keeps_losing_races_answers_429_before_the_invocation_runs_out(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api.grant("cus_A", "5")
+    commits = _always_losing_races(api, monkeypatch)
+    # 1.8 s left in the invocation: no pause starts that would end less than ANSWER_MARGIN_SECONDS +
+    # ATTEMPT_SECONDS before the invocation does
+    context = FakeLambdaContext("ApiFunction", timeout_s=1.8)
+    began = time.monotonic()
+    raw = api.module.lambda_handler(api.event("usage", body=USAGE), context)
+    assert raw["statusCode"] == 429
+    assert raw["headers"]["Retry-After"] == "1"
+    assert time.monotonic() - began < 1.8  # answered while the invocation still ran
+    assert 1 <= len(commits) < 60  # gave up on time, not on the attempt budget
+    assert api.available("cus_A") == "5"
+
+
+def test_without_a_deadline_the_attempt_budget_bounds_the_retries(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api.grant("cus_A", "5")
+    commits = _always_losing_races(api, monkeypatch)
+    monkeypatch.setattr(api.ledger(), "_sleep", lambda seconds: None)
+    reply = api.invoke(api.event("usage", body=USAGE))  # 10 s left: time is never what stops it here
+    assert reply.status == 429
+    assert len(commits) == 60
 
 
 @pytest.fixture

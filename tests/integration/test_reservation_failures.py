@@ -19,12 +19,16 @@ import boto3
 import pytest
 from botocore.exceptions import ReadTimeoutError
 
+from credits_dev.lambda_context import FakeLambdaContext
 from credits_ledger.aws import CLIENT_CONFIG
+from credits_ledger.dal.accounts import VersionConflict
 from credits_ledger.dal.reservations import ReservationRecord, ReservationRepository
+from credits_ledger.domain.errors import ConcurrencyConflict
 from credits_ledger.domain.models import EntryType
 from credits_ledger.domain.reservations import ReservationStatus
 from credits_ledger.ledger import Ledger
 from credits_ledger.reservations import Reservations, ReserveRequest
+from credits_ledger.retry import answering_by
 from tests.support.faults import fail_after_commit, resend_after_commit
 from tests.support.ledger import FakeClock, all_entries, assert_books_balance, make_ledger, spec
 
@@ -169,3 +173,30 @@ def test_extend_retried_by_the_caller_moves_the_end_to_the_same_instant(
     assert service.record(RID).expires_at == view.expires_at
     assert ledger.balance(ACCT).reserved == D(60)
     assert assert_books_balance(ledger, ACCT) == D(100)
+
+
+def test_a_reservation_that_keeps_losing_races_gives_up_before_the_invocation_ends(
+    ledger: Ledger, service: Reservations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commits: list[int] = []
+
+    def lose(*args: Any, **kwargs: Any) -> None:
+        commits.append(1)
+        raise VersionConflict(None)
+
+    monkeypatch.setattr(service.accounts, "commit", lose)
+    seconds = {"now": 0.0}
+
+    def sleep(pause: float) -> None:  # time passes only in the pauses (and a second per commit below)
+        seconds["now"] += pause + 1
+
+    monkeypatch.setattr(service, "_sleep", sleep)
+    with (
+        answering_by(FakeLambdaContext(remaining_ms=10_000), monotonic=lambda: seconds["now"]),
+        pytest.raises(ConcurrencyConflict, match="no time left"),
+    ):
+        _reserve(service, FakeClock())
+    # 9 s to spend (10 s less the answer's margin), a second and a pause of at most 0.2 s per lost race, and
+    # no pause starts unless half a second for one more attempt is left after it: about ten commits, not 60
+    assert 8 <= len(commits) <= 10
+    assert ledger.balance(ACCT).reserved == D(0)

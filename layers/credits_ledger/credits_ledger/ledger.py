@@ -3,7 +3,6 @@ conflict, replay on a repeated idempotency key. Handlers call these functions an
 
 from __future__ import annotations
 
-import random
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +29,7 @@ from credits_ledger.domain.overage import OverageSettings
 from credits_ledger.domain.rollover import RolloverPolicy
 from credits_ledger.domain.rollover import expire_with_rollover as _expire_with_rollover
 from credits_ledger.domain.transitions import EntryContext, GrantSpec
+from credits_ledger.retry import wait_after_conflict
 
 
 def utc_now() -> datetime:
@@ -437,8 +437,10 @@ class Ledger:
     def _after_conflict(
         self, account_id: str, keys: list[str], exc: VersionConflict, attempt: int
     ) -> tuple[AccountState, dict[str, LedgerEntry], bool]:
-        # Full jitter keeps concurrent writers on one account from retrying in lockstep.
-        self._sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
+        if not wait_after_conflict(attempt, self._sleep):
+            raise ConcurrencyConflict(
+                f"account {account_id}: {attempt + 1} conflicting writes, no time left to try again"
+            )
         if exc.current is not None:
             return exc.current, {}, True
         state, existing = self.repository.load(account_id, keys, consistent=True)

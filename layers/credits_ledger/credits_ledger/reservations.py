@@ -9,7 +9,6 @@ reservation first; the others find it taken and answer from the record (a second
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from credits_ledger.domain.times import iso, parse_iso
 from credits_ledger.domain.transitions import EntryContext
 from credits_ledger.ledger import utc_now
 from credits_ledger.pricing import Pricing
+from credits_ledger.retry import wait_after_conflict
 from credits_ledger.usage import InvalidUsage
 
 Decide = Callable[[AccountState, datetime], tuple[Change, Sequence[dict[str, Any]]]]
@@ -308,7 +308,10 @@ class Reservations:
                 state, existing = self.accounts.load(account_id, keys, consistent=True)
                 consistent = True
             except VersionConflict as exc:
-                self._sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
+                if not wait_after_conflict(attempt, self._sleep):
+                    raise ConcurrencyConflict(
+                        f"account {account_id}: {attempt + 1} conflicting writes, no time left to try again"
+                    ) from exc
                 if exc.current is not None:
                     state, consistent = exc.current, True
                 else:
