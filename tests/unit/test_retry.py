@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from credits_dev.lambda_context import FakeLambdaContext
+from credits_ledger.domain.errors import ConcurrencyConflict
 from credits_ledger.retry import (
     ANSWER_MARGIN_SECONDS,
     MAX_PAUSE_SECONDS,
     answering_by,
+    ensure_time_for_an_attempt,
     pause_after_conflict,
     time_for,
     wait_after_conflict,
@@ -69,3 +71,22 @@ def test_wait_after_conflict_pauses_only_when_the_pause_and_an_attempt_still_fit
         clock.now += 0.6  # 0.4 s left: not enough for one more attempt
         assert not wait_after_conflict(3, slept.append)
         assert len(slept) == 1
+
+
+def test_no_attempt_starts_that_would_end_after_the_deadline() -> None:
+    clock = Clock()
+    ensure_time_for_an_attempt("cus_1")  # no invocation: always
+    with answering_by(FakeLambdaContext(remaining_ms=2_000), monotonic=clock):
+        ensure_time_for_an_attempt("cus_1")
+        clock.now += 0.6
+        with pytest.raises(ConcurrencyConflict, match="no time left"):
+            ensure_time_for_an_attempt("cus_1")
+
+
+def test_a_context_that_fails_to_say_its_time_sets_no_deadline() -> None:
+    class Broken:
+        def get_remaining_time_in_millis(self) -> int:
+            raise RuntimeError("no runtime API")
+
+    with answering_by(Broken()):
+        assert time_for(10_000)

@@ -29,7 +29,7 @@ from credits_ledger.domain.overage import OverageSettings
 from credits_ledger.domain.rollover import RolloverPolicy
 from credits_ledger.domain.rollover import expire_with_rollover as _expire_with_rollover
 from credits_ledger.domain.transitions import EntryContext, GrantSpec
-from credits_ledger.retry import wait_after_conflict
+from credits_ledger.retry import ensure_time_for_an_attempt, wait_after_conflict
 
 
 def utc_now() -> datetime:
@@ -381,6 +381,7 @@ class Ledger:
         writer moved the version, or one of the keys got written) decide again on what won, up to
         ``max_attempts`` times. ``attempt(state, existing, consistent)`` may ask for a strongly consistent
         read first (an eventual read may miss a grant that was just added)."""
+        ensure_time_for_an_attempt(account_id)
         state, existing = self.repository.load(account_id, keys)
         consistent = False
         for attempt_number in range(self._max_attempts):

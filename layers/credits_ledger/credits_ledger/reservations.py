@@ -29,7 +29,7 @@ from credits_ledger.domain.times import iso, parse_iso
 from credits_ledger.domain.transitions import EntryContext
 from credits_ledger.ledger import utc_now
 from credits_ledger.pricing import Pricing
-from credits_ledger.retry import wait_after_conflict
+from credits_ledger.retry import ensure_time_for_an_attempt, wait_after_conflict
 from credits_ledger.usage import InvalidUsage
 
 Decide = Callable[[AccountState, datetime], tuple[Change, Sequence[dict[str, Any]]]]
@@ -280,6 +280,7 @@ class Reservations:
         """Decide on the account and commit once; the entry already under ``key`` when it was taken before
         (a replay), else None. ``key`` None: no replay check (a retry decides again)."""
         keys = [key] if key else []
+        ensure_time_for_an_attempt(account_id)
         state, existing = self.accounts.load(account_id, keys)
         consistent = False
         for attempt in range(self._max_attempts):

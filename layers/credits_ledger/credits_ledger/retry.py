@@ -20,6 +20,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from credits_ledger.domain.errors import ConcurrencyConflict
+
 MAX_PAUSE_SECONDS = 0.2
 FIRST_PAUSE_SECONDS = 0.002
 # Kept back from the invocation's end for the answer itself (serializing, logs, API Gateway's hop), and the
@@ -54,7 +56,7 @@ def answering_by(
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     try:
         left = float(remaining()) / 1000 if callable(remaining) else None
-    except (TypeError, ValueError):
+    except Exception:  # a context that cannot say how long is left sets no deadline; it never fails a request
         left = None
     token = _deadline.set(None if left is None else _Deadline(monotonic() + left - margin_seconds, monotonic))
     try:
@@ -67,6 +69,13 @@ def time_for(seconds: float) -> bool:
     """Whether ``seconds`` more (a pause and one more attempt) still end before the invocation's deadline."""
     deadline = _deadline.get()
     return deadline is None or deadline.monotonic() + seconds <= deadline.at
+
+
+def ensure_time_for_an_attempt(account_id: str) -> None:
+    """ConcurrencyConflict when even a first attempt would end after the invocation's deadline (a usage
+    batch reaching its later accounts after earlier ones kept losing races)."""
+    if not time_for(ATTEMPT_SECONDS):
+        raise ConcurrencyConflict(f"account {account_id}: no time left for an attempt")
 
 
 def wait_after_conflict(attempt: int, sleep: Callable[[float], None]) -> bool:

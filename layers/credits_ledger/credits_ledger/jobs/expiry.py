@@ -88,12 +88,13 @@ class ExpirySummary:
     def remaining(self) -> bool:
         return self.continuation is not None
 
-    def failure(self, item_id: str, exc: Exception, message: str) -> None:
-        """``item_id`` (a grant, a reservation) was not handled; it stays due for the next run. Counted,
-        listed and logged."""
+    def failure(self, exc: Exception, message: str, **item: str) -> None:
+        """The one ``item`` (``grant_id=...`` or ``reservation_id=...``) was not handled; it stays due for the
+        next run. Counted, listed and logged under its own key."""
+        (item_id,) = item.values()
         self.failed += 1
         self.failures.append(f"{item_id}: {exc}")
-        logger.warning(message, item_id=item_id, error=str(exc))
+        logger.warning(message, extra={**item, "error": str(exc)})
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -190,7 +191,7 @@ class ExpiryJob:
         try:
             ended = self.reservations.expire(account_id, reservation_id, summary.now)
         except CreditsError as exc:  # stays in the index for the next run
-            summary.failure(reservation_id, exc, "reservation not ended")
+            summary.failure(exc, "reservation not ended", reservation_id=reservation_id)
             return
         if ended is None:
             summary.replays += 1
@@ -225,7 +226,7 @@ class ExpiryJob:
                 grant_id, as_of=summary.now, policy_for=self._policy, reference=summary.run_id
             )
         except CreditsError as exc:  # e.g. ConcurrencyConflict: the grant stays in the index for the next run
-            summary.failure(grant_id, exc, "grant not expired")
+            summary.failure(exc, "grant not expired", grant_id=grant_id)
             return
         if outcome is None:
             summary.nothing_left += 1
