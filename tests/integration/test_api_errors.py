@@ -146,16 +146,16 @@ def test_too_many_concurrent_writers_is_429_with_retry_after(
     assert "60" not in reply.error["message"]
 
 
-def _always_losing_races(api: Api, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Every commit of the ledger loses its race (another writer moved the version); returns the commits."""
-    ledger = api.ledger()
-    commits: list[int] = []
+def _always_losing_races(api: Api, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every commit of the ledger loses its race (another writer moved the version); returns the account of
+    each commit tried."""
+    commits: list[str] = []
 
-    def lose(*args: Any, **kwargs: Any) -> None:
-        commits.append(1)
+    def lose(change: Any, **kwargs: Any) -> None:
+        commits.append(change.state.account_id)
         raise VersionConflict(None)
 
-    monkeypatch.setattr(ledger.repository, "commit", lose)
+    monkeypatch.setattr(api.ledger().repository, "commit", lose)
     return commits
 
 
@@ -181,14 +181,7 @@ def test_a_batch_that_keeps_losing_races_answers_in_time_and_writes_nothing(
 ) -> None:
     api.grant("cus_A", "5")
     api.grant("cus_B", "5")
-    ledger = api.ledger()
-    tried: list[str] = []
-
-    def lose(change: Any, **kwargs: Any) -> None:
-        tried.append(change.state.account_id)
-        raise VersionConflict(None)
-
-    monkeypatch.setattr(ledger.repository, "commit", lose)
+    tried = _always_losing_races(api, monkeypatch)
     events = [{**USAGE, "id": "evt_a"}, {**USAGE, "id": "evt_b", "customer": "cus_B"}]
     context = FakeLambdaContext("ApiFunction", timeout_s=1.8)
     began = time.monotonic()
