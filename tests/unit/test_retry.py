@@ -66,10 +66,11 @@ def test_a_context_without_a_usable_remaining_time_sets_no_deadline(context: obj
 def test_wait_after_conflict_pauses_only_when_the_pause_and_an_attempt_still_fit() -> None:
     clock, slept = Clock(), []
     with answering_by(FakeLambdaContext(remaining_ms=2_000), monotonic=clock):
-        assert wait_after_conflict(3, slept.append)  # 1 s left: a pause of at most 16 ms and an attempt fit
+        wait_after_conflict("cus_1", 3, slept.append)  # 1 s left: a pause of at most 16 ms and an attempt fit
         assert len(slept) == 1
         clock.now += 0.6  # 0.4 s left: not enough for one more attempt
-        assert not wait_after_conflict(3, slept.append)
+        with pytest.raises(ConcurrencyConflict, match="4 conflicting writes, no time left"):
+            wait_after_conflict("cus_1", 3, slept.append)
         assert len(slept) == 1
 
 

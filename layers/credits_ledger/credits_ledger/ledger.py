@@ -438,10 +438,7 @@ class Ledger:
     def _after_conflict(
         self, account_id: str, keys: list[str], exc: VersionConflict, attempt: int
     ) -> tuple[AccountState, dict[str, LedgerEntry], bool]:
-        if not wait_after_conflict(attempt, self._sleep):
-            raise ConcurrencyConflict(
-                f"account {account_id}: {attempt + 1} conflicting writes, no time left to try again"
-            )
+        wait_after_conflict(account_id, attempt, self._sleep)
         if exc.current is not None:
             return exc.current, {}, True
         state, existing = self.repository.load(account_id, keys, consistent=True)

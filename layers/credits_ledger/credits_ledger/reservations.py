@@ -309,10 +309,7 @@ class Reservations:
                 state, existing = self.accounts.load(account_id, keys, consistent=True)
                 consistent = True
             except VersionConflict as exc:
-                if not wait_after_conflict(attempt, self._sleep):
-                    raise ConcurrencyConflict(
-                        f"account {account_id}: {attempt + 1} conflicting writes, no time left to try again"
-                    ) from exc
+                wait_after_conflict(account_id, attempt, self._sleep)
                 if exc.current is not None:
                     state, consistent = exc.current, True
                 else:

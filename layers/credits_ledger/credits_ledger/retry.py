@@ -78,11 +78,13 @@ def ensure_time_for_an_attempt(account_id: str) -> None:
         raise ConcurrencyConflict(f"account {account_id}: no time left for an attempt")
 
 
-def wait_after_conflict(attempt: int, sleep: Callable[[float], None]) -> bool:
-    """Pause before the next attempt and say True, or say False (without pausing) when the pause and the
-    attempt would end after the invocation's deadline: the caller gives up with ConcurrencyConflict."""
+def wait_after_conflict(account_id: str, attempt: int, sleep: Callable[[float], None]) -> None:
+    """Pause before the next attempt of ``account_id``'s write, the ``attempt``-th lost race; or, when the
+    pause and one more attempt would end after the invocation's deadline, give up (ConcurrencyConflict)
+    without pausing."""
     pause = pause_after_conflict(attempt)
     if not time_for(pause + ATTEMPT_SECONDS):
-        return False
+        raise ConcurrencyConflict(
+            f"account {account_id}: {attempt + 1} conflicting writes, no time left to try again"
+        )
     sleep(pause)
-    return True
