@@ -17,9 +17,9 @@ from botocore.exceptions import ClientError
 
 from credits_dev.lambda_context import FakeLambdaContext
 from credits_dev.local.template import load_yaml
-from credits_ledger.dal.accounts import VersionConflict
 from credits_ledger.domain.errors import ConcurrencyConflict
 from tests.integration.test_api_support import EVENTS, NO_KEY, Api, load_event
+from tests.support.faults import lose_every_race
 
 pytest_plugins = ["tests.integration.test_api_support"]
 
@@ -146,24 +146,11 @@ def test_too_many_concurrent_writers_is_429_with_retry_after(
     assert "60" not in reply.error["message"]
 
 
-def _always_losing_races(api: Api, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every commit of the ledger loses its race (another writer moved the version); returns the account of
-    each commit tried."""
-    commits: list[str] = []
-
-    def lose(change: Any, **kwargs: Any) -> None:
-        commits.append(change.state.account_id)
-        raise VersionConflict(None)
-
-    monkeypatch.setattr(api.ledger().repository, "commit", lose)
-    return commits
-
-
 def test_a_debit_that_keeps_losing_races_answers_429_before_the_invocation_runs_out(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     api.grant("cus_A", "5")
-    commits = _always_losing_races(api, monkeypatch)
+    commits = lose_every_race(monkeypatch, api.ledger().repository)
     # 1.8 s left in the invocation: no pause starts that would end less than ANSWER_MARGIN_SECONDS +
     # ATTEMPT_SECONDS before the invocation does
     context = FakeLambdaContext("ApiFunction", timeout_s=1.8)
@@ -181,7 +168,7 @@ def test_a_batch_that_keeps_losing_races_answers_in_time_and_writes_nothing(
 ) -> None:
     api.grant("cus_A", "5")
     api.grant("cus_B", "5")
-    tried = _always_losing_races(api, monkeypatch)
+    tried = lose_every_race(monkeypatch, api.ledger().repository)
     events = [{**USAGE, "id": "evt_a"}, {**USAGE, "id": "evt_b", "customer": "cus_B"}]
     context = FakeLambdaContext("ApiFunction", timeout_s=1.8)
     began = time.monotonic()
@@ -201,7 +188,7 @@ def test_without_a_deadline_the_attempt_budget_bounds_the_retries(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     api.grant("cus_A", "5")
-    commits = _always_losing_races(api, monkeypatch)
+    commits = lose_every_race(monkeypatch, api.ledger().repository)
     monkeypatch.setattr(api.ledger(), "_sleep", lambda seconds: None)
     reply = api.invoke(api.event("usage", body=USAGE))  # 10 s left: time is never what stops it here
     assert reply.status == 429

@@ -21,7 +21,6 @@ from botocore.exceptions import ReadTimeoutError
 
 from credits_dev.lambda_context import FakeLambdaContext
 from credits_ledger.aws import CLIENT_CONFIG
-from credits_ledger.dal.accounts import VersionConflict
 from credits_ledger.dal.reservations import ReservationRecord, ReservationRepository
 from credits_ledger.domain.errors import ConcurrencyConflict
 from credits_ledger.domain.models import EntryType
@@ -29,7 +28,7 @@ from credits_ledger.domain.reservations import ReservationStatus
 from credits_ledger.ledger import Ledger
 from credits_ledger.reservations import Reservations, ReserveRequest
 from credits_ledger.retry import answering_by
-from tests.support.faults import fail_after_commit, resend_after_commit
+from tests.support.faults import fail_after_commit, lose_every_race, resend_after_commit
 from tests.support.ledger import FakeClock, all_entries, assert_books_balance, make_ledger, spec
 
 D = Decimal
@@ -178,13 +177,7 @@ def test_extend_retried_by_the_caller_moves_the_end_to_the_same_instant(
 def test_a_reservation_that_keeps_losing_races_gives_up_before_the_invocation_ends(
     ledger: Ledger, service: Reservations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    commits: list[int] = []
-
-    def lose(*args: Any, **kwargs: Any) -> None:
-        commits.append(1)
-        raise VersionConflict(None)
-
-    monkeypatch.setattr(service.accounts, "commit", lose)
+    commits = lose_every_race(monkeypatch, service.accounts)
     seconds = {"now": 0.0}
 
     def sleep(pause: float) -> None:  # time passes only in the pauses (and a second per commit below)

@@ -4,8 +4,8 @@ the local stack and the tools also use lives in the installed ``credits_dev`` pa
 - ``ledger``: a settable clock, a Ledger on a given client and table, grant specs, books checks
 - ``expiry``: the expiry side on moto: captured bus events, stream records from table diffs, Lambda contexts
   whose time runs out
-- ``faults``: faults injected into a DynamoDB client (a failure after the commit, a re-send of a committed
-  request)
+- ``faults``: faults injected into DynamoDB writes (a failure after the commit, a re-send of a committed
+  request, a race lost every time)
 - ``webhook``: deliver a signed Stripe event to the webhook handler
 - ``subscription_events``: Stripe subscription events and invoices in Stripe's shapes
 - ``billing``: the overage, top-up and billing-sync tests' pricing file and Stripe paths

@@ -1,4 +1,5 @@
-"""Faults injected into a boto3 DynamoDB client through its event hooks (botocore's ``after-call``)."""
+"""Faults injected into DynamoDB writes: through a boto3 client's event hooks (botocore's ``after-call``,
+``needs-retry``), or at a repository's commit (a race lost every time)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,18 @@ def resend_after_commit(client: Any, operation: str) -> list[int]:
 
     client.meta.events.register_first(f"needs-retry.dynamodb.{operation}", resend_once)
     return forced
+
+
+def lose_every_race(monkeypatch: Any, accounts: Any) -> list[str]:
+    """Every commit through ``accounts`` (an AccountRepository) loses its race: another writer moved the
+    account's version. Returns the account of each commit tried, in order."""
+    from credits_ledger.dal.accounts import VersionConflict
+
+    tried: list[str] = []
+
+    def lose(change: Any, **_: Any) -> None:
+        tried.append(change.state.account_id)
+        raise VersionConflict(None)
+
+    monkeypatch.setattr(accounts, "commit", lose)
+    return tried
