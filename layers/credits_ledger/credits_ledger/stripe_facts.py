@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from credits_ledger.domain import subscriptions as subs
-from credits_ledger.domain.models import Category
+from credits_ledger.domain.models import Category, is_stripe_customer_id
 from credits_ledger.domain.money import InvalidAmount, parse_amount
 from credits_ledger.domain.payments import (
     Dispute,
@@ -639,7 +639,12 @@ def customer_link(event: dict[str, Any]) -> CustomerLink | None:
     obj = (event.get("data") or {}).get("object") or {}
     account = (obj.get("metadata") or {}).get("credits_customer")
     customer = _id(obj.get("customer"))
-    if not account or not customer or not customer.startswith("cus_") or str(account).startswith("cus_"):
+    if (
+        not account
+        or not customer
+        or not is_stripe_customer_id(customer)
+        or is_stripe_customer_id(str(account))
+    ):
         return None  # an account that is a Stripe customer is billed as itself
     return CustomerLink(str(account), customer, _paid_at(event))
 

@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 from credits_ledger.dal import items as it
 from credits_ledger.dal.client import TableRepository, failed_condition
 from credits_ledger.domain.errors import CreditsError
+from credits_ledger.domain.models import is_stripe_customer_id
 from credits_ledger.domain.overage import OveragePolicy, OverageSettings
 from credits_ledger.domain.topup import AutoTopupSettings
 
@@ -47,7 +48,7 @@ class AccountSettings:
     def billing_customer(self) -> str | None:
         """The Stripe customer to bill for this account: the account id when it is a Stripe customer id (the
         account is that customer, whoever paid), else the customer linked by its payments; None without."""
-        if self.account_id.startswith("cus_"):
+        if is_stripe_customer_id(self.account_id):
             return self.account_id
         return self.stripe_customer
 

@@ -51,6 +51,12 @@ def utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+def is_stripe_customer_id(value: str) -> bool:
+    """A Stripe customer id (``cus_...``). An account whose id is one is that customer: overage and top-ups
+    bill it as itself, whoever paid for its credits."""
+    return value.startswith("cus_")
+
+
 @dataclass(frozen=True)
 class Source:
     """What created a grant: a Stripe payment, an invoice, an admin grant, a rollover..."""
