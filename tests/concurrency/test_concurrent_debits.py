@@ -1,10 +1,12 @@
 """Concurrent debits on one account against a real DynamoDB engine (DynamoDB Local, never moto).
 
 Given an account with five grants (different priorities and expiries, one not yet effective) holding
-fewer credits than the debits ask for, When 8 threads each make 200 debits (each thread its own client,
-each debit its own idempotency key, some keys sent by two threads at the same instant) while another
-thread voids one grant and, after moving the clock past a grant's expiry, runs the expiry over the due
-grants, Then nothing is overdrawn, lost or doubled, and the ledger, the account item and the grants agree.
+fewer credits than the debits ask for, When 8 threads each make 200 debits, or 64 threads 25 each (each
+thread its own client, each debit its own idempotency key, some keys sent by two threads at the same
+instant) while another thread voids one grant, refunds part of another and, after moving the clock past a
+grant's expiry, runs the expiry over the due grants, Then nothing is overdrawn, lost or doubled, and the
+ledger, the account item and the grants agree. Debits that lose their race go through the account's debit
+queue (combining.py), so both the queue and the single writer's path are exercised.
 """
 
 from __future__ import annotations
@@ -29,14 +31,25 @@ from tests.concurrency.ledger_audit import ManualClock, Milestones, audit_accoun
 
 pytestmark = [pytest.mark.dynamodb_local, pytest.mark.slow]
 
-THREADS = 8
-DEBITS_PER_THREAD = 200
-ATTEMPTS = THREADS * DEBITS_PER_THREAD
+
+@dataclass(frozen=True)
+class Scenario:
+    threads: int
+    debits_per_thread: int
+    # Debit positions at which thread pairs (0,1), (2,3)... send the same key at the same instant.
+    shared_positions: tuple[int, ...]
+
+    @property
+    def attempts(self) -> int:
+        return self.threads * self.debits_per_thread
+
+
+SCENARIOS = [Scenario(8, 200, (10, 60, 120, 170, 195)), Scenario(64, 25, (3, 12, 21))]
 # Amounts with 6 fractional digits: debits straddle grant boundaries and sums must stay exact.
 AMOUNTS = [Decimal(a) for a in ("0.25", "0.5", "1", "1.333333", "0.75", "1.166667")]
-# Debit positions at which thread pairs (0,1), (2,3), (4,5), (6,7) send the same key at the same instant.
-SHARED_POSITIONS = (10, 60, 120, 170, 195)
 VOID_AFTER = 150  # attempts finished before the grant is voided
+REFUND_AFTER = 200  # attempts finished before part of a grant is refunded
+REFUND = Decimal(20)
 EXPIRE_AFTER = 300  # attempts finished before the clock passes the expiry and the expiry runs
 ACCOUNT = "cus_concurrency"
 DEADLINE_SECONDS = 240  # ~15 s on an idle 2-core machine; generous for a loaded CI box
@@ -57,10 +70,10 @@ def amount_for(key: str) -> Decimal:
     return random.Random(key).choice(AMOUNTS)
 
 
-def plan(thread: int) -> list[tuple[str, bool]]:
+def plan(scenario: Scenario, thread: int) -> list[tuple[str, bool]]:
     keys: list[tuple[str, bool]] = []
-    for n in range(DEBITS_PER_THREAD):
-        if n in SHARED_POSITIONS:
+    for n in range(scenario.debits_per_thread):
+        if n in scenario.shared_positions:
             keys.append((f"usage:shared:{thread // 2}:{n}", True))
         else:
             keys.append((f"usage:t{thread}:{n}", False))
@@ -94,32 +107,34 @@ def grant_setup(ledger: Ledger) -> dict[str, str]:
     return ids
 
 
-def test_concurrent_debits_never_overdraw_lose_or_double(local_tables: Any) -> None:
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: f"{s.threads}-writers")
+def test_concurrent_debits_never_overdraw_lose_or_double(local_tables: Any, scenario: Scenario) -> None:
+    writers, total_calls = scenario.threads, scenario.attempts
     # Given
     table = local_tables.first
     endpoint = local_tables.endpoint_url
     clock = ManualClock(T0)
     setup_ledger = Ledger(AccountRepository(new_client(endpoint), table), clock=clock)
     grant_ids = grant_setup(setup_ledger)
-    milestones = Milestones(VOID_AFTER, EXPIRE_AFTER)
+    milestones = Milestones(VOID_AFTER, REFUND_AFTER, EXPIRE_AFTER)
     barriers = {
         f"usage:shared:{pair}:{n}": threading.Barrier(2, timeout=60)
-        for pair in range(THREADS // 2)
-        for n in SHARED_POSITIONS
+        for pair in range(writers // 2)
+        for n in scenario.shared_positions
     }
     clients = [
-        new_client(endpoint) for _ in range(THREADS + 1)
+        new_client(endpoint) for _ in range(writers + 1)
     ]  # built here: session creation isn't thread-safe
-    attempts: list[list[Attempt]] = [[] for _ in range(THREADS)]
-    admin_log: dict[str, Any] = {"void": None, "expired": [], "conflicts": 0}
+    attempts: list[list[Attempt]] = [[] for _ in range(writers)]
+    admin_log: dict[str, Any] = {"void": None, "refund": None, "expired": [], "conflicts": 0}
     errors: list[BaseException] = []
-    start = threading.Barrier(THREADS + 1, timeout=60)
+    start = threading.Barrier(writers + 1, timeout=60)
 
     def debiter(index: int) -> None:
         ledger = Ledger(AccountRepository(clients[index], table), clock=clock)
         log = attempts[index]
         start.wait()
-        for key, shared in plan(index):
+        for key, shared in plan(scenario, index):
             amount = amount_for(key)
             if shared:
                 barriers[key].wait()
@@ -146,10 +161,14 @@ def test_concurrent_debits_never_overdraw_lose_or_double(local_tables: Any) -> N
         raise AssertionError("admin operation kept conflicting")
 
     def admin() -> None:
-        ledger = Ledger(AccountRepository(clients[THREADS], table), clock=clock)
+        ledger = Ledger(AccountRepository(clients[writers], table), clock=clock)
         start.wait()
         milestones.wait(VOID_AFTER)
         admin_log["void"] = with_retry(lambda: ledger.void(grant_ids["voided"], reference="ops"))
+        milestones.wait(REFUND_AFTER)
+        admin_log["refund"] = with_retry(
+            lambda: ledger.revoke(grant_ids["last"], REFUND, key="refund:last", reference="re_1")
+        )
         milestones.wait(EXPIRE_AFTER)
         clock.set(T0 + timedelta(minutes=31))  # "expiring" is now due, "pending" is now effective
         now = clock()
@@ -169,7 +188,7 @@ def test_concurrent_debits_never_overdraw_lose_or_double(local_tables: Any) -> N
 
     threads = [
         threading.Thread(target=guarded, args=(debiter, i), name=f"debit-{i}", daemon=True)
-        for i in range(THREADS)
+        for i in range(writers)
     ]
     threads.append(threading.Thread(target=guarded, args=(admin,), name="admin", daemon=True))
     began = time.monotonic()
@@ -191,7 +210,7 @@ def test_concurrent_debits_never_overdraw_lose_or_double(local_tables: Any) -> N
     counts = Counter(a.result for a in log)
     conflicts = counts["conflict"]
     print(
-        f"\n{ATTEMPTS} debit calls in {elapsed:.1f}s: {dict(counts)}; admin conflicts {admin_log['conflicts']}; "
+        f"\n{total_calls} debit calls in {elapsed:.1f}s: {dict(counts)}; admin conflicts {admin_log['conflicts']}; "
         f"void {admin_log['void'] and admin_log['void'].entry.amount}; "
         f"expired {[(g, o and o.entry.amount) for g, o in admin_log['expired']]}"
     )
@@ -200,9 +219,9 @@ def test_concurrent_debits_never_overdraw_lose_or_double(local_tables: Any) -> N
     assert audit.problems == [], "\n".join(audit.problems[:30])
 
     # every call ended in exactly one of: debited, replayed, refused for credits, refused for contention
-    assert len(log) == ATTEMPTS
-    assert counts["debited"] + counts["replayed"] + counts["insufficient"] + conflicts == ATTEMPTS
-    assert conflicts < 0.02 * ATTEMPTS, f"{conflicts} ConcurrencyConflict out of {ATTEMPTS}"
+    assert len(log) == total_calls
+    assert counts["debited"] + counts["replayed"] + counts["insufficient"] + conflicts == total_calls
+    assert conflicts < 0.02 * total_calls, f"{conflicts} ConcurrencyConflict out of {total_calls}"
     # the scenario really had contention for the last credits
     assert counts["debited"] > 200 and counts["insufficient"] > 200
 
@@ -253,6 +272,12 @@ def test_concurrent_debits_never_overdraw_lose_or_double(local_tables: Any) -> N
     assert expiring.expire_entries <= 1
     assert expiring.spent + expiring.expired == Decimal(200) or expiring.closed_as is None
     assert expiring.closed_as in (GrantStatus.EXPIRED, GrantStatus.DEPLETED)
+    # the refund took what was left of its 20 credits once, and recorded the rest as shortfall
+    refund = admin_log["refund"]
+    refunds = audit.of_type(EntryType.REVOKE)
+    assert [e.entry_key for e in refunds] == ["refund:last"] and refund.entry == refunds[0]
+    assert totals[grant_ids["last"]].revoked == -refund.entry.amount <= REFUND
+    assert Decimal(refund.entry.metadata["shortfall"]) == REFUND + refund.entry.amount
     for entry in audit.of_type(EntryType.DEBIT):
         for allocation in entry.allocations:
             if allocation.grant_id == grant_ids["voided"]:

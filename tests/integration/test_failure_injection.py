@@ -501,7 +501,9 @@ def test_transaction_conflict_is_retried_and_applied_once(
     # When another transaction held the account item: a conflict, retried by the ledger after a backoff
     returned = op.run(ledger)
     assert conflicts == [1] and sends[TWI] == 2
-    assert len(ledger._sleep.calls) == 1  # type: ignore[attr-defined]
+    # a single debit that lost its race goes to the account's queue and is committed from there at once;
+    # every other write pauses and tries again alone
+    assert len(ledger._sleep.calls) == (0 if op.name == "debit" else 1)  # type: ignore[attr-defined]
     _assert_applied_once(ledger, op, balance_before, count_before, returned)
 
 

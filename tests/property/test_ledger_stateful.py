@@ -9,7 +9,8 @@ the first entry.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -33,6 +34,7 @@ from moto import mock_aws
 
 from credits_dev.local.tables import delete_tables, table_requests
 from credits_dev.local.template import DEFAULT_TEMPLATE, load_template
+from credits_ledger.dal.accounts import VersionConflict
 from credits_ledger.domain.balance import balance as balance_of
 from credits_ledger.domain.errors import (
     GrantNotDue,
@@ -167,6 +169,14 @@ class LedgerMachine(RuleBasedStateMachine):
             assert len(entries) == len(self.model.committed)
             assert sum((e.amount for e in entries), D(0)) == self.model.balance
             assert {e.entry_key: e for e in entries} == self.model.committed
+            # the account's debit queue is empty: every queued debit was committed or answered and removed
+            queued = self.client.query(
+                TableName=self.tables["CreditsTable"],
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :d)",
+                ExpressionAttributeValues={":pk": {"S": f"ACCOUNT#{ACCT}"}, ":d": {"S": "DEBIT"}},
+                ConsistentRead=True,
+            )
+            assert queued["Items"] == []
         finally:
             delete_tables(self.client, self.tables.values())
 
@@ -225,11 +235,38 @@ class LedgerMachine(RuleBasedStateMachine):
     def grant(self, shape: GrantShape) -> Any:
         return self._grant(shape)
 
-    @rule(target=replayables, amount=amounts)
-    def debit(self, amount: Decimal) -> Any:
+    @contextmanager
+    def _first_commit_lost(self, lose: bool) -> Iterator[None]:
+        """With ``lose``, the next commit loses its race (another writer moved the account's version), so a
+        debit goes through the account's debit queue (combining.py)."""
+        if not lose:
+            yield
+            return
+        repository = self.ledger.repository
+        real = repository.commit
+        lost: list[int] = []
+
+        def commit(change: Any, **kwargs: Any) -> None:
+            if not lost:
+                lost.append(1)
+                raise VersionConflict(None)
+            real(change, **kwargs)
+
+        setattr(repository, "commit", commit)  # noqa: B010
+        try:
+            yield
+        finally:
+            del repository.commit
+
+    @rule(target=replayables, amount=amounts, contended=st.booleans())
+    def debit(self, amount: Decimal, contended: bool) -> Any:
         key = self._next("use:")
         request = DebitRequest(key=key, amount=amount, fingerprint=f"body-{key}")
-        run = lambda: self.ledger.debit(ACCT, request)  # noqa: E731
+
+        def run() -> Outcome:
+            with self._first_commit_lost(contended):
+                return self.ledger.debit(ACCT, request)
+
         plan = self.model.plan_debit(amount, self.clock.now)
         if plan is None:
             version = self._version()

@@ -6,16 +6,22 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Generic, TypeVar, cast
 
+from credits_ledger.combining import CombinerTiming, DebitCombiner
 from credits_ledger.dal.account_settings import AccountSettingsRepository
 from credits_ledger.dal.accounts import AccountRepository, EntryExists, VersionConflict
+from credits_ledger.dal.debit_queue import DebitQueue
 from credits_ledger.dal.pages import Page
 from credits_ledger.domain import idempotency, transitions
 from credits_ledger.domain.balance import balance as balance_of
+from credits_ledger.domain.debits import DebitRequest as DebitRequest
+from credits_ledger.domain.debits import DebitResult as DebitResult
+from credits_ledger.domain.debits import Outcome as Outcome
+from credits_ledger.domain.debits import replay
 from credits_ledger.domain.errors import (
     ConcurrencyConflict,
     CreditsError,
@@ -41,30 +47,6 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{int(time.time() * 1000):012x}{uuid.uuid4().hex[:14]}"
 
 
-@dataclass(frozen=True)
-class Outcome:
-    entry: LedgerEntry
-    replayed: bool = False
-
-
-@dataclass(frozen=True)
-class DebitRequest:
-    key: str
-    amount: Decimal
-    fingerprint: str = ""
-    reference: str | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-    # Usage debits may go into overage when the account's settings allow it (domain/overage.py).
-    allow_overage: bool = False
-
-
-@dataclass(frozen=True)
-class DebitResult:
-    request: DebitRequest
-    outcome: Outcome | None = None
-    error: CreditsError | None = None
-
-
 Result = TypeVar("Result")
 
 
@@ -77,12 +59,6 @@ class _Step(Generic[Result]):
     change: Change | None = None
     extra_actions: Sequence[dict[str, Any]] = ()
     reread: bool = False
-
-
-def _replay(entry: LedgerEntry, fingerprint: str) -> Outcome:
-    if fingerprint and entry.fingerprint and entry.fingerprint != fingerprint:
-        raise IdempotencyMismatch(entry.entry_key)
-    return Outcome(entry=entry, replayed=True)
 
 
 def _with_available_after(change: Change, now: datetime) -> Change:
@@ -101,6 +77,26 @@ MAX_ACTIONS_PER_TRANSACTION = 100
 MAX_GRANT_QUERIES_PER_LISTING = 5
 
 
+# How long after a commit of the debit queue a single debit of the account joins the queue without first
+# trying alone (a hint on the account item; wall-clock time, whatever clock decides the debits).
+QUEUE_BUSY = timedelta(seconds=1)
+
+
+def _queue_busy(state: AccountState) -> bool:
+    return state.queue_busy_until is not None and state.queue_busy_until > utc_now()
+
+
+class _Contended(Exception):
+    """A debit lost its race for the account as many times as it may alone (Ledger.debit)."""
+
+
+def _answer(result: DebitResult) -> Outcome:
+    if result.error is not None:
+        raise result.error
+    assert result.outcome is not None
+    return result.outcome
+
+
 def _actions(change: Change) -> int:
     return len(change.entries) + len(change.new_grants) + len(change.closed_grants)
 
@@ -113,12 +109,26 @@ class Ledger:
         max_attempts: int = 60,
         sleep: Callable[[float], None] = time.sleep,
         overage_settings: Callable[[str], OverageSettings] | None = None,
+        combine_contended_debits: bool = True,
+        combiner_timing: CombinerTiming | None = None,
     ) -> None:
         self.repository = repository
         self._clock = clock
         self._max_attempts = max_attempts
         self._sleep = sleep
         self._overage_settings = overage_settings
+        self._queue_busy_until: dict[str, float] = {}  # account -> time.monotonic() (see _queue_in_use)
+        self._combiner = (
+            DebitCombiner(
+                DebitQueue(repository.client, repository.table),
+                lambda account, requests, extra: self._debit_chunk(account, requests, extra),
+                repository.entry,
+                batch_size=MAX_DEBITS_PER_TRANSACTION,
+                timing=combiner_timing or CombinerTiming(),
+            )
+            if combine_contended_debits
+            else None
+        )
 
     def overage_settings(self, account_id: str) -> OverageSettings:
         """The account's overage policy. Read only when a usage debit finds too little available, so the
@@ -137,12 +147,38 @@ class Ledger:
         return self.execute(account_id, key, fingerprint, lambda state: transitions.grant(state, spec, ctx))
 
     def debit(self, account_id: str, request: DebitRequest) -> Outcome:
-        results = self.debit_many(account_id, [request])
-        result = results[0]
-        if result.error is not None:
-            raise result.error
-        assert result.outcome is not None
-        return result.outcome
+        """One debit, written alone while the account is quiet; once it loses a race for the account it joins
+        the account's queue and is committed together with the other debits waiting there (combining.py)."""
+        if self._combiner is None:
+            return _answer(self._debit_alone(account_id, request))
+        if not self._queue_in_use(account_id):
+            try:
+                return _answer(self._debit_alone(account_id, request, conflicts_allowed=1))
+            except _Contended:
+                pass
+        self._queue_busy_until[account_id] = time.monotonic() + QUEUE_BUSY.total_seconds()
+        outcome = self._combiner.debit(account_id, request)
+        if outcome is not None:
+            return outcome
+        # refused in the queue (too few credits, another request's key): decided again here, alone
+        return _answer(self._debit_alone(account_id, request))
+
+    def _queue_in_use(self, account_id: str) -> bool:
+        """This instance sent a debit of the account through its queue less than QUEUE_BUSY ago: the next one
+        joins the queue at once, without a read and a write that would only lose the race again."""
+        now = time.monotonic()
+        for account, until in list(self._queue_busy_until.items()):
+            if until <= now:
+                del self._queue_busy_until[account]
+        return account_id in self._queue_busy_until
+
+    def _debit_alone(
+        self, account_id: str, request: DebitRequest, conflicts_allowed: int | None = None
+    ) -> DebitResult:
+        try:
+            return self._debit_chunk(account_id, [request], conflicts_allowed=conflicts_allowed)[0]
+        except WriteRejected as exc:
+            return DebitResult(request, error=exc)
 
     def debit_many(self, account_id: str, requests: Sequence[DebitRequest]) -> list[DebitResult]:
         """Debits of one account, each judged alone, written together (one transaction per chunk)."""
@@ -310,7 +346,7 @@ class Ledger:
             state: AccountState, existing: Mapping[str, LedgerEntry], consistent: bool
         ) -> _Step[Outcome]:
             if key in existing:
-                return _Step(_replay(existing[key], fingerprint))
+                return _Step(replay(existing[key], fingerprint))
             try:
                 change = build(state)
             except InsufficientCredits:
@@ -321,9 +357,16 @@ class Ledger:
 
         return self._commit_once(account_id, [key], attempt)
 
-    def _debit_chunk(self, account_id: str, requests: Sequence[DebitRequest]) -> list[DebitResult]:
+    def _debit_chunk(
+        self,
+        account_id: str,
+        requests: Sequence[DebitRequest],
+        extra_actions_for: Callable[[list[DebitResult]], list[dict[str, Any]]] | None = None,
+        conflicts_allowed: int | None = None,
+    ) -> list[DebitResult]:
         """Judge and write debits of one account in one transaction; returns results for the leading requests
-        that fit in it (at least one), the caller passes the rest again."""
+        that fit in it (at least one), the caller passes the rest again. ``extra_actions_for(results)`` adds
+        actions to that transaction (the debit queue's removals); ``conflicts_allowed``: see _commit_once."""
         overage: dict[str, OverageSettings] = {}  # read at most once per chunk, only when needed
 
         def attempt(
@@ -335,16 +378,20 @@ class Ledger:
             planned: dict[str, int] = {}
             current = state
             actions = 1  # the account item
+            # the queue's committer also removes each written debit's queued item in the same transaction
+            per_debit = 1 if extra_actions_for is not None else 0
             for request in requests:
                 previous = existing.get(request.key)
                 if previous is None and request.key in planned:
                     previous = changes[planned[request.key]].entries[0]
                 if previous is not None:
                     try:
-                        results.append(DebitResult(request, outcome=_replay(previous, request.fingerprint)))
+                        results.append(DebitResult(request, outcome=replay(previous, request.fingerprint)))
                     except IdempotencyMismatch as exc:
                         results.append(DebitResult(request, error=exc))
                     continue
+                if conflicts_allowed is not None and _queue_busy(current):
+                    raise _Contended(account_id)  # racing the queue's committer would only slow it down
                 ctx = EntryContext(
                     entry_key=request.key,
                     now=now,
@@ -359,28 +406,38 @@ class Ledger:
                     results.append(DebitResult(request, error=decided))
                     continue
                 change = decided
-                if changes and actions + _actions(change) > MAX_ACTIONS_PER_TRANSACTION:
+                if changes and actions + _actions(change) + per_debit > MAX_ACTIONS_PER_TRANSACTION:
                     break  # this one and the rest go into the next transaction
-                actions += _actions(change)
+                actions += _actions(change) + per_debit
                 planned[request.key] = len(changes)
                 changes.append(change)
                 current = change.state
                 results.append(DebitResult(request, outcome=Outcome(entry=change.entries[0])))
-            return _Step(results, transitions.combine(state, changes) if changes else None)
+            if not changes:
+                return _Step(results, None)
+            combined = transitions.combine(state, changes)
+            if extra_actions_for is None:
+                return _Step(results, combined)
+            # the queue's committer: the account's next debits join the queue at once instead of racing it
+            busy = replace(combined.state, queue_busy_until=utc_now() + QUEUE_BUSY)
+            return _Step(results, replace(combined, state=busy), extra_actions_for(results))
 
-        return self._commit_once(account_id, list(dict.fromkeys(r.key for r in requests)), attempt)
+        keys = list(dict.fromkeys(r.key for r in requests))
+        return self._commit_once(account_id, keys, attempt, conflicts_allowed=conflicts_allowed)
 
     def _commit_once(
         self,
         account_id: str,
         keys: list[str],
         attempt: Callable[[AccountState, Mapping[str, LedgerEntry], bool], _Step[Result]],
+        conflicts_allowed: int | None = None,
     ) -> Result:
         """The one commit loop: read the account and the entries under ``keys`` (eventually consistent), let
         ``attempt`` decide, write its change conditioned on the version it read; on a lost race (another
         writer moved the version, or one of the keys got written) decide again on what won, up to
         ``max_attempts`` times. ``attempt(state, existing, consistent)`` may ask for a strongly consistent
-        read first (an eventual read may miss a grant that was just added)."""
+        read first (an eventual read may miss a grant that was just added). With ``conflicts_allowed``, the
+        race lost that many times raises _Contended instead (the debit then joins the account's queue)."""
         ensure_time_for_an_attempt(account_id)
         state, existing = self.repository.load(account_id, keys)
         consistent = False
@@ -400,6 +457,8 @@ class Ledger:
             except EntryExists as exc:
                 existing = {**existing, **exc.entries}
             except VersionConflict as exc:
+                if conflicts_allowed is not None and attempt_number + 1 >= conflicts_allowed:
+                    raise _Contended(account_id) from exc
                 state, fresh, consistent = self._after_conflict(account_id, keys, exc, attempt_number)
                 existing = {**existing, **fresh}
         raise ConcurrencyConflict(

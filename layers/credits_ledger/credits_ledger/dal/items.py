@@ -108,6 +108,8 @@ def state_to_item(state: AccountState) -> Item:
     if state.overage_month is not None:  # only accounts that ever went into overage carry these
         item["overage_month"] = state.overage_month
         item["overage_used"] = state.overage_used
+    if state.queue_busy_until is not None:  # only accounts whose debit queue was ever committed
+        item["queue_busy_until"] = _epoch_us(state.queue_busy_until)
     return item
 
 
@@ -142,6 +144,7 @@ def state_from_item(account_id: str, item: Item | None) -> AccountState:
         reservations=reservations,
         overage_month=item.get("overage_month"),
         overage_used=item.get("overage_used", Decimal(0)),
+        queue_busy_until=_from_epoch_us(item["queue_busy_until"]) if "queue_busy_until" in item else None,
     )
 
 

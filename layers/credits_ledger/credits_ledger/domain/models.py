@@ -146,6 +146,9 @@ class AccountState:
     # Overage recorded in the UTC month ``overage_month`` (domain/overage.py): guarded by ``version`` like the rest.
     overage_month: str | None = None
     overage_used: Decimal = ZERO
+    # Until when the account's debit queue is being committed (combining.py): single debits join the queue
+    # at once. A hint for throughput, never part of a decision about credits.
+    queue_busy_until: datetime | None = None
 
     def with_changes(
         self,

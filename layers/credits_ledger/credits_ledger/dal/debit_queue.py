@@ -1,0 +1,266 @@
+"""DebitQueue: the debits of a busy account waiting to be committed together, and the lease of the one
+writer committing them (combining.py, docs/decisions.md "A busy account commits its debits together").
+
+  queued debit   pk=ACCOUNT#<account>  sk=DEBIT#<entry key>   the DebitRequest, owner, queued_at (epoch ms),
+                                                              answer (once decided without a commit), ttl
+  commit lease   pk=ACCOUNT#<account>  sk=DEBIT_LEASE          holder, until (epoch ms), ttl
+
+Invariants, each a condition:
+  - one queued item per entry key (``attribute_not_exists``): a retried request waits on the first one;
+  - a queued debit leaves the queue either committed (deleted in the ledger's own transaction, on condition
+    that it is still there and unanswered), answered, or withdrawn by its owner, exactly one of the three:
+    every one of them is conditioned on ``attribute_not_exists(answer)`` and on the item existing;
+  - one lease holder at a time (taken only when absent or past ``until``; released only by its holder).
+The lease is for throughput only: two committers at once lose races on the account's version, never credits.
+Neither item kind matches the ledger stream's filters (sk ``STATE``, pk ``ENTRY#``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from credits_ledger.dal import items as it
+from credits_ledger.dal.client import TableRepository, failed_condition
+from credits_ledger.domain.debits import DebitRequest
+from credits_ledger.domain.models import LedgerEntry
+
+QUEUED_PREFIX = "DEBIT#"
+LEASE_SK = "DEBIT_LEASE"
+# A queued debit older than this has lost its waiter (its invocation ended long ago): it is never committed,
+# so a debit cannot surface minutes after its client was told it failed. Waiters give up within seconds.
+STALE_AFTER_MS = 60_000
+# DynamoDB's TTL removes what nobody removed (an owner that died before reading its answer).
+KEEP_SECONDS = 3_600
+# Query pages one look at the queue reads at most (stale and answered items are skipped, then removed).
+MAX_QUEUE_PAGES = 3
+
+
+class Answer(StrEnum):
+    """What the committer decided for a queued debit it did not commit."""
+
+    REPLAYED = "replayed"  # its entry key was committed before: answer from that entry
+    DECIDE_ALONE = "decide_alone"  # refused (e.g. too few credits): the waiter decides it again itself
+
+
+@dataclass(frozen=True)
+class QueuedDebit:
+    request: DebitRequest
+    owner: str
+    queued_at_ms: int
+    answer: Answer | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    holder: str
+    until_ms: int
+
+    def free_at(self, now_ms: int) -> bool:
+        return self.until_ms < now_ms
+
+
+@dataclass(frozen=True)
+class Look:
+    queued: QueuedDebit | None = None
+    lease: Lease | None = None
+    entry: LedgerEntry | None = None
+
+
+def queued_key(account_id: str, entry_key: str) -> dict[str, Any]:
+    return it.to_dynamo({"pk": f"ACCOUNT#{account_id}", "sk": f"{QUEUED_PREFIX}{entry_key}"})
+
+
+def lease_key(account_id: str) -> dict[str, Any]:
+    return it.to_dynamo({"pk": f"ACCOUNT#{account_id}", "sk": LEASE_SK})
+
+
+def queued_to_item(account_id: str, queued: QueuedDebit) -> it.Item:
+    request = queued.request
+    return {
+        "pk": f"ACCOUNT#{account_id}",
+        "sk": f"{QUEUED_PREFIX}{request.key}",
+        "entry_key": request.key,
+        "amount": request.amount,
+        "fingerprint": request.fingerprint or None,
+        "reference": request.reference,
+        "metadata": request.metadata or None,
+        "allow_overage": request.allow_overage,
+        "owner": queued.owner,
+        "queued_at": queued.queued_at_ms,
+        "ttl": queued.queued_at_ms // 1000 + KEEP_SECONDS,
+    }
+
+
+def queued_from_item(item: it.Item) -> QueuedDebit:
+    request = DebitRequest(
+        key=item["entry_key"],
+        amount=Decimal(item["amount"]),
+        fingerprint=item.get("fingerprint", ""),
+        reference=item.get("reference"),
+        metadata=dict(item.get("metadata") or {}),
+        allow_overage=bool(item.get("allow_overage", False)),
+    )
+    answer = item.get("answer")
+    return QueuedDebit(
+        request=request,
+        owner=item["owner"],
+        queued_at_ms=int(item["queued_at"]),
+        answer=Answer(answer) if answer else None,
+    )
+
+
+_OPEN = "attribute_exists(pk) AND attribute_not_exists(answer)"
+
+
+class DebitQueue(TableRepository):
+    # ---- the queue -----------------------------------------------------------------------------------------
+    def enqueue(self, account_id: str, request: DebitRequest, owner: str, now_ms: int) -> bool:
+        """Queue ``request``; False when a debit with its entry key is queued already (this request then
+        waits on that one, whose owner answers the client that sent it)."""
+        item = queued_to_item(account_id, QueuedDebit(request, owner, now_ms))
+        try:
+            self._client.put_item(
+                TableName=self._table, Item=it.to_dynamo(item), ConditionExpression="attribute_not_exists(pk)"
+            )
+        except ClientError as exc:
+            if not failed_condition(exc):
+                raise
+            return False
+        return True
+
+    def waiting(self, account_id: str, now_ms: int, limit: int) -> list[QueuedDebit]:
+        """Up to ``limit`` queued debits nobody decided yet, in entry-key order (strongly consistent: the
+        committer must see every debit queued before it looked). Stale ones it meets are removed."""
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": f"ACCOUNT#{account_id}"},
+                ":prefix": {"S": QUEUED_PREFIX},
+            },
+            "ConsistentRead": True,
+        }
+        found: list[QueuedDebit] = []
+        for _ in range(MAX_QUEUE_PAGES):
+            response = self._client.query(**query)
+            for raw in response.get("Items", []):
+                queued = queued_from_item(it.from_dynamo(raw))
+                if queued.queued_at_ms < now_ms - STALE_AFTER_MS:
+                    self._remove_stale(account_id, queued)
+                elif queued.answer is None:
+                    found.append(queued)
+                if len(found) == limit:
+                    return found
+            last = response.get("LastEvaluatedKey")
+            if not last:
+                break
+            query["ExclusiveStartKey"] = last
+        return found
+
+    def look(self, account_id: str, entry_key: str) -> Look:
+        """The queued debit under ``entry_key`` (None once it left the queue), the account's lease and the
+        ledger entry under ``entry_key``, in one read (strongly consistent item by item, not as a whole: an
+        entry missing next to a queue item gone may have been committed between the two reads)."""
+        look = Look()
+        keys = [queued_key(account_id, entry_key), lease_key(account_id), it.entry_key(entry_key)]
+        for raw in self._batch_get(keys):
+            item = it.from_dynamo(raw)
+            if item["sk"] == LEASE_SK:
+                look = replace(look, lease=Lease(holder=item["holder"], until_ms=int(item["until"])))
+            elif item["sk"] == it.ENTRY_SK:
+                look = replace(look, entry=it.entry_from_item(item))
+            else:
+                look = replace(look, queued=queued_from_item(item))
+        return look
+
+    def taken_action(self, account_id: str, entry_key: str) -> dict[str, Any]:
+        """The transaction action removing a queued debit as its entry is committed. Its condition fails
+        (the whole commit with it) when the debit was withdrawn or answered meanwhile."""
+        return {
+            "Delete": {
+                "TableName": self._table,
+                "Key": queued_key(account_id, entry_key),
+                "ConditionExpression": _OPEN,
+            }
+        }
+
+    def answer(self, account_id: str, entry_key: str, answer: Answer) -> None:
+        """Record the committer's answer for a debit it did not commit (nothing, if it already left)."""
+        self._conditional(
+            "update_item",
+            Key=queued_key(account_id, entry_key),
+            UpdateExpression="SET answer = :answer",
+            ConditionExpression=_OPEN,
+            ExpressionAttributeValues={":answer": {"S": answer.value}},
+        )
+
+    def withdraw(self, account_id: str, entry_key: str, owner: str) -> bool:
+        """The owner takes its debit out of the queue before anyone decided it; False when it had already
+        left (committed or answered: look again for the answer)."""
+        return self._conditional(
+            "delete_item",
+            Key=queued_key(account_id, entry_key),
+            ConditionExpression=f"{_OPEN} AND #owner = :owner",
+            ExpressionAttributeNames={"#owner": "owner"},
+            ExpressionAttributeValues={":owner": {"S": owner}},
+        )
+
+    def discard_answered(self, account_id: str, entry_key: str, owner: str) -> None:
+        """The owner removes its answered debit once it has read the answer."""
+        self._conditional(
+            "delete_item",
+            Key=queued_key(account_id, entry_key),
+            ConditionExpression="attribute_exists(answer) AND #owner = :owner",
+            ExpressionAttributeNames={"#owner": "owner"},
+            ExpressionAttributeValues={":owner": {"S": owner}},
+        )
+
+    def _remove_stale(self, account_id: str, queued: QueuedDebit) -> None:
+        self._conditional(
+            "delete_item",
+            Key=queued_key(account_id, queued.request.key),
+            ConditionExpression="queued_at = :at",
+            ExpressionAttributeValues={":at": {"N": str(queued.queued_at_ms)}},
+        )
+
+    # ---- the lease -----------------------------------------------------------------------------------------
+    def take_lease(self, account_id: str, holder: str, now_ms: int, until_ms: int) -> bool:
+        """Hold the account's commit lease until ``until_ms``; False when another holder has it now."""
+        return self._conditional(
+            "put_item",
+            Item=it.to_dynamo(
+                {
+                    "pk": f"ACCOUNT#{account_id}",
+                    "sk": LEASE_SK,
+                    "holder": holder,
+                    "until": until_ms,
+                    "ttl": until_ms // 1000 + KEEP_SECONDS,
+                }
+            ),
+            ConditionExpression="attribute_not_exists(pk) OR #until < :now",
+            ExpressionAttributeNames={"#until": "until"},
+            ExpressionAttributeValues={":now": {"N": str(now_ms)}},
+        )
+
+    def release_lease(self, account_id: str, holder: str) -> None:
+        self._conditional(
+            "delete_item",
+            Key=lease_key(account_id),
+            ConditionExpression="holder = :holder",
+            ExpressionAttributeValues={":holder": {"S": holder}},
+        )
+
+    def _conditional(self, operation: str, **request: Any) -> bool:
+        """One conditional single-item write: True when written, False when its condition failed."""
+        try:
+            getattr(self._client, operation)(TableName=self._table, **request)
+        except ClientError as exc:
+            if not failed_condition(exc):
+                raise
+            return False
+        return True

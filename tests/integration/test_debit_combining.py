@@ -1,0 +1,280 @@
+"""Request combining on moto: a debit that lost its race for the account joins the account's queue, and the
+writer holding the commit lease commits what is queued in one transaction (combining.py).
+
+One process, so the other writers of a busy account are played by queued items put there directly (as
+their Lambda instances would have queued them) and by a commit that loses its first race. The concurrent
+version of these stories runs on DynamoDB Local in tests/concurrency/test_concurrent_debits.py.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from credits_ledger.combining import CombinerTiming, epoch_ms
+from credits_ledger.dal.accounts import VersionConflict
+from credits_ledger.dal.debit_queue import STALE_AFTER_MS, Answer, DebitQueue
+from credits_ledger.domain.errors import ConcurrencyConflict, IdempotencyMismatch, InsufficientCredits
+from credits_ledger.domain.models import EntryType
+from credits_ledger.ledger import DebitRequest, Ledger
+from tests.support.faults import fail_after_commit
+from tests.support.ledger import FakeClock, all_entries, assert_books_balance, make_ledger, spec
+
+D = Decimal
+ACCT = "cus_busy"
+TWI = "TransactWriteItems"
+
+
+def debit(key: str, amount: str = "1") -> DebitRequest:
+    return DebitRequest(key=key, amount=D(amount), fingerprint=f"fp-{key}-{amount}")
+
+
+@pytest.fixture
+def client(moto_tables: Any) -> Any:
+    return moto_tables.client
+
+
+@pytest.fixture
+def table(moto_tables: Any) -> str:
+    return str(moto_tables["CreditsTable"])
+
+
+@pytest.fixture
+def ledger(client: Any, table: str) -> Ledger:
+    ledger = make_ledger(client, table, FakeClock())
+    ledger.grant(ACCT, spec("gr_a", "10"), key="grant:a")
+    return ledger
+
+
+@pytest.fixture
+def queue(client: Any, table: str) -> DebitQueue:
+    return DebitQueue(client, table)
+
+
+@pytest.fixture
+def transactions(client: Any) -> list[int]:
+    """Each TransactWriteItems sent, by its number of actions."""
+    sent: list[int] = []
+
+    def count(params: Any, **_: Any) -> None:
+        sent.append(len(params["TransactItems"]))
+
+    client.meta.events.register(f"provide-client-params.dynamodb.{TWI}", count)
+    return sent
+
+
+def lose_first_race(monkeypatch: pytest.MonkeyPatch, ledger: Ledger) -> list[int]:
+    """The first commit loses its race (another writer moved the version); later commits are real."""
+    real = ledger.repository.commit
+    lost: list[int] = []
+
+    def commit(change: Any, **kwargs: Any) -> None:
+        if not lost:
+            lost.append(1)
+            raise VersionConflict(None)
+        real(change, **kwargs)
+
+    monkeypatch.setattr(ledger.repository, "commit", commit)
+    return lost
+
+
+def queued_items(client: Any, table: str) -> list[dict[str, Any]]:
+    response = client.query(
+        TableName=table,
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :d)",
+        ExpressionAttributeValues={":pk": {"S": f"ACCOUNT#{ACCT}"}, ":d": {"S": "DEBIT"}},
+        ConsistentRead=True,
+    )
+    return list(response["Items"])
+
+
+def test_a_debit_that_lost_its_race_is_committed_through_the_queue(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, client: Any, table: str
+) -> None:
+    # Given a debit whose first commit loses the race for the account
+    lost = lose_first_race(monkeypatch, ledger)
+    # When it is sent
+    outcome = ledger.debit(ACCT, debit("use:1", "3"))
+    # Then it went through the queue, was committed once, and left neither its queued item nor the lease
+    assert lost == [1]
+    assert not outcome.replayed
+    assert outcome.entry.amount == D(-3)
+    assert [e.entry_key for e in all_entries(ledger, ACCT) if e.type is EntryType.DEBIT] == ["use:1"]
+    assert queued_items(client, table) == []
+    assert assert_books_balance(ledger, ACCT) == D(7)
+
+
+def test_queued_debits_of_other_writers_are_committed_in_the_same_transaction(
+    ledger: Ledger,
+    monkeypatch: pytest.MonkeyPatch,
+    queue: DebitQueue,
+    client: Any,
+    table: str,
+    transactions: list[int],
+) -> None:
+    # Given two debits other writers queued for the account
+    queue.enqueue(ACCT, debit("use:other:1", "2"), "owner-1", epoch_ms())
+    queue.enqueue(ACCT, debit("use:other:2", "4"), "owner-2", epoch_ms())
+    lose_first_race(monkeypatch, ledger)
+    before = len(transactions)
+    # When a third debit loses its race and takes the commit lease
+    outcome = ledger.debit(ACCT, debit("use:mine", "1"))
+    # Then one transaction wrote the three entries and removed the three queued items
+    assert not outcome.replayed
+    assert transactions[before:] == [1 + 3 + 3]
+    keys = sorted(e.entry_key for e in all_entries(ledger, ACCT) if e.type is EntryType.DEBIT)
+    assert keys == ["use:mine", "use:other:1", "use:other:2"]
+    assert queued_items(client, table) == []
+    assert assert_books_balance(ledger, ACCT) == D(3)
+    # and the other writers, looking at their queued items, find their entries
+    assert ledger.repository.entry("use:other:2") is not None
+
+
+def test_a_queued_debit_the_account_cannot_cover_is_decided_again_by_its_waiter(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, queue: DebitQueue, client: Any, table: str
+) -> None:
+    # Given another writer's queued debit that fits and this writer's that does not (10 available)
+    queue.enqueue(ACCT, debit("use:fits", "6"), "owner-1", epoch_ms())
+    lose_first_race(monkeypatch, ledger)
+    # When this writer's debit of 5 goes through the queue after the 6
+    with pytest.raises(InsufficientCredits) as refused:
+        ledger.debit(ACCT, debit("use:zz-too-much", "5"))
+    # Then it gets the same 402 as without contention (decided again alone on a fresh read), nothing of it
+    # was written, and its answered queued item is gone
+    assert refused.value.available == D(4)
+    assert ledger.repository.entry("use:zz-too-much") is None
+    assert ledger.repository.entry("use:fits") is not None
+    assert queued_items(client, table) == []
+    assert assert_books_balance(ledger, ACCT) == D(4)
+
+
+def test_a_queued_debit_whose_key_was_committed_before_is_answered_from_that_entry(
+    ledger: Ledger, queue: DebitQueue, client: Any, table: str
+) -> None:
+    # Given a debit committed earlier, and a retry of it that another writer queued
+    first = ledger.debit(ACCT, debit("use:1", "2"))
+    queue.enqueue(ACCT, debit("use:1", "2"), "owner-retry", epoch_ms())
+    # When the account's queue is committed (by a contended debit of this writer)
+    assert ledger._combiner is not None
+    ledger._combiner.debit(ACCT, debit("use:2", "1"))
+    # Then the retry is answered "replayed", never written twice
+    (item,) = queued_items(client, table)
+    assert item["answer"]["S"] == Answer.REPLAYED
+    assert [e.entry_key for e in all_entries(ledger, ACCT)].count("use:1") == 1
+    # and its owner answers from the first entry
+    waited = ledger._combiner.debit(ACCT, debit("use:1", "2"))
+    assert waited is not None and waited.entry == first.entry
+
+
+def test_a_retry_sent_while_its_first_request_is_queued_waits_for_that_one(
+    ledger: Ledger, queue: DebitQueue
+) -> None:
+    # Given a debit queued by a first request, then committed by the holder of the lease
+    assert queue.enqueue(ACCT, debit("use:1", "2"), "first", epoch_ms())
+    assert not queue.enqueue(ACCT, debit("use:1", "2"), "retry", epoch_ms())
+    assert ledger._combiner is not None
+    outcome = ledger._combiner.debit(ACCT, debit("use:1", "2"))
+    # Then the retry is answered as a replay of that one entry
+    assert outcome is not None and outcome.replayed
+    # and a request under the same key asking for something else is sent back to be decided alone, where
+    # it is refused as without contention
+    assert ledger._combiner.debit(ACCT, debit("use:1", "3")) is None
+    with pytest.raises(IdempotencyMismatch):
+        ledger.debit(ACCT, debit("use:1", "3"))
+
+
+def test_a_waiter_out_of_time_withdraws_its_debit_and_nothing_is_written(
+    client: Any, table: str, queue: DebitQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an account whose commit lease another writer holds and never uses (its instance stopped)
+    ledger = Ledger(
+        make_ledger(client, table, FakeClock()).repository,
+        combiner_timing=CombinerTiming(poll_seconds=0.001, max_wait_seconds=0.05),
+    )
+    ledger.grant(ACCT, spec("gr_a", "10"), key="grant:a")
+    assert queue.take_lease(ACCT, "stuck", epoch_ms(), epoch_ms() + 60_000)
+    lose_first_race(monkeypatch, ledger)
+    # When a debit goes through the queue
+    with pytest.raises(ConcurrencyConflict):
+        ledger.debit(ACCT, debit("use:late", "1"))
+    # Then it withdrew itself: not written, not queued, and a later holder will never commit it
+    assert ledger.repository.entry("use:late") is None
+    assert [i["sk"]["S"] for i in queued_items(client, table)] == ["DEBIT_LEASE"]
+    assert assert_books_balance(ledger, ACCT) == D(10)
+
+
+def test_a_debit_withdrawn_while_being_committed_is_not_written(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, queue: DebitQueue, client: Any
+) -> None:
+    # Given another writer's queued debit, withdrawn by its owner just before the holder's transaction
+    queue.enqueue(ACCT, debit("use:gone", "2"), "owner-gone", epoch_ms())
+    withdrawn: list[bool] = []
+
+    def withdraw_first(**_: Any) -> None:
+        if not withdrawn:
+            withdrawn.append(queue.withdraw(ACCT, "use:gone", "owner-gone"))
+
+    client.meta.events.register(f"before-call.dynamodb.{TWI}", withdraw_first)
+    lose_first_race(monkeypatch, ledger)
+    # When this writer's debit goes through the queue
+    outcome = ledger.debit(ACCT, debit("use:mine", "1"))
+    # Then the transaction that named the withdrawn debit failed whole, and the next one wrote only this one
+    assert withdrawn == [True]
+    assert not outcome.replayed
+    assert ledger.repository.entry("use:gone") is None
+    assert assert_books_balance(ledger, ACCT) == D(9)
+
+
+def test_a_stale_queued_debit_is_never_committed(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, queue: DebitQueue, client: Any, table: str
+) -> None:
+    # Given a debit queued long ago by an instance that stopped before anyone committed it
+    queue.enqueue(ACCT, debit("use:old", "2"), "owner-old", epoch_ms() - STALE_AFTER_MS - 1)
+    lose_first_race(monkeypatch, ledger)
+    # When the queue is next committed
+    ledger.debit(ACCT, debit("use:new", "1"))
+    # Then the stale debit was dropped, not written: its client was told it failed long ago
+    assert ledger.repository.entry("use:old") is None
+    assert queued_items(client, table) == []
+    assert assert_books_balance(ledger, ACCT) == D(9)
+
+
+def test_a_queue_commit_whose_answer_is_lost_is_applied_once(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, client: Any, table: str
+) -> None:
+    # Given a debit going through the queue, whose transaction commits but whose answer is lost
+    lose_first_race(monkeypatch, ledger)
+    fail_after_commit(client, TWI)
+    with pytest.raises(Exception, match="timeout"):
+        ledger.debit(ACCT, debit("use:1", "3"))
+    # When the client sends it again with the same id
+    again = ledger.debit(ACCT, debit("use:1", "3"))
+    # Then it is answered from the one entry written, and the lease was released for the next holder
+    assert again.replayed
+    assert [e.entry_key for e in all_entries(ledger, ACCT)].count("use:1") == 1
+    assert queued_items(client, table) == []
+    assert assert_books_balance(ledger, ACCT) == D(7)
+
+
+def test_a_full_queue_is_committed_in_transactions_of_at_most_100_actions(
+    client: Any, table: str, queue: DebitQueue, monkeypatch: pytest.MonkeyPatch, transactions: list[int]
+) -> None:
+    # Given an account of 60 one-credit grants (each debit below spends one grant and closes it) and 40 debits
+    # other writers queued: one transaction for all would hold 1 + 40 entries + 40 closed grants + 40 removals
+    ledger = make_ledger(client, table, FakeClock())
+    for n in range(60):
+        ledger.grant(ACCT, spec(f"gr_{n:03d}", "1"), key=f"grant:{n:03d}")
+    for n in range(40):
+        queue.enqueue(ACCT, debit(f"use:other:{n:02d}"), f"owner-{n}", epoch_ms())
+    lose_first_race(monkeypatch, ledger)
+    before = len(transactions)
+    # When a contended debit commits the queue
+    ledger.debit(ACCT, debit("use:zz-mine"))
+    # Then every queued debit and its own were written, in transactions DynamoDB accepts
+    sent = transactions[before:]
+    assert len(sent) >= 2 and max(sent) <= 100
+    assert queued_items(client, table) == []
+    assert len([e for e in all_entries(ledger, ACCT) if e.type is EntryType.DEBIT]) == 41
+    assert assert_books_balance(ledger, ACCT) == D(19)
