@@ -217,6 +217,16 @@ def test_concurrent_debits_never_overdraw_lose_or_double(local_tables: Any, scen
     # the stored ledger replays cleanly: no overdraft, no gap, balances and grants agree (see ledger_audit)
     audit = audit_account(local_tables.client, table, ACCOUNT)
     assert audit.problems == [], "\n".join(audit.problems[:30])
+    # debits went through the account's queue (its committer marks the account item), and every queued debit
+    # left it: committed, answered and removed, or withdrawn
+    assert audit.state.queue_busy_until is not None
+    queued = local_tables.client.query(
+        TableName=table,
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :d)",
+        ExpressionAttributeValues={":pk": {"S": f"ACCOUNT#{ACCOUNT}"}, ":d": {"S": "DEBIT#"}},
+        ConsistentRead=True,
+    )
+    assert queued["Items"] == []
 
     # every call ended in exactly one of: debited, replayed, refused for credits, refused for contention
     assert len(log) == total_calls

@@ -19,7 +19,7 @@ from credits_ledger.dal.debit_queue import STALE_AFTER_MS, Answer, DebitQueue
 from credits_ledger.domain.errors import ConcurrencyConflict, IdempotencyMismatch, InsufficientCredits
 from credits_ledger.domain.models import EntryType
 from credits_ledger.ledger import DebitRequest, Ledger
-from tests.support.faults import fail_after_commit
+from tests.support.faults import fail_after_commit, read_timeout, resend_after_commit
 from tests.support.ledger import FakeClock, all_entries, assert_books_balance, make_ledger, spec
 
 D = Decimal
@@ -241,21 +241,47 @@ def test_a_stale_queued_debit_is_never_committed(
     assert assert_books_balance(ledger, ACCT) == D(9)
 
 
-def test_a_queue_commit_whose_answer_is_lost_is_applied_once(
+def test_a_queue_commit_whose_answer_is_lost_is_answered_from_its_entry(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch, client: Any, table: str
 ) -> None:
     # Given a debit going through the queue, whose transaction commits but whose answer is lost
     lose_first_race(monkeypatch, ledger)
     fail_after_commit(client, TWI)
-    with pytest.raises(Exception, match="timeout"):
-        ledger.debit(ACCT, debit("use:1", "3"))
-    # When the client sends it again with the same id
-    again = ledger.debit(ACCT, debit("use:1", "3"))
-    # Then it is answered from the one entry written, and the lease was released for the next holder
-    assert again.replayed
+    # When it is sent
+    outcome = ledger.debit(ACCT, debit("use:1", "3"))
+    # Then its waiter finds it left the queue and answers from the one entry written
+    assert not outcome.replayed and outcome.entry.amount == D(-3)
+    # and a retry under the same id is a replay of it; the lease was released for the next holder
+    assert ledger.debit(ACCT, debit("use:1", "3")).replayed
     assert [e.entry_key for e in all_entries(ledger, ACCT)].count("use:1") == 1
     assert queued_items(client, table) == []
     assert assert_books_balance(ledger, ACCT) == D(7)
+
+
+def test_a_queue_commit_that_failed_withdraws_the_debit_before_the_error_is_answered(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, queue: DebitQueue, client: Any, table: str
+) -> None:
+    # Given another writer's queued debit, and a holder whose transaction fails without committing
+    queue.enqueue(ACCT, debit("use:other", "2"), "owner-other", epoch_ms())
+    lose_first_race(monkeypatch, ledger)
+    failed: list[int] = []
+
+    def fail_once(**_: Any) -> None:
+        if not failed:
+            failed.append(1)
+            raise read_timeout()
+
+    client.meta.events.register(f"before-call.dynamodb.{TWI}", fail_once)
+    # When this writer's debit is sent
+    with pytest.raises(Exception, match="timeout"):
+        ledger.debit(ACCT, debit("use:mine", "1"))
+    # Then its error stands for a debit that is not and never will be written: it left the queue first
+    assert ledger.repository.entry("use:mine") is None
+    assert [i["sk"]["S"] for i in queued_items(client, table)] == ["DEBIT#use:other"]
+    # and the other writer's debit is still queued for the next holder
+    assert ledger._combiner is not None
+    assert ledger._combiner.debit(ACCT, debit("use:other", "2")) is not None
+    assert assert_books_balance(ledger, ACCT) == D(8)
 
 
 def test_a_full_queue_is_committed_in_transactions_of_at_most_100_actions(
@@ -278,3 +304,68 @@ def test_a_full_queue_is_committed_in_transactions_of_at_most_100_actions(
     assert queued_items(client, table) == []
     assert len([e for e in all_entries(ledger, ACCT) if e.type is EntryType.DEBIT]) == 41
     assert assert_books_balance(ledger, ACCT) == D(19)
+
+
+def test_a_waiter_out_of_time_withdraws_even_when_the_lease_is_free(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, client: Any, table: str
+) -> None:
+    # Given a debit that lost its race, in an invocation with no time left for another attempt
+    import credits_ledger.combining as combining
+
+    monkeypatch.setattr(combining, "time_for", lambda seconds: False)
+    leases: list[int] = []
+    real_take = DebitQueue.take_lease
+
+    def take_lease(self: DebitQueue, *args: Any) -> bool:
+        leases.append(1)
+        assert len(leases) < 20, "the waiter keeps taking the lease instead of giving up"
+        return real_take(self, *args)
+
+    monkeypatch.setattr(DebitQueue, "take_lease", take_lease)
+    lose_first_race(monkeypatch, ledger)
+    # When it is sent
+    with pytest.raises(ConcurrencyConflict):
+        ledger.debit(ACCT, debit("use:late", "1"))
+    # Then it withdrew at once (no commit started without time to finish), and nothing was written
+    assert leases == []
+    assert ledger.repository.entry("use:late") is None
+    assert queued_items(client, table) == []
+
+
+def test_a_queue_put_sent_again_after_it_committed_is_still_this_requests_own(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, client: Any, table: str
+) -> None:
+    # Given a debit that lost its race, whose queue put commits but is sent again by botocore (answer lost)
+    resent = resend_after_commit(client, "PutItem")
+    lose_first_race(monkeypatch, ledger)
+    # When it is sent
+    outcome = ledger.debit(ACCT, debit("use:1", "2"))
+    # Then the re-send's failed condition found this request's own item: a first answer, not a replay
+    assert resent == [1]
+    assert not outcome.replayed
+    assert queued_items(client, table) == []
+    assert assert_books_balance(ledger, ACCT) == D(8)
+
+
+def test_a_debit_queued_again_under_the_same_id_during_a_commit_is_written_as_queued_again(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, queue: DebitQueue, client: Any
+) -> None:
+    # Given another writer's queued debit of 2 that the holder reads, then, before its transaction, that
+    # writer withdraws it and a new request with the same id queues a debit of 5 (a new owner)
+    queue.enqueue(ACCT, debit("use:same", "2"), "owner-first", epoch_ms())
+    swapped: list[bool] = []
+
+    def swap_first(**_: Any) -> None:
+        if not swapped:
+            swapped.append(queue.withdraw(ACCT, "use:same", "owner-first"))
+            swapped.append(queue.enqueue(ACCT, debit("use:same", "5"), "owner-second", epoch_ms()))
+
+    client.meta.events.register(f"before-call.dynamodb.{TWI}", swap_first)
+    lose_first_race(monkeypatch, ledger)
+    # When this writer's debit commits the queue
+    ledger.debit(ACCT, debit("use:mine", "1"))
+    # Then the withdrawn debit of 2 was never written: the id holds the debit queued again, of 5
+    assert swapped == [True, True]
+    entry = ledger.repository.entry("use:same")
+    assert entry is not None and entry.amount == D(-5)
+    assert assert_books_balance(ledger, ACCT) == D(4)

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from credits_ledger.dal.accounts import RelatedItemChanged
-from credits_ledger.dal.debit_queue import Answer, DebitQueue
+from credits_ledger.dal.debit_queue import STALE_AFTER_MS, Answer, DebitQueue
 from credits_ledger.domain.debits import DebitRequest, DebitResult, Outcome, replay
-from credits_ledger.domain.errors import ConcurrencyConflict, WriteRejected
+from credits_ledger.domain.errors import ConcurrencyConflict, IdempotencyMismatch, WriteRejected
 from credits_ledger.domain.models import LedgerEntry
 from credits_ledger.retry import ATTEMPT_SECONDS, time_for
 
@@ -43,6 +43,10 @@ CommitChunk = Callable[
 ]
 
 
+EXPECTED_SHARE = 0.7
+MAX_ACCOUNTS_REMEMBERED = 1_000
+
+
 def epoch_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -50,14 +54,17 @@ def epoch_ms() -> int:
 @dataclass(frozen=True)
 class CombinerTiming:
     """How long a commit lease lasts (a holder that died is replaced after it), how often a waiter looks at
-    its queued debit (first after ``poll_seconds``, then twice as long each time up to ``max_poll_seconds``:
-    a round of the queue takes tens of milliseconds, and every look is a read the committer competes with),
+    its queued debit (first after most of what its last waits took, then after ``poll_seconds``, twice as long
+    each time up to ``max_poll_seconds``: a round of the queue takes tens of milliseconds, and every look is
+    a read the committer competes with),
     and how long a waiter without an invocation deadline (tools, tests) waits at most."""
 
     lease_ms: int = 2_000
     poll_seconds: float = 0.01
     max_poll_seconds: float = 0.08
     max_wait_seconds: float = 20.0
+    # the first look waits for a share of what this instance's last debits of the account waited, at most this
+    max_first_look_seconds: float = 0.5
 
 
 class DebitCombiner:
@@ -81,75 +88,88 @@ class DebitCombiner:
         self._sleep = sleep
         self._now_ms = now_ms
         self._monotonic = monotonic
+        # account -> how long this instance's last debits of it waited in its queue (a moving average)
+        self._waits: dict[str, float] = {}
+
+    def _expected_wait(self, account_id: str) -> float | None:
+        return self._waits.get(account_id)
+
+    def _waited(self, account_id: str, seconds: float) -> None:
+        if len(self._waits) > MAX_ACCOUNTS_REMEMBERED and account_id not in self._waits:
+            self._waits.clear()
+        previous = self._waits.get(account_id, seconds)
+        self._waits[account_id] = (previous + seconds) / 2
 
     def debit(self, account_id: str, request: DebitRequest) -> Outcome | None:
         """Commit ``request`` through the account's queue. Returns its outcome, or None when the caller must
         decide it alone (it was refused, or its queued item left without an entry). Raises
         ConcurrencyConflict when time ran out with the debit withdrawn (nothing written), IdempotencyMismatch
-        when the entry under its key was committed for another request."""
+        when the entry under its key was committed for another request, and any other error only once the
+        debit is out of the queue (withdrawn: nothing of it was or will be written)."""
         owner = uuid.uuid4().hex
         mine = self._queue.enqueue(account_id, request, owner, self._now_ms())
-        give_up_at = self._monotonic() + self._timing.max_wait_seconds
-        pause = self._timing.poll_seconds
+        wait = _Wait(self, account_id, request, owner, mine)
+        expected = self._expected_wait(account_id)
+        if expected is not None and time_for(expected + ATTEMPT_SECONDS):
+            # This instance's debits of the account waited about this long lately: every look before that
+            # would most likely find the debit still queued, and each is a read the committer competes with.
+            self._sleep(min(EXPECTED_SHARE * expected, self._timing.max_first_look_seconds))
+        recovered = False
         while True:
-            look = self._queue.look(account_id, request.key)
-            queued, lease = look.queued, look.lease
-            if queued is None:
-                entry = look.entry or self._read_entry(request.key)
-                if entry is None:
-                    return None  # withdrawn by another request with its key, or dropped as stale
-                replay(entry, request.fingerprint)  # another request's entry under this key: mismatch
-                return Outcome(entry, replayed=not mine)
-            if queued.answer is not None:
-                if mine:
-                    self._queue.discard_answered(account_id, request.key, owner)
-                if queued.answer is Answer.REPLAYED:
-                    entry = look.entry or self._read_entry(request.key)
-                    if entry is not None:
-                        return replay(entry, request.fingerprint)
-                return None
-            if lease is None or lease.free_at(self._now_ms()):
-                try:
-                    self._commit_queue(account_id)
-                    continue
-                except ConcurrencyConflict:
-                    gave_up = True  # as the committer, it kept losing races for the account until now
-            else:
-                gave_up = not time_for(ATTEMPT_SECONDS) or self._monotonic() > give_up_at
-            if gave_up:
-                if not mine or self._queue.withdraw(account_id, request.key, owner):
-                    raise ConcurrencyConflict(
-                        f"account {account_id}: its queued debits were not committed in time"
-                    )
-                continue  # it left the queue meanwhile: read the answer
-            self._sleep(pause * (0.5 + random.random()))
-            pause = min(pause * 2, self._timing.max_poll_seconds)
+            try:
+                done, outcome = wait.step()
+            except (ConcurrencyConflict, IdempotencyMismatch):
+                raise
+            except Exception:
+                # A failed call (a read, or the holder's commit, whose answer may have been lost after it
+                # committed): out of the queue first, so the outcome is known. Withdrawn: the error stands for
+                # a debit never written. Otherwise it left the queue: read the answer, once.
+                if recovered or not mine or self._queue.withdraw(account_id, request.key, owner):
+                    raise
+                recovered = True
+                continue
+            if done:
+                if outcome is not None:
+                    self._waited(account_id, wait.seconds())
+                return outcome
 
-    def _commit_queue(self, account_id: str) -> None:
-        """Take the lease and commit what is queued until the queue is empty or the lease is about to end.
-        Raises ConcurrencyConflict when a commit kept losing races until out of attempts or time."""
+    def _commit_queue(self, account_id: str) -> bool:
+        """Take the lease and commit what is queued until the queue is empty or the lease is about to end;
+        False when another holder had the lease. Raises ConcurrencyConflict when a commit kept losing races
+        until out of attempts or time."""
         holder = uuid.uuid4().hex
         taken_at = self._now_ms()
         until = taken_at + self._timing.lease_ms
         if not self._queue.take_lease(account_id, holder, taken_at, until):
-            return
+            return False
         try:
-            # stop with a quarter of the lease left: the last commit must end before another holder starts
+            # Stop with a quarter of the lease left, so the last commit usually ends before another holder
+            # starts (when it does not, the two lose races on the account's version, never credits).
             while self._now_ms() < until - self._timing.lease_ms // 4 and time_for(ATTEMPT_SECONDS):
                 if not self._commit_round(account_id):
-                    return
+                    break
         finally:
             self._queue.release_lease(account_id, holder)
+        return True
 
     def _commit_round(self, account_id: str) -> bool:
         """One transaction of queued debits; False when nothing was queued."""
-        waiting = self._queue.waiting(account_id, self._now_ms(), self._batch_size)
+        read_at = self._now_ms()
+        waiting = self._queue.waiting(account_id, read_at, self._batch_size)
         if not waiting:
             return False
         requests = [queued.request for queued in waiting]
+        by_key = {queued.request.key: queued for queued in waiting}
 
         def taken(results: list[DebitResult]) -> list[dict[str, Any]]:
-            return [self._queue.taken_action(account_id, r.request.key) for r in results if _written(r)]
+            # each removal names the queued debit that was read: the same owner, not yet stale
+            return [
+                self._queue.taken_action(
+                    account_id, by_key[r.request.key], fresh_after_ms=read_at - STALE_AFTER_MS
+                )
+                for r in results
+                if _written(r)
+            ]
 
         try:
             results = self._commit_chunk(account_id, requests, taken)
@@ -166,6 +186,65 @@ class DebitCombiner:
                 account_id, result.request.key, Answer.DECIDE_ALONE if refused else Answer.REPLAYED
             )
         return True
+
+
+class _Wait:
+    """One queued debit's waiter: each ``step`` looks once and acts on what it saw."""
+
+    def __init__(
+        self, combiner: DebitCombiner, account_id: str, request: DebitRequest, owner: str, mine: bool
+    ) -> None:
+        self._combiner = combiner
+        self._queue = combiner._queue
+        self._account_id = account_id
+        self._request = request
+        self._owner = owner
+        self._mine = mine
+        self._began = combiner._monotonic()
+        self._pause = combiner._timing.poll_seconds
+
+    def seconds(self) -> float:
+        return self._combiner._monotonic() - self._began
+
+    def step(self) -> tuple[bool, Outcome | None]:
+        """(True, outcome) when the wait is over (outcome None: decide alone), (False, None) to look again."""
+        combiner, account_id, key = self._combiner, self._account_id, self._request.key
+        look = self._queue.look(account_id, key)
+        queued = look.queued
+        if queued is not None and self._mine and queued.owner != self._owner:
+            queued = None  # this request's item left the queue; another request with its id queued since
+        if queued is None:
+            entry = look.entry or combiner._read_entry(key)
+            if entry is None:
+                return True, None  # withdrawn by another request with its key, or dropped as stale
+            replay(entry, self._request.fingerprint)  # another request's entry under this key: mismatch
+            return True, Outcome(entry, replayed=not self._mine)
+        if queued.answer is not None:
+            if self._mine:
+                self._queue.discard_answered(account_id, key, self._owner)
+            if queued.answer is Answer.REPLAYED:
+                entry = look.entry or combiner._read_entry(key)
+                if entry is not None:
+                    return True, replay(entry, self._request.fingerprint)
+            return True, None
+        out_of_time = not time_for(ATTEMPT_SECONDS) or combiner._monotonic() - self._began > (
+            combiner._timing.max_wait_seconds
+        )
+        if not out_of_time and (look.lease is None or look.lease.free_at(combiner._now_ms())):
+            try:
+                if combiner._commit_queue(account_id):
+                    return False, None
+            except ConcurrencyConflict:
+                out_of_time = True  # as the committer, it kept losing races for the account until now
+        if out_of_time:
+            if not self._mine or self._queue.withdraw(account_id, key, self._owner):
+                raise ConcurrencyConflict(
+                    f"account {account_id}: its queued debits were not committed in time"
+                )
+            return False, None  # it left the queue meanwhile: read the answer
+        combiner._sleep(self._pause * (0.5 + random.random()))
+        self._pause = min(self._pause * 2, combiner._timing.max_poll_seconds)
+        return False, None
 
 
 def _written(result: DebitResult) -> bool:

@@ -151,11 +151,14 @@ class Ledger:
         the account's queue and is committed together with the other debits waiting there (combining.py)."""
         if self._combiner is None:
             return _answer(self._debit_alone(account_id, request))
-        if not self._queue_in_use(account_id):
-            try:
-                return _answer(self._debit_alone(account_id, request, conflicts_allowed=1))
-            except _Contended:
-                pass
+        try:
+            return _answer(
+                self._debit_alone(
+                    account_id, request, conflicts_allowed=1, queue_known_busy=self._queue_in_use(account_id)
+                )
+            )
+        except _Contended:
+            pass
         self._queue_busy_until[account_id] = time.monotonic() + QUEUE_BUSY.total_seconds()
         outcome = self._combiner.debit(account_id, request)
         if outcome is not None:
@@ -165,7 +168,7 @@ class Ledger:
 
     def _queue_in_use(self, account_id: str) -> bool:
         """This instance sent a debit of the account through its queue less than QUEUE_BUSY ago: the next one
-        joins the queue at once, without a read and a write that would only lose the race again."""
+        it can grant joins the queue without a write that would only lose the race again."""
         now = time.monotonic()
         for account, until in list(self._queue_busy_until.items()):
             if until <= now:
@@ -173,10 +176,17 @@ class Ledger:
         return account_id in self._queue_busy_until
 
     def _debit_alone(
-        self, account_id: str, request: DebitRequest, conflicts_allowed: int | None = None
+        self,
+        account_id: str,
+        request: DebitRequest,
+        conflicts_allowed: int | None = None,
+        queue_known_busy: bool = False,
     ) -> DebitResult:
         try:
-            return self._debit_chunk(account_id, [request], conflicts_allowed=conflicts_allowed)[0]
+            chunk = self._debit_chunk(
+                account_id, [request], conflicts_allowed=conflicts_allowed, queue_known_busy=queue_known_busy
+            )
+            return chunk[0]
         except WriteRejected as exc:
             return DebitResult(request, error=exc)
 
@@ -363,10 +373,12 @@ class Ledger:
         requests: Sequence[DebitRequest],
         extra_actions_for: Callable[[list[DebitResult]], list[dict[str, Any]]] | None = None,
         conflicts_allowed: int | None = None,
+        queue_known_busy: bool = False,
     ) -> list[DebitResult]:
         """Judge and write debits of one account in one transaction; returns results for the leading requests
         that fit in it (at least one), the caller passes the rest again. ``extra_actions_for(results)`` adds
-        actions to that transaction (the debit queue's removals); ``conflicts_allowed``: see _commit_once."""
+        actions to that transaction (the debit queue's removals); ``conflicts_allowed``: see _commit_once;
+        ``queue_known_busy``: a debit to write joins the account's queue (_Contended) instead of committing."""
         overage: dict[str, OverageSettings] = {}  # read at most once per chunk, only when needed
 
         def attempt(
@@ -390,8 +402,6 @@ class Ledger:
                     except IdempotencyMismatch as exc:
                         results.append(DebitResult(request, error=exc))
                     continue
-                if conflicts_allowed is not None and _queue_busy(current):
-                    raise _Contended(account_id)  # racing the queue's committer would only slow it down
                 ctx = EntryContext(
                     entry_key=request.key,
                     now=now,
@@ -406,6 +416,10 @@ class Ledger:
                     results.append(DebitResult(request, error=decided))
                     continue
                 change = decided
+                if conflicts_allowed is not None and (queue_known_busy or _queue_busy(current)):
+                    # a debit to write while the account's queue is being committed: racing its committer
+                    # would only slow it down (a refusal, decided above on this read, needs no queue)
+                    raise _Contended(account_id)
                 if changes and actions + _actions(change) + per_debit > MAX_ACTIONS_PER_TRANSACTION:
                     break  # this one and the rest go into the next transaction
                 actions += _actions(change) + per_debit

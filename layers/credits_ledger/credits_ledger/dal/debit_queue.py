@@ -7,9 +7,11 @@ writer committing them (combining.py, docs/decisions.md "A busy account commits 
 
 Invariants, each a condition:
   - one queued item per entry key (``attribute_not_exists``): a retried request waits on the first one;
-  - a queued debit leaves the queue either committed (deleted in the ledger's own transaction, on condition
-    that it is still there and unanswered), answered, or withdrawn by its owner, exactly one of the three:
-    every one of them is conditioned on ``attribute_not_exists(answer)`` and on the item existing;
+  - a queued debit leaves the queue committed (deleted in the ledger's own transaction, on condition that it
+    is still there, unanswered, of the owner the committer read and not stale), answered (then removed by
+    its owner), or withdrawn by its owner (unanswered only): at most one of the three. Besides, a debit
+    queued over ``STALE_AFTER_MS`` ago is removed unwritten by the next committer that reads it (and
+    DynamoDB's TTL removes what nobody did);
   - one lease holder at a time (taken only when absent or past ``until``; released only by its holder).
 The lease is for throughput only: two committers at once lose races on the account's version, never credits.
 Neither item kind matches the ledger stream's filters (sk ``STATE``, pk ``ENTRY#``).
@@ -36,7 +38,8 @@ LEASE_SK = "DEBIT_LEASE"
 STALE_AFTER_MS = 60_000
 # DynamoDB's TTL removes what nobody removed (an owner that died before reading its answer).
 KEEP_SECONDS = 3_600
-# Query pages one look at the queue reads at most (stale and answered items are skipped, then removed).
+# Query pages one look at the queue reads at most (stale items are removed, answered ones skipped: their
+# owners remove them).
 MAX_QUEUE_PAGES = 3
 
 
@@ -125,17 +128,22 @@ class DebitQueue(TableRepository):
         item = queued_to_item(account_id, QueuedDebit(request, owner, now_ms))
         try:
             self._client.put_item(
-                TableName=self._table, Item=it.to_dynamo(item), ConditionExpression="attribute_not_exists(pk)"
+                TableName=self._table,
+                Item=it.to_dynamo(item),
+                ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
             if not failed_condition(exc):
                 raise
-            return False
+            # A re-send of this very put (its first answer lost after it committed) finds its own item.
+            old = exc.response.get("Item")
+            return bool(old) and old.get("owner", {}).get("S") == owner
         return True
 
     def waiting(self, account_id: str, now_ms: int, limit: int) -> list[QueuedDebit]:
-        """Up to ``limit`` queued debits nobody decided yet, in entry-key order (strongly consistent: the
-        committer must see every debit queued before it looked). Stale ones it meets are removed."""
+        """Up to ``limit`` queued debits nobody decided yet, the longest waiting first (strongly consistent:
+        the committer must see every debit queued before it looked). Stale ones it meets are removed."""
         query: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
@@ -154,13 +162,12 @@ class DebitQueue(TableRepository):
                     self._remove_stale(account_id, queued)
                 elif queued.answer is None:
                     found.append(queued)
-                if len(found) == limit:
-                    return found
             last = response.get("LastEvaluatedKey")
             if not last:
                 break
             query["ExclusiveStartKey"] = last
-        return found
+        # oldest first: a debit queued under a key that sorts late is not passed over round after round
+        return sorted(found, key=lambda queued: queued.queued_at_ms)[:limit]
 
     def look(self, account_id: str, entry_key: str) -> Look:
         """The queued debit under ``entry_key`` (None once it left the queue), the account's lease and the
@@ -178,14 +185,21 @@ class DebitQueue(TableRepository):
                 look = replace(look, queued=queued_from_item(item))
         return look
 
-    def taken_action(self, account_id: str, entry_key: str) -> dict[str, Any]:
-        """The transaction action removing a queued debit as its entry is committed. Its condition fails
-        (the whole commit with it) when the debit was withdrawn or answered meanwhile."""
+    def taken_action(self, account_id: str, queued: QueuedDebit, fresh_after_ms: int) -> dict[str, Any]:
+        """The transaction action removing ``queued`` (as the committer read it) as its entry is committed.
+        Its condition fails, and the whole commit with it, when that debit was withdrawn or answered
+        meanwhile, when another request with its id queued since (another owner, maybe another body), or
+        when it was queued at or before ``fresh_after_ms`` (stale by the time of the write)."""
         return {
             "Delete": {
                 "TableName": self._table,
-                "Key": queued_key(account_id, entry_key),
-                "ConditionExpression": _OPEN,
+                "Key": queued_key(account_id, queued.request.key),
+                "ConditionExpression": f"{_OPEN} AND #owner = :owner AND queued_at > :fresh_after",
+                "ExpressionAttributeNames": {"#owner": "owner"},
+                "ExpressionAttributeValues": {
+                    ":owner": {"S": queued.owner},
+                    ":fresh_after": {"N": str(fresh_after_ms)},
+                },
             }
         }
 
