@@ -108,12 +108,7 @@ class DebitCombiner:
         debit is out of the queue (withdrawn: nothing of it was or will be written)."""
         owner = uuid.uuid4().hex
         mine = self._queue.enqueue(account_id, request, owner, self._now_ms())
-        wait = _Wait(self, account_id, request, owner, mine)
-        expected = self._expected_wait(account_id)
-        if expected is not None and time_for(expected + ATTEMPT_SECONDS):
-            # This instance's debits of the account waited about this long lately: every look before that
-            # would most likely find the debit still queued, and each is a read the committer competes with.
-            self._sleep(min(EXPECTED_SHARE * expected, self._timing.max_first_look_seconds))
+        wait = _Wait(self, account_id, request, owner, mine, self._expected_wait(account_id))
         recovered = False
         while True:
             try:
@@ -192,7 +187,13 @@ class _Wait:
     """One queued debit's waiter: each ``step`` looks once and acts on what it saw."""
 
     def __init__(
-        self, combiner: DebitCombiner, account_id: str, request: DebitRequest, owner: str, mine: bool
+        self,
+        combiner: DebitCombiner,
+        account_id: str,
+        request: DebitRequest,
+        owner: str,
+        mine: bool,
+        expected: float | None,
     ) -> None:
         self._combiner = combiner
         self._queue = combiner._queue
@@ -202,6 +203,7 @@ class _Wait:
         self._mine = mine
         self._began = combiner._monotonic()
         self._pause = combiner._timing.poll_seconds
+        self._expected = expected
 
     def seconds(self) -> float:
         return self._combiner._monotonic() - self._began
@@ -242,6 +244,17 @@ class _Wait:
                     f"account {account_id}: its queued debits were not committed in time"
                 )
             return False, None  # it left the queue meanwhile: read the answer
+        if self._expected is not None:
+            # Another holder commits the queue, and this instance's debits of the account waited about this
+            # long lately: a look before most of that would likely find the debit still queued, and every
+            # look is a read the committer competes with.
+            rest = (
+                min(EXPECTED_SHARE * self._expected, combiner._timing.max_first_look_seconds) - self.seconds()
+            )
+            self._expected = None
+            if rest > self._pause and time_for(rest + ATTEMPT_SECONDS):
+                combiner._sleep(rest)
+                return False, None
         combiner._sleep(self._pause * (0.5 + random.random()))
         self._pause = min(self._pause * 2, combiner._timing.max_poll_seconds)
         return False, None
