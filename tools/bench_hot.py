@@ -8,7 +8,10 @@ as an account's live grants grow (issue 11).
    instance has its own) debit 1 credit in a loop for ``BENCH_HOT_SECONDS`` (default 4) seconds, all on ONE
    account, then each on its own account. Per W: debits/s, p50/p99 latency of a debit (conflict retries
    included), conflicts (a version conflict the ledger retried), 429s (ConcurrencyConflict: gave up after
-   its attempts), and the one-account throughput as a share of the spread one.
+   its attempts), and the one-account throughput as a share of the spread one. A debit that loses its race
+   joins the account's debit queue (combining.py). Then, at W=32 on one account, the alternatives: each
+   debit alone as before combining (backoff x1 and x0.25), the write pattern of escrow lanes, and combining
+   inside one process (no queue items, no lease: what the rendezvous across instances costs).
 2. The same over HTTP against the local stack (``python -m credits_dev.local`` on this DynamoDB Local, its
    API function in worker processes, ``CREDITS_LOCAL_CONCURRENCY`` of them at most): W clients POST
    /v1/usage (``BENCH_HOT_HTTP=0`` skips it).
@@ -159,7 +162,7 @@ def _fund(ledger: Any, account: str, grants: int = 10, amount: str = "100000") -
 
 
 def _ledger_writers(
-    endpoint: str, table: str, writers: int, spread: bool, backoff_scale: float = 1.0
+    endpoint: str, table: str, writers: int, spread: bool, backoff_scale: float = 1.0, combine: bool = True
 ) -> HotRow:
     from credits_ledger.dal.accounts import AccountRepository
     from credits_ledger.domain.errors import ConcurrencyConflict
@@ -179,7 +182,9 @@ def _ledger_writers(
             tally.conflicts += 1
             time.sleep(seconds * backoff_scale)
 
-        ledger = Ledger(AccountRepository(ledger_client(endpoint), table), sleep=backoff)
+        ledger = Ledger(
+            AccountRepository(ledger_client(endpoint), table), sleep=backoff, combine_contended_debits=combine
+        )
         account = accounts[index if spread else 0]
         load.start.wait()
         n = 0
@@ -555,11 +560,13 @@ def run(endpoint: str) -> list[Any]:
     for writers in WRITERS:
         rows += _pair(lambda w, spread: _ledger_writers(endpoint, table, w, spread), writers)
     spread = next((r for r in rows if r.writers == ALTERNATIVE_WRITERS and r.layout == "spread"), None)
+    # each debit alone (no queue): what the ledger did before request combining, with the backoff scaled
     backoffs = [
         replace_layout(
-            _ledger_writers(endpoint, table, ALTERNATIVE_WRITERS, False, scale), f"backoff x{scale:g}"
+            _ledger_writers(endpoint, table, ALTERNATIVE_WRITERS, False, scale, combine=False),
+            f"alone x{scale:g}",
         )
-        for scale in (0.0, 0.25, 4.0)  # x1 is the one-account row above
+        for scale in (1.0, 0.25)
     ]
     for alternative in (
         *backoffs,
