@@ -8,14 +8,16 @@ version of these stories runs on DynamoDB Local in tests/concurrency/test_concur
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from credits_ledger.combining import CombinerTiming, epoch_ms
 from credits_ledger.dal.accounts import VersionConflict
-from credits_ledger.dal.debit_queue import STALE_AFTER_MS, Answer, DebitQueue
+from credits_ledger.dal.debit_queue import Answer, DebitQueue
 from credits_ledger.domain.errors import ConcurrencyConflict, IdempotencyMismatch, InsufficientCredits
 from credits_ledger.domain.models import EntryType
 from credits_ledger.ledger import DebitRequest, Ledger
@@ -115,8 +117,8 @@ def test_queued_debits_of_other_writers_are_committed_in_the_same_transaction(
     transactions: list[int],
 ) -> None:
     # Given two debits other writers queued for the account
-    queue.enqueue(ACCT, debit("use:other:1", "2"), "owner-1", epoch_ms())
-    queue.enqueue(ACCT, debit("use:other:2", "4"), "owner-2", epoch_ms())
+    queue.enqueue(ACCT, debit("use:other:1", "2"), "owner-1", epoch_ms(), epoch_ms() + 60_000)
+    queue.enqueue(ACCT, debit("use:other:2", "4"), "owner-2", epoch_ms(), epoch_ms() + 60_000)
     lose_first_race(monkeypatch, ledger)
     before = len(transactions)
     # When a third debit loses its race and takes the commit lease
@@ -136,7 +138,7 @@ def test_a_queued_debit_the_account_cannot_cover_is_decided_again_by_its_waiter(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch, queue: DebitQueue, client: Any, table: str
 ) -> None:
     # Given another writer's queued debit that fits and this writer's that does not (10 available)
-    queue.enqueue(ACCT, debit("use:fits", "6"), "owner-1", epoch_ms())
+    queue.enqueue(ACCT, debit("use:fits", "6"), "owner-1", epoch_ms(), epoch_ms() + 60_000)
     lose_first_race(monkeypatch, ledger)
     # When this writer's debit of 5 goes through the queue after the 6
     with pytest.raises(InsufficientCredits) as refused:
@@ -155,7 +157,7 @@ def test_a_queued_debit_whose_key_was_committed_before_is_answered_from_that_ent
 ) -> None:
     # Given a debit committed earlier, and a retry of it that another writer queued
     first = ledger.debit(ACCT, debit("use:1", "2"))
-    queue.enqueue(ACCT, debit("use:1", "2"), "owner-retry", epoch_ms())
+    queue.enqueue(ACCT, debit("use:1", "2"), "owner-retry", epoch_ms(), epoch_ms() + 60_000)
     # When the account's queue is committed (by a contended debit of this writer)
     assert ledger._combiner is not None
     ledger._combiner.debit(ACCT, debit("use:2", "1"))
@@ -172,8 +174,8 @@ def test_a_retry_sent_while_its_first_request_is_queued_waits_for_that_one(
     ledger: Ledger, queue: DebitQueue
 ) -> None:
     # Given a debit queued by a first request, then committed by the holder of the lease
-    assert queue.enqueue(ACCT, debit("use:1", "2"), "first", epoch_ms())
-    assert not queue.enqueue(ACCT, debit("use:1", "2"), "retry", epoch_ms())
+    assert queue.enqueue(ACCT, debit("use:1", "2"), "first", epoch_ms(), epoch_ms() + 60_000)
+    assert not queue.enqueue(ACCT, debit("use:1", "2"), "retry", epoch_ms(), epoch_ms() + 60_000)
     assert ledger._combiner is not None
     outcome = ledger._combiner.debit(ACCT, debit("use:1", "2"))
     # Then the retry is answered as a replay of that one entry
@@ -209,7 +211,7 @@ def test_a_debit_withdrawn_while_being_committed_is_not_written(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch, queue: DebitQueue, client: Any
 ) -> None:
     # Given another writer's queued debit, withdrawn by its owner just before the holder's transaction
-    queue.enqueue(ACCT, debit("use:gone", "2"), "owner-gone", epoch_ms())
+    queue.enqueue(ACCT, debit("use:gone", "2"), "owner-gone", epoch_ms(), epoch_ms() + 60_000)
     withdrawn: list[bool] = []
 
     def withdraw_first(**_: Any) -> None:
@@ -230,12 +232,12 @@ def test_a_debit_withdrawn_while_being_committed_is_not_written(
 def test_a_stale_queued_debit_is_never_committed(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch, queue: DebitQueue, client: Any, table: str
 ) -> None:
-    # Given a debit queued long ago by an instance that stopped before anyone committed it
-    queue.enqueue(ACCT, debit("use:old", "2"), "owner-old", epoch_ms() - STALE_AFTER_MS - 1)
+    # Given a debit whose waiter's invocation is over (past its commit_by) before anyone committed it
+    queue.enqueue(ACCT, debit("use:old", "2"), "owner-old", epoch_ms() - 9_000, epoch_ms() - 1)
     lose_first_race(monkeypatch, ledger)
     # When the queue is next committed
     ledger.debit(ACCT, debit("use:new", "1"))
-    # Then the stale debit was dropped, not written: its client was told it failed long ago
+    # Then it was dropped, not written: its client has been told something else, or nothing, by now
     assert ledger.repository.entry("use:old") is None
     assert queued_items(client, table) == []
     assert assert_books_balance(ledger, ACCT) == D(9)
@@ -262,7 +264,7 @@ def test_a_queue_commit_that_failed_withdraws_the_debit_before_the_error_is_answ
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch, queue: DebitQueue, client: Any, table: str
 ) -> None:
     # Given another writer's queued debit, and a holder whose transaction fails without committing
-    queue.enqueue(ACCT, debit("use:other", "2"), "owner-other", epoch_ms())
+    queue.enqueue(ACCT, debit("use:other", "2"), "owner-other", epoch_ms(), epoch_ms() + 60_000)
     lose_first_race(monkeypatch, ledger)
     failed: list[int] = []
 
@@ -293,7 +295,7 @@ def test_a_full_queue_is_committed_in_transactions_of_at_most_100_actions(
     for n in range(60):
         ledger.grant(ACCT, spec(f"gr_{n:03d}", "1"), key=f"grant:{n:03d}")
     for n in range(40):
-        queue.enqueue(ACCT, debit(f"use:other:{n:02d}"), f"owner-{n}", epoch_ms())
+        queue.enqueue(ACCT, debit(f"use:other:{n:02d}"), f"owner-{n}", epoch_ms(), epoch_ms() + 60_000)
     lose_first_race(monkeypatch, ledger)
     before = len(transactions)
     # When a contended debit commits the queue
@@ -352,13 +354,15 @@ def test_a_debit_queued_again_under_the_same_id_during_a_commit_is_written_as_qu
 ) -> None:
     # Given another writer's queued debit of 2 that the holder reads, then, before its transaction, that
     # writer withdraws it and a new request with the same id queues a debit of 5 (a new owner)
-    queue.enqueue(ACCT, debit("use:same", "2"), "owner-first", epoch_ms())
+    queue.enqueue(ACCT, debit("use:same", "2"), "owner-first", epoch_ms(), epoch_ms() + 60_000)
     swapped: list[bool] = []
 
     def swap_first(**_: Any) -> None:
         if not swapped:
             swapped.append(queue.withdraw(ACCT, "use:same", "owner-first"))
-            swapped.append(queue.enqueue(ACCT, debit("use:same", "5"), "owner-second", epoch_ms()))
+            swapped.append(
+                queue.enqueue(ACCT, debit("use:same", "5"), "owner-second", epoch_ms(), epoch_ms() + 60_000)
+            )
 
     client.meta.events.register(f"before-call.dynamodb.{TWI}", swap_first)
     lose_first_race(monkeypatch, ledger)
@@ -369,3 +373,76 @@ def test_a_debit_queued_again_under_the_same_id_during_a_commit_is_written_as_qu
     entry = ledger.repository.entry("use:same")
     assert entry is not None and entry.amount == D(-5)
     assert assert_books_balance(ledger, ACCT) == D(4)
+
+
+def test_a_debit_whose_waiter_ran_out_while_the_holder_retried_is_not_written(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, queue: DebitQueue, client: Any, table: str
+) -> None:
+    # Given another writer's debit that must be committed within 300 ms (its invocation ends then), and a
+    # holder whose first commit of the queue loses its race and is tried again only after that
+    queue.enqueue(ACCT, debit("use:other", "2"), "owner-other", epoch_ms(), epoch_ms() + 300)
+    real = ledger.repository.commit
+    commits: list[int] = []
+
+    def commit(change: Any, **kwargs: Any) -> None:
+        commits.append(1)
+        if len(commits) == 1:  # this writer's debit alone: lost, so it goes through the queue
+            raise VersionConflict(None)
+        if len(commits) == 2:  # the holder's first commit of the queue: lost, and slow
+            time.sleep(0.4)
+            raise VersionConflict(None)
+        real(change, **kwargs)
+
+    monkeypatch.setattr(ledger.repository, "commit", commit)
+    # When this writer's debit is committed through the queue
+    ledger.debit(ACCT, debit("use:mine", "1"))
+    # Then the other debit, past its commit_by when the holder tried again, was not written but removed
+    assert ledger.repository.entry("use:other") is None
+    assert ledger.repository.entry("use:mine") is not None
+    assert queued_items(client, table) == []
+    assert assert_books_balance(ledger, ACCT) == D(9)
+
+
+def test_a_withdrawal_that_meets_a_commit_under_way_looks_again(
+    client: Any, table: str, queue: DebitQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a waiter out of time whose first withdrawal meets a transaction holding its item
+    ledger = Ledger(
+        make_ledger(client, table, FakeClock()).repository,
+        combiner_timing=CombinerTiming(poll_seconds=0.001, max_wait_seconds=0.05),
+    )
+    ledger.grant(ACCT, spec("gr_a", "10"), key="grant:a")
+    assert queue.take_lease(ACCT, "stuck", epoch_ms(), epoch_ms() + 60_000)
+    deletes: list[int] = []
+
+    def conflict_once(**_: Any) -> None:
+        deletes.append(1)
+        if len(deletes) == 1:
+            raise ClientError(
+                {"Error": {"Code": "TransactionConflictException", "Message": "conflict"}}, "DeleteItem"
+            )
+
+    client.meta.events.register("before-call.dynamodb.DeleteItem", conflict_once)
+    lose_first_race(monkeypatch, ledger)
+    # When it gives up
+    with pytest.raises(ConcurrencyConflict):
+        ledger.debit(ACCT, debit("use:late", "1"))
+    # Then it looked again and withdrew: a 429 for a debit not written and no longer queued
+    assert len(deletes) >= 2
+    assert ledger.repository.entry("use:late") is None
+    assert [i["sk"]["S"] for i in queued_items(client, table)] == ["DEBIT_LEASE"]
+
+
+def test_a_queue_put_that_landed_but_failed_is_withdrawn_before_the_error_is_answered(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, client: Any, table: str
+) -> None:
+    # Given a debit that lost its race, whose queue put lands but answers with an error
+    fail_after_commit(client, "PutItem")
+    lose_first_race(monkeypatch, ledger)
+    # When it is sent
+    with pytest.raises(Exception, match="timeout"):
+        ledger.debit(ACCT, debit("use:1", "2"))
+    # Then the error stands for a debit that is not and never will be written: it left the queue first
+    assert ledger.repository.entry("use:1") is None
+    assert queued_items(client, table) == []
+    assert assert_books_balance(ledger, ACCT) == D(10)

@@ -25,18 +25,18 @@ def test_a_queued_debit_reads_back_as_the_request_it_was() -> None:
         metadata={"meter": "tokens", "quantity": "3"},
         allow_overage=True,
     )
-    item = queued_to_item("cus_1", QueuedDebit(request, "owner-1", 1_700_000_000_123))
+    item = queued_to_item("cus_1", QueuedDebit(request, "owner-1", 1_700_000_000_123, 1_700_000_008_500))
     stored = it.from_dynamo(it.to_dynamo(item))
     assert (stored["pk"], stored["sk"]) == ("ACCOUNT#cus_1", "DEBIT#usage:cus_1:evt_1")
-    assert stored["ttl"] == 1_700_000_000 + KEEP_SECONDS
-    assert queued_from_item(stored) == QueuedDebit(request, "owner-1", 1_700_000_000_123)
+    assert stored["ttl"] == 1_700_000_008 + KEEP_SECONDS
+    assert queued_from_item(stored) == QueuedDebit(request, "owner-1", 1_700_000_000_123, 1_700_000_008_500)
     answered = queued_from_item({**stored, "answer": "decide_alone"})
     assert answered.answer is Answer.DECIDE_ALONE
 
 
 def test_a_bare_queued_debit_reads_back_with_defaults() -> None:
     request = DebitRequest(key="k", amount=Decimal(2))
-    stored = it.from_dynamo(it.to_dynamo(queued_to_item("a", QueuedDebit(request, "o", 5))))
+    stored = it.from_dynamo(it.to_dynamo(queued_to_item("a", QueuedDebit(request, "o", 5, 6))))
     assert queued_from_item(stored).request == request
 
 

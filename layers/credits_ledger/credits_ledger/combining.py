@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from credits_ledger.dal.accounts import RelatedItemChanged
-from credits_ledger.dal.debit_queue import STALE_AFTER_MS, Answer, DebitQueue
+from credits_ledger.dal.debit_queue import MAX_QUEUED_MS, Answer, DebitQueue, Look
 from credits_ledger.domain.debits import DebitRequest, DebitResult, Outcome, replay
 from credits_ledger.domain.errors import ConcurrencyConflict, IdempotencyMismatch, WriteRejected
 from credits_ledger.domain.models import LedgerEntry
-from credits_ledger.retry import ATTEMPT_SECONDS, time_for
+from credits_ledger.retry import ATTEMPT_SECONDS, seconds_left, time_for
 
 # commit_chunk(account, requests, extra_actions_for(results)) -> results of the leading requests it wrote
 CommitChunk = Callable[
@@ -44,6 +44,8 @@ CommitChunk = Callable[
 
 
 EXPECTED_SHARE = 0.7
+# Failed calls a waiter looks past (each after making sure its debit is out of the queue or answered).
+MAX_RECOVERIES = 3
 MAX_ACCOUNTS_REMEMBERED = 1_000
 
 
@@ -54,9 +56,10 @@ def epoch_ms() -> int:
 @dataclass(frozen=True)
 class CombinerTiming:
     """How long a commit lease lasts (a holder that died is replaced after it), how often a waiter looks at
-    its queued debit (first after most of what its last waits took, then after ``poll_seconds``, twice as long
-    each time up to ``max_poll_seconds``: a round of the queue takes tens of milliseconds, and every look is
-    a read the committer competes with),
+    its queued debit (at once, since it may have to take a free lease; then, while another holder commits,
+    after most of what its last waits took, or after ``poll_seconds``, twice as long each time up to
+    ``max_poll_seconds``: a round takes tens of milliseconds, and every look is a read the committer competes
+    with),
     and how long a waiter without an invocation deadline (tools, tests) waits at most."""
 
     lease_ms: int = 2_000
@@ -104,29 +107,53 @@ class DebitCombiner:
         """Commit ``request`` through the account's queue. Returns its outcome, or None when the caller must
         decide it alone (it was refused, or its queued item left without an entry). Raises
         ConcurrencyConflict when time ran out with the debit withdrawn (nothing written), IdempotencyMismatch
-        when the entry under its key was committed for another request, and any other error only once the
-        debit is out of the queue (withdrawn: nothing of it was or will be written)."""
+        when the entry under its key was committed for another request, and any other error once the debit
+        was withdrawn (nothing of it was or will be written) or, failing that three times, as it stands (the
+        debit may then still be committed before its commit_by)."""
         owner = uuid.uuid4().hex
-        mine = self._queue.enqueue(account_id, request, owner, self._now_ms())
+        now = self._now_ms()
+        left = seconds_left()
+        # committed only while this invocation can still answer (or, without one, within its longest wait)
+        window = self._timing.max_wait_seconds if left is None else max(left, 0.0)
+        commit_by = now + min(int(window * 1000), MAX_QUEUED_MS)
+        failure: Exception | None = None
+        try:
+            mine = self._queue.enqueue(account_id, request, owner, now, commit_by)
+        except Exception as exc:  # the put may have landed although its answer did not
+            mine, failure = True, exc
         wait = _Wait(self, account_id, request, owner, mine, self._expected_wait(account_id))
-        recovered = False
+        recoveries = 0
         while True:
+            if failure is not None:
+                # A failed call (the put, a read, the holder's commit, whose answer may have been lost after
+                # it committed): out of the queue first, so the outcome is known. Withdrawn: the error stands
+                # for a debit never written. Otherwise it left the queue (or never entered it): look again.
+                if (
+                    not mine
+                    or recoveries == MAX_RECOVERIES
+                    or self._withdrawn(account_id, request.key, owner)
+                ):
+                    raise failure
+                recoveries += 1
+                failure = None
+                self._sleep(self._timing.poll_seconds)
             try:
                 done, outcome = wait.step()
             except (ConcurrencyConflict, IdempotencyMismatch):
                 raise
-            except Exception:
-                # A failed call (a read, or the holder's commit, whose answer may have been lost after it
-                # committed): out of the queue first, so the outcome is known. Withdrawn: the error stands for
-                # a debit never written. Otherwise it left the queue: read the answer, once.
-                if recovered or not mine or self._queue.withdraw(account_id, request.key, owner):
-                    raise
-                recovered = True
+            except Exception as exc:
+                failure = exc
                 continue
             if done:
                 if outcome is not None:
                     self._waited(account_id, wait.seconds())
                 return outcome
+
+    def _withdrawn(self, account_id: str, key: str, owner: str) -> bool:
+        try:
+            return self._queue.withdraw(account_id, key, owner)
+        except Exception:  # not known to be out of the queue: look again
+            return False
 
     def _commit_queue(self, account_id: str) -> bool:
         """Take the lease and commit what is queued until the queue is empty or the lease is about to end;
@@ -149,19 +176,18 @@ class DebitCombiner:
 
     def _commit_round(self, account_id: str) -> bool:
         """One transaction of queued debits; False when nothing was queued."""
-        read_at = self._now_ms()
-        waiting = self._queue.waiting(account_id, read_at, self._batch_size)
+        waiting = self._queue.waiting(account_id, self._now_ms(), self._batch_size)
         if not waiting:
             return False
         requests = [queued.request for queued in waiting]
         by_key = {queued.request.key: queued for queued in waiting}
 
         def taken(results: list[DebitResult]) -> list[dict[str, Any]]:
-            # each removal names the queued debit that was read: the same owner, not yet stale
+            # each removal names the queued debit that was read (the same owner) and is built at each attempt,
+            # so its commit_by condition holds when the transaction is written
+            now = self._now_ms()
             return [
-                self._queue.taken_action(
-                    account_id, by_key[r.request.key], fresh_after_ms=read_at - STALE_AFTER_MS
-                )
+                self._queue.taken_action(account_id, by_key[r.request.key], now)
                 for r in results
                 if _written(r)
             ]
@@ -204,6 +230,7 @@ class _Wait:
         self._began = combiner._monotonic()
         self._pause = combiner._timing.poll_seconds
         self._expected = expected
+        self._answered_replayed = False  # kept: the answered item may be gone at the next look
 
     def seconds(self) -> float:
         return self._combiner._monotonic() - self._began
@@ -216,22 +243,10 @@ class _Wait:
         if queued is not None and self._mine and queued.owner != self._owner:
             queued = None  # this request's item left the queue; another request with its id queued since
         if queued is None:
-            entry = look.entry or combiner._read_entry(key)
-            if entry is None:
-                return True, None  # withdrawn by another request with its key, or dropped as stale
-            replay(entry, self._request.fingerprint)  # another request's entry under this key: mismatch
-            return True, Outcome(entry, replayed=not self._mine)
+            return True, self._left_queue(look.entry or combiner._read_entry(key))
         if queued.answer is not None:
-            if self._mine:
-                self._queue.discard_answered(account_id, key, self._owner)
-            if queued.answer is Answer.REPLAYED:
-                entry = look.entry or combiner._read_entry(key)
-                if entry is not None:
-                    return True, replay(entry, self._request.fingerprint)
-            return True, None
-        out_of_time = not time_for(ATTEMPT_SECONDS) or combiner._monotonic() - self._began > (
-            combiner._timing.max_wait_seconds
-        )
+            return True, self._answered(queued.answer, look)
+        out_of_time = not time_for(ATTEMPT_SECONDS) or self.seconds() > combiner._timing.max_wait_seconds
         if not out_of_time and (look.lease is None or look.lease.free_at(combiner._now_ms())):
             try:
                 if combiner._commit_queue(account_id):
@@ -239,25 +254,57 @@ class _Wait:
             except ConcurrencyConflict:
                 out_of_time = True  # as the committer, it kept losing races for the account until now
         if out_of_time:
-            if not self._mine or self._queue.withdraw(account_id, key, self._owner):
-                raise ConcurrencyConflict(
-                    f"account {account_id}: its queued debits were not committed in time"
-                )
-            return False, None  # it left the queue meanwhile: read the answer
+            return self._give_up()
+        self._pause_before_next_look()
+        return False, None
+
+    def _left_queue(self, entry: LedgerEntry | None) -> Outcome | None:
+        if entry is None:
+            return None  # withdrawn by another request with its key, or dropped past its commit_by
+        outcome = replay(entry, self._request.fingerprint)  # another request's entry: mismatch
+        return outcome if self._answered_replayed else Outcome(entry, replayed=not self._mine)
+
+    def _answered(self, answer: Answer, look: Look) -> Outcome | None:
+        self._answered_replayed = answer is Answer.REPLAYED
+        if self._mine:
+            self._queue.discard_answered(self._account_id, self._request.key, self._owner)
+        if answer is Answer.REPLAYED:
+            entry = look.entry or self._combiner._read_entry(self._request.key)
+            if entry is not None:
+                return replay(entry, self._request.fingerprint)
+        return None
+
+    def _give_up(self) -> tuple[bool, Outcome | None]:
+        """Out of time: withdraw this request's debit and answer 429 (nothing written), or look again when it
+        cannot be withdrawn (it left the queue, or a commit holding it is under way)."""
+        combiner, account_id, key = self._combiner, self._account_id, self._request.key
+        conflict = ConcurrencyConflict(f"account {account_id}: its queued debits were not committed in time")
+        if not self._mine:
+            raise conflict
+        if not self._queue.withdraw(account_id, key, self._owner):
+            combiner._sleep(combiner._timing.poll_seconds)
+            return False, None
+        entry = combiner._read_entry(key)
+        if entry is not None:
+            # its id was written by then (a re-sent put had queued this request again after its debit was
+            # committed): the id's debit stands, answered from its entry
+            return True, replay(entry, self._request.fingerprint)
+        raise conflict
+
+    def _pause_before_next_look(self) -> None:
+        combiner = self._combiner
         if self._expected is not None:
             # Another holder commits the queue, and this instance's debits of the account waited about this
             # long lately: a look before most of that would likely find the debit still queued, and every
             # look is a read the committer competes with.
-            rest = (
-                min(EXPECTED_SHARE * self._expected, combiner._timing.max_first_look_seconds) - self.seconds()
-            )
+            share = min(EXPECTED_SHARE * self._expected, combiner._timing.max_first_look_seconds)
+            rest = share - self.seconds()
             self._expected = None
             if rest > self._pause and time_for(rest + ATTEMPT_SECONDS):
                 combiner._sleep(rest)
-                return False, None
+                return
         combiner._sleep(self._pause * (0.5 + random.random()))
         self._pause = min(self._pause * 2, combiner._timing.max_poll_seconds)
-        return False, None
 
 
 def _written(result: DebitResult) -> bool:

@@ -87,7 +87,12 @@ def _queue_busy(state: AccountState) -> bool:
 
 
 class _Contended(Exception):
-    """A debit lost its race for the account as many times as it may alone (Ledger.debit)."""
+    """A debit lost its race for the account as many times as it may alone, or the account's queue is busy
+    (Ledger.debit): it joins the queue."""
+
+    def __init__(self, account_id: str, *, lost_race: bool) -> None:
+        super().__init__(account_id)
+        self.lost_race = lost_race
 
 
 def _answer(result: DebitResult) -> Outcome:
@@ -157,9 +162,9 @@ class Ledger:
                     account_id, request, conflicts_allowed=1, queue_known_busy=self._queue_in_use(account_id)
                 )
             )
-        except _Contended:
-            pass
-        self._queue_busy_until[account_id] = time.monotonic() + QUEUE_BUSY.total_seconds()
+        except _Contended as contended:
+            if contended.lost_race:  # only a lost race renews this hint, so it lapses once races stop
+                self._queue_busy_until[account_id] = time.monotonic() + QUEUE_BUSY.total_seconds()
         outcome = self._combiner.debit(account_id, request)
         if outcome is not None:
             return outcome
@@ -419,7 +424,7 @@ class Ledger:
                 if conflicts_allowed is not None and (queue_known_busy or _queue_busy(current)):
                     # a debit to write while the account's queue is being committed: racing its committer
                     # would only slow it down (a refusal, decided above on this read, needs no queue)
-                    raise _Contended(account_id)
+                    raise _Contended(account_id, lost_race=False)
                 if changes and actions + _actions(change) + per_debit > MAX_ACTIONS_PER_TRANSACTION:
                     break  # this one and the rest go into the next transaction
                 actions += _actions(change) + per_debit
@@ -432,9 +437,13 @@ class Ledger:
             combined = transitions.combine(state, changes)
             if extra_actions_for is None:
                 return _Step(results, combined)
-            # the queue's committer: the account's next debits join the queue at once instead of racing it
-            busy = replace(combined.state, queue_busy_until=utc_now() + QUEUE_BUSY)
-            return _Step(results, replace(combined, state=busy), extra_actions_for(results))
+            if len(changes) > 1:
+                # the queue's committer, combining: the account's next debits join the queue instead of racing
+                # it (a round of one debit does not renew the hint, so it lapses once the account calms down)
+                combined = replace(
+                    combined, state=replace(combined.state, queue_busy_until=utc_now() + QUEUE_BUSY)
+                )
+            return _Step(results, combined, extra_actions_for(results))
 
         keys = list(dict.fromkeys(r.key for r in requests))
         return self._commit_once(account_id, keys, attempt, conflicts_allowed=conflicts_allowed)
@@ -472,7 +481,7 @@ class Ledger:
                 existing = {**existing, **exc.entries}
             except VersionConflict as exc:
                 if conflicts_allowed is not None and attempt_number + 1 >= conflicts_allowed:
-                    raise _Contended(account_id) from exc
+                    raise _Contended(account_id, lost_race=True) from exc
                 state, fresh, consistent = self._after_conflict(account_id, keys, exc, attempt_number)
                 existing = {**existing, **fresh}
         raise ConcurrencyConflict(

@@ -65,6 +65,12 @@ def answering_by(
         _deadline.reset(token)
 
 
+def seconds_left() -> float | None:
+    """Seconds until the invocation's deadline (None outside an invocation that set one)."""
+    deadline = _deadline.get()
+    return None if deadline is None else deadline.at - deadline.monotonic()
+
+
 def time_for(seconds: float) -> bool:
     """Whether ``seconds`` more (a pause and one more attempt) still end before the invocation's deadline."""
     deadline = _deadline.get()

@@ -1,17 +1,18 @@
 """DebitQueue: the debits of a busy account waiting to be committed together, and the lease of the one
 writer committing them (combining.py, docs/decisions.md "A busy account commits its debits together").
 
-  queued debit   pk=ACCOUNT#<account>  sk=DEBIT#<entry key>   the DebitRequest, owner, queued_at (epoch ms),
-                                                              answer (once decided without a commit), ttl
+  queued debit   pk=ACCOUNT#<account>  sk=DEBIT#<entry key>   the DebitRequest, owner, queued_at and
+                                                              commit_by (epoch ms), answer (once decided
+                                                              without a commit), ttl
   commit lease   pk=ACCOUNT#<account>  sk=DEBIT_LEASE          holder, until (epoch ms), ttl
 
 Invariants, each a condition:
   - one queued item per entry key (``attribute_not_exists``): a retried request waits on the first one;
   - a queued debit leaves the queue committed (deleted in the ledger's own transaction, on condition that it
-    is still there, unanswered, of the owner the committer read and not stale), answered (then removed by
-    its owner), or withdrawn by its owner (unanswered only): at most one of the three. Besides, a debit
-    queued over ``STALE_AFTER_MS`` ago is removed unwritten by the next committer that reads it (and
-    DynamoDB's TTL removes what nobody did);
+    is still there, unanswered, of the owner the committer read and before its ``commit_by``), answered (then
+    removed by its owner), or withdrawn by its owner (unanswered only): at most one of the three. Besides, a
+    debit past its ``commit_by`` (its waiter's invocation is over) is removed unwritten by the next committer
+    that reads it (and DynamoDB's TTL removes what nobody did);
   - one lease holder at a time (taken only when absent or past ``until``; released only by its holder).
 The lease is for throughput only: two committers at once lose races on the account's version, never credits.
 Neither item kind matches the ledger stream's filters (sk ``STATE``, pk ``ENTRY#``).
@@ -27,15 +28,18 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import TableRepository, failed_condition
+from credits_ledger.dal.client import TableRepository, error_code, failed_condition
 from credits_ledger.domain.debits import DebitRequest
 from credits_ledger.domain.models import LedgerEntry
 
 QUEUED_PREFIX = "DEBIT#"
 LEASE_SK = "DEBIT_LEASE"
-# A queued debit older than this has lost its waiter (its invocation ended long ago): it is never committed,
-# so a debit cannot surface minutes after its client was told it failed. Waiters give up within seconds.
-STALE_AFTER_MS = 60_000
+# A queued debit is committed only before its ``commit_by``: the end of its waiter's invocation (less the
+# answer margin), or, for a waiter without one (tools, tests), this long after it was queued. Past it the
+# waiter has answered or is gone, so a debit never surfaces after its client was told anything else.
+MAX_QUEUED_MS = 60_000
+# Debits past their commit_by one read of the queue removes at most (the rest go with the next reads or TTL).
+MAX_STALE_REMOVALS = 25
 # DynamoDB's TTL removes what nobody removed (an owner that died before reading its answer).
 KEEP_SECONDS = 3_600
 # Query pages one look at the queue reads at most (stale items are removed, answered ones skipped: their
@@ -55,6 +59,7 @@ class QueuedDebit:
     request: DebitRequest
     owner: str
     queued_at_ms: int
+    commit_by_ms: int
     answer: Answer | None = None
 
 
@@ -95,7 +100,8 @@ def queued_to_item(account_id: str, queued: QueuedDebit) -> it.Item:
         "allow_overage": request.allow_overage,
         "owner": queued.owner,
         "queued_at": queued.queued_at_ms,
-        "ttl": queued.queued_at_ms // 1000 + KEEP_SECONDS,
+        "commit_by": queued.commit_by_ms,
+        "ttl": queued.commit_by_ms // 1000 + KEEP_SECONDS,
     }
 
 
@@ -113,6 +119,7 @@ def queued_from_item(item: it.Item) -> QueuedDebit:
         request=request,
         owner=item["owner"],
         queued_at_ms=int(item["queued_at"]),
+        commit_by_ms=int(item["commit_by"]),
         answer=Answer(answer) if answer else None,
     )
 
@@ -122,24 +129,19 @@ _OPEN = "attribute_exists(pk) AND attribute_not_exists(answer)"
 
 class DebitQueue(TableRepository):
     # ---- the queue -----------------------------------------------------------------------------------------
-    def enqueue(self, account_id: str, request: DebitRequest, owner: str, now_ms: int) -> bool:
-        """Queue ``request``; False when a debit with its entry key is queued already (this request then
-        waits on that one, whose owner answers the client that sent it)."""
-        item = queued_to_item(account_id, QueuedDebit(request, owner, now_ms))
-        try:
-            self._client.put_item(
-                TableName=self._table,
-                Item=it.to_dynamo(item),
-                ConditionExpression="attribute_not_exists(pk)",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ClientError as exc:
-            if not failed_condition(exc):
-                raise
-            # A re-send of this very put (its first answer lost after it committed) finds its own item.
-            old = exc.response.get("Item")
-            return bool(old) and old.get("owner", {}).get("S") == owner
-        return True
+    def enqueue(
+        self, account_id: str, request: DebitRequest, owner: str, now_ms: int, commit_by_ms: int
+    ) -> bool:
+        """Queue ``request``, to be committed before ``commit_by_ms`` or not at all; False when a debit with
+        its entry key is queued already (this request then waits on that one, whose owner answers the client
+        that sent it)."""
+        item = queued_to_item(account_id, QueuedDebit(request, owner, now_ms, commit_by_ms))
+        return self._conditional(
+            "put_item",
+            own=("owner", owner),
+            Item=it.to_dynamo(item),
+            ConditionExpression="attribute_not_exists(pk)",
+        )
 
     def waiting(self, account_id: str, now_ms: int, limit: int) -> list[QueuedDebit]:
         """Up to ``limit`` queued debits nobody decided yet, the longest waiting first (strongly consistent:
@@ -154,12 +156,15 @@ class DebitQueue(TableRepository):
             "ConsistentRead": True,
         }
         found: list[QueuedDebit] = []
+        removals = 0
         for _ in range(MAX_QUEUE_PAGES):
             response = self._client.query(**query)
             for raw in response.get("Items", []):
                 queued = queued_from_item(it.from_dynamo(raw))
-                if queued.queued_at_ms < now_ms - STALE_AFTER_MS:
-                    self._remove_stale(account_id, queued)
+                if queued.commit_by_ms <= now_ms:
+                    if queued.answer is None and removals < MAX_STALE_REMOVALS:
+                        removals += 1
+                        self._remove_stale(account_id, queued)
                 elif queued.answer is None:
                     found.append(queued)
             last = response.get("LastEvaluatedKey")
@@ -185,21 +190,18 @@ class DebitQueue(TableRepository):
                 look = replace(look, queued=queued_from_item(item))
         return look
 
-    def taken_action(self, account_id: str, queued: QueuedDebit, fresh_after_ms: int) -> dict[str, Any]:
-        """The transaction action removing ``queued`` (as the committer read it) as its entry is committed.
-        Its condition fails, and the whole commit with it, when that debit was withdrawn or answered
-        meanwhile, when another request with its id queued since (another owner, maybe another body), or
-        when it was queued at or before ``fresh_after_ms`` (stale by the time of the write)."""
+    def taken_action(self, account_id: str, queued: QueuedDebit, now_ms: int) -> dict[str, Any]:
+        """The transaction action removing ``queued`` (as the committer read it) as its entry is committed,
+        built at ``now_ms``. Its condition fails, and the whole commit with it, when that debit was withdrawn
+        or answered meanwhile, when another request with its id queued since (another owner, maybe another
+        body), or when its ``commit_by`` has come."""
         return {
             "Delete": {
                 "TableName": self._table,
                 "Key": queued_key(account_id, queued.request.key),
-                "ConditionExpression": f"{_OPEN} AND #owner = :owner AND queued_at > :fresh_after",
+                "ConditionExpression": f"{_OPEN} AND #owner = :owner AND commit_by > :now",
                 "ExpressionAttributeNames": {"#owner": "owner"},
-                "ExpressionAttributeValues": {
-                    ":owner": {"S": queued.owner},
-                    ":fresh_after": {"N": str(fresh_after_ms)},
-                },
+                "ExpressionAttributeValues": {":owner": {"S": queued.owner}, ":now": {"N": str(now_ms)}},
             }
         }
 
@@ -215,14 +217,20 @@ class DebitQueue(TableRepository):
 
     def withdraw(self, account_id: str, entry_key: str, owner: str) -> bool:
         """The owner takes its debit out of the queue before anyone decided it; False when it had already
-        left (committed or answered: look again for the answer)."""
-        return self._conditional(
-            "delete_item",
-            Key=queued_key(account_id, entry_key),
-            ConditionExpression=f"{_OPEN} AND #owner = :owner",
-            ExpressionAttributeNames={"#owner": "owner"},
-            ExpressionAttributeValues={":owner": {"S": owner}},
-        )
+        left (committed or answered: look again for the answer) or a transaction holding it is under way
+        (DynamoDB's TransactionConflict: look again, it will have ended)."""
+        try:
+            return self._conditional(
+                "delete_item",
+                Key=queued_key(account_id, entry_key),
+                ConditionExpression=f"{_OPEN} AND #owner = :owner",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":owner": {"S": owner}},
+            )
+        except ClientError as exc:
+            if error_code(exc) != "TransactionConflictException":
+                raise
+            return False
 
     def discard_answered(self, account_id: str, entry_key: str, owner: str) -> None:
         """The owner removes its answered debit once it has read the answer."""
@@ -238,15 +246,18 @@ class DebitQueue(TableRepository):
         self._conditional(
             "delete_item",
             Key=queued_key(account_id, queued.request.key),
-            ConditionExpression="queued_at = :at",
-            ExpressionAttributeValues={":at": {"N": str(queued.queued_at_ms)}},
+            ConditionExpression=f"{_OPEN} AND #owner = :owner",
+            ExpressionAttributeNames={"#owner": "owner"},
+            ExpressionAttributeValues={":owner": {"S": queued.owner}},
         )
 
     # ---- the lease -----------------------------------------------------------------------------------------
     def take_lease(self, account_id: str, holder: str, now_ms: int, until_ms: int) -> bool:
-        """Hold the account's commit lease until ``until_ms``; False when another holder has it now."""
+        """Hold the account's commit lease until ``until_ms``; False when another holder has it now (a
+        re-send of this very put, its first answer lost, finds its own holder)."""
         return self._conditional(
             "put_item",
+            own=("holder", holder),
             Item=it.to_dynamo(
                 {
                     "pk": f"ACCOUNT#{account_id}",
@@ -269,12 +280,17 @@ class DebitQueue(TableRepository):
             ExpressionAttributeValues={":holder": {"S": holder}},
         )
 
-    def _conditional(self, operation: str, **request: Any) -> bool:
-        """One conditional single-item write: True when written, False when its condition failed."""
+    def _conditional(self, operation: str, own: tuple[str, str] | None = None, **request: Any) -> bool:
+        """One conditional single-item write: True when written, False when its condition failed. With
+        ``own`` (attribute, value), a failed condition on an item already carrying that value is this very
+        write, re-sent by botocore after its first answer was lost: True."""
+        if own is not None:
+            request["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         try:
             getattr(self._client, operation)(TableName=self._table, **request)
         except ClientError as exc:
             if not failed_condition(exc):
                 raise
-            return False
+            old = exc.response.get("Item") or {}
+            return own is not None and old.get(own[0], {}).get("S") == own[1]
         return True
