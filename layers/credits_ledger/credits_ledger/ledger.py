@@ -90,9 +90,10 @@ class _Contended(Exception):
     """A debit lost its race for the account as many times as it may alone, or the account's queue is busy
     (Ledger.debit): it joins the queue."""
 
-    def __init__(self, account_id: str, *, lost_race: bool) -> None:
+    def __init__(self, account_id: str, *, renews_hint: bool) -> None:
         super().__init__(account_id)
-        self.lost_race = lost_race
+        # a lost race, or the account item saying its queue is busy (not this instance's own hint alone)
+        self.renews_hint = renews_hint
 
 
 def _answer(result: DebitResult) -> Outcome:
@@ -163,7 +164,7 @@ class Ledger:
                 )
             )
         except _Contended as contended:
-            if contended.lost_race:  # only a lost race renews this hint, so it lapses once races stop
+            if contended.renews_hint:  # never renewed by itself alone, so it lapses once races stop
                 self._queue_busy_until[account_id] = time.monotonic() + QUEUE_BUSY.total_seconds()
         outcome = self._combiner.debit(account_id, request)
         if outcome is not None:
@@ -424,7 +425,7 @@ class Ledger:
                 if conflicts_allowed is not None and (queue_known_busy or _queue_busy(current)):
                     # a debit to write while the account's queue is being committed: racing its committer
                     # would only slow it down (a refusal, decided above on this read, needs no queue)
-                    raise _Contended(account_id, lost_race=False)
+                    raise _Contended(account_id, renews_hint=_queue_busy(current))
                 if changes and actions + _actions(change) + per_debit > MAX_ACTIONS_PER_TRANSACTION:
                     break  # this one and the rest go into the next transaction
                 actions += _actions(change) + per_debit
@@ -481,7 +482,7 @@ class Ledger:
                 existing = {**existing, **exc.entries}
             except VersionConflict as exc:
                 if conflicts_allowed is not None and attempt_number + 1 >= conflicts_allowed:
-                    raise _Contended(account_id, lost_race=True) from exc
+                    raise _Contended(account_id, renews_hint=True) from exc
                 state, fresh, consistent = self._after_conflict(account_id, keys, exc, attempt_number)
                 existing = {**existing, **fresh}
         raise ConcurrencyConflict(
