@@ -191,9 +191,8 @@ def test_a_waiter_out_of_time_withdraws_its_debit_and_nothing_is_written(
     client: Any, table: str, queue: DebitQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an account whose commit lease another writer holds and never uses (its instance stopped)
-    ledger = Ledger(
-        make_ledger(client, table, FakeClock()).repository,
-        combiner_timing=CombinerTiming(poll_seconds=0.001, max_wait_seconds=0.05),
+    ledger = make_ledger(
+        client, table, FakeClock(), combiner_timing=CombinerTiming(poll_seconds=0.001, max_wait_seconds=0.05)
     )
     ledger.grant(ACCT, spec("gr_a", "10"), key="grant:a")
     assert queue.take_lease(ACCT, "stuck", epoch_ms(), epoch_ms() + 60_000)
@@ -291,7 +290,8 @@ def test_a_full_queue_is_committed_in_transactions_of_at_most_100_actions(
 ) -> None:
     # Given an account of 60 one-credit grants (each debit below spends one grant and closes it) and 40 debits
     # other writers queued: one transaction for all would hold 1 + 40 entries + 40 closed grants + 40 removals
-    ledger = make_ledger(client, table, FakeClock())
+    # (no deadline to meet here: moto's large transactions are slow on a loaded machine)
+    ledger = make_ledger(client, table, FakeClock(), combiner_timing=CombinerTiming(max_wait_seconds=600))
     for n in range(60):
         ledger.grant(ACCT, spec(f"gr_{n:03d}", "1"), key=f"grant:{n:03d}")
     for n in range(40):
@@ -407,9 +407,8 @@ def test_a_withdrawal_that_meets_a_commit_under_way_looks_again(
     client: Any, table: str, queue: DebitQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a waiter out of time whose first withdrawal meets a transaction holding its item
-    ledger = Ledger(
-        make_ledger(client, table, FakeClock()).repository,
-        combiner_timing=CombinerTiming(poll_seconds=0.001, max_wait_seconds=0.05),
+    ledger = make_ledger(
+        client, table, FakeClock(), combiner_timing=CombinerTiming(poll_seconds=0.001, max_wait_seconds=0.05)
     )
     ledger.grant(ACCT, spec("gr_a", "10"), key="grant:a")
     assert queue.take_lease(ACCT, "stuck", epoch_ms(), epoch_ms() + 60_000)

@@ -65,7 +65,13 @@ class SleepRecorder:
 
 
 def make_ledger(
-    client: Any, table_name: str, clock: FakeClock, *, max_attempts: int = 60, sleep: Any = None
+    client: Any,
+    table_name: str,
+    clock: FakeClock,
+    *,
+    max_attempts: int = 60,
+    sleep: Any = None,
+    combiner_timing: Any = None,
 ) -> Ledger:
     """A Ledger over the real AccountRepository on ``client``/``table_name``; backoff never really sleeps."""
     return Ledger(
@@ -73,6 +79,7 @@ def make_ledger(
         clock=clock,
         max_attempts=max_attempts,
         sleep=sleep if sleep is not None else SleepRecorder(),
+        combiner_timing=combiner_timing,
     )
 
 

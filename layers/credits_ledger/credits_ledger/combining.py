@@ -8,8 +8,9 @@ that lost such a race does not retry alone; it joins the account's queue (dal/de
 2. whoever takes the account's commit lease (a short lease, one holder at a time) commits what is queued,
    up to 40 debits per transaction, with the ledger's own ``debit_many`` decision: the same transitions,
    the same spend order, the same 402 rule, one entry per debit; the transaction also removes each
-   committed debit from the queue, on condition that it is still there (so a debit withdrawn meanwhile is
-   never committed);
+   committed debit from the queue, on condition that it is still there, unanswered, of the owner read and
+   before its ``commit_by`` (so a debit withdrawn meanwhile, or whose waiter's invocation is over, is never
+   committed);
 3. the others watch their queued item: once it is gone, their entry is committed (read it); answered
    ``replayed``, the entry was committed before; answered ``decide_alone`` (refused: too few credits, a
    fingerprint mismatch, a write DynamoDB rejects), the waiter decides it again itself, on a strongly
@@ -43,9 +44,11 @@ CommitChunk = Callable[
 ]
 
 
+# The share of this instance's last waits on an account a waiter sleeps before its second look.
 EXPECTED_SHARE = 0.7
 # Failed calls a waiter looks past (each after making sure its debit is out of the queue or answered).
 MAX_RECOVERIES = 3
+# Accounts whose last waits an instance remembers (forgotten all at once past it: a hint, not a cache).
 MAX_ACCOUNTS_REMEMBERED = 1_000
 
 

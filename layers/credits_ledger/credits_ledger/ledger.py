@@ -77,8 +77,9 @@ MAX_ACTIONS_PER_TRANSACTION = 100
 MAX_GRANT_QUERIES_PER_LISTING = 5
 
 
-# How long after a commit of the debit queue a single debit of the account joins the queue without first
-# trying alone (a hint on the account item; wall-clock time, whatever clock decides the debits).
+# How long after a round of the debit queue a single debit of the account that would be written joins the
+# queue instead of writing alone (a hint on the account item and in each instance; wall-clock time,
+# whatever clock decides the debits).
 QUEUE_BUSY = timedelta(seconds=1)
 
 

@@ -35,15 +35,16 @@ from credits_ledger.domain.models import LedgerEntry
 QUEUED_PREFIX = "DEBIT#"
 LEASE_SK = "DEBIT_LEASE"
 # A queued debit is committed only before its ``commit_by``: the end of its waiter's invocation (less the
-# answer margin), or, for a waiter without one (tools, tests), this long after it was queued. Past it the
-# waiter has answered or is gone, so a debit never surfaces after its client was told anything else.
+# answer margin), or, for a waiter without one (tools, tests), the end of its longest wait; never more than
+# this after it was queued. Past it the waiter has answered or is gone, so a debit never surfaces after its
+# client was told anything else.
 MAX_QUEUED_MS = 60_000
 # Debits past their commit_by one read of the queue removes at most (the rest go with the next reads or TTL).
 MAX_STALE_REMOVALS = 25
 # DynamoDB's TTL removes what nobody removed (an owner that died before reading its answer).
 KEEP_SECONDS = 3_600
-# Query pages one look at the queue reads at most (stale items are removed, answered ones skipped: their
-# owners remove them).
+# Query pages one read of the queue reads at most (items past their commit_by are removed, answered ones
+# skipped: their owners remove them).
 MAX_QUEUE_PAGES = 3
 
 
