@@ -445,3 +445,33 @@ def test_a_queue_put_that_landed_but_failed_is_withdrawn_before_the_error_is_ans
     assert ledger.repository.entry("use:1") is None
     assert queued_items(client, table) == []
     assert assert_books_balance(ledger, ACCT) == D(10)
+
+
+def test_the_queue_is_read_longest_waiting_first(queue: DebitQueue) -> None:
+    # Given two queued debits, the one whose key sorts first queued last
+    now = epoch_ms()
+    queue.enqueue(ACCT, debit("use:b"), "owner-b", now - 500, now + 60_000)
+    queue.enqueue(ACCT, debit("use:a"), "owner-a", now, now + 60_000)
+    # When a holder reads one
+    (first,) = queue.waiting(ACCT, now, limit=1)
+    # Then it is the one waiting longest, whatever its key
+    assert first.request.key == "use:b"
+
+
+def test_a_waiter_withdrawing_a_debit_whose_id_was_written_answers_from_that_entry(
+    client: Any, table: str, queue: DebitQueue
+) -> None:
+    # Given a debit written under an id, and this request queued again under that id (as a put re-sent after
+    # that debit was committed does), on an account whose lease another holder keeps
+    ledger = make_ledger(
+        client, table, FakeClock(), combiner_timing=CombinerTiming(poll_seconds=0.001, max_wait_seconds=0.05)
+    )
+    ledger.grant(ACCT, spec("gr_a", "10"), key="grant:a")
+    first = ledger.debit(ACCT, debit("use:1", "2"))
+    assert queue.take_lease(ACCT, "stuck", epoch_ms(), epoch_ms() + 60_000)
+    assert ledger._combiner is not None
+    # When it runs out of time and withdraws
+    outcome = ledger._combiner.debit(ACCT, debit("use:1", "2"))
+    # Then it answers from the entry of its id, not 429: that debit was written
+    assert outcome is not None and outcome.entry == first.entry
+    assert [e.entry_key for e in all_entries(ledger, ACCT)].count("use:1") == 1
