@@ -1,17 +1,25 @@
 """POST /v1/webhooks/stripe: verify the signature on the raw body, then let the ledger apply the event.
 
 2xx for every verified event (ignored types and events we cannot act on included, those are recorded);
-400 for a bad signature; 5xx when processing failed so that Stripe retries.
+400 for a bad signature (or a body that is not what it says it is); 5xx when processing failed so that Stripe
+retries.
+
+The function serves one route that API Gateway alone routes to it, and needs the raw body, so it reads the
+HTTP API (payload 2.0) event itself instead of through Powertools' event resolver: the resolver and the
+event classes it loads were a tenth of the function's cold start (docs/decisions.md, "Cold start").
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from http import HTTPStatus
+from typing import Any
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -31,8 +39,6 @@ from credits_ledger.webhooks import StripeWebhookProcessor
 
 # Inside Lambda a missing or malformed setting fails the init phase (credits_ledger/environment.py).
 environment.at_start_up(environment.WebhookEnvironment)
-
-app = APIGatewayHttpResolver()
 
 
 @cache
@@ -65,45 +71,75 @@ def processor() -> StripeWebhookProcessor:
     )
 
 
-def _json(status: HTTPStatus, body: dict[str, object]) -> Response:
-    request_id = app.current_event.request_context.request_id
-    return Response(status, content_types.APPLICATION_JSON, body, headers={"X-Request-Id": request_id})
+def _header(headers: Mapping[str, Any], name: str) -> str | None:
+    """A request header by its name in any case (API Gateway lowercases them; a local caller may not)."""
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == name and isinstance(value, str):
+            return value
+    return None
 
 
-@app.post("/v1/webhooks/stripe")
-def stripe_webhook() -> Response:
-    payload = app.current_event.decoded_body or ""
-    event = verified_event(payload, app.current_event.headers.get("stripe-signature"), webhook_secrets())
-    logger.append_keys(stripe_event_id=event["id"], stripe_event_type=event.get("type"))
-    result = processor().process(event, payload)
+def _raw_body(event: Mapping[str, Any]) -> str:
+    """The body as Stripe signed it: decoded when API Gateway passed it base64-encoded."""
+    body = event.get("body") or ""
+    if not isinstance(body, str):
+        raise InvalidSignature("the request body is not text")
+    if not event.get("isBase64Encoded"):
+        return body
+    try:
+        return base64.b64decode(body, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidSignature("the request body is not base64-encoded UTF-8") from exc
+
+
+def _request_id(event: Mapping[str, Any]) -> str:
+    context = event.get("requestContext")
+    found = context.get("requestId") if isinstance(context, Mapping) else None
+    return found if isinstance(found, str) else ""
+
+
+def _answer(status: HTTPStatus, body: dict[str, object], request_id: str) -> dict[str, Any]:
+    return {
+        "statusCode": int(status),
+        "headers": {"Content-Type": "application/json", "X-Request-Id": request_id},
+        "body": json.dumps(body, separators=(",", ":")),
+        "isBase64Encoded": False,
+    }
+
+
+def handle_delivery(event: Mapping[str, Any]) -> tuple[HTTPStatus, dict[str, object]]:
+    """Verify one delivery and apply its event: (status, JSON body). A bad signature is InvalidSignature."""
+    payload = _raw_body(event)
+    headers = event.get("headers")
+    signature = _header(headers, "stripe-signature") if isinstance(headers, Mapping) else None
+    stripe_event = verified_event(payload, signature, webhook_secrets())
+    logger.append_keys(stripe_event_id=stripe_event["id"], stripe_event_type=stripe_event.get("type"))
+    result = processor().process(stripe_event, payload)
     if result.status != "failed":  # an automatic top-up's PaymentIntent settles its attempt (topups.py)
-        settle_from_event(event, topups(), TopupEvents(), mode=os.environ.get("STRIPE_MODE", "test"))
+        settle_from_event(stripe_event, topups(), TopupEvents(), mode=os.environ.get("STRIPE_MODE", "test"))
     metrics.add_metric(name=f"StripeEvent_{result.status}", unit=MetricUnit.Count, value=1)
     if result.status == "failed":
         logger.error(
             "Stripe event recorded as failed; replay it after fixing the cause", reason=result.reason
         )
-    return _json(HTTPStatus.OK, {"received": True, "status": result.status})
-
-
-@app.exception_handler(InvalidSignature)
-def invalid_signature(exc: InvalidSignature) -> Response:
-    logger.warning("rejected Stripe webhook", reason=str(exc))  # never log the body
-    return _json(HTTPStatus.BAD_REQUEST, {"error": {"code": "invalid_request", "message": str(exc)}})
-
-
-@app.exception_handler(Exception)
-def processing_failed(exc: Exception) -> Response:
-    logger.exception("Stripe event processing failed; Stripe will retry")
-    metrics.add_metric(name="StripeEventProcessingErrors", unit=MetricUnit.Count, value=1)
-    message = "processing failed; retry later"
-    return _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": {"code": "internal", "message": message}})
+    return HTTPStatus.OK, {"received": True, "status": result.status}
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    # a write that keeps losing races fails (5xx: Stripe sends it again) before Lambda's Timeout cuts it off
-    with retry.answering_by(context):
-        return app.resolve(event, context)
+    request_id = _request_id(event) if isinstance(event, Mapping) else ""
+    try:
+        # a write that keeps losing races fails (5xx: Stripe sends it again) before Lambda's Timeout cuts it off
+        with retry.answering_by(context):
+            status, body = handle_delivery(event if isinstance(event, Mapping) else {})
+    except InvalidSignature as exc:
+        logger.warning("rejected Stripe webhook", reason=str(exc))  # never log the body
+        status, body = HTTPStatus.BAD_REQUEST, {"error": {"code": "invalid_request", "message": str(exc)}}
+    except Exception:
+        logger.exception("Stripe event processing failed; Stripe will retry")
+        metrics.add_metric(name="StripeEventProcessingErrors", unit=MetricUnit.Count, value=1)
+        message = "processing failed; retry later"
+        status, body = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": {"code": "internal", "message": message}}
+    return _answer(status, body, request_id)

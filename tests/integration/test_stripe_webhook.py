@@ -291,6 +291,30 @@ def test_base64_encoded_body_is_verified_on_the_decoded_bytes(webhook: Webhook, 
     assert webhook.invoke(tampered).status == 400
 
 
+@pytest.mark.parametrize("body", ["not base64!", base64.b64encode(b"\xff\xfe not utf-8").decode()])
+def test_body_flagged_base64_that_does_not_decode_is_400(
+    webhook: Webhook, customer: str, primed: int, body: str
+) -> None:
+    api = se.signed_api_event(se.body(checkout(customer)), SECRET, base64=True)
+    api["body"] = body
+    reply = webhook.invoke(api)
+    assert reply.body["error"]["code"] == "invalid_request", reply.body
+    _rejected(webhook, reply, primed)
+
+
+def test_signature_header_is_found_in_any_case(webhook: Webhook, customer: str) -> None:
+    api = se.signed_api_event(se.body(checkout(customer)), SECRET)
+    api["headers"]["Stripe-Signature"] = api["headers"].pop("stripe-signature")
+    assert webhook.invoke(api).status == 200
+    assert webhook.balance(customer).ledger_balance == 1000
+
+
+@pytest.mark.parametrize("event", [{}, {"body": None}, {"body": 42, "headers": "x"}, {"headers": None}])
+def test_event_without_a_usable_request_is_400(webhook: Webhook, primed: int, event: dict[str, Any]) -> None:
+    reply = webhook.invoke(event)
+    _rejected(webhook, reply, primed)
+
+
 def test_response_carries_the_request_id(webhook: Webhook, customer: str) -> None:
     api = se.signed_api_event(se.body(checkout(customer)), SECRET, request_id="req-abc=")
     reply = webhook.invoke(api)

@@ -7,7 +7,7 @@ import json
 from decimal import Decimal
 from functools import cache
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
@@ -19,7 +19,9 @@ from credits_ledger.auth import Principal, bearer_token
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.api_keys import ApiKeyRepository
 from credits_ledger.ledger import Ledger
-from credits_ledger.reservations import Reservations
+
+if TYPE_CHECKING:
+    from credits_ledger.reservations import Reservations
 
 
 def parse_json_body(body: str) -> Any:
@@ -56,6 +58,9 @@ def key_service() -> KeyService:
 
 @cache
 def reservations() -> Reservations:
+    # loaded with the first reservation request: most instances only debit and read (docs/decisions.md)
+    from credits_ledger.reservations import Reservations
+
     return Reservations.over(AccountRepository())
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from functools import cache
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import Field
@@ -15,12 +15,16 @@ from credits_ledger.api.openapi import responses
 from credits_ledger.api.params import CustomerId
 from credits_ledger.api_models import ResponseView
 from credits_ledger.auth import Scope
-from credits_ledger.dal.money import MoneyRepository
-from credits_ledger.domain.burn import WINDOW_DAYS, forecast, window
 from credits_ledger.domain.errors import InvalidField
 from credits_ledger.domain.money import ZERO, format_amount
 from credits_ledger.domain.times import iso
-from credits_ledger.jobs.revenue import RevenueReport, line_view
+
+if TYPE_CHECKING:
+    from credits_ledger.dal.money import MoneyRepository
+
+# The money view's modules (revenue, burn, their repository) load on the first report or forecast an instance
+# serves, not in every cold start of the API: most instances only debit and read balances (docs/decisions.md,
+# "Cold start").
 
 router = new_router()
 
@@ -62,6 +66,8 @@ class ForecastView(ResponseView):
 
 @cache
 def money() -> MoneyRepository:
+    from credits_ledger.dal.money import MoneyRepository
+
     return MoneyRepository()
 
 
@@ -75,6 +81,8 @@ def revenue_report(
     start: Annotated[date, Query(alias="from", description="first UTC day, YYYY-MM-DD")],
     to: Annotated[date, Query(description="last UTC day, YYYY-MM-DD (inclusive)")],
 ) -> RevenueReportView:
+    from credits_ledger.jobs.revenue import RevenueReport, line_view
+
     caller().require(Scope.ADMIN)
     if to < start:
         raise InvalidField("to", "is before from")
@@ -91,6 +99,8 @@ def revenue_report(
     responses=responses(200, "the forecast now", ForecastView),
 )
 def customer_forecast(customer: CustomerId) -> ForecastView:
+    from credits_ledger.domain.burn import WINDOW_DAYS, forecast, window
+
     caller().require(Scope.BALANCE_READ, customer)
     now = datetime.now(UTC)
     balance = ledger().balance(customer)

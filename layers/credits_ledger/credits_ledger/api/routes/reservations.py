@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path
@@ -24,13 +24,17 @@ from credits_ledger.api_models import (
     ReservationView,
 )
 from credits_ledger.auth import Scope
-from credits_ledger.dal.reservations import ReservationRecord
 from credits_ledger.domain.models import Allocation
 from credits_ledger.domain.money import ZERO, format_amount
 from credits_ledger.domain.times import iso
 from credits_ledger.pricing import load_pricing
-from credits_ledger.reservations import ReservationView as View
-from credits_ledger.reservations import ReserveRequest, credits_for
+
+if TYPE_CHECKING:
+    from credits_ledger.dal.reservations import ReservationRecord
+    from credits_ledger.reservations import ReservationView as View
+
+# The reservation service (credits_ledger.reservations and its repository) loads on the first reservation
+# request an instance serves (api/deps.py), not in every cold start of the API (docs/decisions.md, "Cold start").
 
 router = new_router()
 ReservationId = Annotated[str, Path(min_length=1, max_length=255, description="reservation id")]
@@ -83,6 +87,8 @@ def _record(reservation_id: str, scope: Scope) -> ReservationRecord:
     responses=responses(201, "reserved" + REPLAY, ReservationCreated, 402, 409),
 )
 def create_reservation(body: ReservationRequest) -> Response[ReservationCreated]:
+    from credits_ledger.reservations import ReserveRequest, credits_for
+
     caller().require(Scope.USAGE_WRITE, body.customer)
     credits = body.credits
     if credits is None:

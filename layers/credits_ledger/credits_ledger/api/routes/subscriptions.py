@@ -3,6 +3,8 @@ from the Stripe subscription events (docs/subscriptions.md)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import ConfigDict
 
 from credits_ledger.api.deps import caller, ledger, new_router
@@ -10,11 +12,15 @@ from credits_ledger.api.openapi import responses
 from credits_ledger.api.params import CustomerId
 from credits_ledger.api_models import ResponseView
 from credits_ledger.auth import Scope
-from credits_ledger.dal.subscriptions import SubscriptionRepository
 from credits_ledger.domain.money import format_amount
 from credits_ledger.domain.times import iso
 from credits_ledger.ledger import utc_now
-from credits_ledger.subscription_view import SubscriptionView, subscription_views
+
+if TYPE_CHECKING:
+    from credits_ledger.subscription_view import SubscriptionView
+
+# The subscription modules (periods, prorations, their repository) load on the first subscriptions read an
+# instance serves, not in every cold start of the API (docs/decisions.md, "Cold start").
 
 router = new_router()
 
@@ -66,6 +72,9 @@ class SubscriptionList(ResponseView):
     responses=responses(200, "the account's subscriptions and this month's credits", SubscriptionList),
 )
 def list_subscriptions(customer: CustomerId) -> SubscriptionList:
+    from credits_ledger.dal.subscriptions import SubscriptionRepository
+    from credits_ledger.subscription_view import subscription_views
+
     caller().require(Scope.BALANCE_READ, customer)
     views = subscription_views(SubscriptionRepository(), ledger().account_state, customer, utc_now())
     return SubscriptionList(data=[SubscriptionOut.of(view) for view in views])
