@@ -21,7 +21,13 @@ from credits_ledger.dal.debit_queue import Answer, DebitQueue
 from credits_ledger.domain.errors import ConcurrencyConflict, IdempotencyMismatch, InsufficientCredits
 from credits_ledger.domain.models import EntryType
 from credits_ledger.ledger import DebitRequest, Ledger
-from tests.support.faults import fail_after_commit, read_timeout, resend_after_commit
+from tests.support.faults import (
+    before_first_call,
+    fail_after_commit,
+    first_race_loser,
+    read_timeout,
+    resend_after_commit,
+)
 from tests.support.ledger import FakeClock, all_entries, assert_books_balance, make_ledger, spec
 
 D = Decimal
@@ -69,15 +75,7 @@ def transactions(client: Any) -> list[int]:
 
 def lose_first_race(monkeypatch: pytest.MonkeyPatch, ledger: Ledger) -> list[int]:
     """The first commit loses its race (another writer moved the version); later commits are real."""
-    real = ledger.repository.commit
-    lost: list[int] = []
-
-    def commit(change: Any, **kwargs: Any) -> None:
-        if not lost:
-            lost.append(1)
-            raise VersionConflict(None)
-        real(change, **kwargs)
-
+    lost, commit = first_race_loser(ledger.repository)
     monkeypatch.setattr(ledger.repository, "commit", commit)
     return lost
 
@@ -211,13 +209,7 @@ def test_a_debit_withdrawn_while_being_committed_is_not_written(
 ) -> None:
     # Given another writer's queued debit, withdrawn by its owner just before the holder's transaction
     queue.enqueue(ACCT, debit("use:gone", "2"), "owner-gone", epoch_ms(), epoch_ms() + 60_000)
-    withdrawn: list[bool] = []
-
-    def withdraw_first(**_: Any) -> None:
-        if not withdrawn:
-            withdrawn.append(queue.withdraw(ACCT, "use:gone", "owner-gone"))
-
-    client.meta.events.register(f"before-call.dynamodb.{TWI}", withdraw_first)
+    withdrawn = before_first_call(client, TWI, lambda: queue.withdraw(ACCT, "use:gone", "owner-gone"))
     lose_first_race(monkeypatch, ledger)
     # When this writer's debit goes through the queue
     outcome = ledger.debit(ACCT, debit("use:mine", "1"))
@@ -355,21 +347,19 @@ def test_a_debit_queued_again_under_the_same_id_during_a_commit_is_written_as_qu
     # Given another writer's queued debit of 2 that the holder reads, then, before its transaction, that
     # writer withdraws it and a new request with the same id queues a debit of 5 (a new owner)
     queue.enqueue(ACCT, debit("use:same", "2"), "owner-first", epoch_ms(), epoch_ms() + 60_000)
-    swapped: list[bool] = []
-
-    def swap_first(**_: Any) -> None:
-        if not swapped:
-            swapped.append(queue.withdraw(ACCT, "use:same", "owner-first"))
-            swapped.append(
-                queue.enqueue(ACCT, debit("use:same", "5"), "owner-second", epoch_ms(), epoch_ms() + 60_000)
-            )
-
-    client.meta.events.register(f"before-call.dynamodb.{TWI}", swap_first)
+    swapped = before_first_call(
+        client,
+        TWI,
+        lambda: (
+            queue.withdraw(ACCT, "use:same", "owner-first"),
+            queue.enqueue(ACCT, debit("use:same", "5"), "owner-second", epoch_ms(), epoch_ms() + 60_000),
+        ),
+    )
     lose_first_race(monkeypatch, ledger)
     # When this writer's debit commits the queue
     ledger.debit(ACCT, debit("use:mine", "1"))
     # Then the withdrawn debit of 2 was never written: the id holds the debit queued again, of 5
-    assert swapped == [True, True]
+    assert swapped == [(True, True)]
     entry = ledger.repository.entry("use:same")
     assert entry is not None and entry.amount == D(-5)
     assert assert_books_balance(ledger, ACCT) == D(4)

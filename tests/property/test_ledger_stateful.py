@@ -34,7 +34,6 @@ from moto import mock_aws
 
 from credits_dev.local.tables import delete_tables, table_requests
 from credits_dev.local.template import DEFAULT_TEMPLATE, load_template
-from credits_ledger.dal.accounts import VersionConflict
 from credits_ledger.domain.balance import balance as balance_of
 from credits_ledger.domain.errors import (
     GrantNotDue,
@@ -44,6 +43,7 @@ from credits_ledger.domain.errors import (
 )
 from credits_ledger.domain.models import Allocation, Category, EntryType, LedgerEntry
 from credits_ledger.ledger import DebitRequest, Outcome
+from tests.support.faults import first_race_loser
 from tests.support.ledger import FakeClock, all_entries, make_ledger, spec
 
 D = Decimal
@@ -243,15 +243,7 @@ class LedgerMachine(RuleBasedStateMachine):
             yield
             return
         repository = self.ledger.repository
-        real = repository.commit
-        lost: list[int] = []
-
-        def commit(change: Any, **kwargs: Any) -> None:
-            if not lost:
-                lost.append(1)
-                raise VersionConflict(None)
-            real(change, **kwargs)
-
+        _, commit = first_race_loser(repository)
         setattr(repository, "commit", commit)  # noqa: B010
         try:
             yield

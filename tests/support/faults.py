@@ -1,5 +1,5 @@
 """Faults injected into DynamoDB writes: through a boto3 client's event hooks (botocore's ``after-call``,
-``needs-retry``), or at a repository's commit (a race lost every time)."""
+``needs-retry``), or at a repository's commit (a race lost every time, or the first time)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,37 @@ def resend_after_commit(client: Any, operation: str) -> list[int]:
 
     client.meta.events.register_first(f"needs-retry.dynamodb.{operation}", resend_once)
     return forced
+
+
+def before_first_call(client: Any, operation: str, action: Callable[[], Any]) -> list[Any]:
+    """Run ``action`` once, just before the first ``operation`` call through ``client`` (another writer acting
+    between a read and the write that depends on it). Returns a list that holds its result once it ran."""
+    results: list[Any] = []
+
+    def act_once(**_: Any) -> None:
+        if not results:
+            results.append(action())
+
+    client.meta.events.register(f"before-call.dynamodb.{operation}", act_once)
+    return results
+
+
+def first_race_loser(accounts: Any) -> tuple[list[int], Callable[..., None]]:
+    """A stand-in for ``accounts.commit`` (an AccountRepository's) whose first call loses its race (another
+    writer moved the account's version) and whose later calls commit for real; and a list that holds one
+    element once the race was lost. The caller installs it (monkeypatch, or set and delete)."""
+    from credits_ledger.dal.accounts import VersionConflict
+
+    real = accounts.commit
+    lost: list[int] = []
+
+    def commit(change: Any, **kwargs: Any) -> None:
+        if not lost:
+            lost.append(1)
+            raise VersionConflict(None)
+        real(change, **kwargs)
+
+    return lost, commit
 
 
 def lose_every_race(monkeypatch: Any, accounts: Any) -> list[str]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from credits_ledger import aws
+from credits_ledger.dal import items as it
 from credits_ledger.domain.errors import WriteRejected
 
 
@@ -43,6 +45,34 @@ class TableRepository:
     def table(self) -> str:
         """Aggregates written in one transaction with this repository's items live in this same table."""
         return self._table
+
+    def _query_all(self, query: dict[str, Any], *, max_pages: int | None = None) -> Iterator[it.Item]:
+        """Every item a Query answers (``query`` without TableName), page after page, decoded; at most
+        ``max_pages`` pages when given."""
+        request = {"TableName": self._table, **query}
+        pages_read = 0
+        while max_pages is None or pages_read < max_pages:
+            response = self._client.query(**request)
+            pages_read += 1
+            for raw in response.get("Items", []):
+                yield it.from_dynamo(raw)
+            last = response.get("LastEvaluatedKey")
+            if not last:
+                return
+            request["ExclusiveStartKey"] = last
+
+    def _partition(
+        self, pk: str, sk_prefix: str, *, consistent: bool = False, **query: Any
+    ) -> Iterator[it.Item]:
+        """The items of partition ``pk`` whose sort key starts with ``sk_prefix``, in sort-key order."""
+        return self._query_all(
+            {
+                "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+                "ExpressionAttributeValues": {":pk": {"S": pk}, ":prefix": {"S": sk_prefix}},
+                "ConsistentRead": consistent,
+            },
+            **query,
+        )
 
     def _batch_get(
         self, keys: list[dict[str, Any]], *, consistent: bool = True, **request: Any

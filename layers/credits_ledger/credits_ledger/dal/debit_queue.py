@@ -147,31 +147,18 @@ class DebitQueue(TableRepository):
     def waiting(self, account_id: str, now_ms: int, limit: int) -> list[QueuedDebit]:
         """Up to ``limit`` queued debits nobody decided yet, the longest waiting first (strongly consistent:
         the committer must see every debit queued before it looked). Stale ones it meets are removed."""
-        query: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-            "ExpressionAttributeValues": {
-                ":pk": {"S": f"ACCOUNT#{account_id}"},
-                ":prefix": {"S": QUEUED_PREFIX},
-            },
-            "ConsistentRead": True,
-        }
         found: list[QueuedDebit] = []
         removals = 0
-        for _ in range(MAX_QUEUE_PAGES):
-            response = self._client.query(**query)
-            for raw in response.get("Items", []):
-                queued = queued_from_item(it.from_dynamo(raw))
-                if queued.commit_by_ms <= now_ms:
-                    if queued.answer is None and removals < MAX_STALE_REMOVALS:
-                        removals += 1
-                        self._remove_stale(account_id, queued)
-                elif queued.answer is None:
-                    found.append(queued)
-            last = response.get("LastEvaluatedKey")
-            if not last:
-                break
-            query["ExclusiveStartKey"] = last
+        for item in self._partition(
+            f"ACCOUNT#{account_id}", QUEUED_PREFIX, consistent=True, max_pages=MAX_QUEUE_PAGES
+        ):
+            queued = queued_from_item(item)
+            if queued.commit_by_ms <= now_ms:
+                if queued.answer is None and removals < MAX_STALE_REMOVALS:
+                    removals += 1
+                    self._remove_stale(account_id, queued)
+            elif queued.answer is None:
+                found.append(queued)
         # oldest first: a debit queued under a key that sorts late is not passed over round after round
         return sorted(found, key=lambda queued: queued.queued_at_ms)[:limit]
 

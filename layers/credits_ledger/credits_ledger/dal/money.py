@@ -230,25 +230,20 @@ class MoneyRepository(TableRepository):
         """Every day total from the first day up to ``end`` (inclusive), all buckets: one Query, eventually
         consistent; its cost follows the number of days, never the number of entries."""
         out: list[tuple[date, str, Totals]] = []
-        query: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :lo AND :hi",
-            "ExpressionAttributeValues": {
-                ":pk": {"S": REVENUE_PK},
-                ":lo": {"S": "DAY#"},
-                ":hi": {"S": f"DAY#{end.isoformat()}#~"},
-            },
-        }
-        while True:
-            response = self._client.query(**query)
-            for raw in response.get("Items", []):
-                item = it.from_dynamo(raw)
-                day = date.fromisoformat(str(item["sk"]).split("#")[1])
-                for currency, totals in totals_from_item(item).items():
-                    out.append((day, currency, totals))
-            if "LastEvaluatedKey" not in response:
-                return out
-            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        for item in self._query_all(
+            {
+                "KeyConditionExpression": "pk = :pk AND sk BETWEEN :lo AND :hi",
+                "ExpressionAttributeValues": {
+                    ":pk": {"S": REVENUE_PK},
+                    ":lo": {"S": "DAY#"},
+                    ":hi": {"S": f"DAY#{end.isoformat()}#~"},
+                },
+            }
+        ):
+            day = date.fromisoformat(str(item["sk"]).split("#")[1])
+            for currency, totals in totals_from_item(item).items():
+                out.append((day, currency, totals))
+        return out
 
     def stored_days(self, start: date, end: date) -> dict[tuple[date, str], Totals]:
         """Day totals of ``start..end`` summed over buckets (the rebuild compares these)."""

@@ -172,8 +172,7 @@ class ReconcileRepository(TableRepository):
         checkpoint, not the account's history."""
         if upto_seq <= after_seq:
             return
-        query: dict[str, Any] = {
-            "TableName": self._table,
+        query = {
             "IndexName": LEDGER_INDEX,
             "KeyConditionExpression": "account_id = :a AND seq BETWEEN :lo AND :hi",
             "ExpressionAttributeValues": {
@@ -182,11 +181,5 @@ class ReconcileRepository(TableRepository):
                 ":hi": {"N": str(upto_seq)},
             },
         }
-        while True:
-            response = self._client.query(**query)
-            for raw in response.get("Items", []):
-                yield it.entry_from_item(it.from_dynamo(raw))
-            last = response.get("LastEvaluatedKey")
-            if not last:
-                return
-            query["ExclusiveStartKey"] = last
+        for item in self._query_all(query):
+            yield it.entry_from_item(item)

@@ -202,22 +202,7 @@ class SubscriptionRepository(TableRepository):
 
     def for_account(self, account_id: str) -> list[SubscriptionRecord]:
         """The account's subscriptions: one Query of its partition (eventually consistent)."""
-        records: list[SubscriptionRecord] = []
-        query: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-            "ExpressionAttributeValues": {
-                ":pk": {"S": f"ACCOUNT#{account_id}"},
-                ":prefix": {"S": SUBSCRIPTION_PREFIX},
-            },
-        }
-        while True:
-            response = self._client.query(**query)
-            for raw in response.get("Items", []):
-                item = it.from_dynamo(raw)
-                records.append(
-                    subscription_from_item(account_id, item["sk"].removeprefix(SUBSCRIPTION_PREFIX), item)
-                )
-            if not response.get("LastEvaluatedKey"):
-                return records
-            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        return [
+            subscription_from_item(account_id, item["sk"].removeprefix(SUBSCRIPTION_PREFIX), item)
+            for item in self._partition(f"ACCOUNT#{account_id}", SUBSCRIPTION_PREFIX)
+        ]
