@@ -3,15 +3,17 @@ and always add up to the ledger balance. next_expiry is the earliest future expi
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from credits_ledger.domain import transitions as tr
-from credits_ledger.domain.balance import balance
-from credits_ledger.domain.models import AccountState, Category, Source
+from credits_ledger.domain.balance import available, balance
+from credits_ledger.domain.models import AccountState, Category, ExpiryAt, GrantsNotLoaded, Source
 from credits_ledger.domain.transitions import EntryContext, GrantSpec
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -169,3 +171,38 @@ def test_balance_parts_always_add_up_to_the_ledger_balance(account: tuple[Accoun
         )
     else:
         assert all(g.expires_at is None or g.expires_at <= now for g in state.grants.values())
+
+
+# ---- grants stored apart from the account item ------------------------------------------------------------
+def _with_apart(state: AccountState, **apart: object) -> AccountState:
+    return replace(state, unloaded=GrantsNotLoaded(**apart))  # type: ignore[arg-type]
+
+
+def test_grants_stored_apart_count_as_available_by_category() -> None:
+    # Given 10 paid in the item and, stored apart, 30 paid and 5 promotional (all active, as promised)
+    state = _with_apart(add(AccountState("a"), "g1", "10"), count=3, paid=D(30), promotional=D(5))
+    # When the balance is read / Then they are available, split by category
+    result = balance(state, NOW)
+    assert (result.available, result.paid, result.promotional) == (45, 40, 5)
+    assert available(state, NOW) == 45
+
+
+def test_next_expiry_takes_the_earliest_of_the_item_and_the_grants_stored_apart() -> None:
+    item = add(AccountState("a"), "g1", "10", expires_at=days(5))
+    # Given grants stored apart expiring earlier / at the same instant / later
+    earlier = _with_apart(item, count=1, paid=D(7), next_expiry=ExpiryAt(days(2), D(7)))
+    same = _with_apart(item, count=1, paid=D(7), next_expiry=ExpiryAt(days(5), D(7)))
+    later = _with_apart(item, count=1, paid=D(7), next_expiry=ExpiryAt(days(9), D(7)))
+    # Then the earliest wins, and what expires at one instant adds up
+    assert (balance(earlier, NOW).next_expiry_at, balance(earlier, NOW).next_expiry_amount) == (days(2), 7)
+    assert (balance(same, NOW).next_expiry_at, balance(same, NOW).next_expiry_amount) == (days(5), 17)
+    assert (balance(later, NOW).next_expiry_at, balance(later, NOW).next_expiry_amount) == (days(5), 10)
+
+
+def test_a_balance_needs_the_next_expiry_of_the_grants_stored_apart() -> None:
+    # Given a state loaded for a debit, which did not look at the expiries of the grants stored apart
+    state = _with_apart(AccountState("a"), count=1, paid=D(7), expiry_known=False)
+    # Then what is available is known, the balance (with its next expiry) is refused rather than wrong
+    assert available(state, NOW) == 7
+    with pytest.raises(ValueError):
+        balance(state, NOW)

@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from credits_ledger.domain.errors import InsufficientCredits
-from credits_ledger.domain.models import Allocation, Category, LiveGrant
-from credits_ledger.domain.spend import allocate, available_at, spend_order
+from credits_ledger.domain.models import Allocation, Category, GrantsNotLoaded, LiveGrant
+from credits_ledger.domain.spend import MoreGrantsNeeded, allocate, available_at, order_key, spend_order
 
 NOW = datetime(2030, 6, 1, 12, tzinfo=UTC)
 PAST = NOW - timedelta(days=30)
@@ -272,3 +272,106 @@ def test_allocate_property_against_reference(grants: list[LiveGrant], amount: De
     assert [a.grant_id for a in allocations] == [x.grant_id for x in expected_order[: len(allocations)]]
     for allocation in allocations[:-1]:
         assert allocation.amount == by_id[allocation.grant_id].remaining
+
+
+# ---- grants stored apart from the account item: their sort key, and deciding on part of them --------------
+_ANY_INSTANT = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
+)
+
+
+@st.composite
+def any_grants(draw: st.DrawFn) -> list[LiveGrant]:
+    """Grants over the whole range of what a grant may hold: any instant, priority and id."""
+    ids_ = draw(
+        st.lists(st.text("#-_:.aAzZ09~", min_size=1, max_size=6), min_size=0, max_size=12, unique=True)
+    )
+    return [
+        LiveGrant(
+            grant_id=grant_id,
+            remaining=Decimal(1),
+            category=draw(st.sampled_from([PAID, PROMO])),
+            priority=draw(st.sampled_from([0, 1, 9, 10, 50, 999_999, 1_000_000])),
+            effective_at=draw(_ANY_INSTANT),
+            expires_at=draw(st.none() | _ANY_INSTANT),
+        )
+        for grant_id in ids_
+    ]
+
+
+@given(grants=any_grants())
+def test_order_key_sorts_grants_in_spend_order(grants: list[LiveGrant]) -> None:
+    # Given any grants / When sorted by their stored sort key as text / Then in the contract's spend order
+    far = datetime.max.replace(tzinfo=UTC)
+
+    def reference(x: LiveGrant) -> tuple[object, ...]:
+        kind = 0 if x.category == Category.PROMOTIONAL else 1
+        return (x.priority, x.expires_at is None, x.expires_at or far, kind, x.effective_at, x.grant_id)
+
+    by_text = sorted(grants, key=lambda x: order_key(x).encode("utf-8"))  # DynamoDB compares UTF-8 bytes
+    assert ids(by_text) == ids(sorted(grants, key=reference))
+
+
+def test_order_key_refuses_a_priority_it_cannot_spell_in_order() -> None:
+    with pytest.raises(ValueError):
+        order_key(g("a", priority=10_000_000_000))
+
+
+def _apart(grants: list[LiveGrant], spend_from: str) -> GrantsNotLoaded:
+    """What a loader says of ``grants`` when it leaves them stored apart."""
+    return GrantsNotLoaded(
+        count=len(grants),
+        paid=sum((x.remaining for x in grants if x.category is PAID), Decimal(0)),
+        promotional=sum((x.remaining for x in grants if x.category is PROMO), Decimal(0)),
+        spend_from=spend_from,
+    )
+
+
+@given(
+    grants=live_grants(),
+    amount=st.decimals(min_value="0.000001", max_value="3000", places=6),
+    split=st.integers(0, 8),
+)
+def test_deciding_on_the_grants_before_a_split_agrees_with_deciding_on_all(
+    grants: list[LiveGrant], amount: Decimal, split: int
+) -> None:
+    # Given an account's grants, those from the split on in spend order (all spendable) stored apart
+    usable = sorted((x for x in grants if x.is_spendable(NOW) and x.remaining > 0), key=order_key)
+    if split >= len(usable):
+        return
+    spend_from = order_key(usable[split])
+    apart = [x for x in usable if order_key(x) >= spend_from]
+    loaded = [x for x in grants if x not in apart]
+    # When the amount is allocated on the loaded grants and what is said of the rest
+    try:
+        expected = allocate("acct", grants, amount, NOW)
+    except InsufficientCredits as refused:
+        # Then a refusal is the same refusal, with the same available
+        with pytest.raises(InsufficientCredits) as caught:
+            allocate("acct", loaded, amount, NOW, _apart(apart, spend_from))
+        assert caught.value.available == refused.available
+        return
+    # Then it is the same allocation, or MoreGrantsNeeded exactly when it would reach a grant stored apart
+    reaches_apart = any(a.grant_id in {x.grant_id for x in apart} for a in expected)
+    if reaches_apart:
+        with pytest.raises(MoreGrantsNeeded) as short:
+            allocate("acct", loaded, amount, NOW, _apart(apart, spend_from))
+        taken_before = sum(
+            (a.amount for a in expected if a.grant_id not in {x.grant_id for x in apart}), Decimal(0)
+        )
+        assert short.value.missing == amount - taken_before
+    else:
+        assert allocate("acct", loaded, amount, NOW, _apart(apart, spend_from)) == expected
+
+
+def test_a_grant_sorting_after_the_grants_stored_apart_is_not_spent_before_them() -> None:
+    # Given a loaded grant that sorts after the grants stored apart (e.g. read for a void) and 10 apart
+    late = g("late", priority=90)
+    apart = GrantsNotLoaded(count=1, paid=Decimal(10), spend_from=order_key(g("x", priority=60)))
+    # When 5 are debited / Then the loaded grant is not spent first: more grants must be read
+    with pytest.raises(MoreGrantsNeeded):
+        allocate("acct", [late], Decimal(5), NOW, apart)
+    # ...and what is available counts both
+    with pytest.raises(InsufficientCredits) as caught:
+        allocate("acct", [late], Decimal(21), NOW, apart)
+    assert caught.value.available == 20

@@ -17,6 +17,7 @@ from credits_ledger.dal.accounts import AccountRepository, EntryExists, VersionC
 from credits_ledger.dal.debit_queue import DebitQueue
 from credits_ledger.dal.pages import Page
 from credits_ledger.domain import idempotency, transitions
+from credits_ledger.domain.balance import available as available_at
 from credits_ledger.domain.balance import balance as balance_of
 from credits_ledger.domain.debits import DebitRequest as DebitRequest
 from credits_ledger.domain.debits import DebitResult as DebitResult
@@ -63,7 +64,7 @@ class _Step(Generic[Result]):
 
 def _with_available_after(change: Change, now: datetime) -> Change:
     """Debit answers report what the customer can still spend; kept on the entry so a replay says the same."""
-    available = balance_of(change.state, now).available
+    available = available_at(change.state, now)
     entries = tuple(
         replace(e, metadata={**e.metadata, "available_after": str(available)}) for e in change.entries
     )

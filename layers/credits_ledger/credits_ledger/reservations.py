@@ -20,7 +20,7 @@ from credits_ledger.dal.accounts import AccountRepository, EntryExists, RelatedI
 from credits_ledger.dal.reservations import ReservationRecord, ReservationRepository
 from credits_ledger.domain import idempotency as idem
 from credits_ledger.domain import reservations as rv
-from credits_ledger.domain.balance import balance as balance_of
+from credits_ledger.domain.balance import available as available_at
 from credits_ledger.domain.errors import ConcurrencyConflict, IdempotencyMismatch, InsufficientCredits
 from credits_ledger.domain.models import AccountState, Change, LedgerEntry
 from credits_ledger.domain.money import ZERO, format_amount, round_up
@@ -185,7 +185,7 @@ class Reservations:
                 captured=ended.captured,
                 released=ended.released,
                 expired=ended.expired,
-                available_after=balance_of(ended.change.state, now).available,
+                available_after=available_at(ended.change.state, now),
                 capture_allocations=ended.allocations,
             )
             made["record"] = after

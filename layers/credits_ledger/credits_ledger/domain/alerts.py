@@ -7,12 +7,10 @@ above re-arms it. ``credits.balance.depleted`` fires when ``available`` goes fro
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 from enum import IntEnum, StrEnum
 
-from credits_ledger.domain.balance import balance
-from credits_ledger.domain.models import AccountState
+from credits_ledger.domain.balance import available as available  # what the alerts compare
 from credits_ledger.domain.money import ZERO
 
 
@@ -49,8 +47,3 @@ def alert_crossings(before: Decimal, after: Decimal, threshold: Decimal) -> tupl
     if before > ZERO >= after:
         alerts.append(Alert.DEPLETED)
     return tuple(alerts)
-
-
-def available(state: AccountState, at: datetime) -> Decimal:
-    """What the account can spend at ``at`` (contract: ledger balance minus held, pending, past expiry)."""
-    return balance(state, at).available

@@ -135,6 +135,35 @@ class LiveReservation:
 
 
 @dataclass(frozen=True)
+class ExpiryAt:
+    """When credits expire next, and how many."""
+
+    at: datetime
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class GrantsNotLoaded:
+    """Live grants of an account that a state does not hold: the ones stored apart from the account item
+    (docs/data-model.md) that the decision did not need to read. What the loader promises of them at the
+    decision's ``now``: each is spendable (effective, not past its expiry, not held, pinned by no
+    reservation) and sorts at or after ``spend_from`` in spend order (``spend.order_key``), and every live
+    grant sorting before ``spend_from`` is in ``AccountState.grants``. ``next_expiry``: the earliest expiry
+    among them, when the loader looked (``expiry_known``)."""
+
+    count: int = 0
+    paid: Decimal = ZERO
+    promotional: Decimal = ZERO
+    spend_from: str | None = None
+    expiry_known: bool = True
+    next_expiry: ExpiryAt | None = None
+
+    @property
+    def credits(self) -> Decimal:
+        return self.paid + self.promotional
+
+
+@dataclass(frozen=True)
 class AccountState:
     """Balance, live grants and open reservations of one account; ``version`` counts its ledger entries."""
 
@@ -149,6 +178,8 @@ class AccountState:
     # Until when the account's debit queue is being committed (combining.py): single debits join the queue
     # at once. A hint for throughput, never part of a decision about credits.
     queue_busy_until: datetime | None = None
+    # The live grants not in ``grants`` (an account with many grants keeps most of them apart from its item).
+    unloaded: GrantsNotLoaded = field(default_factory=GrantsNotLoaded)
 
     def with_changes(
         self,

@@ -103,7 +103,7 @@ def reserve(
         raise ReservationError(
             reservation_id, "id", f"would exceed {MAX_OPEN_RESERVATIONS} open reservations on this account"
         )
-    allocations = spend.allocate(state.account_id, reserved.free_grants(state, ctx.now), amount, ctx.now)
+    allocations = spend.allocate_free(state, amount, ctx.now)
     live = LiveReservation(reservation_id, expires_at, tuple(allocations))
     entry = transitions._entry(state, ctx, EntryType.RESERVE, ZERO, allocations)
     return transitions._apply(
@@ -175,9 +175,7 @@ def capture(
     excess = amount - held
     if excess > 0:
         after_reserved = replace(state, grants=grants, reservations=without)
-        extra = spend.allocate(
-            state.account_id, reserved.free_grants(after_reserved, ctx.now), excess, ctx.now
-        )
+        extra = spend.allocate_free(after_reserved, excess, ctx.now)
         for allocation in extra:
             grant = grants[allocation.grant_id]
             grants[allocation.grant_id] = replace(grant, remaining=grant.remaining - allocation.amount)

@@ -195,7 +195,7 @@ def debit(
     if amount <= 0:
         raise InvalidGrant("amount", "must be greater than 0")
     try:
-        allocations = spend.allocate(state.account_id, reserved.free_grants(state, ctx.now), amount, ctx.now)
+        allocations = spend.allocate_free(state, amount, ctx.now)
     except InsufficientCredits as exc:
         if overage is None:
             raise
@@ -219,11 +219,7 @@ def _debit_with_overage(
 ) -> Change:
     extra = overage_for(state, amount, available, settings, ctx.now)
     taken = amount - extra
-    allocations = (
-        spend.allocate(state.account_id, reserved.free_grants(state, ctx.now), taken, ctx.now)
-        if taken
-        else []
-    )
+    allocations = spend.allocate_free(state, taken, ctx.now) if taken else []
     grants = dict(state.grants)
     for allocation in allocations:
         grants[allocation.grant_id] = replace(
