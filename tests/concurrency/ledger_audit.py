@@ -32,6 +32,7 @@ from credits_ledger.domain.models import (
     LedgerEntry,
     LiveGrant,
 )
+from tests.support.live_grants import layout_problems
 
 ZERO = Decimal(0)
 
@@ -170,10 +171,13 @@ class Audit:
 def audit_account(client: Any, table: str, account_id: str) -> Audit:
     """Read everything of ``account_id`` and check the ledger invariants; ``Audit.problems`` lists violations."""
     entries = ledger_entries(client, table, account_id)
-    state = AccountRepository(client, table).state(account_id, consistent=True)
+    state = AccountRepository(client, table).state(account_id, consistent=True, all_grants=True)
     grants = grant_records(client, table, account_id)
     audit = Audit(entries=entries, state=state, grants=grants)
     problems = audit.problems
+    # -- the grants kept apart from the account item are where and as the item says (dal/live_grants.py) -----
+    if entries:
+        problems.extend(layout_problems(client, table, account_id, max(e.created_at for e in entries)))
 
     # -- the index holds every entry exactly once, and only entries the base table has -----------------------
     keys = [e.entry_key for e in entries]

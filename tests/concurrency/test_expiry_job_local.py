@@ -157,7 +157,7 @@ def test_expiry_racing_debits_and_itself_never_spends_and_expires_the_same_credi
                 elif entry.type is EntryType.EXPIRE:
                     expired[allocation.grant_id] += allocation.amount
                     expire_entries[allocation.grant_id] += 1
-        state = repository.state(account, consistent=True)
+        state = repository.state(account, consistent=True, all_grants=True)
         for grant_id, owner in due.items():
             if owner != account:
                 continue

@@ -1,11 +1,13 @@
 """An account item at DynamoDB's 400 KB item limit, on DynamoDB Local (issue 11, item 3).
 
-The account item holds every live grant (about 78 bytes each), so an account with about 5,000 live grants
-reaches the limit. There DynamoDB cancels the transaction with ``ValidationError``: the ledger must name it
-(WriteRejected) after ONE send, not take it for a version conflict and retry it 60 times.
+Live grants no longer make an account item grow: past the first ones in spend order they are kept apart
+(dal/live_grants.py). Grants that are not settled stay on the item, though: a grant that takes effect later
+(pending), a held one, one a reservation pins. About 5,000 pending grants still fill it. There DynamoDB
+cancels the transaction with ``ValidationError``: the ledger must name it (WriteRejected) after ONE send,
+not take it for a version conflict and retry it 60 times.
 
-The account is seeded by writing its state item directly: the largest set of live grants whose item still
-fits (by AWS's item size rules, checked against DynamoDB Local), so the test does not run 5,000 grant
+The account is seeded by writing its state item directly: the largest set of pending grants whose item
+still fits (by AWS's item size rules, checked against DynamoDB Local), so the test does not run 5,000 grant
 transactions. Only the grant a debit spends first also gets its grant record.
 """
 
@@ -30,12 +32,13 @@ ACCT = "cus_many_grants"
 
 
 def _live(index: int) -> LiveGrant:
+    """A grant that takes effect tomorrow (it stays on the account item until then), but the first."""
     return LiveGrant(
         grant_id=f"gr_{index:012x}{index:014x}",  # the shape of ledger.new_id's ids (29 characters)
         remaining=Decimal(1),
         category=Category.PROMOTIONAL,
         priority=50,
-        effective_at=T0 - timedelta(days=1),
+        effective_at=T0 - timedelta(days=1) if index == 0 else T0 + timedelta(days=1),
         expires_at=T0 + timedelta(days=365) + timedelta(seconds=index),
     )
 
@@ -79,8 +82,12 @@ def test_a_grant_past_the_item_limit_is_rejected_once_and_writes_nothing(
     # When one more grant would push the account item past 400 KB
     with pytest.raises(WriteRejected) as caught:
         one_more = spec(
-            f"gr_{'f' * 26}", "1", category=Category.PROMOTIONAL, expires_at=T0 + timedelta(days=400)
-        )  # the shape of the seeded grants: it grows the item by as much as each of them
+            f"gr_{'f' * 26}",
+            "1",
+            category=Category.PROMOTIONAL,
+            effective_at=T0 + timedelta(days=1),
+            expires_at=T0 + timedelta(days=400),
+        )  # the shape of the seeded grants (pending too): it grows the item by as much as each of them
         ledger.grant(ACCT, one_more, key="grant:one-too-many")
     # Then the rejection is named, sent once, never retried as a conflict
     assert "Item size has exceeded" in caught.value.detail  # DynamoDB Local: ValidationException; AWS: a

@@ -72,7 +72,7 @@ def debit(key: str, amount: str, fingerprint: str = "", **kwargs: Any) -> DebitR
 
 
 def snapshot(ledger: Ledger, account: str = ACCT) -> tuple[AccountState, list[Any]]:
-    return ledger.repository.state(account, consistent=True), all_entries(ledger, account)
+    return ledger.repository.state(account, consistent=True, all_grants=True), all_entries(ledger, account)
 
 
 # ======================================================================================================== grant
@@ -194,7 +194,7 @@ def test_debit_follows_spend_order_across_grants(ledger: Ledger, clock: FakeCloc
         D(5),
     )
     assert outcome.entry.metadata["available_after"] == "5"
-    state = ledger.repository.state(ACCT, consistent=True)
+    state = ledger.repository.state(ACCT, consistent=True, all_grants=True)
     assert {g: live.remaining for g, live in state.grants.items()} == {"gr_d": D(5)}
     assert assert_books_balance(ledger, ACCT) == D(5)
 
@@ -333,11 +333,12 @@ def test_debit_spanning_more_than_98_grants_succeeds(
     assert {g.status for g in all_grants(ledger, ACCT)} == {GrantStatus.DEPLETED}
     left_live = len(ledger.repository.state(ACCT, consistent=True).grants)
     assert 0 < left_live < 100
-    # When the account changes again (two grants) / Then the leftovers are closed along the way
-    ledger.grant(ACCT, spec("gr_new1", "5"), key="grant:new1")
-    ledger.grant(ACCT, spec("gr_new2", "5"), key="grant:new2")
-    assert set(ledger.repository.state(ACCT, consistent=True).grants) == {"gr_new1", "gr_new2"}
-    assert assert_books_balance(ledger, ACCT) == 10
+    # When the account changes again (three grants) / Then the leftovers are closed along the way (30 a change)
+    for name in ("new1", "new2", "new3"):
+        ledger.grant(ACCT, spec(f"gr_{name}", "5"), key=f"grant:{name}")
+    live = ledger.repository.state(ACCT, consistent=True, all_grants=True).grants
+    assert set(live) == {"gr_new1", "gr_new2", "gr_new3"}
+    assert assert_books_balance(ledger, ACCT) == 15
 
 
 def test_debit_many_that_fills_a_transaction_answers_every_request(

@@ -200,11 +200,11 @@ def test_an_extension_decided_on_a_stale_account_after_a_capture_is_refused(
     real_load = service.accounts.load
     calls: list[bool] = []
 
-    def stale_once(account_id: str, keys: Any = (), *, consistent: bool = False) -> Any:
+    def stale_once(account_id: str, keys: Any = (), **read: Any) -> Any:
         if not calls:
             calls.append(True)
             return stale_state  # read before the capture: the reservation still looks open
-        return real_load(account_id, keys, consistent=consistent)
+        return real_load(account_id, keys, **read)
 
     service.accounts.load = stale_once  # type: ignore[method-assign]
     # the record's "active" condition fails with the version: decided again on a fresh read, it is refused

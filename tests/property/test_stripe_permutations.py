@@ -132,7 +132,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def money_state(ledger: Ledger, customer: str) -> dict[str, tuple[Decimal, GrantStatus, bool]]:
-    state = ledger.repository.state(customer, consistent=True)
+    state = ledger.repository.state(customer, consistent=True, all_grants=True)
     result = {}
     for grant in all_grants(ledger, customer):
         live = state.grants.get(grant.grant_id)

@@ -50,9 +50,11 @@ def before_first_call(client: Any, operation: str, action: Callable[[], Any]) ->
     """Run ``action`` once, just before the first ``operation`` call through ``client`` (another writer acting
     between a read and the write that depends on it). Returns a list that holds its result once it ran."""
     results: list[Any] = []
+    started: list[bool] = []
 
     def act_once(**_: Any) -> None:
-        if not results:
+        if not started:  # once, even when the action itself makes the same call
+            started.append(True)
             results.append(action())
 
     client.meta.events.register(f"before-call.dynamodb.{operation}", act_once)

@@ -72,10 +72,17 @@ def make_ledger(
     max_attempts: int = 60,
     sleep: Any = None,
     combiner_timing: Any = None,
+    head_size: int | None = None,
 ) -> Ledger:
-    """A Ledger over the real AccountRepository on ``client``/``table_name``; backoff never really sleeps."""
+    """A Ledger over the real AccountRepository on ``client``/``table_name``; backoff never really sleeps.
+    ``head_size``: settled grants the account item holds (dal/live_grants.py; small to drive the tail)."""
+    repository = (
+        AccountRepository(client, table_name)
+        if head_size is None
+        else AccountRepository(client, table_name, head_size=head_size)
+    )
     return Ledger(
-        AccountRepository(client, table_name),
+        repository,
         clock=clock,
         max_attempts=max_attempts,
         sleep=sleep if sleep is not None else SleepRecorder(),
@@ -143,7 +150,7 @@ def assert_books_balance(ledger: Ledger, account_id: str) -> Decimal:
     the newest entry's ``balance_after`` is the balance, never negative, and every grant record agrees with
     the live set (live grants show their live remaining, closed ones remaining 0 and a terminal status).
     """
-    state = ledger.repository.state(account_id, consistent=True)
+    state = ledger.repository.state(account_id, consistent=True, all_grants=True)
     entries = all_entries(ledger, account_id)
     total = sum((e.amount for e in entries), Decimal(0))
     live_total = sum((g.remaining for g in state.grants.values()), Decimal(0))

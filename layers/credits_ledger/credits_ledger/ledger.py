@@ -15,6 +15,7 @@ from credits_ledger.combining import CombinerTiming, DebitCombiner
 from credits_ledger.dal.account_settings import AccountSettingsRepository
 from credits_ledger.dal.accounts import AccountRepository, EntryExists, VersionConflict
 from credits_ledger.dal.debit_queue import DebitQueue
+from credits_ledger.dal.live_grants import GrantsToRead
 from credits_ledger.dal.pages import Page
 from credits_ledger.domain import idempotency, transitions
 from credits_ledger.domain.balance import available as available_at
@@ -35,6 +36,7 @@ from credits_ledger.domain.models import AccountState, Balance, Change, Grant, G
 from credits_ledger.domain.overage import OverageSettings
 from credits_ledger.domain.rollover import RolloverPolicy
 from credits_ledger.domain.rollover import expire_with_rollover as _expire_with_rollover
+from credits_ledger.domain.spend import MoreGrantsNeeded
 from credits_ledger.domain.transitions import EntryContext, GrantSpec
 from credits_ledger.retry import ensure_time_for_an_attempt, wait_after_conflict
 
@@ -103,10 +105,6 @@ def _answer(result: DebitResult) -> Outcome:
         raise result.error
     assert result.outcome is not None
     return result.outcome
-
-
-def _actions(change: Change) -> int:
-    return len(change.entries) + len(change.new_grants) + len(change.closed_grants)
 
 
 class Ledger:
@@ -257,6 +255,7 @@ class Ledger:
             key,
             ctx.fingerprint,
             lambda state: transitions.revoke(state, record, amount, ctx),
+            records=[record],
         )
 
     def adjust(self, account_id: str, amount: Decimal, key: str, reason: str | None = None) -> Outcome:
@@ -273,12 +272,20 @@ class Ledger:
 
     # ---- reads -------------------------------------------------------------------------------------------
     def balance(self, account_id: str) -> Balance:
-        return balance_of(self.repository.state(account_id), self._clock())
+        now = self._clock()
+        return balance_of(self.repository.state(account_id, now=now), now)
 
-    def account_state(self, account_id: str) -> AccountState:
-        """The account as last committed (eventually consistent: a reader that acts on it re-checks in the
-        write), e.g. the nightly job deciding which grants are due a reminder."""
-        return self.repository.state(account_id)
+    def account_state(self, account_id: str, grant_ids: Sequence[str] = ()) -> AccountState:
+        """The account as last committed, holding the live grants among ``grant_ids`` wherever the account
+        keeps them (eventually consistent: a reader that acts on it re-checks in the write), e.g. the nightly
+        job deciding which grants are due a reminder. Without the next expiry: not a balance."""
+        now = self._clock()
+        state = self.repository.state(account_id, now=now, next_expiry=False)
+        missing = [grant_id for grant_id in grant_ids if grant_id not in state.grants]
+        if not missing or not state.unloaded.count:
+            return state
+        records = self.repository.grant_records(missing)
+        return self.repository.state(account_id, now=now, records=records, next_expiry=False)
 
     def grants_expiring(self, before: datetime, limit: int, cursor: str | None = None) -> Page:
         """(account id, grant id) of live grants with ``expires_at <= before``, ``limit`` per page; cost follows
@@ -296,8 +303,9 @@ class Ledger:
 
     def grant_view(self, grant_id: str) -> Grant:
         record = self.repository.grant(grant_id)
-        state = self.repository.state(record.account_id, consistent=True)
-        return record.merged_with(state.grants.get(grant_id), self._clock())
+        now = self._clock()
+        state = self.repository.state(record.account_id, consistent=True, now=now, records=[record])
+        return record.merged_with(state.grants.get(grant_id), now)
 
     def grants(
         self, account_id: str, limit: int, cursor: str | None = None, status: GrantStatus | None = None
@@ -309,11 +317,12 @@ class Ledger:
         gets a short (even empty) page whose cursor continues after the last grant read, so the cost of one
         request stays bounded whatever the account holds.
         """
-        state = self.repository.state(account_id)
         now = self._clock()
         collected: list[Grant] = []
         for _ in range(MAX_GRANT_QUERIES_PER_LISTING):
             page = self.repository.grants_page(account_id, limit, cursor)
+            # live remaining and status of the page's grants, wherever the account keeps them
+            state = self.repository.state(account_id, now=now, records=page.items, next_expiry=False)
             for index, record in enumerate(page.items):
                 view = record.merged_with(state.grants.get(record.grant_id), now)
                 if status is not None and view.status is not status:
@@ -342,7 +351,9 @@ class Ledger:
         record = self.repository.grant(grant_id)
         ctx = EntryContext(entry_key=key, now=now or self._clock(), reference=reference)
         try:
-            return self.execute(record.account_id, key, "", lambda state: transition(state, record, ctx))
+            return self.execute(
+                record.account_id, key, "", lambda state: transition(state, record, ctx), records=[record]
+            )
         except GrantNotLive:
             return None
 
@@ -353,6 +364,7 @@ class Ledger:
         fingerprint: str,
         build: Callable[[AccountState], Change],
         extra_actions: Sequence[dict[str, Any]] = (),
+        records: Sequence[Grant] = (),
     ) -> Outcome:
         """Decide ``build(state)`` on the account and commit it once under idempotency key ``key``.
 
@@ -373,7 +385,7 @@ class Ledger:
                 return _Step(None, reread=True)
             return _Step(Outcome(entry=change.entries[0]), change, extra_actions)
 
-        return self._commit_once(account_id, [key], attempt)
+        return self._commit_once(account_id, [key], attempt, records=records)
 
     def _debit_chunk(
         self,
@@ -397,7 +409,6 @@ class Ledger:
             changes: list[Change] = []
             planned: dict[str, int] = {}
             current = state
-            actions = 1  # the account item
             # the queue's committer also removes each written debit's queued item in the same transaction
             per_debit = 1 if extra_actions_for is not None else 0
             for request in requests:
@@ -428,9 +439,11 @@ class Ledger:
                     # a debit to write while the account's queue is being committed: racing its committer
                     # would only slow it down (a refusal, decided above on this read, needs no queue)
                     raise _Contended(account_id, renews_hint=_queue_busy(current))
-                if changes and actions + _actions(change) + per_debit > MAX_ACTIONS_PER_TRANSACTION:
+                if (
+                    changes
+                    and self._actions(state, [*changes, change], per_debit) > MAX_ACTIONS_PER_TRANSACTION
+                ):
                     break  # this one and the rest go into the next transaction
-                actions += _actions(change) + per_debit
                 planned[request.key] = len(changes)
                 changes.append(change)
                 current = change.state
@@ -457,24 +470,54 @@ class Ledger:
         keys: list[str],
         attempt: Callable[[AccountState, Mapping[str, LedgerEntry], bool], _Step[Result]],
         conflicts_allowed: int | None = None,
+        records: Sequence[Grant] = (),
     ) -> Result:
         """The one commit loop: read the account and the entries under ``keys`` (eventually consistent), let
         ``attempt`` decide, write its change conditioned on the version it read; on a lost race (another
         writer moved the version, or one of the keys got written) decide again on what won, up to
         ``max_attempts`` times. ``attempt(state, existing, consistent)`` may ask for a strongly consistent
         read first (an eventual read may miss a grant that was just added). With ``conflicts_allowed``, the
-        race lost that many times raises _Contended instead (the debit then joins the account's queue)."""
+        race lost that many times raises _Contended instead (the debit then joins the account's queue).
+
+        ``records`` are the grants the decision acts on: read with the account even when its item does not
+        hold them. A decision that needs more of the grants kept apart from the account item
+        (MoreGrantsNeeded) is taken again on a read that holds them (dal/live_grants.py)."""
         ensure_time_for_an_attempt(account_id)
-        state, existing = self.repository.load(account_id, keys)
+        tail = GrantsToRead(self.repository.head_size)
+        state, existing = self.repository.load(account_id, keys, now=self._clock(), records=records)
         consistent = False
+
+        def read_again() -> tuple[AccountState, dict[str, LedgerEntry]]:
+            return self.repository.load(
+                account_id, keys, consistent=True, now=self._clock(), tail=tail, records=records
+            )
+
         for attempt_number in range(self._max_attempts):
-            step = attempt(state, existing, consistent)
+            try:
+                step = attempt(state, existing, consistent)
+            except MoreGrantsNeeded as short:
+                tail.more(account_id, short)
+                state, existing = read_again()
+                consistent = True
+                continue
+            except CreditsError:
+                # an answer without a write (402, a grant no longer live): it stands only on one version's view
+                if self.repository.still_read_as(state):
+                    raise
+                state, existing = read_again()
+                consistent = True
+                continue
             if step.reread:
-                state, existing = self.repository.load(account_id, keys, consistent=True)
+                state, existing = read_again()
                 consistent = True
                 continue
             if step.change is None:
-                return cast(Result, step.result)
+                if self.repository.still_read_as(state):
+                    return cast(Result, step.result)
+                # an answer without a write, on grants kept apart that were read mixing two versions
+                state, existing = read_again()
+                consistent = True
+                continue
             try:
                 self.repository.commit(
                     step.change, expected_version=state.version, extra_actions=step.extra_actions
@@ -485,8 +528,12 @@ class Ledger:
             except VersionConflict as exc:
                 if conflicts_allowed is not None and attempt_number + 1 >= conflicts_allowed:
                     raise _Contended(account_id, renews_hint=True) from exc
-                state, fresh, consistent = self._after_conflict(account_id, keys, exc, attempt_number)
-                existing = {**existing, **fresh}
+                wait_after_conflict(account_id, attempt_number, self._sleep)
+                if exc.current is not None and not tail.reads and not records:
+                    state, consistent = exc.current, True  # the account item alone decides: no re-read
+                else:
+                    state, fresh = read_again()
+                    existing, consistent = {**existing, **fresh}, True
         raise ConcurrencyConflict(
             f"account {account_id}: gave up after {self._max_attempts} conflicting writes"
         )
@@ -504,6 +551,8 @@ class Ledger:
         consistent read: an eventually consistent one may miss a grant just added)."""
         try:
             return _with_available_after(transitions.debit(current, request.amount, ctx), ctx.now)
+        except MoreGrantsNeeded:
+            raise  # not an answer: the loop reads more of the account's grants (_commit_once)
         except InsufficientCredits as exc:
             if not consistent:
                 return None
@@ -517,14 +566,13 @@ class Ledger:
             return _with_available_after(
                 transitions.debit(current, request.amount, ctx, overage=overage[account_id]), ctx.now
             )
+        except MoreGrantsNeeded:
+            raise
         except CreditsError as refused:
             return refused
 
-    def _after_conflict(
-        self, account_id: str, keys: list[str], exc: VersionConflict, attempt: int
-    ) -> tuple[AccountState, dict[str, LedgerEntry], bool]:
-        wait_after_conflict(account_id, attempt, self._sleep)
-        if exc.current is not None:
-            return exc.current, {}, True
-        state, existing = self.repository.load(account_id, keys, consistent=True)
-        return state, existing, True
+    def _actions(self, state: AccountState, changes: list[Change], per_change: int) -> int:
+        """The actions of writing ``changes`` together: the account item, entries, grants, the tail items
+        they move, and ``per_change`` more for each (the debit queue's removals)."""
+        combined = transitions.combine(state, changes)
+        return len(self.repository.write_actions(combined, state.version)) + per_change * len(changes)

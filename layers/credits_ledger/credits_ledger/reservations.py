@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from credits_ledger.dal.accounts import AccountRepository, EntryExists, RelatedItemChanged, VersionConflict
+from credits_ledger.dal.live_grants import GrantsToRead
 from credits_ledger.dal.reservations import ReservationRecord, ReservationRepository
 from credits_ledger.domain import idempotency as idem
 from credits_ledger.domain import reservations as rv
@@ -25,6 +26,7 @@ from credits_ledger.domain.errors import ConcurrencyConflict, IdempotencyMismatc
 from credits_ledger.domain.models import AccountState, Change, LedgerEntry
 from credits_ledger.domain.money import ZERO, format_amount, round_up
 from credits_ledger.domain.reservations import ReservationError, ReservationStatus
+from credits_ledger.domain.spend import MoreGrantsNeeded
 from credits_ledger.domain.times import iso, parse_iso
 from credits_ledger.domain.transitions import EntryContext
 from credits_ledger.ledger import utc_now
@@ -113,7 +115,7 @@ class Reservations:
         if record.status is not ReservationStatus.ACTIVE:
             return ReservationView(record, record.status, ZERO, record.expires_at)
         now = self._clock()
-        state = state or self.accounts.state(record.account_id, consistent=True)
+        state = state or self.accounts.state(record.account_id, consistent=True, next_expiry=False)
         live = state.reservations.get(record.reservation_id)
         if live is None:  # ended after the record was read
             fresh = self.records.get(record.reservation_id)
@@ -126,7 +128,7 @@ class Reservations:
 
     def open_of(self, account_id: str) -> list[ReservationView]:
         """The account's open reservations (those not ended yet, expired ones included), soonest end first."""
-        state = self.accounts.state(account_id, consistent=True)
+        state = self.accounts.state(account_id, consistent=True, next_expiry=False)
         records = self.records.get_many(state.reservations)
         views = [self.view(records[r], state) for r in state.reservations if r in records]
         return sorted(views, key=lambda v: (v.expires_at, v.record.reservation_id))
@@ -281,18 +283,28 @@ class Reservations:
         (a replay), else None. ``key`` None: no replay check (a retry decides again)."""
         keys = [key] if key else []
         ensure_time_for_an_attempt(account_id)
-        state, existing = self.accounts.load(account_id, keys)
+        tail = GrantsToRead(self.accounts.head_size)  # what a decision asked of the grants kept apart
+
+        def reread() -> tuple[AccountState, dict[str, LedgerEntry]]:
+            return self.accounts.load(account_id, keys, consistent=True, now=now or self._clock(), tail=tail)
+
+        state, existing = self.accounts.load(account_id, keys, now=now or self._clock())
         consistent = False
         for attempt in range(self._max_attempts):
             if key and key in existing:
                 return existing[key]
             try:
                 change, extra = decide(state, now or self._clock())
+            except MoreGrantsNeeded as short:
+                tail.more(account_id, short)
+                state, existing = reread()
+                consistent = True
+                continue
             except (InsufficientCredits, ReservationError):
-                if consistent:
+                if consistent and self.accounts.still_read_as(state):
                     raise
                 # an eventually consistent read may be behind (a grant just added, a reservation just made)
-                state, existing = self.accounts.load(account_id, keys, consistent=True)
+                state, existing = reread()
                 consistent = True
                 continue
             try:
@@ -301,19 +313,19 @@ class Reservations:
             except EntryExists as exc:
                 existing = exc.entries
                 if not key or key not in existing:
-                    state, existing = self.accounts.load(account_id, keys, consistent=True)
+                    state, existing = reread()
                     consistent = True
             except RelatedItemChanged:
                 # the record moved on (ended or extended) since this decision's read: decide again on a fresh
                 # account, which shows the reservation ended (422) or lets the extension through
-                state, existing = self.accounts.load(account_id, keys, consistent=True)
+                state, existing = reread()
                 consistent = True
             except VersionConflict as exc:
                 wait_after_conflict(account_id, attempt, self._sleep)
-                if exc.current is not None:
+                if exc.current is not None and not tail.reads:
                     state, consistent = exc.current, True
                 else:
-                    state, existing = self.accounts.load(account_id, keys, consistent=True)
+                    state, existing = reread()
                     consistent = True
         raise ConcurrencyConflict(
             f"account {account_id}: gave up after {self._max_attempts} conflicting writes"

@@ -35,7 +35,7 @@ def _current_pools(record: SubscriptionRecord, now: datetime) -> list[str]:
 
 def subscription_views(
     subscriptions: SubscriptionRepository,
-    account_state: Callable[[str], AccountState],
+    account_state: Callable[[str, list[str]], AccountState],
     account_id: str,
     now: datetime,
 ) -> list[SubscriptionView]:
@@ -44,8 +44,9 @@ def subscription_views(
     records = [r for r in subscriptions.for_account(account_id) if r.snapshot is not None]
     if not records:
         return []
-    state = account_state(account_id)
     pools = subscriptions.pools([p for r in records for p in _current_pools(r, now)])
+    granted = [g.grant_id for key in pools for g in pools[key].grants.values()]
+    state = account_state(account_id, granted)
     views = []
     for record in sorted(records, key=lambda r: r.key):
         snapshot = record.snapshot

@@ -13,28 +13,49 @@ retry can cure (an item over 400 KB, a validation error) is WriteRejected, never
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
-from datetime import datetime
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from botocore.exceptions import ClientError, ParamValidationError
 
 from credits_ledger.dal import items as it
+from credits_ledger.dal import live_grants as lg
 from credits_ledger.dal.client import TableRepository, error_code, raise_unless_cancelled
 from credits_ledger.dal.pages import Page, decode_cursor, encode_cursor, pages
 from credits_ledger.domain.errors import (
+    ConcurrencyConflict,
     CreditsError,
     GrantNotFound,
     GrantRecordMismatch,
     InvalidCursor,
     InvalidGrant,
 )
-from credits_ledger.domain.models import TERMINAL_STATUSES, AccountState, Change, Grant, LedgerEntry
+from credits_ledger.domain.models import (
+    TERMINAL_STATUSES,
+    AccountState,
+    Change,
+    ExpiryAt,
+    Grant,
+    LedgerEntry,
+    LiveGrant,
+)
+from credits_ledger.domain.money import ZERO
+from credits_ledger.domain.spend import order_key
 
 LEDGER_INDEX = "LedgerByAccount"
+# Tail grants read per Query page where a reader stops early (the first grant not due, enough credits).
+TAIL_PAGE = 25
+# Reads of an account and its tail before giving up when every one meets a newer version (a busy account).
+TAIL_READ_ATTEMPTS = 10
 GRANTS_INDEX = "GrantsByAccount"
 EXPIRY_INDEX = "ExpiringGrants"
+
+
+class _TailMoved(Exception):
+    """The account changed while its tail was read: the read is not one version's view."""
 
 
 class EntryExists(CreditsError):
@@ -62,34 +83,248 @@ class VersionConflict(CreditsError):
 
 
 class AccountRepository(TableRepository):
+    def __init__(
+        self, client: Any | None = None, table: str | None = None, *, head_size: int = lg.HEAD_SIZE
+    ) -> None:
+        super().__init__(client, table)
+        self.head_size = head_size  # settled grants the account item holds (dal/live_grants.py)
+
     # ---- reads -------------------------------------------------------------------------------------------
     def load(
-        self, account_id: str, entry_keys: Sequence[str] = (), *, consistent: bool = False
+        self,
+        account_id: str,
+        entry_keys: Sequence[str] = (),
+        *,
+        consistent: bool = False,
+        now: datetime | None = None,
+        tail: lg.GrantsToRead | None = None,
+        records: Sequence[Grant] = (),
     ) -> tuple[AccountState, dict[str, LedgerEntry]]:
-        """The account state and any of ``entry_keys`` already committed, in one BatchGetItem.
+        """The account state and any of ``entry_keys`` already committed, in one BatchGetItem; then, for an
+        account whose grants do not all fit its item, the tail grants a decision at ``now`` needs: those past
+        their expiry, those of ``records`` (the grants it acts on) and what ``tail`` asks for: the tail's
+        first grants until they hold ``tail.wanted`` spendable credits and number ``tail.at_least`` (never
+        fewer than a head's worth: the item is refilled, so the next debits find their grants on it)
+        (dal/live_grants.py).
 
         Eventually consistent by default (half the read units): a stale version only makes the conditional
-        write fail and retry, and a missed entry is still caught by the write's attribute_not_exists.
+        write fail and retry, and a missed entry is still caught by the write's attribute_not_exists. The
+        tail is read strongly consistent: it is then the tail of the version read or of a newer one, and a
+        newer one fails the write's version condition; an answer given without a write is checked by
+        ``still_read_as``.
         """
         keys = [it.account_key(account_id), *(it.entry_key(k) for k in entry_keys)]
-        found = self._batch_get(keys, consistent=consistent)
         state_item = None
         entries: dict[str, LedgerEntry] = {}
-        for raw in found:
+        for raw in self._batch_get(keys, consistent=consistent):
             item = it.from_dynamo(raw)
             if item["sk"] == it.STATE_SK:
                 state_item = item
             else:
                 entry = it.entry_from_item(item)
                 entries[entry.entry_key] = entry
-        return it.state_from_item(account_id, state_item), entries
-
-    def state(self, account_id: str, *, consistent: bool = False) -> AccountState:
-        response = self._client.get_item(
-            TableName=self._table, Key=it.account_key(account_id), ConsistentRead=consistent
+        state = it.state_from_item(account_id, state_item, self.head_size)
+        # no version check here: a decision that writes is checked by its write's condition, and the commit
+        # loops check one that answers without writing (still_read_as)
+        wanted = tail or lg.GrantsToRead(self.head_size)
+        tailed = self._with_tail(
+            state,
+            now or datetime.now(UTC),
+            wanted=wanted.wanted,
+            at_least=wanted.at_least,
+            records=records,
+            verify=False,
         )
-        raw = response.get("Item")
-        return it.state_from_item(account_id, it.from_dynamo(raw) if raw else None)
+        return tailed, entries
+
+    def state(
+        self,
+        account_id: str,
+        *,
+        consistent: bool = False,
+        now: datetime | None = None,
+        records: Sequence[Grant] = (),
+        all_grants: bool = False,
+        next_expiry: bool = True,
+    ) -> AccountState:
+        """The account as a reader sees it at ``now``: with the next expiry of its tail (a balance needs it)
+        and the tail grants of ``records``; or, ``all_grants``, with every live grant (reconcile)."""
+        for _ in range(TAIL_READ_ATTEMPTS):
+            response = self._client.get_item(
+                TableName=self._table, Key=it.account_key(account_id), ConsistentRead=consistent
+            )
+            raw = response.get("Item")
+            state = it.state_from_item(account_id, it.from_dynamo(raw) if raw else None, self.head_size)
+            try:
+                return self._with_tail(
+                    state,
+                    now or datetime.now(UTC),
+                    records=records,
+                    all_grants=all_grants,
+                    next_expiry=next_expiry,
+                )
+            except _TailMoved:
+                consistent = True
+        raise ConcurrencyConflict(f"account {account_id}: its grants kept changing while read")
+
+    def _with_tail(
+        self,
+        state: AccountState,
+        now: datetime,
+        *,
+        wanted: Decimal = ZERO,
+        at_least: int = 0,
+        records: Sequence[Grant] = (),
+        all_grants: bool = False,
+        next_expiry: bool = False,
+        verify: bool = True,
+    ) -> AccountState:
+        stored = state.storage
+        assert isinstance(stored, lg.StoredGrants)
+        tail = stored.tail
+        if tail is None:
+            return state
+        pk = f"ACCOUNT#{state.account_id}"
+        start = lg.live_sk(tail.boundary)
+        read: dict[str, LiveGrant] = {}
+        spendable_until = tail.expires_from
+        frontier: str | None = tail.boundary
+        expiry: ExpiryAt | None = None
+        if all_grants:
+            for item in self._between(pk, start, lg.live_sk("~")):
+                grant = lg.live_from_item(item)
+                read[grant.grant_id] = grant
+            frontier = None
+        else:
+            if tail.expires_from is not None and now >= tail.expires_from:
+                due, spendable_until = self._due(pk, tail, now)
+                read.update(due)
+            wanted_records = [r for r in records if r.grant_id not in state.grants and r.grant_id not in read]
+            for grant in self._tail_grants(pk, tail.boundary, wanted_records):
+                read[grant.grant_id] = grant
+            if wanted > 0:
+                count = max(stored.head_size, at_least)
+                frontier = self._first_grants(pk, start, read, wanted, now, at_least=count)
+            if next_expiry:
+                expiry = self._next_expiry(pk, tail, read, now)
+        due_checked = tail.expires_from is not None and now >= tail.expires_from
+        queried = all_grants or due_checked or bool(records) or wanted > 0 or next_expiry
+        if verify and queried and self._version(state.account_id) != state.version:
+            # the tail items read may belong to a later version than the account item: read both again
+            raise _TailMoved()
+        unloaded = lg.unloaded_part(
+            tail, read, frontier, spendable_until, expiry, expiry_known=next_expiry or all_grants
+        )
+        return replace(
+            state,
+            grants={**state.grants, **read},
+            unloaded=unloaded,
+            storage=replace(stored, read_from_tail=read, tail_read=queried),
+        )
+
+    def _between(self, pk: str, low: str, high: str, page: int | None = None) -> Iterator[it.Item]:
+        """Partition ``pk``'s items with ``low <= sk <= high`` in sort key order, strongly consistent (none
+        when the range is empty: DynamoDB refuses a BETWEEN whose bounds are the wrong way round)."""
+        if low > high:
+            return iter(())
+        query: dict[str, Any] = {
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+            "ExpressionAttributeValues": {":pk": {"S": pk}, ":low": {"S": low}, ":high": {"S": high}},
+            "ConsistentRead": True,
+        }
+        if page is not None:
+            query["Limit"] = page
+        return self._query_all(query)
+
+    def still_read_as(self, state: AccountState) -> bool:
+        """Whether an answer decided on ``state`` without a write may stand: True unless its grants kept
+        apart from the account item were read (``load`` does not check those reads) and the account's
+        version has moved since, so the view may mix two versions (the caller reads again)."""
+        stored = state.storage
+        if not isinstance(stored, lg.StoredGrants) or not stored.tail_read:
+            return True
+        return self._version(state.account_id) == state.version
+
+    def _version(self, account_id: str) -> int:
+        response = self._client.get_item(
+            TableName=self._table,
+            Key=it.account_key(account_id),
+            ConsistentRead=True,
+            ProjectionExpression="version",
+        )
+        return int(response["Item"]["version"]["N"]) if "Item" in response else 0
+
+    def _expiring_runs(self, pk: str, tail: lg.TailSummary) -> Iterator[tuple[bool, Iterator[LiveGrant]]]:
+        """The tail's expiring grants as runs: one per priority it holds, earliest expiry first (``True``:
+        a reader may stop at the first grant it does not want); or, when the tail holds too many priorities
+        to count them on the item, one run of the whole tail in spend order (``False``: read to its end)."""
+        boundary = lg.live_sk(tail.boundary)
+        if tail.groups is None:
+            everything = self._between(pk, boundary, lg.live_sk("~"), TAIL_PAGE)
+            yield False, (g for g in map(lg.live_from_item, everything) if g.expires_at is not None)
+            return
+        for priority in tail.groups:
+            low, _ = lg.group_bounds(priority)
+            run = self._between(pk, max(low, boundary), lg.live_sk(f"{priority:010d}#1"), TAIL_PAGE)
+            yield True, map(lg.live_from_item, run)
+
+    def _due(
+        self, pk: str, tail: lg.TailSummary, now: datetime
+    ) -> tuple[dict[str, LiveGrant], datetime | None]:
+        """The tail grants past their expiry at ``now``, and the earliest expiry of the others."""
+        due: dict[str, LiveGrant] = {}
+        first_after: datetime | None = None
+        for ordered, run in self._expiring_runs(pk, tail):
+            for grant in run:
+                assert grant.expires_at is not None
+                if grant.expires_at > now:
+                    if first_after is None or grant.expires_at < first_after:
+                        first_after = grant.expires_at
+                    if ordered:
+                        break
+                    continue
+                due[grant.grant_id] = grant
+        return due, first_after
+
+    def _tail_grants(self, pk: str, boundary: str, records: Sequence[Grant]) -> list[LiveGrant]:
+        """The tail grants among ``records`` (found by their order key, which their record gives)."""
+        keys = [order_key(record.live()) for record in records]
+        wanted = [it.to_dynamo({"pk": pk, "sk": lg.live_sk(key)}) for key in keys if key >= boundary]
+        return [lg.live_from_item(it.from_dynamo(raw)) for raw in self._batch_get(wanted)] if wanted else []
+
+    def _first_grants(
+        self, pk: str, start: str, read: dict[str, LiveGrant], wanted: Decimal, now: datetime, at_least: int
+    ) -> str | None:
+        """Read the tail from its boundary until the grants read there hold ``wanted`` spendable credits and
+        number ``at_least``; the frontier after them (None: the whole tail is read)."""
+        gathered = ZERO
+        items = self._between(pk, start, lg.live_sk("~"), max(TAIL_PAGE, at_least))
+        for count, item in enumerate(items, start=1):
+            grant = read.get(str(item["g"])) or lg.live_from_item(item)
+            read[grant.grant_id] = grant
+            if grant.is_spendable(now):
+                gathered += grant.remaining
+            if gathered >= wanted and count >= at_least:
+                return lg.successor(str(item["sk"]).removeprefix(lg.LIVE_PREFIX))
+        return None
+
+    def _next_expiry(
+        self, pk: str, tail: lg.TailSummary, read: Mapping[str, LiveGrant], now: datetime
+    ) -> ExpiryAt | None:
+        """The earliest expiry after ``now`` among the tail grants not read, and what expires then."""
+        at: datetime | None = None
+        amount = ZERO
+        for ordered, run in self._expiring_runs(pk, tail):
+            for grant in run:
+                if grant.grant_id in read or grant.expires_at is None or grant.expires_at <= now:
+                    continue
+                if at is None or grant.expires_at < at:
+                    at, amount = grant.expires_at, grant.remaining
+                elif grant.expires_at == at:
+                    amount += grant.remaining
+                elif ordered:
+                    break  # this priority's next grants all expire later
+        return None if at is None else ExpiryAt(at, amount)
 
     def grant(self, grant_id: str) -> Grant:
         response = self._client.get_item(
@@ -99,6 +334,11 @@ class AccountRepository(TableRepository):
         if not raw:
             raise GrantNotFound(grant_id)
         return it.grant_from_item(it.from_dynamo(raw))
+
+    def grant_records(self, grant_ids: Sequence[str]) -> list[Grant]:
+        """The records of those of ``grant_ids`` that exist (strongly consistent)."""
+        found = self._batch_get([it.grant_key(grant_id) for grant_id in dict.fromkeys(grant_ids)])
+        return [it.grant_from_item(it.from_dynamo(raw)) for raw in found]
 
     def entry(self, key: str) -> LedgerEntry | None:
         response = self._client.get_item(TableName=self._table, Key=it.entry_key(key), ConsistentRead=True)
@@ -182,13 +422,7 @@ class AccountRepository(TableRepository):
         """Write ``change`` atomically, or raise EntryExists / VersionConflict / RelatedItemChanged and write
         nothing. ``extra_actions`` (TransactWriteItems actions of other aggregates, each with its own condition)
         commit in the same transaction, e.g. the Stripe payment record that says this effect was applied."""
-        actions = [self._state_put(change.state, expected_version)]
-        actions += [self._entry_put(entry) for entry in change.entries]
-        actions += [self._grant_put(grant) for grant in change.new_grants]
-        actions += [
-            self._grant_close(closed.grant_id, closed.status.value, closed.closed_at)
-            for closed in change.closed_grants
-        ]
+        actions = self.write_actions(change, expected_version)
         first_extra = len(actions)
         actions += list(extra_actions)
         try:
@@ -201,6 +435,35 @@ class AccountRepository(TableRepository):
         except ClientError as exc:
             raise_unless_cancelled(exc)
             raise self._cancellation_error(exc, change, first_extra) from exc
+
+    def write_actions(self, change: Change, expected_version: int) -> list[dict[str, Any]]:
+        """The TransactWriteItems actions of ``change``, in the order ``_cancellation_error`` reads: the
+        account item, the entries, new grants, closed grants, then the tail items the change moves
+        (dal/live_grants.py; they need no condition of their own: the account item's version guards them)."""
+        decided_at = max((e.created_at for e in change.entries), default=None) or datetime.now(UTC)
+        layout = lg.lay_out(change.state, decided_at)
+        pk = f"ACCOUNT#{change.state.account_id}"
+        actions = [self._state_put(change.state, expected_version, layout)]
+        actions += [self._entry_put(entry) for entry in change.entries]
+        actions += [self._grant_put(grant) for grant in change.new_grants]
+        actions += [
+            self._grant_close(closed.grant_id, closed.status.value, closed.closed_at)
+            for closed in change.closed_grants
+        ]
+        actions += [
+            {
+                "Put": {
+                    "TableName": self._table,
+                    "Item": it.to_dynamo(lg.live_item(change.state.account_id, g)),
+                }
+            }
+            for g in layout.puts
+        ]
+        actions += [
+            {"Delete": {"TableName": self._table, "Key": it.to_dynamo({"pk": pk, "sk": lg.live_sk(key)})}}
+            for key in layout.deletes
+        ]
+        return actions
 
     def _cancellation_error(self, exc: ClientError, change: Change, first_extra: int) -> CreditsError:
         """Name why DynamoDB cancelled the transaction, from the reasons in action order:
@@ -240,14 +503,20 @@ class AccountRepository(TableRepository):
             return RelatedItemChanged(extras[0][0] - first_extra)
         state_reason = reasons[0] if reasons else {}
         current = None
-        if state_reason.get("Code") == "ConditionalCheckFailed" and state_reason.get("Item"):
-            current = it.state_from_item(change.state.account_id, it.from_dynamo(state_reason["Item"]))
+        if (
+            state_reason.get("Code") == "ConditionalCheckFailed"
+            and state_reason.get("Item")
+            and "tail" not in state_reason["Item"]  # a tail is read with what a decision needs of it
+        ):
+            current = it.state_from_item(
+                change.state.account_id, it.from_dynamo(state_reason["Item"]), self.head_size
+            )
         return VersionConflict(current)
 
-    def _state_put(self, state: AccountState, expected_version: int) -> dict[str, Any]:
+    def _state_put(self, state: AccountState, expected_version: int, layout: lg.Layout) -> dict[str, Any]:
         put: dict[str, Any] = {
             "TableName": self._table,
-            "Item": it.to_dynamo(it.state_to_item(state)),
+            "Item": it.to_dynamo(it.state_to_item(state, layout)),
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
         if expected_version == 0:

@@ -14,6 +14,14 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
+from credits_ledger.dal.live_grants import (
+    HEAD_SIZE,
+    Layout,
+    StoredGrants,
+    TailSummary,
+    live_fields,
+    unloaded_part,
+)
 from credits_ledger.domain.models import (
     AccountState,
     Allocation,
@@ -27,6 +35,7 @@ from credits_ledger.domain.models import (
     LiveReservation,
     Source,
 )
+from credits_ledger.domain.spend import order_key
 
 # Items store times as the domain spells them; re-exported as the codec the data-access modules use (it.iso).
 from credits_ledger.domain.times import iso as iso
@@ -74,19 +83,16 @@ def entry_key(key: str) -> dict[str, Any]:
 
 # The live-grant map is on the hot path of every debit: short attribute names keep the account item under
 # 1 KB for ~10 live grants, i.e. 2 write units per transactional write.
-def state_to_item(state: AccountState) -> Item:
+def state_to_item(state: AccountState, layout: Layout | None = None) -> Item:
+    """The account item of ``state``: all its grants, or, with a ``layout`` (dal/live_grants.py), the head
+    grants it places on the item and the summary of the tail it keeps apart."""
     grants: dict[str, Any] = {}
-    for grant in state.grants.values():
-        live: dict[str, Any] = {
-            "r": grant.remaining,
-            "c": grant.category.value,
-            "p": grant.priority,
-            "e": _epoch_us(grant.effective_at),
-        }
-        if grant.expires_at is not None:
-            live["x"] = _epoch_us(grant.expires_at)
+    for grant in (layout.head if layout is not None else state.grants).values():
+        live = live_fields(grant)
         if grant.held:
             live["h"] = True
+        if layout is not None and grant.grant_id in layout.stale_copies:
+            live["t"] = True  # an inert LIVE# copy of it sorts before the tail's boundary
         grants[grant.grant_id] = live
     item: Item = {
         "pk": f"ACCOUNT#{state.account_id}",
@@ -110,12 +116,16 @@ def state_to_item(state: AccountState) -> Item:
         item["overage_used"] = state.overage_used
     if state.queue_busy_until is not None:  # only accounts whose debit queue was ever committed
         item["queue_busy_until"] = _epoch_us(state.queue_busy_until)
+    if layout is not None and layout.tail is not None:  # only accounts with more grants than the head holds
+        item["tail"] = layout.tail.to_item()
     return item
 
 
-def state_from_item(account_id: str, item: Item | None) -> AccountState:
+def state_from_item(account_id: str, item: Item | None, head_size: int = HEAD_SIZE) -> AccountState:
+    """The state the account item alone gives: its head grants, and its tail as grants not loaded (a
+    promise that holds until the tail's first expiry may have come: ``GrantsNotLoaded.spendable_until``)."""
     if item is None:
-        return AccountState(account_id=account_id)
+        return AccountState(account_id=account_id, storage=StoredGrants(head_size=head_size))
     grants = {
         grant_id: LiveGrant(
             grant_id=grant_id,
@@ -136,7 +146,17 @@ def state_from_item(account_id: str, item: Item | None) -> AccountState:
         )
         for reservation_id, live in item.get("reservations", {}).items()
     }
+    tail = TailSummary.from_item(item["tail"]) if "tail" in item else None
+    stale = {
+        grant_id: order_key(grants[grant_id])
+        for grant_id, live in item.get("grants", {}).items()
+        if live.get("t")
+    }
+    storage = StoredGrants(tail=tail, stale_copies=stale, head_size=head_size)
+    unloaded = unloaded_part(tail, {}, tail.boundary if tail else None, tail.expires_from if tail else None)
     return AccountState(
+        unloaded=unloaded,
+        storage=storage,
         account_id=account_id,
         version=int(item["version"]),
         ledger_balance=item["balance"],

@@ -8,6 +8,7 @@ from decimal import Decimal
 from credits_ledger.domain.models import AccountState, Balance, Category, GrantStatus
 from credits_ledger.domain.money import ZERO
 from credits_ledger.domain.reserved import pinned
+from credits_ledger.domain.spend import MoreGrantsNeeded
 
 
 def available(state: AccountState, now: datetime) -> Decimal:
@@ -20,6 +21,8 @@ def _parts(
     state: AccountState, now: datetime
 ) -> tuple[Decimal, dict[Category, Decimal], Decimal, Decimal, Decimal]:
     """(available, by category, held, pending, reserved) at ``now``."""
+    if not state.unloaded.holds_at(now):
+        raise MoreGrantsNeeded(state.account_id, ZERO)  # grants stored apart may have expired since read
     parts = {
         Category.PAID: state.unloaded.paid,  # grants stored apart are all active (GrantsNotLoaded)
         Category.PROMOTIONAL: state.unloaded.promotional,

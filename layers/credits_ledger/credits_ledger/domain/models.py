@@ -148,15 +148,21 @@ class GrantsNotLoaded:
     (docs/data-model.md) that the decision did not need to read. What the loader promises of them at the
     decision's ``now``: each is spendable (effective, not past its expiry, not held, pinned by no
     reservation) and sorts at or after ``spend_from`` in spend order (``spend.order_key``), and every live
-    grant sorting before ``spend_from`` is in ``AccountState.grants``. ``next_expiry``: the earliest expiry
-    among them, when the loader looked (``expiry_known``)."""
+    grant sorting before ``spend_from`` is in ``AccountState.grants``. The promise holds until
+    ``spendable_until`` (none of them expires before it): a decision at or after it must load them again.
+    ``next_expiry``: the earliest expiry among them, when the loader looked (``expiry_known``)."""
 
     count: int = 0
     paid: Decimal = ZERO
     promotional: Decimal = ZERO
     spend_from: str | None = None
+    spendable_until: datetime | None = None
     expiry_known: bool = True
     next_expiry: ExpiryAt | None = None
+
+    def holds_at(self, now: datetime) -> bool:
+        """The promise above still holds at ``now``."""
+        return self.count == 0 or self.spendable_until is None or now < self.spendable_until
 
     @property
     def credits(self) -> Decimal:
@@ -180,6 +186,9 @@ class AccountState:
     queue_busy_until: datetime | None = None
     # The live grants not in ``grants`` (an account with many grants keeps most of them apart from its item).
     unloaded: GrantsNotLoaded = field(default_factory=GrantsNotLoaded)
+    # How the data layer stored the grants read (dal/live_grants.py): carried from the read to the write
+    # through every transition, never looked at by the domain.
+    storage: object = field(default=None, compare=False, repr=False)
 
     def with_changes(
         self,

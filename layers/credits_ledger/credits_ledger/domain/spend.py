@@ -80,6 +80,8 @@ def allocate(
     ``unloaded`` are the account's grants this state does not hold, all spendable, none before
     ``unloaded.spend_from``: they count toward what is available, and a spend that would reach them, or a
     held grant sorting after them, raises MoreGrantsNeeded instead of deciding on a partial view."""
+    if not unloaded.holds_at(now):
+        raise MoreGrantsNeeded(account_id, ZERO)  # some of them may have expired since they were counted
     ordered = spend_order(grants, now)
     available = sum((g.remaining for g in ordered), ZERO) + unloaded.credits
     if amount > available:

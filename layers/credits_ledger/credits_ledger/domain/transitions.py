@@ -93,9 +93,10 @@ def _entry(
     )
 
 
-# Grants closed in one change are updated in its transaction (at most 100 actions): a debit spanning more
-# spent grants leaves the rest live at 0 (status depleted) for the account's next changes to close.
-MAX_CLOSED_PER_CHANGE = 40
+# Grants closed in one change are updated in its transaction (at most 100 actions; a grant kept apart from
+# the account item also deletes its item there: dal/live_grants.py): a debit spanning more spent grants
+# leaves the rest live at 0 (status depleted) for the account's next changes to close.
+MAX_CLOSED_PER_CHANGE = 30
 
 
 def _sweep_spent(

@@ -269,9 +269,13 @@ class ExpiryJob:
         return None
 
     def _due_reminders(self, now: datetime, pairs: list[tuple[str, str]]) -> list[_Due]:
+        wanted: dict[str, list[str]] = {}
+        for account_id, grant_id in pairs:
+            wanted.setdefault(account_id, []).append(grant_id)
         states = {
-            account_id: self.ledger.account_state(account_id)
-            for account_id in dict.fromkeys(a for a, _ in pairs)
+            # the grants of the page wherever the account keeps them (its item holds only the first ones)
+            account_id: self.ledger.account_state(account_id, grant_ids)
+            for account_id, grant_ids in wanted.items()
         }
         due: list[_Due] = []
         for account_id, grant_id in pairs:

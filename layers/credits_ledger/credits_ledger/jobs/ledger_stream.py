@@ -40,7 +40,7 @@ from credits_ledger.dal import items as it
 from credits_ledger.dal.account_settings import AccountSettings, AccountSettingsRepository
 from credits_ledger.dal.reconcile import ReconcileRepository
 from credits_ledger.domain.alerts import alert_crossings, available, band
-from credits_ledger.domain.models import LedgerEntry
+from credits_ledger.domain.models import AccountState, LedgerEntry
 from credits_ledger.domain.money import format_amount
 from credits_ledger.jobs.in_order import InOrderBatch
 from credits_ledger.jobs.money_stream import MoneyStream
@@ -122,12 +122,12 @@ class StreamBatch(InOrderBatch):
         threshold = settings.low_balance_threshold
         if threshold is None:
             threshold = self.stream.pricing.low_balance_threshold
-        new = it.state_from_item(account_id, record.dynamodb.new_image)
+        new = _image_state(account_id, record.dynamodb.new_image)
         after = available(new, at)
         before = settings.alert_available
         if before is None:
             old_image = record.dynamodb.old_image
-            before = available(it.state_from_item(account_id, old_image), at) if old_image else Decimal(0)
+            before = available(_image_state(account_id, old_image), at) if old_image else Decimal(0)
         if settings.alert_available is not None and band(before, threshold) == band(after, threshold):
             return  # the common case: no crossing possible, nothing to remember, no write
         alerts = alert_crossings(before, after, threshold)
@@ -183,3 +183,11 @@ class StreamBatch(InOrderBatch):
             for event in events:
                 name = METRIC_NAMES.get(event.detail_type, "OtherEventsPublished")
                 metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+
+
+def _image_state(account_id: str, image: dict[str, Any]) -> AccountState:
+    """An account item from the stream as a state. Its tail (the grants kept apart from the item,
+    dal/live_grants.py) counts whole: the tail grants past their expiry, which the item does not name, count
+    as available until the expiry job writes them off, so an alert can come that much later."""
+    state = it.state_from_item(account_id, image)
+    return replace(state, unloaded=replace(state.unloaded, spendable_until=None))

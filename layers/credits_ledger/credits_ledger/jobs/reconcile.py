@@ -22,12 +22,14 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 
 from credits_ledger.bus import BusEvent, Publisher
+from credits_ledger.dal import live_grants as lg
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.reconcile import BUCKETS, CheckpointMoved, ReconcileRepository
 from credits_ledger.dal.reservations import ReservationRepository
 from credits_ledger.domain.reconcile import (
     Checkpoint,
     OpenReservation,
+    Problem,
     Reconciliation,
     missing_tail,
     reconcile,
@@ -145,7 +147,8 @@ class ReconcileJob:
             cursor = page.next_cursor
 
     def check(self, checkpoint: Checkpoint, summary: ReconcileSummary) -> Reconciliation:
-        state = self.accounts.state(checkpoint.account_id, consistent=True)
+        # every live grant, wherever the account keeps it: the proof sums them against the ledger
+        state = self.accounts.state(checkpoint.account_id, consistent=True, all_grants=True)
         entries = list(self.registry.entries_between(checkpoint.account_id, checkpoint.seq, state.version))
         for attempt in range(self._retries):
             if not missing_tail(checkpoint, state, entries):
@@ -164,11 +167,15 @@ class ReconcileJob:
         ended = [rid for rid, r in records.items() if r.status != "active"]
         if ended:
             # ended between the two reads: fine when the account item no longer holds it either
-            fresh = self.accounts.state(checkpoint.account_id, consistent=True)
+            fresh = self.accounts.state(checkpoint.account_id, consistent=True, next_expiry=False)
             for rid in ended:
                 if rid not in fresh.reservations:
                     records[rid] = replace(records[rid], status="active")
         result = reconcile(state, checkpoint, entries, summary.now, records)
+        stored = lg.summary_problems(state.storage)  # the item's word on the grants it keeps apart
+        if stored:
+            problems = result.problems + tuple(Problem("grants_apart", message) for message in stored)
+            result = replace(result, problems=problems, checkpoint=None)
         summary.checked += 1
         summary.entries_read += len(entries)
         if result.checkpoint is not None:

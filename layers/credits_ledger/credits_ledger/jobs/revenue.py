@@ -65,7 +65,7 @@ def export_usage(
     usage debits keep their meter and quantity. Reads every ledger: an operator's tool, never scheduled."""
     totals: dict[tuple[str, str, str], Any] = {}
     for account_id in _registered(registry):
-        state = accounts.state(account_id, consistent=True)
+        state = accounts.state(account_id, consistent=True, next_expiry=False)  # its version
         for entry in registry.entries_between(account_id, 0, state.version):
             meter, quantity = entry.metadata.get("meter"), entry.metadata.get("quantity")
             day = entry.created_at.date()
@@ -149,7 +149,7 @@ class RevenueRebuild:
         recomputed: dict[tuple[date, str], Totals] = {}
         for account_id in self._accounts():
             summary.accounts += 1
-            state = self.accounts.state(account_id, consistent=True)
+            state = self.accounts.state(account_id, consistent=True, next_expiry=False)  # its version
             entries = list(self.registry.entries_between(account_id, 0, state.version))
             summary.entries += len(entries)
             grants = {a.grant_id for e in entries for a in e.allocations}
