@@ -15,10 +15,12 @@ import pytest
 
 from credits_ledger.dal import live_grants as lg
 from credits_ledger.dal.reconcile import ReconcileRepository
+from credits_ledger.domain import transitions as tr
 from credits_ledger.domain.errors import InsufficientCredits
 from credits_ledger.domain.models import Category, GrantStatus
 from credits_ledger.domain.overage import OveragePolicy, OverageSettings
 from credits_ledger.domain.reconcile import Checkpoint
+from credits_ledger.domain.transitions import EntryContext
 from credits_ledger.jobs.reconcile import ReconcileJob, ReconcileSummary
 from credits_ledger.ledger import DebitRequest
 from credits_ledger.reservations import Reservations, ReserveRequest
@@ -371,3 +373,90 @@ def test_a_refusal_decided_while_a_tail_grant_is_expired_is_decided_again(
     client.meta.events.unregister("before-call.dynamodb.Query", expire_between)
     assert len(queries) >= 2
     assert refused.value.available == 20
+
+
+def test_a_transition_on_a_tail_grant_its_caller_did_not_name_reads_it(pair: Pair) -> None:
+    # Given 6 grants (4 kept apart), and callers that decide on a grant without naming it to the read, as
+    # the Stripe webhook's refunds, disputes and subscription periods once did
+    _grants(pair, 6)
+    for account, ledger in pair.ledgers.items():
+        refunded, voided = ledger.grant_record(f"{account}-g05"), ledger.grant_record(f"{account}-g04")
+        refund = EntryContext(f"{account}:refund", pair.clock.now, "re_1")
+        void = EntryContext(f"{account}:void", pair.clock.now, "dp_1")
+        # When one refunds a grant kept apart and another voids one / Then both take effect
+        refund_entry = ledger.execute(
+            account, refund.entry_key, "", lambda s, r=refunded, c=refund: tr.revoke(s, r, D(10), c)
+        )
+        void_entry = ledger.execute(account, void.entry_key, "", lambda s, r=voided, c=void: tr.void(s, r, c))
+        assert (refund_entry.entry.amount, void_entry.entry.amount) == (-10, -10)
+    assert pair.small.balance(SMALL).available == 40
+    pair.check()
+
+
+def test_a_debit_spanning_a_long_tail_writes_within_one_transaction(pair: Pair) -> None:
+    # Given 72 grants of 1 (70 kept apart): a debit of all of them closes 30, leaves 42 spent on the item
+    _grants(pair, 72, "1")
+    pair.same(pair.debit("use:all", "72"))
+    pair.check()
+    # When new grants come and go, the tail empties and fills again past the spent grants' copies
+    _grants(pair, 5, "3", priority=10)
+    pair.same(pair.debit("use:more", "4"))
+    _grants(pair, 5, "2", priority=90)
+    pair.same(pair.debit("use:last", "20"))
+    pair.check()
+
+
+def test_grants_read_past_their_expiry_go_back_apart_without_growing_the_item(pair: Pair) -> None:
+    # Given 40 grants that expired yesterday, spent first, not yet written off, kept apart, and 5 that last
+    for index in range(40):
+        pair.grant(
+            f"x{index:02d}", "1", priority=10, category=PROMO, expires_at=pair.clock.now + timedelta(hours=1)
+        )
+    _grants(pair, 5)
+    pair.clock.advance(timedelta(days=1))
+    # When a debit reads them all (they sort first) / Then the item keeps at most its head's worth
+    pair.same(pair.debit("use:1", "25"))
+    state = pair.small.repository.state(SMALL, consistent=True, next_expiry=False)
+    stored = state.storage
+    assert isinstance(stored, lg.StoredGrants)
+    assert len(state.grants) - len(stored.read_from_tail) <= 2 + 1  # the item's grants (one spent)
+    pair.check()
+
+
+def test_expiring_many_grants_kept_apart_reads_each_once(pair: Pair, moto_tables: Any) -> None:
+    # Given 30 grants kept apart, all past their expiry
+    _grants(pair, 2, priority=10)
+    for index in range(30):
+        pair.grant(f"x{index:02d}", "1", expires_at=pair.clock.now + timedelta(hours=1, minutes=index))
+    pair.clock.advance(timedelta(days=1))
+    queries: list[int] = []
+    moto_tables.client.meta.events.register("before-call.dynamodb.Query", lambda **_: queries.append(1))
+    # When the job expires them one by one / Then no expiry reads the others
+    for index in range(30):
+        assert pair.small.expire(f"{SMALL}-x{index:02d}", pair.clock.now) is not None
+    assert queries == []
+    assert pair.small.balance(SMALL).available == 20
+
+
+def test_a_listing_answers_one_version_of_the_account(pair: Pair, moto_tables: Any) -> None:
+    # Given 8 grants of 10 listed 4 to a page, 2 of the first page voided, and a debit of 25 committed
+    # between the listing's two pages (it spends g00, g03 and half of g04)
+    _grants(pair, 8)
+    for name in ("g01", "g02"):
+        assert pair.small.void(f"{SMALL}-{name}") is not None
+    reads: list[int] = []
+
+    def debit_between(**kwargs: Any) -> None:
+        if kwargs["params"].get("IndexName") == "GrantsByAccount":
+            reads.append(1)
+            if len(reads) == 2:
+                pair.small.debit(SMALL, DebitRequest(key="use:between", amount=D(25), fingerprint="25"))
+
+    moto_tables.client.meta.events.register("provide-client-params.dynamodb.Query", debit_between)
+    # When the active grants are listed (the filter reads both pages)
+    listing = pair.small.grants(SMALL, 4, status=GrantStatus.ACTIVE)
+    # Then it is the listing of one version: before the debit, or after it, never half of each
+    shown = [(g.grant_id.removeprefix(f"{SMALL}-"), g.remaining) for g in listing.items]
+    before = [("g00", 10), ("g03", 10), ("g04", 10), ("g05", 10)]
+    after = [("g04", 5), ("g05", 10), ("g06", 10), ("g07", 10)]
+    assert shown in (before, after), shown

@@ -36,7 +36,7 @@ from credits_ledger.domain.models import AccountState, Balance, Change, Grant, G
 from credits_ledger.domain.overage import OverageSettings
 from credits_ledger.domain.rollover import RolloverPolicy
 from credits_ledger.domain.rollover import expire_with_rollover as _expire_with_rollover
-from credits_ledger.domain.spend import MoreGrantsNeeded
+from credits_ledger.domain.spend import GrantStoredApart, MoreGrantsNeeded
 from credits_ledger.domain.transitions import EntryContext, GrantSpec
 from credits_ledger.retry import ensure_time_for_an_attempt, wait_after_conflict
 
@@ -78,6 +78,8 @@ MAX_DEBITS_PER_TRANSACTION = 40
 MAX_ACTIONS_PER_TRANSACTION = 100
 # Index pages one filtered grants listing may read (each at most the page size) before it answers with a cursor.
 MAX_GRANT_QUERIES_PER_LISTING = 5
+# Listings read again when the account changed between their pages (each page reads its grants' live state).
+LISTING_READS = 3
 
 
 # How long after a round of the debit queue a single debit of the account that would be written joins the
@@ -315,14 +317,29 @@ class Ledger:
         With a ``status`` filter, pages are filled by reading on until ``limit`` grants match, but one request
         reads at most ``MAX_GRANT_QUERIES_PER_LISTING`` index pages: a rare status among many grants then
         gets a short (even empty) page whose cursor continues after the last grant read, so the cost of one
-        request stays bounded whatever the account holds.
+        request stays bounded whatever the account holds. Each index page reads its grants' live state;
+        when the account changed between two of them, the listing is read again (up to LISTING_READS
+        times; an account that changes between every page read gets the last listing as read).
         """
         now = self._clock()
+        for _ in range(LISTING_READS):
+            listing, versions = self._grants_listing(account_id, limit, cursor, status, now)
+            if len(versions) <= 1:
+                return listing
+            # the account changed between two index pages' reads of it: one version's grants, or none
+        return listing
+
+    def _grants_listing(
+        self, account_id: str, limit: int, cursor: str | None, status: GrantStatus | None, now: datetime
+    ) -> tuple[Page, set[int]]:
+        """One listing, and the versions of the account its pages read the live grants at."""
         collected: list[Grant] = []
+        versions: set[int] = set()
         for _ in range(MAX_GRANT_QUERIES_PER_LISTING):
             page = self.repository.grants_page(account_id, limit, cursor)
             # live remaining and status of the page's grants, wherever the account keeps them
             state = self.repository.state(account_id, now=now, records=page.items, next_expiry=False)
+            versions.add(state.version)
             for index, record in enumerate(page.items):
                 view = record.merged_with(state.grants.get(record.grant_id), now)
                 if status is not None and view.status is not status:
@@ -330,11 +347,11 @@ class Ledger:
                 collected.append(view)
                 if len(collected) == limit:
                     more = index < len(page.items) - 1 or page.next_cursor is not None
-                    return Page(collected, self.repository.grant_cursor(record) if more else None)
+                    return Page(collected, self.repository.grant_cursor(record) if more else None), versions
             if page.next_cursor is None:
-                return Page(collected, None)
+                return Page(collected, None), versions
             cursor = page.next_cursor
-        return Page(collected, cursor)
+        return Page(collected, cursor), versions
 
     def transactions(self, account_id: str, limit: int, cursor: str | None = None) -> Page:
         return self.repository.ledger_page(account_id, limit, cursor)
@@ -484,6 +501,7 @@ class Ledger:
         (MoreGrantsNeeded) is taken again on a read that holds them (dal/live_grants.py)."""
         ensure_time_for_an_attempt(account_id)
         tail = GrantsToRead(self.repository.head_size)
+        records = list(records)
         state, existing = self.repository.load(account_id, keys, now=self._clock(), records=records)
         consistent = False
 
@@ -497,6 +515,14 @@ class Ledger:
                 step = attempt(state, existing, consistent)
             except MoreGrantsNeeded as short:
                 tail.more(account_id, short)
+                state, existing = read_again()
+                consistent = True
+                continue
+            except GrantStoredApart as apart:
+                # a transition on a grant its caller did not name: read it where its record says, once
+                if any(r.grant_id == apart.grant_id for r in records):
+                    raise AssertionError(f"grant {apart.grant_id} was read and is still missing") from apart
+                records.append(self.repository.grant(apart.grant_id))
                 state, existing = read_again()
                 consistent = True
                 continue

@@ -38,7 +38,15 @@ from credits_ledger.domain.errors import (
     InvalidTransition,
     WriteRejected,
 )
-from credits_ledger.domain.models import DEFAULT_PRIORITY, AccountState, Category, Change, CostBasis, Source
+from credits_ledger.domain.models import (
+    DEFAULT_PRIORITY,
+    AccountState,
+    Category,
+    Change,
+    CostBasis,
+    Grant,
+    Source,
+)
 from credits_ledger.domain.payments import (
     Action,
     CostBasisAction,
@@ -283,7 +291,7 @@ class StripeWebhookProcessor:
                 build = lambda state, r=record, c=ctx: transitions.void(state, r, c)  # type: ignore[misc]  # noqa: E731
             try:
                 outcome = self._ledger.execute(
-                    record.account_id, ctx.entry_key, "", build, extra_actions=[update]
+                    record.account_id, ctx.entry_key, "", build, extra_actions=[update], records=[record]
                 )
             except (GrantNotLive, InvalidTransition):
                 self._payments.transact([update])  # nothing left to void: note it as done
@@ -384,7 +392,7 @@ class StripeWebhookProcessor:
                 DisputeEffect.VOIDED: transitions.void,
             }[action.effect]
             build = lambda state: transition(state, record, ctx)  # noqa: E731
-        self._commit(owner, action, record.account_id, ctx, build, None)
+        self._commit(owner, action, record.account_id, ctx, build, None, record)
 
     @staticmethod
     def _dispute_context(owner: PaymentRecord, action: DisputeAction, now: datetime) -> EntryContext:
@@ -406,11 +414,17 @@ class StripeWebhookProcessor:
         ctx: EntryContext,
         build: Callable[[AccountState], Change],
         grant_id: str | None,
+        record: Grant | None = None,
     ) -> None:
         update = applied(owner, action, grant_id)
         try:
             outcome = self._ledger.execute(
-                account, ctx.entry_key, "", build, extra_actions=[self._payments.put_action(owner, update)]
+                account,
+                ctx.entry_key,
+                "",
+                build,
+                extra_actions=[self._payments.put_action(owner, update)],
+                records=[record] if record is not None else (),
             )
         except (GrantNotLive, InvalidTransition):
             # Nothing left to act on (spent, expired or voided already): note the effect as applied.

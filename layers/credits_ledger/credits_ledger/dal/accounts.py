@@ -134,6 +134,9 @@ class AccountRepository(TableRepository):
             at_least=wanted.at_least,
             records=records,
             verify=False,
+            # a decision on named grants (expire, void, refund...) needs no others, past their expiry or not,
+            # unless it asked for more: expiring N grants then reads N, not N^2
+            due=not records or wanted.reads > 0,
         )
         return tailed, entries
 
@@ -178,6 +181,7 @@ class AccountRepository(TableRepository):
         all_grants: bool = False,
         next_expiry: bool = False,
         verify: bool = True,
+        due: bool = True,
     ) -> AccountState:
         stored = state.storage
         assert isinstance(stored, lg.StoredGrants)
@@ -196,9 +200,9 @@ class AccountRepository(TableRepository):
                 read[grant.grant_id] = grant
             frontier = None
         else:
-            if tail.expires_from is not None and now >= tail.expires_from:
-                due, spendable_until = self._due(pk, tail, now)
-                read.update(due)
+            if due and tail.expires_from is not None and now >= tail.expires_from:
+                past_expiry, spendable_until = self._due(pk, tail, now)
+                read.update(past_expiry)
             wanted_records = [r for r in records if r.grant_id not in state.grants and r.grant_id not in read]
             for grant in self._tail_grants(pk, tail.boundary, wanted_records):
                 read[grant.grant_id] = grant
@@ -207,13 +211,19 @@ class AccountRepository(TableRepository):
                 frontier = self._first_grants(pk, start, read, wanted, now, at_least=count)
             if next_expiry:
                 expiry = self._next_expiry(pk, tail, read, now)
-        due_checked = tail.expires_from is not None and now >= tail.expires_from
+        due_checked = due and tail.expires_from is not None and now >= tail.expires_from
         queried = all_grants or due_checked or bool(records) or wanted > 0 or next_expiry
         if verify and queried and self._version(state.account_id) != state.version:
             # the tail items read may belong to a later version than the account item: read both again
             raise _TailMoved()
         unloaded = lg.unloaded_part(
-            tail, read, frontier, spendable_until, expiry, expiry_known=next_expiry or all_grants
+            tail,
+            read,
+            frontier,
+            spendable_until,
+            expiry,
+            expiry_known=next_expiry or all_grants,
+            looked_up=frozenset(r.grant_id for r in records),
         )
         return replace(
             state,

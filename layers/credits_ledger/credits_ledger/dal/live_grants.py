@@ -52,6 +52,8 @@ LIVE_PREFIX = "LIVE#"
 HEAD_SIZE = 10
 # Grants one write moves from the item to the tail at most (each is a Put in the change's transaction).
 MAX_MOVES_OUT = 20
+# Copies below a boundary one write may delete when the boundary moves down past them (each a Delete).
+MAX_COPY_DELETES = 20
 # Priorities the item counts the tail's grants of (a few bytes each); past them, expiries are found by scanning.
 MAX_GROUPS = 16
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -211,6 +213,7 @@ def unloaded_part(
     spendable_until: datetime | None,
     next_expiry: ExpiryAt | None = None,
     expiry_known: bool = False,
+    looked_up: frozenset[str] = frozenset(),
 ) -> GrantsNotLoaded:
     """The tail grants a state does not hold: the tail less what was read of it."""
     if tail is None:
@@ -230,6 +233,7 @@ def unloaded_part(
         spendable_until=spendable_until,
         expiry_known=expiry_known,
         next_expiry=next_expiry,
+        looked_up=looked_up,
     )
 
 
@@ -263,39 +267,53 @@ def lay_out(state: AccountState, now: datetime, *, max_moves_out: int = MAX_MOVE
     room = max(stored.head_size - sum(1 for g in unsettled if g.remaining > 0), 0)
     # a settled grant at or after the frontier may have unread tail grants before it: it goes to the tail
     before_frontier = [g for g in candidates if frontier is None or keys[g.grant_id] < frontier]
-    # the last ones in spend order move out, at most MAX_MOVES_OUT per write (an item written before grants
-    # moved out of it may hold thousands: it sheds them over its next writes, staying within a transaction)
-    keep = max(room, len(before_frontier) - max_moves_out)
-    to_head = before_frontier[:keep]
-    to_tail = before_frontier[keep:] + [
-        g for g in candidates if frontier is not None and keys[g.grant_id] >= frontier
-    ]
+    beyond_frontier = [g for g in candidates if frontier is not None and keys[g.grant_id] >= frontier]
+    floor = [keys[g.grant_id] for g in beyond_frontier] + ([frontier] if unloaded.count and frontier else [])
+    copies = {**{gid: order_key(g) for gid, g in stored.read_from_tail.items()}, **stored.stale_copies}
 
-    boundary_candidates = [keys[g.grant_id] for g in to_tail]
-    if unloaded.count:
-        assert frontier is not None
-        boundary_candidates.append(frontier)
-    boundary = min(boundary_candidates) if boundary_candidates else None
+    def plan(moved: int) -> tuple[list[LiveGrant], str | None, list[str]] | None:
+        """The grants the last ``moved`` settled ones leave for the tail, the boundary, and the copies
+        of grants staying on the item that it must delete; None past a write's budget."""
+        out = before_frontier[len(before_frontier) - moved :] if moved else []
+        bounds = floor + [keys[g.grant_id] for g in out]
+        boundary = min(bounds) if bounds else None
+        staying = {g.grant_id for g in unsettled} | {
+            g.grant_id for g in before_frontier[: len(before_frontier) - moved]
+        }
+        deletes = [
+            copies[gid] for gid in staying if gid in copies and (boundary is None or copies[gid] >= boundary)
+        ]
+        if boundary is None and deletes:
+            # the tail empties, but copies remain on the item's grants: keep an empty tail above them instead
+            boundary, deletes = successor(max(deletes)), []
+        puts = [g for g in out if stored.read_from_tail.get(g.grant_id) != g]
+        if moved and (len(puts) > max_moves_out or len(deletes) > MAX_COPY_DELETES):
+            return None
+        return out, boundary, deletes
 
-    head = {g.grant_id: g for g in [*unsettled, *to_head]}
-    had_copy = set(stored.read_from_tail) | set(stored.stale_copies)
-    puts: list[LiveGrant] = []
-    deletes: list[str] = []
+    # the last ones in spend order move out, as many as one write may: each moved grant that is not already
+    # there is a Put, and moving the boundary down past copies deletes them (an item written before grants
+    # moved out of it may hold thousands: it sheds them over its next writes, within a transaction)
+    chosen = None
+    # (more than max_moves_out + the grants read unchanged would need more Puts than allowed: not tried)
+    most = min(max(len(before_frontier) - room, 0), max_moves_out + len(stored.read_from_tail))
+    for moved in range(most, -1, -1):
+        chosen = plan(moved)
+        if chosen is not None:
+            break
+    assert chosen is not None  # moving nothing is always within budget
+    moved_out, boundary, copy_deletes = chosen
+    to_tail = moved_out + beyond_frontier
+    head = {g.grant_id: g for g in [*unsettled, *before_frontier[: len(before_frontier) - len(moved_out)]]}
+    puts = [g for g in to_tail if stored.read_from_tail.get(g.grant_id) != g]
+    deletes = list(copy_deletes)
     stale: set[str] = set()
-    for grant in to_tail:
-        before = stored.read_from_tail.get(grant.grant_id)
-        if before is None or before != grant:
-            puts.append(grant)
-    for grant_id in had_copy:
+    for grant_id in copies:
         if grant_id in head:
-            key = keys[grant_id]
-            if boundary is not None and key < boundary:
+            if copies[grant_id] not in copy_deletes:
                 stale.add(grant_id)  # below the boundary the copy is inert; deleted when the grant leaves
-            else:
-                deletes.append(key)
         elif grant_id not in state.grants:  # left the account: its copy goes with it
-            before = stored.read_from_tail.get(grant_id)
-            deletes.append(order_key(before) if before is not None else stored.stale_copies[grant_id])
+            deletes.append(copies[grant_id])
 
     tail = None
     if boundary is not None:

@@ -159,6 +159,8 @@ class GrantsNotLoaded:
     spendable_until: datetime | None = None
     expiry_known: bool = True
     next_expiry: ExpiryAt | None = None
+    # grants the loader looked for among them (by their records): one of these not held is not live at all
+    looked_up: frozenset[str] = frozenset()
 
     def holds_at(self, now: datetime) -> bool:
         """The promise above still holds at ``now``."""

@@ -20,6 +20,23 @@ _MIN_US = -62_135_596_800_000_000
 NONE_UNLOADED = GrantsNotLoaded()
 
 
+class GrantStoredApart(CreditsError):
+    """A transition acts on a grant this state does not hold, though the account holds grants apart from its
+    item (``AccountState.unloaded``): it may be one of them. Not an answer to anyone: the ledger reads that
+    grant (its record gives where) and decides again."""
+
+    def __init__(self, account_id: str, grant_id: str) -> None:
+        super().__init__(f"account {account_id}: grant {grant_id} may be stored apart from its item")
+        self.account_id = account_id
+        self.grant_id = grant_id
+
+
+def require_loaded(state: AccountState, grant_id: str) -> None:
+    """GrantStoredApart when ``grant_id`` may be live without this state holding it."""
+    if grant_id not in state.grants and state.unloaded.count and grant_id not in state.unloaded.looked_up:
+        raise GrantStoredApart(state.account_id, grant_id)
+
+
 class MoreGrantsNeeded(CreditsError):
     """The grants this state holds do not decide the spend: grants stored apart (``AccountState.unloaded``)
     may come first in spend order. Not an answer to anyone: the ledger loads more of them and decides again."""

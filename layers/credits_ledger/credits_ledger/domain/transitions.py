@@ -140,6 +140,7 @@ def _apply(
 
 
 def _live(state: AccountState, grant: Grant) -> LiveGrant:
+    spend.require_loaded(state, grant.grant_id)
     live = state.grants.get(grant.grant_id)
     if live is None:
         raise GrantNotLive(grant.grant_id, grant.status.value)
@@ -292,6 +293,7 @@ def revoke(state: AccountState, record: Grant, amount: Decimal, ctx: EntryContex
     spent, expired or voided) is recorded on the entry so finance can see what could not be clawed back."""
     if amount <= 0:
         raise InvalidGrant("amount", "must be greater than 0")
+    spend.require_loaded(state, record.grant_id)
     live = state.grants.get(record.grant_id)
     remaining = live.remaining if live is not None else ZERO
     taken = min(amount, remaining)
