@@ -157,10 +157,17 @@ def sends(client: Any) -> dict[str, int]:
     return counts
 
 
-@pytest.fixture
-def ledger(moto_tables: Any, client: Any, botocore_sleeps: list[float], sends: dict[str, int]) -> Ledger:
-    """Given 100 paid credits expiring tomorrow (gr_1) and 50 promotional never-expiring ones (gr_2)."""
-    ledger = make_ledger(client, moto_tables["CreditsTable"], FakeClock())
+@pytest.fixture(params=["on the item", "kept apart"])
+def ledger(
+    request: Any, moto_tables: Any, client: Any, botocore_sleeps: list[float], sends: dict[str, int]
+) -> Ledger:
+    """Given 100 paid credits expiring tomorrow (gr_1) and 50 promotional never-expiring ones (gr_2): on the
+    account item, or kept apart from it (dal/live_grants.py: an item of 1 grant, 5 credits spent first), so
+    that every write also moves grants between the item and their own items."""
+    apart = request.param == "kept apart"
+    ledger = make_ledger(client, moto_tables["CreditsTable"], FakeClock(), head_size=1 if apart else None)
+    if apart:
+        ledger.grant(ACCT, spec("gr_0", "5", priority=10), key="g:0")
     ledger.grant(ACCT, spec("gr_1", "100", expires_at=T0 + timedelta(days=1)), key="g:1")
     ledger.grant(ACCT, spec("gr_2", "50", category=Category.PROMOTIONAL), key="g:2")
     return ledger
