@@ -19,8 +19,11 @@ What the account item says of its tail (``TailSummary``) and what holds between 
     write that looked);
   - a LIVE# item sorting before ``boundary`` is the stale copy of a head grant flagged ``t`` on the item (a
     grant moved to the head keeps its copy until it leaves the account or the boundary passes it); no other
-    LIVE# item exists. A grant leaving the account deletes its copy in the same transaction.
-Every tail item is written in the transaction that writes the account item, under its version condition.
+    LIVE# item exists. A grant leaving the account deletes its copy in the same transaction. A tail that
+    empties while copies remain keeps a summary of 0 grants whose boundary sits above them.
+Every tail item is written in the transaction that writes the account item, under its version condition, and
+one write stays within a transaction: at most MAX_MOVES_OUT grants moved out and MAX_COPY_DELETES copies
+deleted beyond those of the grants it closes.
 
 This module is pure: the layout decisions, the item codec and the keys. The reads and writes are in
 ``dal/accounts.py``.
