@@ -194,25 +194,27 @@ class AccountRepository(TableRepository):
         spendable_until = tail.expires_from
         frontier: str | None = tail.boundary
         expiry: ExpiryAt | None = None
+        due_checked = due and tail.expires_from is not None and now >= tail.expires_from
+        wanted_records = [r for r in records if r.grant_id not in state.grants]
         if all_grants:
             for item in self._between(pk, start, lg.live_sk("~")):
                 grant = lg.live_from_item(item)
                 read[grant.grant_id] = grant
             frontier = None
         else:
-            if due and tail.expires_from is not None and now >= tail.expires_from:
+            if due_checked:
                 past_expiry, spendable_until = self._due(pk, tail, now)
                 read.update(past_expiry)
-            wanted_records = [r for r in records if r.grant_id not in state.grants and r.grant_id not in read]
-            for grant in self._tail_grants(pk, tail.boundary, wanted_records):
+            unread = [r for r in wanted_records if r.grant_id not in read]
+            for grant in self._tail_grants(pk, tail.boundary, unread):
                 read[grant.grant_id] = grant
             if wanted > 0:
                 count = max(stored.head_size, at_least)
                 frontier = self._first_grants(pk, start, read, wanted, now, at_least=count)
             if next_expiry:
                 expiry = self._next_expiry(pk, tail, read, now)
-        due_checked = due and tail.expires_from is not None and now >= tail.expires_from
-        queried = all_grants or due_checked or bool(records) or wanted > 0 or next_expiry
+        # named grants all on the item need no tail read: the item alone is one version's view
+        queried = all_grants or due_checked or bool(wanted_records) or wanted > 0 or next_expiry
         if verify and queried and self._version(state.account_id) != state.version:
             # the tail items read may belong to a later version than the account item: read both again
             raise _TailMoved()
@@ -274,8 +276,8 @@ class AccountRepository(TableRepository):
             yield False, (g for g in map(lg.live_from_item, everything) if g.expires_at is not None)
             return
         for priority in tail.groups:
-            low, _ = lg.group_bounds(priority)
-            run = self._between(pk, max(low, boundary), lg.live_sk(f"{priority:010d}#1"), TAIL_PAGE)
+            low, high = lg.expiring_range(priority)
+            run = self._between(pk, max(low, boundary), high, TAIL_PAGE)
             yield True, map(lg.live_from_item, run)
 
     def _due(

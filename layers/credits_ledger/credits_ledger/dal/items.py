@@ -8,7 +8,7 @@ Keys (one table, see docs/data-model.md):
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -38,6 +38,7 @@ from credits_ledger.domain.models import (
 from credits_ledger.domain.spend import order_key
 
 # Items store times as the domain spells them; re-exported as the codec the data-access modules use (it.iso).
+from credits_ledger.domain.times import epoch_us, from_epoch_us
 from credits_ledger.domain.times import iso as iso
 from credits_ledger.domain.times import parse_iso as parse_iso
 
@@ -58,15 +59,6 @@ def to_dynamo(item: Item) -> dict[str, Any]:
 
 def from_dynamo(item: dict[str, Any]) -> Item:
     return {k: _deserializer.deserialize(v) for k, v in item.items()}
-
-
-def _epoch_us(moment: datetime) -> int:
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _from_epoch_us(value: Decimal | int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(value))
 
 
 def account_key(account_id: str) -> dict[str, Any]:
@@ -106,7 +98,7 @@ def state_to_item(state: AccountState, layout: Layout | None = None) -> Item:
         # open reservations: expiry instant and what each holds per grant, in capture order
         item["reservations"] = {
             r.reservation_id: {
-                "x": _epoch_us(r.expires_at),
+                "x": epoch_us(r.expires_at),
                 "a": [{"g": a.grant_id, "a": a.amount} for a in r.allocations],
             }
             for r in state.reservations.values()
@@ -115,7 +107,7 @@ def state_to_item(state: AccountState, layout: Layout | None = None) -> Item:
         item["overage_month"] = state.overage_month
         item["overage_used"] = state.overage_used
     if state.queue_busy_until is not None:  # only accounts whose debit queue was ever committed
-        item["queue_busy_until"] = _epoch_us(state.queue_busy_until)
+        item["queue_busy_until"] = epoch_us(state.queue_busy_until)
     if layout is not None and layout.tail is not None:  # only accounts with more grants than the head holds
         item["tail"] = layout.tail.to_item()
     return item
@@ -132,8 +124,8 @@ def state_from_item(account_id: str, item: Item | None, head_size: int = HEAD_SI
             remaining=live["r"],
             category=Category(live["c"]),
             priority=int(live["p"]),
-            effective_at=_from_epoch_us(live["e"]),
-            expires_at=_from_epoch_us(live["x"]) if "x" in live else None,
+            effective_at=from_epoch_us(live["e"]),
+            expires_at=from_epoch_us(live["x"]) if "x" in live else None,
             held=bool(live.get("h", False)),
         )
         for grant_id, live in item.get("grants", {}).items()
@@ -141,7 +133,7 @@ def state_from_item(account_id: str, item: Item | None, head_size: int = HEAD_SI
     reservations = {
         reservation_id: LiveReservation(
             reservation_id=reservation_id,
-            expires_at=_from_epoch_us(live["x"]),
+            expires_at=from_epoch_us(live["x"]),
             allocations=tuple(Allocation(a["g"], a["a"]) for a in live.get("a", [])),
         )
         for reservation_id, live in item.get("reservations", {}).items()
@@ -164,12 +156,12 @@ def state_from_item(account_id: str, item: Item | None, head_size: int = HEAD_SI
         reservations=reservations,
         overage_month=item.get("overage_month"),
         overage_used=item.get("overage_used", Decimal(0)),
-        queue_busy_until=_from_epoch_us(item["queue_busy_until"]) if "queue_busy_until" in item else None,
+        queue_busy_until=from_epoch_us(item["queue_busy_until"]) if "queue_busy_until" in item else None,
     )
 
 
 def expiry_sort_key(expires_at: datetime, grant_id: str) -> str:
-    return f"{_epoch_us(expires_at):017d}#{grant_id}"
+    return f"{epoch_us(expires_at):017d}#{grant_id}"
 
 
 def grant_to_item(grant: Grant) -> Item:

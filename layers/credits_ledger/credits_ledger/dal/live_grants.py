@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -48,6 +48,7 @@ from credits_ledger.domain.models import (
 )
 from credits_ledger.domain.money import ZERO
 from credits_ledger.domain.spend import MoreGrantsNeeded, order_key
+from credits_ledger.domain.times import epoch_us, from_epoch_us
 
 LIVE_PREFIX = "LIVE#"
 # Settled grants the account item holds at most (besides grants that are not settled). At ~70 B each, ten keep
@@ -59,16 +60,6 @@ MAX_MOVES_OUT = 20
 MAX_COPY_DELETES = 20
 # Priorities the item counts the tail's grants of (a few bytes each); past them, expiries are found by scanning.
 MAX_GROUPS = 16
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _epoch_us(moment: datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _from_epoch_us(value: Decimal | int) -> datetime:
-    return _EPOCH + timedelta(microseconds=int(value))
 
 
 @dataclass(frozen=True)
@@ -92,7 +83,7 @@ class TailSummary:
         if self.groups is not None:
             item["g"] = {str(priority): n for priority, n in self.groups.items() if n}
         if self.expires_from is not None:
-            item["xf"] = _epoch_us(self.expires_from)
+            item["xf"] = epoch_us(self.expires_from)
         return item
 
     @classmethod
@@ -103,7 +94,7 @@ class TailSummary:
             paid=Decimal(item["pd"]),
             promotional=Decimal(item["pr"]),
             groups={int(p): int(n) for p, n in item["g"].items()} if "g" in item else None,
-            expires_from=_from_epoch_us(item["xf"]) if "xf" in item else None,
+            expires_from=from_epoch_us(item["xf"]) if "xf" in item else None,
         )
 
 
@@ -131,10 +122,10 @@ def live_fields(grant: LiveGrant) -> dict[str, Any]:
         "r": grant.remaining,
         "c": grant.category.value,
         "p": grant.priority,
-        "e": _epoch_us(grant.effective_at),
+        "e": epoch_us(grant.effective_at),
     }
     if grant.expires_at is not None:
-        fields["x"] = _epoch_us(grant.expires_at)
+        fields["x"] = epoch_us(grant.expires_at)
     return fields
 
 
@@ -153,21 +144,15 @@ def live_from_item(item: Mapping[str, Any]) -> LiveGrant:
         remaining=Decimal(item["r"]),
         category=Category(item["c"]),
         priority=int(item["p"]),
-        effective_at=_from_epoch_us(item["e"]),
-        expires_at=_from_epoch_us(item["x"]) if "x" in item else None,
+        effective_at=from_epoch_us(item["e"]),
+        expires_at=from_epoch_us(item["x"]) if "x" in item else None,
     )
 
 
-def group_bounds(priority: int) -> tuple[str, str]:
-    """The sort keys between which a priority's tail grants lie (expiring ones first, by expiry)."""
-    return live_sk(f"{priority:010d}#"), live_sk(f"{priority:010d}#~")
-
-
-def due_upper_bound(priority: int, now: datetime) -> str:
-    """The last sort key of a priority's tail grants that expire at or before ``now``."""
-    probe = LiveGrant("", ZERO, Category.PROMOTIONAL, priority, now, now)
-    expiry_part = order_key(probe).split("#")[1]  # "0" + the instant
-    return live_sk(f"{priority:010d}#{expiry_part}#~")
+def expiring_range(priority: int) -> tuple[str, str]:
+    """The sort keys between which a priority's expiring tail grants lie, earliest expiry first (its
+    never-expiring ones sort after: ``<priority>#1#...``)."""
+    return live_sk(f"{priority:010d}#"), live_sk(f"{priority:010d}#1")
 
 
 def successor(key: str) -> str:
@@ -274,9 +259,10 @@ def lay_out(state: AccountState, now: datetime, *, max_moves_out: int = MAX_MOVE
     floor = [keys[g.grant_id] for g in beyond_frontier] + ([frontier] if unloaded.count and frontier else [])
     copies = {**{gid: order_key(g) for gid, g in stored.read_from_tail.items()}, **stored.stale_copies}
 
-    def plan(moved: int) -> tuple[list[LiveGrant], str | None, list[str]] | None:
-        """The grants the last ``moved`` settled ones leave for the tail, the boundary, and the copies
-        of grants staying on the item that it must delete; None past a write's budget."""
+    def plan(moved: int) -> tuple[list[LiveGrant], str | None, list[str], list[LiveGrant]] | None:
+        """The grants the last ``moved`` settled ones leave for the tail, the boundary, the copies of
+        grants staying on the item that it must delete, and the moved grants to Put; None past a write's
+        budget."""
         out = before_frontier[len(before_frontier) - moved :] if moved else []
         bounds = floor + [keys[g.grant_id] for g in out]
         boundary = min(bounds) if bounds else None
@@ -292,7 +278,7 @@ def lay_out(state: AccountState, now: datetime, *, max_moves_out: int = MAX_MOVE
         puts = [g for g in out if stored.read_from_tail.get(g.grant_id) != g]
         if moved and (len(puts) > max_moves_out or len(deletes) > MAX_COPY_DELETES):
             return None
-        return out, boundary, deletes
+        return out, boundary, deletes, puts
 
     # the last ones in spend order move out, as many as one write may: each moved grant that is not already
     # there is a Put, and moving the boundary down past copies deletes them (an item written before grants
@@ -305,10 +291,10 @@ def lay_out(state: AccountState, now: datetime, *, max_moves_out: int = MAX_MOVE
         if chosen is not None:
             break
     assert chosen is not None  # moving nothing is always within budget
-    moved_out, boundary, copy_deletes = chosen
+    moved_out, boundary, copy_deletes, moved_puts = chosen
     to_tail = moved_out + beyond_frontier
     head = {g.grant_id: g for g in [*unsettled, *before_frontier[: len(before_frontier) - len(moved_out)]]}
-    puts = [g for g in to_tail if stored.read_from_tail.get(g.grant_id) != g]
+    puts = moved_puts + [g for g in beyond_frontier if stored.read_from_tail.get(g.grant_id) != g]
     deletes = list(copy_deletes)
     stale: set[str] = set()
     for grant_id in copies:

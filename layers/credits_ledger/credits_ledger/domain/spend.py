@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from credits_ledger.domain import reserved
 from credits_ledger.domain.errors import CreditsError, InsufficientCredits
 from credits_ledger.domain.models import AccountState, Allocation, Category, GrantsNotLoaded, LiveGrant
 from credits_ledger.domain.money import ZERO
+from credits_ledger.domain.times import epoch_us
 
 # Priorities are 0..1,000,000 wherever a grant is made (API, Stripe metadata, pricing file); the order key
 # spells them in ten digits.
 MAX_PRIORITY = 9_999_999_999
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Instants as microseconds since 0001-01-01 (18 digits for every datetime): never negative, so they sort as text.
 _MIN_US = -62_135_596_800_000_000
 NONE_UNLOADED = GrantsNotLoaded()
@@ -61,8 +61,7 @@ def spend_key(grant: LiveGrant) -> tuple[object, ...]:
 
 
 def _instant(moment: datetime) -> str:
-    delta = moment - _EPOCH
-    return f"{(delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds - _MIN_US:018d}"
+    return f"{epoch_us(moment) - _MIN_US:018d}"
 
 
 def order_key(grant: LiveGrant) -> str:
