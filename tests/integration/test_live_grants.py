@@ -406,6 +406,29 @@ def test_a_debit_spanning_a_long_tail_writes_within_one_transaction(pair: Pair) 
     pair.check()
 
 
+def test_the_actions_a_chunk_counts_are_the_actions_it_writes(pair: Pair, monkeypatch: Any) -> None:
+    # Given every write of the small account checks action_count (what a chunk of debits weighs itself by)
+    repository = pair.small.repository
+    built = repository.write_actions
+    counted: list[int] = []
+
+    def checked(change: Any, expected_version: int) -> list[dict[str, Any]]:
+        actions = built(change, expected_version)
+        assert repository.action_count(change) == len(actions)
+        counted.append(len(actions))
+        return actions
+
+    monkeypatch.setattr(repository, "write_actions", checked)
+    # When writes add grants, move grants out and in, close spent ones and delete copies
+    _grants(pair, 30, "1")
+    pair.same(pair.debit("use:most", "25"))
+    _grants(pair, 4, "2", priority=10)
+    pair.same(pair.debit("use:rest", "9"))
+    # Then the counts agreed, on transactions of more than a few actions too
+    assert max(counted) > 20
+    pair.check()
+
+
 def test_grants_read_past_their_expiry_go_back_apart_without_growing_the_item(pair: Pair) -> None:
     # Given 40 grants that expired yesterday, spent first, not yet written off, kept apart, and 5 that last
     for index in range(40):

@@ -601,4 +601,4 @@ class Ledger:
         """The actions of writing ``changes`` together: the account item, entries, grants, the tail items
         they move, and ``per_change`` more for each (the debit queue's removals)."""
         combined = transitions.combine(state, changes)
-        return len(self.repository.write_actions(combined, state.version)) + per_change * len(changes)
+        return self.repository.action_count(combined) + per_change * len(changes)

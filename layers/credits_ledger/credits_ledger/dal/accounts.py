@@ -452,8 +452,7 @@ class AccountRepository(TableRepository):
         """The TransactWriteItems actions of ``change``, in the order ``_cancellation_error`` reads: the
         account item, the entries, new grants, closed grants, then the tail items the change moves
         (dal/live_grants.py; they need no condition of their own: the account item's version guards them)."""
-        decided_at = max((e.created_at for e in change.entries), default=None) or datetime.now(UTC)
-        layout = lg.lay_out(change.state, decided_at)
+        layout = self._layout(change)
         pk = f"ACCOUNT#{change.state.account_id}"
         actions = [self._state_put(change.state, expected_version, layout)]
         actions += [self._entry_put(entry) for entry in change.entries]
@@ -476,6 +475,18 @@ class AccountRepository(TableRepository):
             for key in layout.deletes
         ]
         return actions
+
+    def action_count(self, change: Change) -> int:
+        """``len(write_actions(change, ...))`` without serializing any item: a chunk of debits weighs itself
+        again at every debit it adds, on the committer's path."""
+        layout = self._layout(change)
+        written = (change.entries, change.new_grants, change.closed_grants, layout.puts, layout.deletes)
+        return 1 + sum(len(part) for part in written)
+
+    @staticmethod
+    def _layout(change: Change) -> lg.Layout:
+        decided_at = max((e.created_at for e in change.entries), default=None) or datetime.now(UTC)
+        return lg.lay_out(change.state, decided_at)
 
     def _cancellation_error(self, exc: ClientError, change: Change, first_extra: int) -> CreditsError:
         """Name why DynamoDB cancelled the transaction, from the reasons in action order:
