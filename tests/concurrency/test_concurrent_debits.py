@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 
+from credits_ledger.combining import CombinerTiming
 from credits_ledger.dal.accounts import AccountRepository
+from credits_ledger.dal.debit_queue import MAX_QUEUED_MS
 from credits_ledger.dal.live_grants import HEAD_SIZE
 from credits_ledger.domain.errors import ConcurrencyConflict, InsufficientCredits
 from credits_ledger.domain.models import Category, EntryType, GrantStatus, Source
@@ -60,6 +62,11 @@ REFUND = Decimal(20)
 EXPIRE_AFTER = 300  # attempts finished before the clock passes the expiry and the expiry runs
 ACCOUNT = "cus_concurrency"
 DEADLINE_SECONDS = 240  # ~15 s on an idle 2-core machine; generous for a loaded CI box
+# A queued debit waits as long as the queue keeps it (not the 20 s a tool's waiter gives up after), so a 429
+# here says the queue's logic gave up rather than that the machine was slow: in full CI runs (coverage on, the
+# whole suite's load) the head-1 scenario took 100-123 s against 15 s alone, and 6-7% of its debits got 429s.
+# How many 429s speed costs is measured by `make bench` (its hot rows), not here.
+PATIENT = CombinerTiming(max_wait_seconds=MAX_QUEUED_MS / 1000 - 5)
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
@@ -70,6 +77,7 @@ class Attempt:
     amount: Decimal
     result: str  # "debited" | "replayed" | "insufficient" | "conflict"
     seq: int | None = None
+    why: str = ""  # a refusal's message (a 429 says which limit it met)
 
 
 def amount_for(key: str) -> Decimal:
@@ -144,7 +152,11 @@ def test_concurrent_debits_never_overdraw_lose_or_double(local_tables: Any, scen
     start = threading.Barrier(writers + 1, timeout=60)
 
     def debiter(index: int) -> None:
-        ledger = Ledger(AccountRepository(clients[index], table, head_size=scenario.head_size), clock=clock)
+        ledger = Ledger(
+            AccountRepository(clients[index], table, head_size=scenario.head_size),
+            clock=clock,
+            combiner_timing=PATIENT,
+        )
         log = attempts[index]
         start.wait()
         for key, shared in plan(scenario, index):
@@ -156,8 +168,8 @@ def test_concurrent_debits_never_overdraw_lose_or_double(local_tables: Any, scen
                 outcome = ledger.debit(ACCOUNT, request)
             except InsufficientCredits:
                 log.append(Attempt(index, key, amount, "insufficient"))
-            except ConcurrencyConflict:
-                log.append(Attempt(index, key, amount, "conflict"))
+            except ConcurrencyConflict as exc:
+                log.append(Attempt(index, key, amount, "conflict", why=str(exc)))
             else:
                 result = "replayed" if outcome.replayed else "debited"
                 assert outcome.entry.entry_key == key
@@ -244,7 +256,10 @@ def test_concurrent_debits_never_overdraw_lose_or_double(local_tables: Any, scen
     # every call ended in exactly one of: debited, replayed, refused for credits, refused for contention
     assert len(log) == total_calls
     assert counts["debited"] + counts["replayed"] + counts["insufficient"] + conflicts == total_calls
-    assert conflicts < 0.02 * total_calls, f"{conflicts} ConcurrencyConflict out of {total_calls}"
+    why = Counter(a.why for a in log if a.result == "conflict")
+    assert conflicts < 0.02 * total_calls, (
+        f"{conflicts} ConcurrencyConflict out of {total_calls}: {dict(why)}"
+    )
     # the scenario really had contention for the last credits
     assert counts["debited"] > 200 and counts["insufficient"] > 200
 
