@@ -15,10 +15,11 @@ as an account's live grants grow (issue 11).
 2. The same over HTTP against the local stack (``python -m credits_dev.local`` on this DynamoDB Local, its
    API function in worker processes, ``CREDITS_LOCAL_CONCURRENCY`` of them at most): W clients POST
    /v1/usage (``BENCH_HOT_HTTP=0`` skips it).
-3. The cost of a 1-credit debit (AWS request units, modelled as ``tools.bench`` does) with 10, 1,000 and
-   10,000 live grants on the account. Accounts are seeded with what that many grant transactions would have
-   left (credits_dev.seed.seed_ledger: the account item holds the first grants in spend order, the rest
-   are kept apart from it), not by 10,000 grant transactions.
+3. The cost of a 1-credit debit and of a balance read (AWS request units, modelled as ``tools.bench`` does)
+   with 10, 1,000 and 10,000 live grants on the account (``BENCH_HOT_GRANTS``, e.g. ``10,100000``). Accounts
+   are seeded with what that many grant transactions would have left (credits_dev.seed.seed_ledger: the
+   account item holds the first grants in spend order, the rest are kept apart from it), not by 10,000
+   grant transactions.
 
 The host matters: every writer is a Python thread of this process and DynamoDB Local is one Java process on
 the same machine, so absolute rates are those of the machine; the one-account / spread ratio, latencies and
@@ -59,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTION = "hot"
 WRITERS = tuple(int(w) for w in os.environ.get("BENCH_HOT_WRITERS", "1,8,32,64").split(","))
 SECONDS = float(os.environ.get("BENCH_HOT_SECONDS", "4"))
-GRANT_COUNTS = (10, 1_000, 10_000)
+GRANT_COUNTS = tuple(int(n) for n in os.environ.get("BENCH_HOT_GRANTS", "10,1000,10000").split(","))
 ADMIN_KEY = "local_admin_bench_hot_0123456789"
 
 
@@ -98,6 +99,7 @@ class CostRow:
     read_units: float | None
     write_units: float | None
     item_bytes: int
+    balance_read_units: float | None = None
     note: str = ""
 
     def __str__(self) -> str:
@@ -105,9 +107,12 @@ class CostRow:
             units = "      -  RRU       -  WRU"
         else:
             units = f"{self.read_units:7.1f}  RRU {self.write_units:7.1f}  WRU"
+        balance = (
+            "" if self.balance_read_units is None else f"  balance read {self.balance_read_units:.1f} RRU"
+        )
         return (
-            f"{SECTION:8} debit of 1 credit, {self.live_grants:>6,} live grants {units}  "
-            f"account item {self.item_bytes:>9,} B  {self.note}"
+            f"{SECTION:8} debit of 1 credit, {self.live_grants:>7,} live grants {units}  "
+            f"account item {self.item_bytes:>9,} B{balance}  {self.note}"
         )
 
 
@@ -521,7 +526,10 @@ def _debit_costs(endpoint: str, table: str) -> list[Any]:
         reads = statistics.median(s[0] for s in samples)
         writes = statistics.median(s[1] for s in samples)
         costs[count] = writes
-        rows.append(CostRow(count, reads, writes, _account_item_bytes(client, table, account)))
+        counter.reset()
+        ledger.balance(account)  # with its next expiry, which may lie among the grants kept apart
+        balance_reads = counter.snapshot()["read"]
+        rows.append(CostRow(count, reads, writes, _account_item_bytes(client, table, account), balance_reads))
     few, many = costs[min(GRANT_COUNTS)], costs[max(GRANT_COUNTS)]
     verdict = "met" if many <= 2 * few else "NOT met"
     rows.append(

@@ -289,6 +289,34 @@ def test_a_tail_of_grants_that_never_expire_reads_without_expiry_queries_going_w
     pair.check()
 
 
+def test_a_balance_reads_the_first_grants_of_each_expiring_run_not_a_page(pair: Pair, monkeypatch: Any) -> None:
+    # Given 30 expiring grants of two priorities, 28 kept apart; those spent last expire first
+    for index in range(30):
+        pair.grant(
+            f"e{index:02d}",
+            "1",
+            priority=40 + 20 * (index % 2),
+            expires_at=pair.clock.now + timedelta(days=10 - 8 * (index % 2), hours=index),
+        )
+    assert pair.tail_count() == 28
+    client = pair.small.repository.client
+    query = client.query
+    read: list[int] = []
+
+    def counted(**request: Any) -> Any:
+        response = query(**request)
+        read.append(len(response["Items"]))
+        return response
+
+    monkeypatch.setattr(client, "query", counted)
+    # When the balance is read / Then its next expiry came from at most two grants per priority's run
+    balance = pair.small.balance(SMALL)
+    assert balance.next_expiry_at == pair.clock.now + timedelta(days=2, hours=1)  # kept apart
+    assert len(read) == 2 and sum(read) <= 4, read
+    monkeypatch.undo()
+    pair.check()
+
+
 def test_a_tail_of_more_priorities_than_the_item_counts_is_read_by_scanning(pair: Pair) -> None:
     # Given 24 grants of as many priorities, expiring in an order that is not their priority order
     for index in range(24):

@@ -48,6 +48,8 @@ from credits_ledger.domain.spend import order_key
 LEDGER_INDEX = "LedgerByAccount"
 # Tail grants read per Query page where a reader stops early (the first grant not due, enough credits).
 TAIL_PAGE = 25
+# The first page of one priority's expiring tail grants (_expiring_runs): a reader wants one or two of them.
+FIRST_RUN_PAGE = 2
 # Reads of an account and its tail before giving up when every one meets a newer version (a busy account).
 TAIL_READ_ATTEMPTS = 10
 GRANTS_INDEX = "GrantsByAccount"
@@ -234,9 +236,12 @@ class AccountRepository(TableRepository):
             storage=replace(stored, read_from_tail=read, tail_read=queried),
         )
 
-    def _between(self, pk: str, low: str, high: str, page: int | None = None) -> Iterator[it.Item]:
+    def _between(
+        self, pk: str, low: str, high: str, page: int | None = None, first_page: int | None = None
+    ) -> Iterator[it.Item]:
         """Partition ``pk``'s items with ``low <= sk <= high`` in sort key order, strongly consistent (none
-        when the range is empty: DynamoDB refuses a BETWEEN whose bounds are the wrong way round)."""
+        when the range is empty: DynamoDB refuses a BETWEEN whose bounds are the wrong way round); pages of
+        ``page`` items, the first of ``first_page`` when given."""
         if low > high:
             return iter(())
         query: dict[str, Any] = {
@@ -244,9 +249,9 @@ class AccountRepository(TableRepository):
             "ExpressionAttributeValues": {":pk": {"S": pk}, ":low": {"S": low}, ":high": {"S": high}},
             "ConsistentRead": True,
         }
-        if page is not None:
-            query["Limit"] = page
-        return self._query_all(query)
+        if first_page is not None or page is not None:
+            query["Limit"] = first_page or page
+        return self._query_all(query, then_limit=page)
 
     def still_read_as(self, state: AccountState) -> bool:
         """Whether an answer decided on ``state`` without a write may stand: True unless its grants kept
@@ -277,7 +282,9 @@ class AccountRepository(TableRepository):
             return
         for priority in tail.groups:
             low, high = lg.expiring_range(priority)
-            run = self._between(pk, max(low, boundary), high, TAIL_PAGE)
+            # a reader of a run usually stops at its first or second grant (the next expiry, the first not
+            # due): a page of 25 would read (and bill) the rest of the page for nothing
+            run = self._between(pk, max(low, boundary), high, TAIL_PAGE, first_page=FIRST_RUN_PAGE)
             yield True, map(lg.live_from_item, run)
 
     def _due(

@@ -46,9 +46,12 @@ class TableRepository:
         """Aggregates written in one transaction with this repository's items live in this same table."""
         return self._table
 
-    def _query_all(self, query: dict[str, Any], *, max_pages: int | None = None) -> Iterator[it.Item]:
+    def _query_all(
+        self, query: dict[str, Any], *, max_pages: int | None = None, then_limit: int | None = None
+    ) -> Iterator[it.Item]:
         """Every item a Query answers (``query`` without TableName), page after page, decoded; at most
-        ``max_pages`` pages when given."""
+        ``max_pages`` pages when given; pages after the first of at most ``then_limit`` items when given (a
+        reader that usually stops after a few items asks for a small first page)."""
         request = {"TableName": self._table, **query}
         pages_read = 0
         while max_pages is None or pages_read < max_pages:
@@ -60,6 +63,8 @@ class TableRepository:
             if not last:
                 return
             request["ExclusiveStartKey"] = last
+            if then_limit is not None:
+                request["Limit"] = then_limit
 
     def _partition(
         self, pk: str, sk_prefix: str, *, consistent: bool = False, **query: Any
