@@ -196,7 +196,7 @@ def test_a_waiter_out_of_time_withdraws_its_debit_and_nothing_is_written(
     assert queue.take_lease(ACCT, "stuck", epoch_ms(), epoch_ms() + 60_000)
     lose_first_race(monkeypatch, ledger)
     # When a debit goes through the queue
-    with pytest.raises(ConcurrencyConflict):
+    with pytest.raises(ConcurrencyConflict, match="waited its longest wait"):
         ledger.debit(ACCT, debit("use:late", "1"))
     # Then it withdrew itself: not written, not queued, and a later holder will never commit it
     assert ledger.repository.entry("use:late") is None
@@ -318,7 +318,7 @@ def test_a_waiter_out_of_time_withdraws_even_when_the_lease_is_free(
     monkeypatch.setattr(DebitQueue, "take_lease", take_lease)
     lose_first_race(monkeypatch, ledger)
     # When it is sent
-    with pytest.raises(ConcurrencyConflict):
+    with pytest.raises(ConcurrencyConflict, match="no time left"):
         ledger.debit(ACCT, debit("use:late", "1"))
     # Then it withdrew at once (no commit started without time to finish), and nothing was written
     assert leases == []

@@ -249,15 +249,20 @@ class _Wait:
             return True, self._left_queue(look.entry or combiner._read_entry(key))
         if queued.answer is not None:
             return True, self._answered(queued.answer, look)
-        out_of_time = not time_for(ATTEMPT_SECONDS) or self.seconds() > combiner._timing.max_wait_seconds
-        if not out_of_time and (look.lease is None or look.lease.free_at(combiner._now_ms())):
+        why: str | None = None
+        if not time_for(ATTEMPT_SECONDS):
+            why = "no time left in this invocation"
+        elif self.seconds() > combiner._timing.max_wait_seconds:
+            why = "it waited its longest wait"
+        elif look.lease is None or look.lease.free_at(combiner._now_ms()):
             try:
                 if combiner._commit_queue(account_id):
                     return False, None
             except ConcurrencyConflict:
-                out_of_time = True  # as the committer, it kept losing races for the account until now
-        if out_of_time:
-            return self._give_up()
+                # as the committer, it kept losing races for the account until out of attempts or time
+                why = "its committer kept losing races for the account"
+        if why is not None:
+            return self._give_up(why)
         self._pause_before_next_look()
         return False, None
 
@@ -277,11 +282,13 @@ class _Wait:
                 return replay(entry, self._request.fingerprint)
         return None
 
-    def _give_up(self) -> tuple[bool, Outcome | None]:
+    def _give_up(self, why: str) -> tuple[bool, Outcome | None]:
         """Out of time: withdraw this request's debit and answer 429 (nothing written), or look again when it
         cannot be withdrawn (it left the queue, or a commit holding it is under way)."""
         combiner, account_id, key = self._combiner, self._account_id, self._request.key
-        conflict = ConcurrencyConflict(f"account {account_id}: its queued debits were not committed in time")
+        conflict = ConcurrencyConflict(
+            f"account {account_id}: its queued debits were not committed in time ({why})"
+        )
         if not self._mine:
             raise conflict
         if not self._queue.withdraw(account_id, key, self._owner):

@@ -237,11 +237,11 @@ class AccountRepository(TableRepository):
         )
 
     def _between(
-        self, pk: str, low: str, high: str, page: int | None = None, first_page: int | None = None
+        self, pk: str, low: str, high: str, page: int | None = None, *, first_page: int | None = None
     ) -> Iterator[it.Item]:
         """Partition ``pk``'s items with ``low <= sk <= high`` in sort key order, strongly consistent (none
-        when the range is empty: DynamoDB refuses a BETWEEN whose bounds are the wrong way round); pages of
-        ``page`` items, the first of ``first_page`` when given."""
+        when the range is empty: DynamoDB refuses a BETWEEN whose bounds are the wrong way round); in pages of
+        ``page`` items when given, the first of them of ``first_page`` when that is given too."""
         if low > high:
             return iter(())
         query: dict[str, Any] = {
@@ -249,8 +249,9 @@ class AccountRepository(TableRepository):
             "ExpressionAttributeValues": {":pk": {"S": pk}, ":low": {"S": low}, ":high": {"S": high}},
             "ConsistentRead": True,
         }
-        if first_page is not None or page is not None:
-            query["Limit"] = first_page or page
+        if page is None:
+            return self._query_all(query)
+        query["Limit"] = page if first_page is None else first_page
         return self._query_all(query, then_limit=page)
 
     def still_read_as(self, state: AccountState) -> bool:
@@ -282,8 +283,8 @@ class AccountRepository(TableRepository):
             return
         for priority in tail.groups:
             low, high = lg.expiring_range(priority)
-            # a reader of a run usually stops at its first or second grant (the next expiry, the first not
-            # due): a page of 25 would read (and bill) the rest of the page for nothing
+            # a reader of a run usually stops at its first or second grant not yet due (the first grant not
+            # due, the next expiry): a first page of 25 would read (and bill) the rest for nothing
             run = self._between(pk, max(low, boundary), high, TAIL_PAGE, first_page=FIRST_RUN_PAGE)
             yield True, map(lg.live_from_item, run)
 
