@@ -289,7 +289,9 @@ def test_a_tail_of_grants_that_never_expire_reads_without_expiry_queries_going_w
     pair.check()
 
 
-def test_a_balance_reads_the_first_grants_of_each_expiring_run_not_a_page(pair: Pair, monkeypatch: Any) -> None:
+def test_a_balance_reads_the_first_grants_of_each_expiring_run_not_a_page(
+    pair: Pair, monkeypatch: Any
+) -> None:
     # Given 30 expiring grants of two priorities, 28 kept apart; those spent last expire first
     for index in range(30):
         pair.grant(
