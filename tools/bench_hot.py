@@ -82,6 +82,9 @@ class HotRow:
     rate_limited: int
     errors: int
     ratio: float | None = None  # one account / spread, set on the one-account row
+    # DynamoDB calls the writers sent per debit (ledger path): on this bench's shared CPU, what mostly sets
+    # the ratio; in AWS, what the account's partition serves per debit
+    calls_per_debit: float | None = None
 
     @property
     def per_second(self) -> float:
@@ -89,10 +92,11 @@ class HotRow:
 
     def __str__(self) -> str:
         ratio = f"{self.ratio:5.2f} of spread" if self.ratio is not None else ""
+        calls = f"calls/debit {self.calls_per_debit:4.2f}  " if self.calls_per_debit is not None else ""
         return (
             f"{SECTION:8} {self.path:6} W={self.writers:<3} {self.layout:12} {self.per_second:8.1f} debits/s  "
             f"p50 {self.p50_ms:7.1f} ms  p99 {self.p99_ms:7.1f} ms  conflicts {self.conflicts:6}  "
-            f"429s {self.rate_limited:5}  errors {self.errors:3}  {ratio}"
+            f"429s {self.rate_limited:5}  errors {self.errors:3}  {calls}{ratio}"
         )
 
 
@@ -126,6 +130,7 @@ class _Tally:
     rate_limited: int = 0
     errors: int = 0
     first_error: str = ""
+    calls: int = 0  # DynamoDB calls sent once the load started (ledger path)
 
 
 class _Load:
@@ -201,7 +206,12 @@ def _ledger_writers(
             AccountRepository(ledger_client(endpoint), table), sleep=backoff, combine_contended_debits=combine
         )
         account = accounts[index if spread else 0]
+
+        def count_call(**_: Any) -> None:
+            tally.calls += 1
+
         load.start.wait()
+        ledger.repository.client.meta.events.register("before-call.dynamodb", count_call)
         n = 0
         while not load.stop.is_set():
             n += 1
@@ -216,7 +226,9 @@ def _ledger_writers(
                 tally.first_error = tally.first_error or f"{exc.__class__.__name__}: {exc}"
             tally.latencies.append((time.perf_counter() - began) * 1000)
 
-    return load.row("ledger", spread, load.run(writer))
+    row = load.row("ledger", spread, load.run(writer))
+    calls = sum(t.calls for t in load.tallies)
+    return HotRow(**{**row.__dict__, "calls_per_debit": calls / row.debits if row.debits else None})
 
 
 def _row(path: str, writers: int, spread: bool, debits: int, elapsed: float, tallies: list[_Tally]) -> HotRow:

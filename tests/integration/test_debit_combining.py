@@ -132,6 +132,90 @@ def test_queued_debits_of_other_writers_are_committed_in_the_same_transaction(
     assert ledger.repository.entry("use:other:2") is not None
 
 
+def calls_in_order(client: Any) -> list[str]:
+    """The name of each DynamoDB operation sent from now on, in order."""
+    sent: list[str] = []
+
+    def record(model: Any, **_: Any) -> None:
+        sent.append(model.name)
+
+    client.meta.events.register("before-call.dynamodb", record)
+    return sent
+
+
+def wait_on_another_holder(ledger: Ledger, queue: DebitQueue, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Send a debit that loses its race and then finds another writer's lease on the queue (it lapses after
+    50 ms, and this debit's waiter commits it): what a debit of a busy account meets. Returns its key."""
+    queue.take_lease(ACCT, "other-writer", epoch_ms(), epoch_ms() + 50)
+    lose_first_race(monkeypatch, ledger)
+    ledger.debit(ACCT, debit("use:busy", "1"))
+    monkeypatch.undo()
+    return "use:busy"
+
+
+def test_after_waiting_on_another_holder_the_next_debit_joins_the_queue_without_reading_the_account(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, queue: DebitQueue, client: Any, table: str
+) -> None:
+    # Given a debit of this instance that waited on another writer's commit of the account's queue
+    wait_on_another_holder(ledger, queue, monkeypatch)
+    sent = calls_in_order(client)
+    assert ledger._combiner is not None
+    pause = ledger._combiner._sleep
+    ledger._combiner._sleep = lambda seconds: (sent.append("pause"), pause(seconds))
+    # When this instance sends the next debit of the account
+    outcome = ledger.debit(ACCT, debit("use:next", "2"))
+    # Then it is queued first thing (no read of the account that would only decide to queue it), its waiter
+    # pauses before it looks (a look at once would find it still queued), and it is committed
+    assert sent[:2] == ["PutItem", "pause"]
+    assert not outcome.replayed and outcome.entry.amount == D(-2)
+    assert queued_items(client, table) == []
+    assert assert_books_balance(ledger, ACCT) == D(7)
+
+
+@pytest.mark.parametrize("other_holder", [True, False], ids=["another-holder-committing", "queue-free"])
+def test_only_a_queued_debit_that_waited_on_another_holder_sends_the_next_one_straight_to_the_queue(
+    client: Any, table: str, queue: DebitQueue, other_holder: bool
+) -> None:
+    # Given an instance that never lost a race for the account, and a debit of it sent through the queue
+    # while another writer holds the lease (it lapses after 50 ms), or while the lease is free
+    ledger = make_ledger(client, table, FakeClock())
+    ledger.grant(ACCT, spec("gr_a", "10"), key="grant:a")
+    if other_holder:
+        queue.take_lease(ACCT, "other-writer", epoch_ms(), epoch_ms() + 50)
+    assert ledger._combiner is not None
+    ledger._combiner.debit(ACCT, debit("use:queued", "1"))
+    sent = calls_in_order(client)
+    # When the instance sends its next debit of the account
+    ledger.debit(ACCT, debit("use:next", "1"))
+    # Then after waiting on another holder's commit it is queued first thing; after committing the queue
+    # itself (nobody else was writing) it reads the account and is written alone
+    if other_holder:
+        assert sent[0] == "PutItem"
+    else:
+        assert sent == ["BatchGetItem", TWI]
+    assert assert_books_balance(ledger, ACCT) == D(8)
+
+
+def test_a_refusal_after_waiting_on_another_holder_is_the_same_402_and_lets_the_hint_lapse(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, queue: DebitQueue, client: Any, table: str
+) -> None:
+    # Given an instance that waited on another writer's commit, on an account with 9 credits left
+    wait_on_another_holder(ledger, queue, monkeypatch)
+    # When its next debit asks for more than is left
+    with pytest.raises(InsufficientCredits) as refused:
+        ledger.debit(ACCT, debit("use:too-much", "50"))
+    # Then it is refused as without contention and nothing of it stays queued or written
+    assert refused.value.available == D(9)
+    assert ledger.repository.entry("use:too-much") is None
+    assert queued_items(client, table) == []
+    # and a refusal does not renew the hint: once it lapses, a debit reads the account first again
+    ledger._queue_busy_until.clear()  # the hint's 1 s, passed
+    sent = calls_in_order(client)
+    with pytest.raises(InsufficientCredits):
+        ledger.debit(ACCT, debit("use:too-much-2", "50"))
+    assert set(sent) == {"BatchGetItem"}  # the reads of a 402 without contention, no queue put
+
+
 def test_a_queued_debit_the_account_cannot_cover_is_decided_again_by_its_waiter(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch, queue: DebitQueue, client: Any, table: str
 ) -> None:

@@ -85,6 +85,7 @@ class DebitCombiner:
         sleep: Callable[[float], None] = time.sleep,
         now_ms: Callable[[], int] = epoch_ms,
         monotonic: Callable[[], float] = time.monotonic,
+        on_busy: Callable[[str], None] | None = None,
     ) -> None:
         self._queue = queue
         self._commit_chunk = commit_chunk
@@ -94,6 +95,8 @@ class DebitCombiner:
         self._sleep = sleep
         self._now_ms = now_ms
         self._monotonic = monotonic
+        # told of an account whose queued debit waited on another holder's commit: the queue is busy
+        self._on_busy = on_busy
         # account -> how long this instance's last debits of it waited in its queue (a moving average)
         self._waits: dict[str, float] = {}
 
@@ -106,7 +109,7 @@ class DebitCombiner:
         previous = self._waits.get(account_id, seconds)
         self._waits[account_id] = (previous + seconds) / 2
 
-    def debit(self, account_id: str, request: DebitRequest) -> Outcome | None:
+    def debit(self, account_id: str, request: DebitRequest, *, busy: bool = False) -> Outcome | None:
         """Commit ``request`` through the account's queue. Returns its outcome, or None when the caller must
         decide it alone (it was refused, or its queued item left without an entry). Raises
         ConcurrencyConflict when time ran out with the debit withdrawn (nothing written), IdempotencyMismatch
@@ -125,6 +128,8 @@ class DebitCombiner:
         except Exception as exc:  # the put may have landed although its answer did not
             mine, failure = True, exc
         wait = _Wait(self, account_id, request, owner, mine, self._expected_wait(account_id))
+        if busy and mine and failure is None:
+            wait.pause_before_next_look()  # a holder is likely committing: a look at once would find it queued
         recoveries = 0
         while True:
             if failure is not None:
@@ -150,6 +155,8 @@ class DebitCombiner:
             if done:
                 if outcome is not None:
                     self._waited(account_id, wait.seconds())
+                    if wait.met_holder and self._on_busy is not None:
+                        self._on_busy(account_id)
                 return outcome
 
     def _withdrawn(self, account_id: str, key: str, owner: str) -> bool:
@@ -234,6 +241,7 @@ class _Wait:
         self._pause = combiner._timing.poll_seconds
         self._expected = expected
         self._answered_replayed = False  # kept: the answered item may be gone at the next look
+        self.met_holder = False  # a look found another holder's lease: the account's queue is busy
 
     def seconds(self) -> float:
         return self._combiner._monotonic() - self._began
@@ -250,11 +258,13 @@ class _Wait:
         if queued.answer is not None:
             return True, self._answered(queued.answer, look)
         why: str | None = None
+        lease_free = look.lease is None or look.lease.free_at(combiner._now_ms())
+        self.met_holder = self.met_holder or not lease_free
         if not time_for(ATTEMPT_SECONDS):
             why = "no time left in this invocation"
         elif self.seconds() > combiner._timing.max_wait_seconds:
             why = "it waited its longest wait"
-        elif look.lease is None or look.lease.free_at(combiner._now_ms()):
+        elif lease_free:
             try:
                 if combiner._commit_queue(account_id):
                     return False, None
@@ -263,7 +273,7 @@ class _Wait:
                 why = "its committer kept losing races for the account"
         if why is not None:
             return self._give_up(why)
-        self._pause_before_next_look()
+        self.pause_before_next_look()
         return False, None
 
     def _left_queue(self, entry: LedgerEntry | None) -> Outcome | None:
@@ -301,7 +311,7 @@ class _Wait:
             return True, replay(entry, self._request.fingerprint)
         raise conflict
 
-    def _pause_before_next_look(self) -> None:
+    def pause_before_next_look(self) -> None:
         combiner = self._combiner
         if self._expected is not None:
             # Another holder commits the queue, and this instance's debits of the account waited about this

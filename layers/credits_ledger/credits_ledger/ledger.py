@@ -93,13 +93,8 @@ def _queue_busy(state: AccountState) -> bool:
 
 
 class _Contended(Exception):
-    """A debit lost its race for the account as many times as it may alone, or the account's queue is busy
-    (Ledger.debit): it joins the queue."""
-
-    def __init__(self, account_id: str, *, renews_hint: bool) -> None:
-        super().__init__(account_id)
-        # a lost race, or the account item saying its queue is busy (not this instance's own hint alone)
-        self.renews_hint = renews_hint
+    """A debit lost its race for the account as many times as it may alone, or the account item says its
+    queue is busy (Ledger.debit): it joins the queue."""
 
 
 def _answer(result: DebitResult) -> Outcome:
@@ -133,6 +128,7 @@ class Ledger:
                 repository.entry,
                 batch_size=MAX_DEBITS_PER_TRANSACTION,
                 timing=combiner_timing or CombinerTiming(),
+                on_busy=self._note_queue_busy,
             )
             if combine_contended_debits
             else None
@@ -159,24 +155,29 @@ class Ledger:
         the account's queue and is committed together with the other debits waiting there (combining.py)."""
         if self._combiner is None:
             return _answer(self._debit_alone(account_id, request))
-        try:
-            return _answer(
-                self._debit_alone(
-                    account_id, request, conflicts_allowed=1, queue_known_busy=self._queue_in_use(account_id)
-                )
-            )
-        except _Contended as contended:
-            if contended.renews_hint:  # never renewed by itself alone, so it lapses once races stop
-                self._queue_busy_until[account_id] = time.monotonic() + QUEUE_BUSY.total_seconds()
-        outcome = self._combiner.debit(account_id, request)
+        busy = self._queue_in_use(account_id)
+        if not busy:
+            try:
+                return _answer(self._debit_alone(account_id, request, conflicts_allowed=1))
+            except _Contended:
+                # renewed by what others do (a lost race, the item's hint, another holder's commit), never by
+                # this instance's hint itself, so it lapses once the account calms down
+                self._note_queue_busy(account_id)
+        # This instance lost a race for the account, or met its queue busy, less than QUEUE_BUSY ago: the debit
+        # joins the queue without reading the account first (a read that would only decide to queue it; a
+        # refusal or a replay is answered by the committer's decision, then decided alone as below).
+        outcome = self._combiner.debit(account_id, request, busy=busy)
         if outcome is not None:
             return outcome
         # refused in the queue (too few credits, another request's key): decided again here, alone
         return _answer(self._debit_alone(account_id, request))
 
+    def _note_queue_busy(self, account_id: str) -> None:
+        self._queue_busy_until[account_id] = time.monotonic() + QUEUE_BUSY.total_seconds()
+
     def _queue_in_use(self, account_id: str) -> bool:
-        """This instance sent a debit of the account through its queue less than QUEUE_BUSY ago: the next one
-        it can grant joins the queue without a write that would only lose the race again."""
+        """Less than QUEUE_BUSY ago this instance lost a race for the account, read its item saying its queue
+        is busy, or waited in the queue on another holder's commit: its next debit joins the queue at once."""
         now = time.monotonic()
         for account, until in list(self._queue_busy_until.items()):
             if until <= now:
@@ -188,12 +189,9 @@ class Ledger:
         account_id: str,
         request: DebitRequest,
         conflicts_allowed: int | None = None,
-        queue_known_busy: bool = False,
     ) -> DebitResult:
         try:
-            chunk = self._debit_chunk(
-                account_id, [request], conflicts_allowed=conflicts_allowed, queue_known_busy=queue_known_busy
-            )
+            chunk = self._debit_chunk(account_id, [request], conflicts_allowed=conflicts_allowed)
             return chunk[0]
         except WriteRejected as exc:
             return DebitResult(request, error=exc)
@@ -410,12 +408,11 @@ class Ledger:
         requests: Sequence[DebitRequest],
         extra_actions_for: Callable[[list[DebitResult]], list[dict[str, Any]]] | None = None,
         conflicts_allowed: int | None = None,
-        queue_known_busy: bool = False,
     ) -> list[DebitResult]:
         """Judge and write debits of one account in one transaction; returns results for the leading requests
         that fit in it (at least one), the caller passes the rest again. ``extra_actions_for(results)`` adds
-        actions to that transaction (the debit queue's removals); ``conflicts_allowed``: see _commit_once;
-        ``queue_known_busy``: a debit to write joins the account's queue (_Contended) instead of committing."""
+        actions to that transaction (the debit queue's removals); ``conflicts_allowed``: see _commit_once (and
+        a debit to write while the account item says its queue is busy joins the queue, _Contended)."""
         overage: dict[str, OverageSettings] = {}  # read at most once per chunk, only when needed
 
         def attempt(
@@ -452,10 +449,10 @@ class Ledger:
                     results.append(DebitResult(request, error=decided))
                     continue
                 change = decided
-                if conflicts_allowed is not None and (queue_known_busy or _queue_busy(current)):
+                if conflicts_allowed is not None and _queue_busy(current):
                     # a debit to write while the account's queue is being committed: racing its committer
                     # would only slow it down (a refusal, decided above on this read, needs no queue)
-                    raise _Contended(account_id, renews_hint=_queue_busy(current))
+                    raise _Contended(account_id)
                 if (
                     changes
                     and self._actions(state, [*changes, change], per_debit) > MAX_ACTIONS_PER_TRANSACTION
@@ -553,7 +550,7 @@ class Ledger:
                 existing = {**existing, **exc.entries}
             except VersionConflict as exc:
                 if conflicts_allowed is not None and attempt_number + 1 >= conflicts_allowed:
-                    raise _Contended(account_id, renews_hint=True) from exc
+                    raise _Contended(account_id) from exc
                 wait_after_conflict(account_id, attempt_number, self._sleep)
                 if exc.current is not None and not tail.reads and not records:
                     state, consistent = exc.current, True  # the account item alone decides: no re-read
