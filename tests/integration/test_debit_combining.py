@@ -172,28 +172,33 @@ def test_after_waiting_on_another_holder_the_next_debit_joins_the_queue_without_
     assert assert_books_balance(ledger, ACCT) == D(7)
 
 
-@pytest.mark.parametrize("other_holder", [True, False], ids=["another-holder-committing", "queue-free"])
-def test_only_a_queued_debit_that_waited_on_another_holder_sends_the_next_one_straight_to_the_queue(
-    client: Any, table: str, queue: DebitQueue, other_holder: bool
+@pytest.mark.parametrize(
+    "others", ["another-holder-committing", "other-debits-queued", "nobody"], ids=lambda others: others
+)
+def test_only_a_queued_debit_that_met_other_writers_sends_the_next_one_straight_to_the_queue(
+    client: Any, table: str, queue: DebitQueue, others: str
 ) -> None:
     # Given an instance that never lost a race for the account, and a debit of it sent through the queue
-    # while another writer holds the lease (it lapses after 50 ms), or while the lease is free
+    # while another writer holds the lease (it lapses after 50 ms), or with the lease free and another
+    # writer's debit queued (this waiter commits both), or with nobody else there
     ledger = make_ledger(client, table, FakeClock())
     ledger.grant(ACCT, spec("gr_a", "10"), key="grant:a")
-    if other_holder:
+    if others == "another-holder-committing":
         queue.take_lease(ACCT, "other-writer", epoch_ms(), epoch_ms() + 50)
+    if others == "other-debits-queued":
+        queue.enqueue(ACCT, debit("use:other", "1"), "owner-1", epoch_ms(), epoch_ms() + 60_000)
     assert ledger._combiner is not None
     ledger._combiner.debit(ACCT, debit("use:queued", "1"))
     sent = calls_in_order(client)
     # When the instance sends its next debit of the account
     ledger.debit(ACCT, debit("use:next", "1"))
-    # Then after waiting on another holder's commit it is queued first thing; after committing the queue
-    # itself (nobody else was writing) it reads the account and is written alone
-    if other_holder:
-        assert sent[0] == "PutItem"
-    else:
+    # Then after meeting other writers it is queued first thing; after committing the queue with nobody else
+    # there it reads the account and is written alone
+    if others == "nobody":
         assert sent == ["BatchGetItem", TWI]
-    assert assert_books_balance(ledger, ACCT) == D(8)
+    else:
+        assert sent[0] == "PutItem"
+    assert assert_books_balance(ledger, ACCT) == D(7 if others == "other-debits-queued" else 8)
 
 
 def test_a_refusal_after_waiting_on_another_holder_is_the_same_402_and_lets_the_hint_lapse(

@@ -95,7 +95,8 @@ class DebitCombiner:
         self._sleep = sleep
         self._now_ms = now_ms
         self._monotonic = monotonic
-        # told of an account whose queued debit waited on another holder's commit: the queue is busy
+        # told of an account whose queued debit met other writers' (another holder's lease, or other debits
+        # in the queue it committed): the queue is busy
         self._on_busy = on_busy
         # account -> how long this instance's last debits of it waited in its queue (a moving average)
         self._waits: dict[str, float] = {}
@@ -155,7 +156,7 @@ class DebitCombiner:
             if done:
                 if outcome is not None:
                     self._waited(account_id, wait.seconds())
-                    if wait.met_holder and self._on_busy is not None:
+                    if wait.met_others and self._on_busy is not None:
                         self._on_busy(account_id)
                 return outcome
 
@@ -165,30 +166,33 @@ class DebitCombiner:
         except Exception:  # not known to be out of the queue: look again
             return False
 
-    def _commit_queue(self, account_id: str) -> bool:
-        """Take the lease and commit what is queued until the queue is empty or the lease is about to end;
-        False when another holder had the lease. Raises ConcurrencyConflict when a commit kept losing races
-        until out of attempts or time."""
+    def _commit_queue(self, account_id: str) -> int | None:
+        """Take the lease and commit what is queued until the queue is empty or the lease is about to end:
+        how many queued debits it met, or None when another holder had the lease. Raises
+        ConcurrencyConflict when a commit kept losing races until out of attempts or time."""
         holder = uuid.uuid4().hex
         taken_at = self._now_ms()
         until = taken_at + self._timing.lease_ms
         if not self._queue.take_lease(account_id, holder, taken_at, until):
-            return False
+            return None
+        met: set[str] = set()
         try:
             # Stop with a quarter of the lease left, so the last commit usually ends before another holder
             # starts (when it does not, the two lose races on the account's version, never credits).
             while self._now_ms() < until - self._timing.lease_ms // 4 and time_for(ATTEMPT_SECONDS):
-                if not self._commit_round(account_id):
+                queued = self._commit_round(account_id)
+                if not queued:
                     break
+                met.update(queued)
         finally:
             self._queue.release_lease(account_id, holder)
-        return True
+        return len(met)
 
-    def _commit_round(self, account_id: str) -> bool:
-        """One transaction of queued debits; False when nothing was queued."""
+    def _commit_round(self, account_id: str) -> list[str]:
+        """One transaction of queued debits: the entry keys of those it read (none: the queue was empty)."""
         waiting = self._queue.waiting(account_id, self._now_ms(), self._batch_size)
         if not waiting:
-            return False
+            return []
         requests = [queued.request for queued in waiting]
         by_key = {queued.request.key: queued for queued in waiting}
 
@@ -205,7 +209,7 @@ class DebitCombiner:
         try:
             results = self._commit_chunk(account_id, requests, taken)
         except RelatedItemChanged:
-            return True  # a debit was withdrawn or answered meanwhile: look at the queue again
+            return list(by_key)  # a debit was withdrawn or answered meanwhile: look at the queue again
         except WriteRejected as exc:
             # DynamoDB refuses this account's write as such: each waiter meets it alone (500 and the alarm)
             results = [DebitResult(request, error=exc) for request in requests]
@@ -216,7 +220,7 @@ class DebitCombiner:
             self._queue.answer(
                 account_id, result.request.key, Answer.DECIDE_ALONE if refused else Answer.REPLAYED
             )
-        return True
+        return list(by_key)
 
 
 class _Wait:
@@ -241,7 +245,9 @@ class _Wait:
         self._pause = combiner._timing.poll_seconds
         self._expected = expected
         self._answered_replayed = False  # kept: the answered item may be gone at the next look
-        self.met_holder = False  # a look found another holder's lease: the account's queue is busy
+        # the account's queue was busy: a look found another holder's lease, or this waiter as the holder met
+        # other debits in the queue
+        self.met_others = False
 
     def seconds(self) -> float:
         return self._combiner._monotonic() - self._began
@@ -259,14 +265,16 @@ class _Wait:
             return True, self._answered(queued.answer, look)
         why: str | None = None
         lease_free = look.lease is None or look.lease.free_at(combiner._now_ms())
-        self.met_holder = self.met_holder or not lease_free
+        self.met_others = self.met_others or not lease_free
         if not time_for(ATTEMPT_SECONDS):
             why = "no time left in this invocation"
         elif self.seconds() > combiner._timing.max_wait_seconds:
             why = "it waited its longest wait"
         elif lease_free:
             try:
-                if combiner._commit_queue(account_id):
+                met = combiner._commit_queue(account_id)
+                if met is not None:
+                    self.met_others = self.met_others or met > 1
                     return False, None
             except ConcurrencyConflict:
                 # as the committer, it kept losing races for the account until out of attempts or time
