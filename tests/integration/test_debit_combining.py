@@ -201,6 +201,39 @@ def test_only_a_queued_debit_that_met_other_writers_sends_the_next_one_straight_
     assert assert_books_balance(ledger, ACCT) == D(7 if others == "other-debits-queued" else 8)
 
 
+def test_a_waiter_whose_looks_come_back_slowly_looks_less_often(
+    ledger: Ledger, queue: DebitQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an account whose lease another writer holds, and a DynamoDB that answers each look in 300 ms
+    assert ledger._combiner is not None
+    combiner = ledger._combiner
+    queue.take_lease(ACCT, "other-writer", epoch_ms(), epoch_ms() + 60_000)
+    clock = [0.0]
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        clock[0] += seconds
+
+    real_look = DebitQueue.look
+
+    def slow_look(self: DebitQueue, *args: Any) -> Any:
+        clock[0] += 0.3
+        return real_look(self, *args)
+
+    monkeypatch.setattr(combiner, "_monotonic", lambda: clock[0])
+    monkeypatch.setattr(combiner, "_sleep", pause)
+    monkeypatch.setattr(combiner, "_timing", CombinerTiming(max_wait_seconds=3.0))
+    monkeypatch.setattr(DebitQueue, "look", slow_look)
+    # When a debit waits in the queue until its longest wait
+    with pytest.raises(ConcurrencyConflict, match="longest wait"):
+        combiner.debit(ACCT, debit("use:slow", "1"))
+    # Then it never looked again sooner than the 300 ms a look took (the first pauses of 10-80 ms would have
+    # added to the load that made the looks slow), and nothing was written
+    assert pauses and min(pauses) >= 0.3
+    assert ledger.repository.entry("use:slow") is None
+
+
 def test_a_refusal_after_waiting_on_another_holder_is_the_same_402_and_lets_the_hint_lapse(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch, queue: DebitQueue, client: Any, table: str
 ) -> None:

@@ -46,6 +46,8 @@ CommitChunk = Callable[
 
 # The share of this instance's last waits on an account a waiter sleeps before its second look.
 EXPECTED_SHARE = 0.7
+# A waiter's next look comes no sooner than this many times what its last look took.
+LOOKS_APART = 2
 # Failed calls a waiter looks past (each after making sure its debit is out of the queue or answered).
 MAX_RECOVERIES = 3
 # Accounts whose last waits an instance remembers (forgotten all at once past it: a hint, not a cache).
@@ -59,10 +61,10 @@ def epoch_ms() -> int:
 @dataclass(frozen=True)
 class CombinerTiming:
     """How long a commit lease lasts (a holder that died is replaced after it), how often a waiter looks at
-    its queued debit (at once, since it may have to take a free lease; then, while another holder commits,
-    after most of what its last waits took, or after ``poll_seconds``, twice as long each time up to
-    ``max_poll_seconds``: a round takes tens of milliseconds, and every look is a read the committer competes
-    with),
+    its queued debit (at once, since it may have to take a free lease, unless its instance knows the queue
+    busy; then, while another holder commits, after most of what its last waits took, or after
+    ``poll_seconds``, twice as long each time up to ``max_poll_seconds``, never sooner than LOOKS_APART times
+    its last look: a round takes tens of milliseconds, and every look is a read the committer competes with),
     and how long a waiter without an invocation deadline (tools, tests) waits at most."""
 
     lease_ms: int = 2_000
@@ -243,6 +245,7 @@ class _Wait:
         self._mine = mine
         self._began = combiner._monotonic()
         self._pause = combiner._timing.poll_seconds
+        self._look_seconds = 0.0  # what the last look took
         self._expected = expected
         self._answered_replayed = False  # kept: the answered item may be gone at the next look
         # the account's queue was busy: a look found another holder's lease, or this waiter as the holder met
@@ -255,7 +258,9 @@ class _Wait:
     def step(self) -> tuple[bool, Outcome | None]:
         """(True, outcome) when the wait is over (outcome None: decide alone), (False, None) to look again."""
         combiner, account_id, key = self._combiner, self._account_id, self._request.key
+        began = combiner._monotonic()
         look = self._queue.look(account_id, key)
+        self._look_seconds = combiner._monotonic() - began
         queued = look.queued
         if queued is not None and self._mine and queued.owner != self._owner:
             queued = None  # this request's item left the queue; another request with its id queued since
@@ -331,7 +336,10 @@ class _Wait:
             if rest > self._pause and time_for(rest + ATTEMPT_SECONDS):
                 combiner._sleep(rest)
                 return
-        combiner._sleep(self._pause * (0.5 + random.random()))
+        # a look that came back slowly means DynamoDB (or this host) is busy: looking more often than every
+        # LOOKS_APART looks' time would only take more of what the committer needs
+        pause = max(self._pause, LOOKS_APART * self._look_seconds)
+        combiner._sleep(pause * (0.5 + random.random()))
         self._pause = min(self._pause * 2, combiner._timing.max_poll_seconds)
 
 
