@@ -82,8 +82,9 @@ class HotRow:
     rate_limited: int
     errors: int
     ratio: float | None = None  # one account / spread, set on the one-account row
-    # DynamoDB calls the writers sent per debit (ledger path): on this bench's shared CPU, what mostly sets
-    # the ratio; in AWS, what the account's partition serves per debit
+    # DynamoDB calls the writers sent per debit done (ledger path; a debit that ended in a 429 or an error
+    # counts its calls, not itself): on this bench's shared CPU, what mostly sets the ratio; in AWS, what the
+    # account's partition serves per debit
     calls_per_debit: float | None = None
 
     @property

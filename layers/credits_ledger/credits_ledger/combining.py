@@ -2,7 +2,9 @@
 
 Every change of an account is one transaction guarded by its version (dal/accounts.py), so concurrent
 writers of one account serialize: each round one wins and the others read, decide and write again. A debit
-that lost such a race does not retry alone; it joins the account's queue (dal/debit_queue.py) and waits:
+that lost such a race does not retry alone; it joins the account's queue (dal/debit_queue.py) and waits, and
+so does, without reading the account first, the next debit of an instance that knows the queue busy
+(Ledger._queue_in_use):
 
 1. it queues itself (one item per entry key);
 2. whoever takes the account's commit lease (a short lease, one holder at a time) commits what is queued,
@@ -118,7 +120,8 @@ class DebitCombiner:
         ConcurrencyConflict when time ran out with the debit withdrawn (nothing written), IdempotencyMismatch
         when the entry under its key was committed for another request, and any other error once the debit
         was withdrawn (nothing of it was or will be written) or, failing that three times, as it stands (the
-        debit may then still be committed before its commit_by)."""
+        debit may then still be committed before its commit_by). ``busy``: the instance knows the account's
+        queue busy, so a holder is likely committing: the first look comes after a pause, not at once."""
         owner = uuid.uuid4().hex
         now = self._now_ms()
         left = seconds_left()
@@ -158,8 +161,8 @@ class DebitCombiner:
             if done:
                 if outcome is not None:
                     self._waited(account_id, wait.seconds())
-                    if wait.met_others and self._on_busy is not None:
-                        self._on_busy(account_id)
+                    if wait.met_others and not outcome.replayed and self._on_busy is not None:
+                        self._on_busy(account_id)  # written among other writers' debits: the queue is busy
                 return outcome
 
     def _withdrawn(self, account_id: str, key: str, owner: str) -> bool:
@@ -338,8 +341,7 @@ class _Wait:
                 return
         # a look that came back slowly means DynamoDB (or this host) is busy: looking more often than every
         # LOOKS_APART looks' time would only take more of what the committer needs
-        pause = max(self._pause, LOOKS_APART * self._look_seconds)
-        combiner._sleep(pause * (0.5 + random.random()))
+        combiner._sleep(max(self._pause * (0.5 + random.random()), LOOKS_APART * self._look_seconds))
         self._pause = min(self._pause * 2, combiner._timing.max_poll_seconds)
 
 

@@ -82,9 +82,10 @@ MAX_GRANT_QUERIES_PER_LISTING = 5
 LISTING_READS = 3
 
 
-# How long after a round of the debit queue a single debit of the account that would be written joins the
-# queue instead of writing alone (a hint on the account item and in each instance; wall-clock time,
-# whatever clock decides the debits).
+# How long the account's queue counts as busy after a sign of it: on the account item, after a round that
+# committed more than one debit (a debit that would be written joins the queue instead of writing alone);
+# in an instance, after a lost race, that item hint, or a queued debit of its that met other writers (its
+# next debit joins the queue without reading the account). Wall-clock time, whatever clock decides debits.
 QUEUE_BUSY = timedelta(seconds=1)
 
 
@@ -151,8 +152,9 @@ class Ledger:
         return self.execute(account_id, key, fingerprint, lambda state: transitions.grant(state, spec, ctx))
 
     def debit(self, account_id: str, request: DebitRequest) -> Outcome:
-        """One debit, written alone while the account is quiet; once it loses a race for the account it joins
-        the account's queue and is committed together with the other debits waiting there (combining.py)."""
+        """One debit, written alone while the account is quiet; once it loses a race for the account, or the
+        instance knows the account's queue busy, it joins the queue and is committed together with the other
+        debits waiting there (combining.py)."""
         if self._combiner is None:
             return _answer(self._debit_alone(account_id, request))
         busy = self._queue_in_use(account_id)
@@ -160,12 +162,12 @@ class Ledger:
             try:
                 return _answer(self._debit_alone(account_id, request, conflicts_allowed=1))
             except _Contended:
-                # renewed by what others do (a lost race, the item's hint, another holder's commit), never by
-                # this instance's hint itself, so it lapses once the account calms down
-                self._note_queue_busy(account_id)
-        # This instance lost a race for the account, or met its queue busy, less than QUEUE_BUSY ago: the debit
-        # joins the queue without reading the account first (a read that would only decide to queue it; a
-        # refusal or a replay is answered by the committer's decision, then decided alone as below).
+                self._note_queue_busy(account_id)  # a lost race, or the item's hint
+        else:
+            # The instance knows the queue busy: the debit joins it without reading the account first (a read
+            # that would only decide to queue it; a refusal or a replay is answered by the committer's
+            # decision, then decided alone as below). With no time left for an attempt, 429 before any write.
+            ensure_time_for_an_attempt(account_id)
         outcome = self._combiner.debit(account_id, request, busy=busy)
         if outcome is not None:
             return outcome
@@ -177,7 +179,9 @@ class Ledger:
 
     def _queue_in_use(self, account_id: str) -> bool:
         """Less than QUEUE_BUSY ago this instance lost a race for the account, read its item saying its queue
-        is busy, or waited in the queue on another holder's commit: its next debit joins the queue at once."""
+        is busy, or had a debit written through the queue that met other writers (another holder's lease, or
+        other debits it committed as the holder): its next debit joins the queue at once. Renewed only by
+        what others do, never by this hint itself, so it lapses once the account calms down."""
         now = time.monotonic()
         for account, until in list(self._queue_busy_until.items()):
             if until <= now:
