@@ -20,7 +20,8 @@ from credits_ledger.dal.accounts import VersionConflict
 from credits_ledger.dal.debit_queue import Answer, DebitQueue
 from credits_ledger.domain.errors import ConcurrencyConflict, IdempotencyMismatch, InsufficientCredits
 from credits_ledger.domain.models import EntryType
-from credits_ledger.ledger import DebitRequest, Ledger
+from credits_ledger.ledger import QUEUE_BUSY, DebitRequest, Ledger
+from credits_ledger.ledger import utc_now as ledger_now
 from tests.support.faults import (
     before_first_call,
     fail_after_commit,
@@ -639,3 +640,124 @@ def test_a_waiter_withdrawing_a_debit_whose_id_was_written_answers_from_that_ent
     # Then it answers from the entry of its id, not 429: that debit was written
     assert outcome is not None and outcome.entry == first.entry
     assert [e.entry_key for e in all_entries(ledger, ACCT)].count("use:1") == 1
+
+
+# ---- a committer that loses races: the account marked busy (issue 11's livelock) -------------------------------
+def queue_busy_until_on_item(client: Any, table: str) -> int | None:
+    item = client.get_item(
+        TableName=table, Key={"pk": {"S": f"ACCOUNT#{ACCT}"}, "sk": {"S": "STATE"}}, ConsistentRead=True
+    )["Item"]
+    return int(item["queue_busy_until"]["N"]) if "queue_busy_until" in item else None
+
+
+def test_a_committer_that_loses_a_race_marks_the_account_busy_before_it_tries_again(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, queue: DebitQueue, client: Any, table: str
+) -> None:
+    # Given another writer's queued debit, and a debit of this instance that loses its race and so commits
+    # the queue; while the committer decides, another instance writes a debit alone (it read no busy hint)
+    queue.enqueue(ACCT, debit("use:queued", "2"), "owner-queued", epoch_ms(), epoch_ms() + 60_000)
+    other_instance = make_ledger(client, table, FakeClock())
+    real = ledger.repository.commit
+    commits: list[int] = []
+    seen_at_retry: list[int | None] = []
+
+    def commit(change: Any, **kwargs: Any) -> None:
+        commits.append(1)
+        if len(commits) == 1:  # this debit alone: it loses, so it joins the queue and takes the lease
+            raise VersionConflict(None)
+        if len(commits) == 2:  # the committer's transaction: another instance's debit lands first, for real
+            other_instance.debit(ACCT, debit("use:alone", "1"))
+        if len(commits) == 3:  # the committer tries again: what the account item says by then
+            seen_at_retry.append(queue_busy_until_on_item(client, table))
+        real(change, **kwargs)
+
+    monkeypatch.setattr(ledger.repository, "commit", commit)
+    # When this debit is sent
+    outcome = ledger.debit(ACCT, debit("use:mine", "3"))
+    # Then the committer lost its race for real, marked the account busy (so the next debits that would be
+    # written alone join the queue instead) before trying again, and then committed the queue
+    assert len(seen_at_retry) == 1 and seen_at_retry[0] is not None
+    assert seen_at_retry[0] > int(time.time() * 1_000_000)
+    assert not outcome.replayed and outcome.entry.amount == D(-3)
+    keys = sorted(e.entry_key for e in all_entries(ledger, ACCT) if e.type is EntryType.DEBIT)
+    assert keys == ["use:alone", "use:mine", "use:queued"]
+    assert queued_items(client, table) == []
+    assert assert_books_balance(ledger, ACCT) == D(4)
+
+
+def test_a_debit_alone_is_not_written_past_a_busy_mark_it_did_not_read(
+    ledger: Ledger, client: Any, table: str
+) -> None:
+    # Given a debit that read the account while it was quiet, and a committer that marks the account busy
+    # between that read and the debit's write
+    marked = before_first_call(
+        client, TWI, lambda: ledger.repository.mark_queue_busy(ACCT, ledger_now() + QUEUE_BUSY)
+    )
+    sent = calls_in_order(client)
+    # When the debit is written
+    outcome = ledger.debit(ACCT, debit("use:1", "3"))
+    # Then its write alone failed on the mark and it joined the queue, where it was committed once
+    assert marked == [None]
+    assert sent.count(TWI) == 2 and "PutItem" in sent[sent.index(TWI) :]
+    assert not outcome.replayed and outcome.entry.amount == D(-3)
+    assert [e.entry_key for e in all_entries(ledger, ACCT)].count("use:1") == 1
+    assert queued_items(client, table) == []
+    assert assert_books_balance(ledger, ACCT) == D(7)
+
+
+def test_a_busy_mark_is_safe_to_apply_twice_and_never_moves_back(
+    ledger: Ledger, client: Any, table: str
+) -> None:
+    accounts = ledger.repository
+    version = accounts.state(ACCT).version
+    later = ledger_now() + QUEUE_BUSY
+    # a mark, sent again (its first answer lost), leaves the one mark; an earlier one leaves it as it is
+    accounts.mark_queue_busy(ACCT, later)
+    accounts.mark_queue_busy(ACCT, later)
+    accounts.mark_queue_busy(ACCT, later - QUEUE_BUSY)
+    assert queue_busy_until_on_item(client, table) == int(later.timestamp() * 1_000_000)
+    # no new version (a hint, not a change of the account), and no account made up for an unknown id
+    assert accounts.state(ACCT).version == version
+    accounts.mark_queue_busy("cus_nobody", later)
+    assert "Item" not in client.get_item(
+        TableName=table, Key={"pk": {"S": "ACCOUNT#cus_nobody"}, "sk": {"S": "STATE"}}
+    )
+
+
+def test_a_busy_mark_that_fails_withdraws_the_debit_and_loses_nothing(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, queue: DebitQueue, client: Any, table: str
+) -> None:
+    # Given a queued debit, and a committer whose transaction loses its race and whose mark then lands but
+    # answers with a throttle (botocore's retries used up)
+    queue.enqueue(ACCT, debit("use:queued", "2"), "owner-queued", epoch_ms(), epoch_ms() + 60_000)
+    real_commit = ledger.repository.commit
+    lost: list[int] = []
+
+    def lose_twice(change: Any, **kwargs: Any) -> None:
+        if len(lost) < 2:  # this debit alone (so it joins the queue), then the committer's transaction
+            lost.append(1)
+            raise VersionConflict(None)
+        real_commit(change, **kwargs)
+
+    monkeypatch.setattr(ledger.repository, "commit", lose_twice)
+    real_mark = ledger.repository.mark_queue_busy
+
+    def mark_then_throttled(account_id: str, until: Any) -> None:
+        real_mark(account_id, until)
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "UpdateItem")
+
+    monkeypatch.setattr(ledger.repository, "mark_queue_busy", mark_then_throttled)
+    # When this instance's debit is sent
+    with pytest.raises(ClientError, match="ThrottlingException"):
+        ledger.debit(ACCT, debit("use:mine", "1"))
+    # Then its error stands for a debit that is not and never will be written, the queued one waits for the
+    # next committer, and nothing moved the balance
+    assert ledger.repository.entry("use:mine") is None
+    assert [i["sk"]["S"] for i in queued_items(client, table)] == ["DEBIT#use:queued"]
+    assert assert_books_balance(ledger, ACCT) == D(10)
+    # and sent again, the debit is committed once, with the queued one
+    monkeypatch.setattr(ledger.repository, "mark_queue_busy", real_mark)
+    assert not ledger.debit(ACCT, debit("use:mine", "1")).replayed
+    keys = sorted(e.entry_key for e in all_entries(ledger, ACCT) if e.type is EntryType.DEBIT)
+    assert keys == ["use:mine", "use:queued"]
+    assert assert_books_balance(ledger, ACCT) == D(7)

@@ -18,6 +18,10 @@ so does, without reading the account first, the next debit of an instance that k
    fingerprint mismatch, a write DynamoDB rejects), the waiter decides it again itself, on a strongly
    consistent read, so every refusal comes from the same code path as when there is no contention.
 
+A committer whose transaction loses a race for the account marks the account item busy before it tries
+again (Ledger._debit_chunk): debits that would be written alone, from instances whose busy hint lapsed, join
+the queue instead of winning every race against its larger transaction.
+
 A waiter whose invocation runs out of time withdraws its debit (a conditional delete that fails when it was
 committed or answered meanwhile, in which case it reads the answer) and answers 429: nothing was written.
 Correctness never rests on the lease: two committers at once lose races on the account's version, and an

@@ -480,7 +480,18 @@ class Ledger:
             return _Step(results, combined, extra_actions_for(results))
 
         keys = list(dict.fromkeys(r.key for r in requests))
-        return self._commit_once(account_id, keys, attempt, conflicts_allowed=conflicts_allowed)
+        if extra_actions_for is None:
+            return self._commit_once(account_id, keys, attempt, conflicts_allowed=conflicts_allowed)
+
+        # The queue's committer lost a race for the account: against debits written alone (their reads may
+        # predate every busy hint) its larger transaction can lose every race. The mark sends them to the
+        # queue, and one that read the item before cannot be written past it (_commit_once).
+        def mark_busy() -> None:
+            self.repository.mark_queue_busy(account_id, utc_now() + QUEUE_BUSY)
+
+        return self._commit_once(
+            account_id, keys, attempt, conflicts_allowed=conflicts_allowed, on_lost_race=mark_busy
+        )
 
     def _commit_once(
         self,
@@ -489,13 +500,16 @@ class Ledger:
         attempt: Callable[[AccountState, Mapping[str, LedgerEntry], bool], _Step[Result]],
         conflicts_allowed: int | None = None,
         records: Sequence[Grant] = (),
+        on_lost_race: Callable[[], None] = lambda: None,
     ) -> Result:
         """The one commit loop: read the account and the entries under ``keys`` (eventually consistent), let
         ``attempt`` decide, write its change conditioned on the version it read; on a lost race (another
         writer moved the version, or one of the keys got written) decide again on what won, up to
         ``max_attempts`` times. ``attempt(state, existing, consistent)`` may ask for a strongly consistent
         read first (an eventual read may miss a grant that was just added). With ``conflicts_allowed``, the
-        race lost that many times raises _Contended instead (the debit then joins the account's queue).
+        race lost that many times raises _Contended instead (the debit then joins the account's queue), and the
+        write is also conditioned on the account item saying its queue is not busy now (a committer's mark
+        made after the read). ``on_lost_race`` runs after each race lost that is tried again.
 
         ``records`` are the grants the decision acts on: read with the account even when its item does not
         hold them. A decision that needs more of the grants kept apart from the account item
@@ -547,7 +561,11 @@ class Ledger:
                 continue
             try:
                 self.repository.commit(
-                    step.change, expected_version=state.version, extra_actions=step.extra_actions
+                    step.change,
+                    expected_version=state.version,
+                    extra_actions=step.extra_actions,
+                    # a debit that may join the queue is written only while no committer marked it busy
+                    unless_queue_busy_at=utc_now() if conflicts_allowed is not None else None,
                 )
                 return cast(Result, step.result)
             except EntryExists as exc:
@@ -555,6 +573,7 @@ class Ledger:
             except VersionConflict as exc:
                 if conflicts_allowed is not None and attempt_number + 1 >= conflicts_allowed:
                     raise _Contended(account_id) from exc
+                on_lost_race()
                 wait_after_conflict(account_id, attempt_number, self._sleep)
                 if exc.current is not None and not tail.reads and not records:
                     state, consistent = exc.current, True  # the account item alone decides: no re-read

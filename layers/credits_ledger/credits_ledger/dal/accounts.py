@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError, ParamValidationError
 
 from credits_ledger.dal import items as it
 from credits_ledger.dal import live_grants as lg
-from credits_ledger.dal.client import TableRepository, error_code, raise_unless_cancelled
+from credits_ledger.dal.client import TableRepository, error_code, failed_condition, raise_unless_cancelled
 from credits_ledger.dal.pages import Page, decode_cursor, encode_cursor, pages
 from credits_ledger.domain.errors import (
     ConcurrencyConflict,
@@ -44,6 +44,7 @@ from credits_ledger.domain.models import (
 )
 from credits_ledger.domain.money import ZERO
 from credits_ledger.domain.spend import order_key
+from credits_ledger.domain.times import epoch_us
 
 LEDGER_INDEX = "LedgerByAccount"
 # Tail grants read per Query page where a reader stops early (the first grant not due, enough credits).
@@ -437,12 +438,20 @@ class AccountRepository(TableRepository):
 
     # ---- writes ------------------------------------------------------------------------------------------
     def commit(
-        self, change: Change, expected_version: int, extra_actions: Sequence[dict[str, Any]] = ()
+        self,
+        change: Change,
+        expected_version: int,
+        extra_actions: Sequence[dict[str, Any]] = (),
+        *,
+        unless_queue_busy_at: datetime | None = None,
     ) -> None:
         """Write ``change`` atomically, or raise EntryExists / VersionConflict / RelatedItemChanged and write
         nothing. ``extra_actions`` (TransactWriteItems actions of other aggregates, each with its own condition)
-        commit in the same transaction, e.g. the Stripe payment record that says this effect was applied."""
-        actions = self.write_actions(change, expected_version)
+        commit in the same transaction, e.g. the Stripe payment record that says this effect was applied.
+        ``unless_queue_busy_at``: only while the account item does not say its debit queue is busy at that
+        time (mark_queue_busy), else VersionConflict: a debit written alone never lands past a mark it did
+        not read."""
+        actions = self.write_actions(change, expected_version, unless_queue_busy_at)
         first_extra = len(actions)
         actions += list(extra_actions)
         try:
@@ -456,13 +465,15 @@ class AccountRepository(TableRepository):
             raise_unless_cancelled(exc)
             raise self._cancellation_error(exc, change, first_extra) from exc
 
-    def write_actions(self, change: Change, expected_version: int) -> list[dict[str, Any]]:
+    def write_actions(
+        self, change: Change, expected_version: int, unless_queue_busy_at: datetime | None = None
+    ) -> list[dict[str, Any]]:
         """The TransactWriteItems actions of ``change``, in the order ``_cancellation_error`` reads: the
         account item, the entries, new grants, closed grants, then the tail items the change moves
         (dal/live_grants.py; they need no condition of their own: the account item's version guards them)."""
         layout = self._layout(change)
         pk = f"ACCOUNT#{change.state.account_id}"
-        actions = [self._state_put(change.state, expected_version, layout)]
+        actions = [self._state_put(change.state, expected_version, layout, unless_queue_busy_at)]
         actions += [self._entry_put(entry) for entry in change.entries]
         actions += [self._grant_put(grant) for grant in change.new_grants]
         actions += [
@@ -544,7 +555,13 @@ class AccountRepository(TableRepository):
             )
         return VersionConflict(current)
 
-    def _state_put(self, state: AccountState, expected_version: int, layout: lg.Layout) -> dict[str, Any]:
+    def _state_put(
+        self,
+        state: AccountState,
+        expected_version: int,
+        layout: lg.Layout,
+        unless_queue_busy_at: datetime | None = None,
+    ) -> dict[str, Any]:
         put: dict[str, Any] = {
             "TableName": self._table,
             "Item": it.to_dynamo(it.state_to_item(state, layout)),
@@ -552,10 +569,33 @@ class AccountRepository(TableRepository):
         }
         if expected_version == 0:
             put["ConditionExpression"] = "attribute_not_exists(pk)"
-        else:
-            put["ConditionExpression"] = "version = :v"
-            put["ExpressionAttributeValues"] = {":v": {"N": str(expected_version)}}
+            return {"Put": put}
+        condition, values = "version = :v", {":v": {"N": str(expected_version)}}
+        if unless_queue_busy_at is not None:
+            condition += " AND (attribute_not_exists(queue_busy_until) OR queue_busy_until <= :quiet_at)"
+            values[":quiet_at"] = {"N": str(epoch_us(unless_queue_busy_at))}
+        put["ConditionExpression"] = condition
+        put["ExpressionAttributeValues"] = values
         return {"Put": put}
+
+    def mark_queue_busy(self, account_id: str, until: datetime) -> None:
+        """Say on the account item, without a new version, that its debit queue is being committed until
+        ``until``: debits that read it join the queue, and one that read the item before cannot be written
+        alone past it (commit's ``unless_queue_busy_at``). A mark already as late, or no account item, is left
+        as it is."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": f"ACCOUNT#{account_id}"}, "sk": {"S": it.STATE_SK}},
+                UpdateExpression="SET queue_busy_until = :until",
+                ConditionExpression=(
+                    "attribute_exists(pk) AND (attribute_not_exists(queue_busy_until) OR queue_busy_until < :until)"
+                ),
+                ExpressionAttributeValues={":until": {"N": str(epoch_us(until))}},
+            )
+        except ClientError as exc:
+            if not failed_condition(exc):
+                raise
 
     def _entry_put(self, entry: LedgerEntry) -> dict[str, Any]:
         return {
