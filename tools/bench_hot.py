@@ -14,7 +14,8 @@ as an account's live grants grow (issue 11).
    inside one process (no queue items, no lease: what the rendezvous across instances costs).
 2. The same over HTTP against the local stack (``python -m credits_dev.local`` on this DynamoDB Local, its
    API function in worker processes, ``CREDITS_LOCAL_CONCURRENCY`` of them at most): W clients POST
-   /v1/usage (``BENCH_HOT_HTTP=0`` skips it).
+   /v1/usage (``BENCH_HOT_HTTP=0`` skips it). The API function's environments are started up to that limit
+   before the first row (a short spread load, not counted): worker cold starts are the ``coldstart`` section's.
 3. The cost of a 1-credit debit and of a balance read (AWS request units, modelled as ``tools.bench`` does)
    with 10, 1,000 and 10,000 live grants on the account (``BENCH_HOT_GRANTS``, e.g. ``10,100000``). Accounts
    are seeded with what that many grant transactions would have left (credits_dev.seed.seed_ledger: the
@@ -145,15 +146,20 @@ class _Load:
         self.start = threading.Barrier(writers + 1)
         self.stop = threading.Event()
 
-    def run(self, writer: Callable[[int], None], helpers: tuple[threading.Thread, ...] = ()) -> float:
-        """Run ``writer(index)`` on W threads (``helpers`` started before them and joined after them);
-        the seconds from the common start until all have ended."""
+    def run(
+        self,
+        writer: Callable[[int], None],
+        helpers: tuple[threading.Thread, ...] = (),
+        seconds: float | None = None,
+    ) -> float:
+        """Run ``writer(index)`` on W threads (``helpers`` started before them and joined after them) for
+        ``seconds`` (default SECONDS); the seconds from the common start until all have ended."""
         threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(self.writers)]
         for thread in (*helpers, *threads):
             thread.start()
         self.start.wait()
         began = time.perf_counter()
-        time.sleep(SECONDS)
+        time.sleep(SECONDS if seconds is None else seconds)
         self.stop.set()
         for thread in (*threads, *helpers):
             thread.join()
@@ -395,6 +401,9 @@ def replace_layout(row: HotRow, layout: str) -> HotRow:
 
 
 # ---- 2. over HTTP against the local stack ---------------------------------------------------------------------
+API_FUNCTION = "ApiFunction"
+
+
 class _Stack:
     """``python -m credits_dev.local`` on a free port, using the bench's DynamoDB Local."""
 
@@ -450,6 +459,20 @@ class _Stack:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
 
+    def warm(self) -> int:
+        """Start the API function's execution environments up to the stack's concurrency before any row is
+        measured (a short spread load, not counted), so that no row pays worker cold starts: those are the
+        ``coldstart`` section's. The environments warm at the end."""
+        for _ in range(3):
+            if self.environments() >= self.concurrency:
+                break
+            _http_writers(self, self.concurrency, True, seconds=1.0)
+        return self.environments()
+
+    def environments(self) -> int:
+        """The API function's execution environments (worker processes) now."""
+        return int(self.request("GET", "/_local/info")[1]["environments"].get(API_FUNCTION, 0))
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -460,7 +483,7 @@ class _Stack:
         self.log.close()
 
 
-def _http_writers(stack: _Stack, writers: int, spread: bool) -> HotRow:
+def _http_writers(stack: _Stack, writers: int, spread: bool, seconds: float | None = None) -> HotRow:
     run = uuid.uuid4().hex[:6]
     accounts = [f"cus_hoth_{run}_{i}" for i in (range(writers) if spread else range(1))]
     for account in accounts:
@@ -492,7 +515,7 @@ def _http_writers(stack: _Stack, writers: int, spread: bool) -> HotRow:
                 tally.errors += 1
                 tally.first_error = tally.first_error or f"HTTP {status}: {answer}"
 
-    return load.row("http", spread, load.run(writer))
+    return load.row("http", spread, load.run(writer, seconds=seconds))
 
 
 # ---- 3. the debit's cost as live grants grow ----------------------------------------------------------------
@@ -588,7 +611,7 @@ def run(endpoint: str) -> list[Any]:
         try:
             print(
                 f"# {SECTION}: local stack at {stack.url}, API function in up to {stack.concurrency} "
-                "worker processes (CREDITS_LOCAL_CONCURRENCY)",
+                f"worker processes (CREDITS_LOCAL_CONCURRENCY), {stack.warm()} warm before the rows",
                 file=sys.stderr,
             )
             for writers in WRITERS:
