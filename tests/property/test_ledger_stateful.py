@@ -4,7 +4,9 @@ The model below is written from the contract alone (its own spend order, its own
 credits_ledger.domain to compute an expected value. After every step the table must agree with it:
 balance == sum of ledger amounts == model balance, never negative, each live grant's remaining and held flag
 as in the model; every debit's allocations are the model's spend order; every replay is a no-op that returns
-the first entry.
+the first entry. A debit may lose its first race, or meet another committer's busy mark between its read
+and its write, and then goes through the account's debit queue; another committer may mark the account busy
+between any two steps.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from credits_ledger.domain.errors import (
     InvalidTransition,
 )
 from credits_ledger.domain.models import Allocation, Category, EntryType, LedgerEntry
-from credits_ledger.ledger import DebitRequest, Outcome
+from credits_ledger.ledger import QUEUE_BUSY, DebitRequest, Outcome, utc_now
 from tests.support.faults import first_race_loser
 from tests.support.ledger import FakeClock, all_entries, make_ledger, spec
 from tests.support.live_grants import layout_problems
@@ -138,6 +140,9 @@ class Model:
 
 
 # ---- the machine -------------------------------------------------------------------------------------------
+CONTENTION = ("none", "lost race", "marked after read")
+
+
 class LedgerMachine(RuleBasedStateMachine):
     replayables = Bundle("replayables")
 
@@ -242,28 +247,48 @@ class LedgerMachine(RuleBasedStateMachine):
     def grant(self, shape: GrantShape) -> Any:
         return self._grant(shape)
 
+    def _mark_busy(self) -> None:
+        """Another instance's queue committer, having lost a race, marks the account busy (for 1 s)."""
+        self.ledger.repository.mark_queue_busy(ACCT, utc_now() + QUEUE_BUSY)
+
     @contextmanager
-    def _first_commit_lost(self, lose: bool) -> Iterator[None]:
-        """With ``lose``, the next commit loses its race (another writer moved the account's version), so a
-        debit goes through the account's debit queue (combining.py)."""
-        if not lose:
+    def _contention(self, contention: str) -> Iterator[None]:
+        """``lost race``: the next commit loses its race (another writer moved the account's version);
+        ``marked after read``: another committer marks the account busy just before it; either way a debit
+        goes through the account's debit queue (combining.py)."""
+        if contention == "none":
             yield
             return
         repository = self.ledger.repository
-        _, commit = first_race_loser(repository)
+        if contention == "lost race":
+            _, commit = first_race_loser(repository)
+        else:
+            real, marked = repository.commit, []
+
+            def commit(change: Any, **kwargs: Any) -> None:
+                if not marked:
+                    marked.append(True)
+                    self._mark_busy()
+                real(change, **kwargs)
+
         setattr(repository, "commit", commit)  # noqa: B010
         try:
             yield
         finally:
             del repository.commit
 
-    @rule(target=replayables, amount=amounts, contended=st.booleans())
-    def debit(self, amount: Decimal, contended: bool) -> Any:
+    @rule()
+    def another_committer_marks_the_account_busy(self) -> None:
+        # every write within the next second meets the mark: debits join the queue, the rest carry it
+        self._mark_busy()
+
+    @rule(target=replayables, amount=amounts, contention=st.sampled_from(CONTENTION))
+    def debit(self, amount: Decimal, contention: str) -> Any:
         key = self._next("use:")
         request = DebitRequest(key=key, amount=amount, fingerprint=f"body-{key}")
 
         def run() -> Outcome:
-            with self._first_commit_lost(contended):
+            with self._contention(contention):
                 return self.ledger.debit(ACCT, request)
 
         plan = self.model.plan_debit(amount, self.clock.now)
