@@ -471,7 +471,10 @@ class _Stack:
 
     def environments(self) -> int:
         """The API function's execution environments (worker processes) now."""
-        return int(self.request("GET", "/_local/info")[1]["environments"].get(API_FUNCTION, 0))
+        environments = self.request("GET", "/_local/info")[1]["environments"]
+        if API_FUNCTION not in environments:
+            raise RuntimeError(f"the local stack runs no {API_FUNCTION}: {sorted(environments)}")
+        return int(environments[API_FUNCTION])
 
     def stop(self) -> None:
         self.process.terminate()

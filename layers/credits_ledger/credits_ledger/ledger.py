@@ -38,6 +38,7 @@ from credits_ledger.domain.rollover import RolloverPolicy
 from credits_ledger.domain.rollover import expire_with_rollover as _expire_with_rollover
 from credits_ledger.domain.spend import GrantStoredApart, MoreGrantsNeeded
 from credits_ledger.domain.transitions import EntryContext, GrantSpec
+from credits_ledger.observability import logger
 from credits_ledger.retry import ensure_time_for_an_attempt, wait_after_conflict
 
 
@@ -83,7 +84,8 @@ LISTING_READS = 3
 
 
 # How long the account's queue counts as busy after a sign of it: on the account item, after a round that
-# committed more than one debit (a debit that would be written joins the queue instead of writing alone);
+# committed more than one debit or a committer's lost race (its mark; a debit that would be written joins
+# the queue instead of writing alone, and one written alone is conditioned on no mark as of its write);
 # in an instance, after a lost race, that item hint, or a queued debit of its that met other writers (its
 # next debit joins the queue without reading the account). Wall-clock time, whatever clock decides debits.
 QUEUE_BUSY = timedelta(seconds=1)
@@ -483,15 +485,22 @@ class Ledger:
         if extra_actions_for is None:
             return self._commit_once(account_id, keys, attempt, conflicts_allowed=conflicts_allowed)
 
-        # The queue's committer lost a race for the account: against debits written alone (their reads may
-        # predate every busy hint) its larger transaction can lose every race. The mark sends them to the
-        # queue, and one that read the item before cannot be written past it (_commit_once).
-        def mark_busy() -> None:
-            self.repository.mark_queue_busy(account_id, utc_now() + QUEUE_BUSY)
-
         return self._commit_once(
-            account_id, keys, attempt, conflicts_allowed=conflicts_allowed, on_lost_race=mark_busy
+            account_id,
+            keys,
+            attempt,
+            conflicts_allowed=conflicts_allowed,
+            on_lost_race=lambda: self._mark_queue_busy(account_id),
         )
+
+    def _mark_queue_busy(self, account_id: str) -> None:
+        """The queue's committer lost a race for the account: against debits written alone (their reads may
+        predate every busy hint) its larger transaction can lose every race. The mark sends them to the
+        queue, and one that read the item before cannot be written past it (_commit_once)."""
+        refused = self.repository.mark_queue_busy(account_id, utc_now() + QUEUE_BUSY)
+        if refused is not None:
+            # a hint: without it the committer races as before, and marks again at its next lost race
+            logger.warning("debit queue not marked busy", account_id=account_id, error=refused)
 
     def _commit_once(
         self,
@@ -509,7 +518,7 @@ class Ledger:
         read first (an eventual read may miss a grant that was just added). With ``conflicts_allowed``, the
         race lost that many times raises _Contended instead (the debit then joins the account's queue), and the
         write is also conditioned on the account item saying its queue is not busy now (a committer's mark
-        made after the read). ``on_lost_race`` runs after each race lost that is tried again.
+        made after the read). ``on_lost_race`` runs after each race lost.
 
         ``records`` are the grants the decision acts on: read with the account even when its item does not
         hold them. A decision that needs more of the grants kept apart from the account item

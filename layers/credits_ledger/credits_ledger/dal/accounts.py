@@ -578,11 +578,13 @@ class AccountRepository(TableRepository):
         put["ExpressionAttributeValues"] = values
         return {"Put": put}
 
-    def mark_queue_busy(self, account_id: str, until: datetime) -> None:
+    def mark_queue_busy(self, account_id: str, until: datetime) -> str | None:
         """Say on the account item, without a new version, that its debit queue is being committed until
         ``until``: debits that read it join the queue, and one that read the item before cannot be written
         alone past it (commit's ``unless_queue_busy_at``). A mark already as late, or no account item, is left
-        as it is."""
+        as it is. A hint its caller can go without: None once the item says so (or there is no account),
+        else DynamoDB's error code (e.g. ``TransactionConflictException`` while a transaction writes the item,
+        a throttle after botocore's retries), the item left as it was."""
         try:
             self._client.update_item(
                 TableName=self._table,
@@ -594,8 +596,8 @@ class AccountRepository(TableRepository):
                 ExpressionAttributeValues={":until": {"N": str(epoch_us(until))}},
             )
         except ClientError as exc:
-            if not failed_condition(exc):
-                raise
+            return None if failed_condition(exc) else error_code(exc)
+        return None
 
     def _entry_put(self, entry: LedgerEntry) -> dict[str, Any]:
         return {

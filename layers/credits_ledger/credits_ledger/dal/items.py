@@ -106,7 +106,7 @@ def state_to_item(state: AccountState, layout: Layout | None = None) -> Item:
     if state.overage_month is not None:  # only accounts that ever went into overage carry these
         item["overage_month"] = state.overage_month
         item["overage_used"] = state.overage_used
-    if state.queue_busy_until is not None:  # only accounts whose debit queue was ever committed
+    if state.queue_busy_until is not None:  # only accounts whose debit queue was ever busy
         item["queue_busy_until"] = epoch_us(state.queue_busy_until)
     if layout is not None and layout.tail is not None:  # only accounts with more grants than the head holds
         item["tail"] = layout.tail.to_item()
