@@ -439,8 +439,8 @@ def test_the_actions_a_chunk_counts_are_the_actions_it_writes(pair: Pair, monkey
     built = repository.write_actions
     counted: list[int] = []
 
-    def checked(change: Any, expected_version: int) -> list[dict[str, Any]]:
-        actions = built(change, expected_version)
+    def checked(change: Any, expected_version: int, *conditions: Any) -> list[dict[str, Any]]:
+        actions = built(change, expected_version, *conditions)
         assert repository.action_count(change) == len(actions)
         counted.append(len(actions))
         return actions
