@@ -462,7 +462,7 @@ class _Stack:
     def warm(self) -> int:
         """Start the API function's execution environments up to the stack's concurrency before any row is
         measured (a short spread load, not counted), so that no row pays worker cold starts: those are the
-        ``coldstart`` section's. The environments warm at the end."""
+        ``coldstart`` section's. Returns how many environments are warm then."""
         for _ in range(3):
             if self.environments() >= self.concurrency:
                 break

@@ -588,7 +588,7 @@ class AccountRepository(TableRepository):
         try:
             self._client.update_item(
                 TableName=self._table,
-                Key={"pk": {"S": f"ACCOUNT#{account_id}"}, "sk": {"S": it.STATE_SK}},
+                Key=it.account_key(account_id),
                 UpdateExpression="SET queue_busy_until = :until",
                 ConditionExpression=(
                     "attribute_exists(pk) AND (attribute_not_exists(queue_busy_until) OR queue_busy_until < :until)"
