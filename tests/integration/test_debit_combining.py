@@ -50,11 +50,20 @@ def table(moto_tables: Any) -> str:
     return str(moto_tables["CreditsTable"])
 
 
-@pytest.fixture
-def ledger(client: Any, table: str) -> Ledger:
-    ledger = make_ledger(client, table, FakeClock())
+# Waiters that give up after 50 ms: the stories of a lease another writer keeps end without waiting 20 s
+GIVES_UP_FAST = CombinerTiming(poll_seconds=0.001, max_wait_seconds=0.05)
+
+
+def granted_ledger(client: Any, table: str, combiner_timing: CombinerTiming | None = None) -> Ledger:
+    """This instance's ledger, on an account of one 10-credit grant."""
+    ledger = make_ledger(client, table, FakeClock(), combiner_timing=combiner_timing)
     ledger.grant(ACCT, spec("gr_a", "10"), key="grant:a")
     return ledger
+
+
+@pytest.fixture
+def ledger(client: Any, table: str) -> Ledger:
+    return granted_ledger(client, table)
 
 
 @pytest.fixture
@@ -212,8 +221,7 @@ def test_only_a_queued_debit_that_met_other_writers_sends_the_next_one_straight_
     # Given an instance that never lost a race for the account, and a debit of it sent through the queue
     # while another writer holds the lease (until the waiter's first pause), or with the lease free and
     # another writer's debit queued (this waiter commits both), or with nobody else there
-    ledger = make_ledger(client, table, FakeClock())
-    ledger.grant(ACCT, spec("gr_a", "10"), key="grant:a")
+    ledger = granted_ledger(client, table)
     if others == "another-holder-committing":
         hold_lease_until_first_pause(ledger, queue)
     if others == "other-debits-queued":
@@ -364,10 +372,7 @@ def test_a_waiter_out_of_time_withdraws_its_debit_and_nothing_is_written(
     client: Any, table: str, queue: DebitQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an account whose commit lease another writer holds and never uses (its instance stopped)
-    ledger = make_ledger(
-        client, table, FakeClock(), combiner_timing=CombinerTiming(poll_seconds=0.001, max_wait_seconds=0.05)
-    )
-    ledger.grant(ACCT, spec("gr_a", "10"), key="grant:a")
+    ledger = granted_ledger(client, table, GIVES_UP_FAST)
     assert queue.take_lease(ACCT, "stuck", epoch_ms(), epoch_ms() + 60_000)
     lose_first_race(monkeypatch, ledger)
     # When a debit goes through the queue
@@ -572,10 +577,7 @@ def test_a_withdrawal_that_meets_a_commit_under_way_looks_again(
     client: Any, table: str, queue: DebitQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a waiter out of time whose first withdrawal meets a transaction holding its item
-    ledger = make_ledger(
-        client, table, FakeClock(), combiner_timing=CombinerTiming(poll_seconds=0.001, max_wait_seconds=0.05)
-    )
-    ledger.grant(ACCT, spec("gr_a", "10"), key="grant:a")
+    ledger = granted_ledger(client, table, GIVES_UP_FAST)
     assert queue.take_lease(ACCT, "stuck", epoch_ms(), epoch_ms() + 60_000)
     deletes: list[int] = []
 
@@ -628,10 +630,7 @@ def test_a_waiter_withdrawing_a_debit_whose_id_was_written_answers_from_that_ent
 ) -> None:
     # Given a debit written under an id, and this request queued again under that id (as a put re-sent after
     # that debit was committed does), on an account whose lease another holder keeps
-    ledger = make_ledger(
-        client, table, FakeClock(), combiner_timing=CombinerTiming(poll_seconds=0.001, max_wait_seconds=0.05)
-    )
-    ledger.grant(ACCT, spec("gr_a", "10"), key="grant:a")
+    ledger = granted_ledger(client, table, GIVES_UP_FAST)
     first = ledger.debit(ACCT, debit("use:1", "2"))
     assert queue.take_lease(ACCT, "stuck", epoch_ms(), epoch_ms() + 60_000)
     assert ledger._combiner is not None

@@ -388,40 +388,6 @@ def test_throttled_beyond_max_attempts_fails_cleanly_then_retry_applies_once(
 
 
 # ---- (e) DynamoDB cancels the transaction for a conflict (no condition failed): the ledger retries ----------
-@pytest.mark.parametrize("op", ops("debit", "debit_many"))
-def test_transaction_conflict_cancellation_is_retried_once(
-    ledger: Ledger, client: Any, sends: dict[str, int], op: Op
-) -> None:
-    balance_before, count_before = _prepare(ledger, op)
-    cancelled: list[int] = []
-
-    def cancel_once(request: Any) -> AWSResponse | None:
-        if cancelled:
-            return None
-        items = json.loads(request.body)["TransactItems"]
-        cancelled.append(len(items))
-        reasons = [{"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}]
-        reasons += [{"Code": "None"}] * (len(items) - 1)
-        return _error_response(
-            request,
-            400,
-            {
-                "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
-                "message": "Transaction cancelled, please refer cancellation reasons for specific reasons "
-                "[TransactionConflict]",
-                "CancellationReasons": reasons,
-            },
-        )
-
-    _answer_instead_of_moto(client, TWI, cancel_once)
-    sends.clear()
-    returned = op.run(ledger)
-    assert len(cancelled) == 1
-    assert sends[TWI] == 2
-    _assert_applied_once(ledger, op, balance_before, count_before, returned)
-
-
-# ---- (e) DynamoDB rejects the write for good: classified, never retried ------------------------------------
 def _cancellation(*reasons: dict[str, str]) -> dict[str, Any]:
     codes = ", ".join(r["Code"] for r in reasons)
     return {
@@ -431,6 +397,60 @@ def _cancellation(*reasons: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _conflict_with_a_reason_per_action(actions: int) -> dict[str, Any]:
+    """The cancellation as DynamoDB words it: a reason per action, the conflict on the first, "None" on the
+    others, and only the conflict named in the message."""
+    reasons = [{"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}]
+    reasons += [{"Code": "None"}] * (actions - 1)
+    return {
+        **_cancellation(*reasons),
+        "message": "Transaction cancelled, please refer cancellation reasons for specific reasons "
+        "[TransactionConflict]",
+    }
+
+
+CONFLICTS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "reason-per-action": _conflict_with_a_reason_per_action,
+    "conflict-alone": lambda actions: _cancellation({"Code": "TransactionConflict"}),
+}
+
+
+@pytest.mark.parametrize(
+    ("op", "conflict"),
+    [
+        pytest.param(p.values[0], "reason-per-action", id=f"{p.id}-reason-per-action")
+        for p in ops("debit", "debit_many")
+    ]
+    + [
+        pytest.param(p.values[0], "conflict-alone", id=f"{p.id}-conflict-alone")
+        for p in ops("grant", "debit", "debit_many", "expire", "revoke")
+    ],
+)
+def test_transaction_conflict_is_retried_and_applied_once(
+    ledger: Ledger, client: Any, sends: dict[str, int], op: Op, conflict: str
+) -> None:
+    balance_before, count_before = _prepare(ledger, op)
+    cancelled: list[int] = []
+
+    def cancel_once(request: Any) -> AWSResponse | None:
+        if cancelled:
+            return None
+        actions = len(json.loads(request.body)["TransactItems"])
+        cancelled.append(actions)
+        return _error_response(request, 400, CONFLICTS[conflict](actions))
+
+    _answer_instead_of_moto(client, TWI, cancel_once)
+    sends.clear()
+    # When another transaction held the account item: a conflict, retried by the ledger after a backoff
+    returned = op.run(ledger)
+    assert len(cancelled) == 1 and sends[TWI] == 2
+    # a single debit that lost its race goes to the account's queue and is committed from there at once;
+    # every other write pauses and tries again alone
+    assert len(ledger._sleep.calls) == (0 if op.name == "debit" else 1)  # type: ignore[attr-defined]
+    _assert_applied_once(ledger, op, balance_before, count_before, returned)
+
+
+# ---- (e) DynamoDB rejects the write for good: classified, never retried ------------------------------------
 TOO_LARGE = {"Code": "ValidationError", "Message": "Item size has exceeded the maximum allowed size"}
 REJECTIONS = {
     "item-too-large": _cancellation(TOO_LARGE, {"Code": "None"}),
@@ -487,30 +507,6 @@ def test_rejected_write_is_not_retried_and_writes_nothing(
     # When the cause is gone, the same operation applies once
     stop()
     returned = op.run(ledger)
-    _assert_applied_once(ledger, op, balance_before, count_before, returned)
-
-
-@pytest.mark.parametrize("op", ops("grant", "debit", "debit_many", "expire", "revoke"))
-def test_transaction_conflict_is_retried_and_applied_once(
-    ledger: Ledger, client: Any, sends: dict[str, int], op: Op
-) -> None:
-    balance_before, count_before = _prepare(ledger, op)
-    conflicts: list[int] = []
-
-    def conflict_once(request: Any) -> AWSResponse | None:
-        if conflicts:
-            return None
-        conflicts.append(1)
-        return _error_response(request, 400, _cancellation({"Code": "TransactionConflict"}))
-
-    _answer_instead_of_moto(client, TWI, conflict_once)
-    sends.clear()
-    # When another transaction held the account item: a conflict, retried by the ledger after a backoff
-    returned = op.run(ledger)
-    assert conflicts == [1] and sends[TWI] == 2
-    # a single debit that lost its race goes to the account's queue and is committed from there at once;
-    # every other write pauses and tries again alone
-    assert len(ledger._sleep.calls) == (0 if op.name == "debit" else 1)  # type: ignore[attr-defined]
     _assert_applied_once(ledger, op, balance_before, count_before, returned)
 
 

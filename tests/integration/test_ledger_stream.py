@@ -184,12 +184,19 @@ def test_a_per_account_threshold_overrides_the_default(env: Env) -> None:
     assert env.alerts("cus_c") == []
 
 
-def test_a_drop_caused_by_time_passing_is_reported_once_by_the_next_change(env: Env) -> None:
-    # Given 150 credits expiring at the end of January plus 50 that never expire (available 200)
+def grant_150_expiring_and_50_lasting(env: Env) -> datetime:
+    """cus_a gets 150 credits expiring at the end of January (g_exp) plus 50 that never expire (g_keep),
+    delivered: available 200. Returns when the 150 expire."""
     expires = datetime(2030, 1, 31, tzinfo=UTC)
     env.grant("cus_a", "g_exp", "150", expires)
     env.grant("cus_a", "g_keep", "50")
     env.deliver()
+    return expires
+
+
+def test_a_drop_caused_by_time_passing_is_reported_once_by_the_next_change(env: Env) -> None:
+    # Given 150 credits expiring at the end of January plus 50 that never expire (available 200)
+    expires = grant_150_expiring_and_50_lasting(env)
     # When the expiry job expires the 150 after their expires_at (available was 200, now 50)
     env.clock.set(expires + timedelta(minutes=15))
     job = ExpiryJob(
@@ -211,10 +218,7 @@ def test_a_drop_caused_by_time_passing_is_reported_once_by_the_next_change(env: 
 
 def test_a_debit_after_expires_at_but_before_the_job_alerts_once_and_the_job_not_again(env: Env) -> None:
     # Given available 200 of which 150 expire at the end of January
-    expires = datetime(2030, 1, 31, tzinfo=UTC)
-    env.grant("cus_a", "g_exp", "150", expires)
-    env.grant("cus_a", "g_keep", "50")
-    env.deliver()
+    expires = grant_150_expiring_and_50_lasting(env)
     # When a debit comes after expires_at (available already 50) and before the nightly job
     env.clock.set(expires + timedelta(hours=3))
     env.debit("cus_a", "u1", "50")

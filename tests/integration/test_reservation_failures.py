@@ -113,6 +113,12 @@ def service(ledger: Ledger, client: Any, moto_tables: Any, clock: FakeClock) -> 
     )
 
 
+def _prepare(ledger: Ledger, service: Reservations, clock: FakeClock, op: Op) -> tuple[Decimal, int]:
+    """Runs ``op``'s setup; returns the ledger balance and the number of entries it left, for _assert_once."""
+    op.setup(service, clock)
+    return ledger.repository.state(ACCT, consistent=True).ledger_balance, len(all_entries(ledger, ACCT))
+
+
 def _assert_once(ledger: Ledger, service: Reservations, op: Op, before: tuple[Decimal, int]) -> None:
     entries = all_entries(ledger, ACCT)
     written = [(e.entry_key, e.type, e.amount) for e in reversed(entries[: len(entries) - before[1]])]
@@ -126,8 +132,7 @@ def _assert_once(ledger: Ledger, service: Reservations, op: Op, before: tuple[De
 def test_resend_of_a_committed_reservation_write_applies_once(
     ledger: Ledger, service: Reservations, client: Any, clock: FakeClock, op: Op
 ) -> None:
-    op.setup(service, clock)
-    before = (ledger.repository.state(ACCT, consistent=True).ledger_balance, len(all_entries(ledger, ACCT)))
+    before = _prepare(ledger, service, clock, op)
     forced = resend_after_commit(client, TWI)
     op.run(service, clock)
     assert forced == [1]
@@ -138,8 +143,7 @@ def test_resend_of_a_committed_reservation_write_applies_once(
 def test_failure_after_commit_then_caller_retry_applies_once(
     ledger: Ledger, service: Reservations, client: Any, clock: FakeClock, op: Op
 ) -> None:
-    op.setup(service, clock)
-    before = (ledger.repository.state(ACCT, consistent=True).ledger_balance, len(all_entries(ledger, ACCT)))
+    before = _prepare(ledger, service, clock, op)
     fail_after_commit(client, TWI)
     with pytest.raises(ReadTimeoutError):
         op.run(service, clock)
