@@ -13,15 +13,17 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from credits_ledger.combining import CombinerTiming, epoch_ms
 from credits_ledger.dal.accounts import VersionConflict
-from credits_ledger.dal.debit_queue import Answer, DebitQueue
+from credits_ledger.dal.debit_queue import MAX_SORT_KEY_BYTES, Answer, DebitQueue, queued_sort_key
 from credits_ledger.domain.errors import ConcurrencyConflict, IdempotencyMismatch, InsufficientCredits
+from credits_ledger.domain.idempotency import usage_key
 from credits_ledger.domain.models import EntryType
 from credits_ledger.ledger import QUEUE_BUSY, DebitRequest, Ledger
 from credits_ledger.ledger import utc_now as ledger_now
+from credits_ledger.retry import answering_by
 from tests.support.faults import (
     before_first_call,
     fail_after_commit,
@@ -725,7 +727,20 @@ def test_a_busy_mark_is_safe_to_apply_twice_and_never_moves_back(
     )
 
 
-@pytest.mark.parametrize("code", ["TransactionConflictException", "ThrottlingException"])
+REFUSED_MARKS: dict[str, Any] = {
+    "TransactionConflictException": lambda: ClientError(
+        {"Error": {"Code": "TransactionConflictException", "Message": "refused"}}, "UpdateItem"
+    ),
+    "ThrottlingException": lambda: ClientError(
+        {"Error": {"Code": "ThrottlingException", "Message": "refused"}}, "UpdateItem"
+    ),
+    # a call that got no answer: the mark may or may not be there
+    "ReadTimeoutError": read_timeout,
+    "EndpointConnectionError": lambda: EndpointConnectionError(endpoint_url="https://dynamodb.invalid"),
+}
+
+
+@pytest.mark.parametrize("code", list(REFUSED_MARKS))
 def test_a_busy_mark_dynamodb_refuses_leaves_the_committer_racing_as_before(
     ledger: Ledger,
     monkeypatch: pytest.MonkeyPatch,
@@ -737,6 +752,7 @@ def test_a_busy_mark_dynamodb_refuses_leaves_the_committer_racing_as_before(
 ) -> None:
     # Given a queued debit, and a committer whose transaction loses its race and whose mark DynamoDB refuses
     # (a transaction writing the account item at that moment, or a throttle once botocore's retries are used)
+    # or never answers (a timeout, a lost connection)
     queue.enqueue(ACCT, debit("use:queued", "2"), "owner-queued", epoch_ms(), epoch_ms() + 60_000)
     real_commit = ledger.repository.commit
     lost: list[int] = []
@@ -751,7 +767,7 @@ def test_a_busy_mark_dynamodb_refuses_leaves_the_committer_racing_as_before(
 
     def refuse(**_: Any) -> None:
         refused.append(1)
-        raise ClientError({"Error": {"Code": code, "Message": "refused"}}, "UpdateItem")
+        raise REFUSED_MARKS[code]()
 
     monkeypatch.setattr(ledger.repository, "commit", lose_twice)
     client.meta.events.register("before-call.dynamodb.UpdateItem", refuse)
@@ -767,3 +783,96 @@ def test_a_busy_mark_dynamodb_refuses_leaves_the_committer_racing_as_before(
     assert [
         getattr(r, "error", None) for r in caplog.records if r.getMessage() == "debit queue not marked busy"
     ] == [code]
+
+
+def test_an_entry_key_too_long_for_a_sort_key_is_queued_under_its_digest(
+    ledger: Ledger, client: Any, table: str
+) -> None:
+    # Given a usage key spelled out in 1,020 bytes (valid: ENTRY#<key> fits a partition key), which the queue's
+    # sort key DEBIT#<key> would not fit (DynamoDB refuses any call naming a sort key over 1,024 bytes)
+    key = usage_key("abc", "\N{GRINNING FACE}" * 252 + "xx")
+    assert len(key.encode()) == 1020 and key.startswith("usage:")
+    twin = usage_key("abc", "\N{GRINNING FACE}" * 252 + "xy")
+    assert len(queued_sort_key(key).encode()) <= MAX_SORT_KEY_BYTES
+    assert queued_sort_key(key) != queued_sort_key(twin)
+    assert queued_sort_key("usage:abc:1") == "DEBIT#usage:abc:1"
+    # When it goes through the account's queue
+    assert ledger._combiner is not None
+    outcome = ledger._combiner.debit(ACCT, DebitRequest(key=key, amount=D(1), fingerprint="f"))
+    # Then it is committed from the queue (not handed back to be decided alone), once, under its own key
+    assert outcome is not None and not outcome.replayed and outcome.entry.entry_key == key
+    assert queued_items(client, table) == []
+    assert assert_books_balance(ledger, ACCT) == D(9)
+
+
+def test_a_queued_debit_dynamodb_refuses_as_such_is_handed_back_without_retries(
+    ledger: Ledger, client: Any, table: str
+) -> None:
+    # Given a DynamoDB that refuses the queued item itself (a ValidationException: it never landed)
+    sent = calls_in_order(client)  # (a refused put never reaches it: botocore calls the PutItem hook first)
+    refused: list[int] = []
+
+    def refuse(**_: Any) -> None:
+        refused.append(1)
+        raise ClientError({"Error": {"Code": "ValidationException", "Message": "refused"}}, "PutItem")
+
+    client.meta.events.register("before-call.dynamodb.PutItem", refuse)
+    # When a debit goes through the account's queue
+    assert ledger._combiner is not None
+    outcome = ledger._combiner.debit(ACCT, debit("use:refused", "1"))
+    # Then it is handed back at once to be decided alone (no withdrawal, no look: nothing was queued)
+    assert outcome is None
+    assert refused == [1] and sent == []
+    assert queued_items(client, table) == []
+    client.meta.events.unregister("before-call.dynamodb.PutItem", refuse)
+    # and decided alone it is written once
+    assert not ledger.debit(ACCT, debit("use:refused", "1")).replayed
+    assert assert_books_balance(ledger, ACCT) == D(9)
+
+
+class _Invocation:
+    """A Lambda context with ``seconds`` left."""
+
+    def __init__(self, seconds: float) -> None:
+        self._ms = int(seconds * 1000)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self._ms
+
+
+@pytest.mark.parametrize(("call_seconds", "timeout"), [(0.3, 2.6), (0.4, 3.2), (0.6, 3.4), (0.4, 6.0)])
+def test_a_waiter_whose_calls_are_slow_answers_before_its_invocation_ends(
+    ledger: Ledger, queue: DebitQueue, monkeypatch: pytest.MonkeyPatch, call_seconds: float, timeout: float
+) -> None:
+    # Given an account whose lease another writer keeps, a DynamoDB whose every look, withdrawal and read
+    # takes call_seconds, and an invocation with ``timeout`` seconds left (answers come 1 s before it)
+    assert ledger._combiner is not None
+    combiner = ledger._combiner
+    assert queue.take_lease(ACCT, "stuck", epoch_ms(), epoch_ms() + 60_000)
+    clock = [0.0]
+
+    def slow(call: Any) -> Any:
+        def slowly(*args: Any) -> Any:
+            clock[0] += call_seconds
+            return call(*args)
+
+        return slowly
+
+    def pause(seconds: float) -> None:
+        clock[0] += seconds
+
+    monkeypatch.setattr(combiner, "_monotonic", lambda: clock[0])
+    monkeypatch.setattr(combiner, "_sleep", pause)
+    monkeypatch.setattr(combiner, "_read_entry", slow(combiner._read_entry))
+    for name in ("look", "withdraw"):
+        monkeypatch.setattr(DebitQueue, name, slow(getattr(DebitQueue, name)))
+    # When a debit waits in the queue
+    with (
+        answering_by(_Invocation(timeout), monotonic=lambda: clock[0]),
+        pytest.raises(ConcurrencyConflict, match="no time left"),
+    ):
+        combiner.debit(ACCT, debit("use:slow", "1"))
+    # Then its 429 comes before the invocation ends (it never pauses into the time giving up takes), and
+    # nothing was written
+    assert clock[0] <= timeout
+    assert ledger.repository.entry("use:slow") is None

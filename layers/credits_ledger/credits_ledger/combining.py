@@ -56,6 +56,9 @@ EXPECTED_SHARE = 0.7
 LOOKS_APART = 2
 # Failed calls a waiter looks past (each after making sure its debit is out of the queue or answered).
 MAX_RECOVERIES = 3
+# Calls a waiter that gives up still makes (the withdrawal and a read of its entry), each about as long as a
+# look: with less time than that left it gives up now, and it never pauses into that time.
+GIVING_UP_CALLS = 2
 # Accounts whose last waits an instance remembers (forgotten all at once past it: a hint, not a cache).
 MAX_ACCOUNTS_REMEMBERED = 1_000
 
@@ -135,6 +138,8 @@ class DebitCombiner:
         failure: Exception | None = None
         try:
             mine = self._queue.enqueue(account_id, request, owner, now, commit_by)
+        except WriteRejected:
+            return None  # DynamoDB refuses this queued item as such: nothing was queued, nothing to withdraw
         except Exception as exc:  # the put may have landed although its answer did not
             mine, failure = True, exc
         wait = _Wait(self, account_id, request, owner, mine, self._expected_wait(account_id))
@@ -278,7 +283,7 @@ class _Wait:
         why: str | None = None
         lease_free = look.lease is None or look.lease.free_at(combiner._now_ms())
         self.met_others = self.met_others or not lease_free
-        if not time_for(ATTEMPT_SECONDS):
+        if not time_for(ATTEMPT_SECONDS + GIVING_UP_CALLS * self._look_seconds):
             why = "no time left in this invocation"
         elif self.seconds() > combiner._timing.max_wait_seconds:
             why = "it waited its longest wait"
@@ -345,7 +350,13 @@ class _Wait:
                 return
         # a look that came back slowly means DynamoDB (or this host) is busy: looking more often than every
         # LOOKS_APART looks' time would only take more of what the committer needs
-        combiner._sleep(max(self._pause * (0.5 + random.random()), LOOKS_APART * self._look_seconds))
+        pause = max(self._pause * (0.5 + random.random()), LOOKS_APART * self._look_seconds)
+        left = seconds_left()
+        if left is not None:
+            # but never into the time the next look and giving up after it take: the answer, even a 429,
+            # comes before the invocation's deadline however slow the calls are
+            pause = min(pause, max(0.0, left - ATTEMPT_SECONDS - (1 + GIVING_UP_CALLS) * self._look_seconds))
+        combiner._sleep(pause)
         self._pause = min(self._pause * 2, combiner._timing.max_poll_seconds)
 
 

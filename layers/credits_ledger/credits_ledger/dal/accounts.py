@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from botocore.exceptions import ClientError, ParamValidationError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from credits_ledger.dal import items as it
 from credits_ledger.dal import live_grants as lg
@@ -584,7 +584,8 @@ class AccountRepository(TableRepository):
         alone past it (commit's ``unless_queue_busy_at``). A mark already as late, or no account item, is left
         as it is. A hint its caller can go without: None once the item says so (or there is no account),
         else DynamoDB's error code (e.g. ``TransactionConflictException`` while a transaction writes the item,
-        a throttle after botocore's retries), the item left as it was."""
+        a throttle after botocore's retries), or the name of the error of a call that got no answer (a
+        timeout, a lost connection: the mark may or may not be there, either is fine)."""
         try:
             self._client.update_item(
                 TableName=self._table,
@@ -597,6 +598,8 @@ class AccountRepository(TableRepository):
             )
         except ClientError as exc:
             return None if failed_condition(exc) else error_code(exc)
+        except BotoCoreError as exc:
+            return type(exc).__name__
         return None
 
     def _entry_put(self, entry: LedgerEntry) -> dict[str, Any]:

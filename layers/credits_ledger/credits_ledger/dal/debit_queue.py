@@ -20,6 +20,7 @@ Neither item kind matches the ledger stream's filters (sk ``STATE``, pk ``ENTRY#
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import StrEnum
@@ -28,11 +29,16 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from credits_ledger.dal import items as it
-from credits_ledger.dal.client import TableRepository, error_code, failed_condition
+from credits_ledger.dal.client import TableRepository, error_code, failed_condition, rejection
 from credits_ledger.domain.debits import DebitRequest
 from credits_ledger.domain.models import LedgerEntry
 
 QUEUED_PREFIX = "DEBIT#"
+# DynamoDB limits a sort key to 1,024 bytes, and an entry key may take as many (idempotency.MAX_KEY_BYTES): a
+# key that does not fit after the prefix is queued under its digest (the item keeps the key itself). Only usage
+# keys are queued ("usage:..." or "usage#sha256:..."), so no spelled-out key starts like a digest.
+MAX_SORT_KEY_BYTES = 1024
+QUEUED_DIGEST = "sha256:"
 LEASE_SK = "DEBIT_LEASE"
 # A queued debit is committed only before its ``commit_by``: the end of its waiter's invocation (less the
 # answer margin), or, for a waiter without one (tools, tests), the end of its longest wait; never more than
@@ -80,8 +86,15 @@ class Look:
     entry: LedgerEntry | None = None
 
 
+def queued_sort_key(entry_key: str) -> str:
+    spelled = f"{QUEUED_PREFIX}{entry_key}"
+    if len(spelled.encode("utf-8")) <= MAX_SORT_KEY_BYTES:
+        return spelled
+    return f"{QUEUED_PREFIX}{QUEUED_DIGEST}{hashlib.sha256(entry_key.encode('utf-8')).hexdigest()}"
+
+
 def queued_key(account_id: str, entry_key: str) -> dict[str, Any]:
-    return it.to_dynamo({"pk": f"ACCOUNT#{account_id}", "sk": f"{QUEUED_PREFIX}{entry_key}"})
+    return it.to_dynamo({"pk": f"ACCOUNT#{account_id}", "sk": queued_sort_key(entry_key)})
 
 
 def lease_key(account_id: str) -> dict[str, Any]:
@@ -92,7 +105,7 @@ def queued_to_item(account_id: str, queued: QueuedDebit) -> it.Item:
     request = queued.request
     return {
         "pk": f"ACCOUNT#{account_id}",
-        "sk": f"{QUEUED_PREFIX}{request.key}",
+        "sk": queued_sort_key(request.key),
         "entry_key": request.key,
         "amount": request.amount,
         "fingerprint": request.fingerprint or None,
@@ -271,13 +284,17 @@ class DebitQueue(TableRepository):
     def _conditional(self, operation: str, own: tuple[str, str] | None = None, **request: Any) -> bool:
         """One conditional single-item write: True when written, False when its condition failed. With
         ``own`` (attribute, value), a failed condition on an item already carrying that value is this very
-        write, re-sent by botocore after its first answer was lost: True."""
+        write, re-sent by botocore after its first answer was lost: True. WriteRejected when DynamoDB refuses
+        the write as such (it never landed, and would be refused again)."""
         if own is not None:
             request["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         try:
             getattr(self._client, operation)(TableName=self._table, **request)
         except ClientError as exc:
             if not failed_condition(exc):
+                rejected = rejection(exc)
+                if rejected is not None:
+                    raise rejected from exc
                 raise
             old = exc.response.get("Item") or {}
             return own is not None and old.get(own[0], {}).get("S") == own[1]
