@@ -27,7 +27,15 @@ from credits_ledger.dal.account_settings import AccountSettingsRepository, Setti
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.meter_reports import REJECTED, REPORTED, UNKNOWN, MeterReportRepository
 from credits_ledger.dal.payments import PaymentRepository
-from credits_ledger.dal.topups import FAILED, SUCCEEDED, TopupRepository, attempt_id_of
+from credits_ledger.dal.topups import (
+    CLAIMED,
+    FAILED,
+    SUCCEEDED,
+    TopupAttempt,
+    TopupNotStarted,
+    TopupRepository,
+    attempt_id_of,
+)
 from credits_ledger.domain.models import LedgerEntry
 from credits_ledger.domain.overage import OveragePolicy, OverageSettings
 from credits_ledger.domain.topup import AutoTopupSettings
@@ -530,3 +538,25 @@ def test_a_crash_between_settling_and_publishing_is_repaired_once(env: Env) -> N
     assert env.deliver(entry) == [] and env.bus.types() == ["credits.topup.failed"]
     assert env.deliver(entry) == [] and env.bus.types() == ["credits.topup.failed"]
     assert len(env.calls(PI_PATH)) == 1
+
+
+def test_a_late_debit_of_an_earlier_month_cannot_begin_that_months_count_again(env: Env) -> None:
+    def top_up(key: str, month: str) -> None:  # claimed by a debit of ``month``, then succeeded
+        attempt = TopupAttempt(f"cus_A|{key}", "cus_A", key, "starter", 1, CLAIMED, env.clock.now)
+        claimed, started = env.topups.claim(attempt, month, 1)
+        assert started
+        env.topups.settle(claimed, SUCCEEDED, env.clock.now, "credits.topup.succeeded")
+
+    # Given a monthly limit of one, November's top-up and December's
+    top_up("usage:nov-1", "2030-11")
+    top_up("usage:dec-1", "2030-12")
+    # When a November debit is delivered late (another shard, a failed batch replayed), then another of
+    # December; Then neither starts a top-up: November's count is gone, and December's limit still holds
+    for key, month, why in (
+        ("usage:nov-2", "2030-11", "before the last"),
+        ("usage:dec-2", "2030-12", "limit"),
+    ):
+        with pytest.raises(TopupNotStarted, match=why):
+            top_up(key, month)
+    state = env.topups.state("cus_A")
+    assert (state.month, state.count, state.in_flight) == ("2030-12", 1, None)

@@ -15,6 +15,12 @@ from credits_ledger.domain.errors import IdempotencyMismatch, InsufficientCredit
 from credits_ledger.domain.models import EntryType
 from credits_ledger.domain.reconcile import Checkpoint
 from credits_ledger.domain.reservations import ReservationError, ReservationNotFound, ReservationStatus
+from credits_ledger.domain.topup import (
+    AutoTopupSettings,
+    available_before_and_after,
+    is_crossing,
+    leaves_below,
+)
 from credits_ledger.jobs.reconcile import ReconcileJob, ReconcileSummary
 from credits_ledger.ledger import Ledger
 from credits_ledger.reservations import Reservations, ReserveRequest
@@ -213,3 +219,43 @@ def test_an_extension_decided_on_a_stale_account_after_a_capture_is_refused(
     assert calls == [True]
     assert service.record("job-1").status is ReservationStatus.CAPTURED
     assert_books_balance(ledger, ACCT)
+
+
+@pytest.mark.parametrize("first_to_end", ["a", "a:expire"])
+def test_an_id_that_extends_another_by_a_key_suffix_is_its_own_reservation(
+    service: Reservations, ledger: Ledger, clock: FakeClock, first_to_end: str
+) -> None:
+    # Given reservation "a" on the grant that expires first, and "a:expire" on another grant: spelled
+    # unescaped, "a:expire"'s end would share its key with what "a"'s end gives back to an expired grant
+    ledger.grant(ACCT, spec("g2", "100"), "grant:g2")
+    service.reserve(request("a", "10", expires_in=5 * 86_400))
+    clock.advance(days=3)
+    ledger.expire("g1", clock.now)
+    service.reserve(request("a:expire", "50"))
+    # When both end, in either order: "a" released (its 10 go back to g1, expired, so they expire at once)
+    # and "a:expire" captured
+    for rid in [first_to_end] + [r for r in ("a", "a:expire") if r != first_to_end]:
+        if rid == "a":
+            assert service.release(service.record("a")).record.expired == D(10)
+        else:
+            service.capture(service.record("a:expire"), D(50), False)
+    # Then each ended once, as itself: nothing is left reserved, and g2 paid the 50
+    assert service.record("a").status is ReservationStatus.RELEASED
+    assert service.record("a:expire").status is ReservationStatus.CAPTURED
+    assert ledger.balance(ACCT).reserved == D(0)
+    assert assert_books_balance(ledger, ACCT) == D(50)
+
+
+def test_an_overrun_capture_says_what_is_left_and_may_start_a_top_up(
+    service: Reservations, ledger: Ledger
+) -> None:
+    # Given 100 credits of which a job holds 10 (available 90), and a top-up below 50
+    service.reserve(request("job", "10"))
+    top_up = AutoTopupSettings(enabled=True, threshold=D(50), pack="starter")
+    # When the job captures 95 (85 beyond what it held)
+    service.capture(service.record("job"), D(95), True)
+    # Then its debit says 5 are left, as any debit does, and counts as a crossing of the threshold (90 -> 5)
+    entry = ledger.repository.entry("capture:job")
+    assert entry is not None and entry.metadata["available_after"] == "5"
+    assert available_before_and_after(entry) == (D(90), D(5))
+    assert is_crossing(entry, top_up) and leaves_below(entry, top_up)

@@ -31,12 +31,51 @@ def test_key_formats_are_stable() -> None:
     assert idem.proration_grant_key("il_1", 0) == "stripe:proration:il_1:0"
     assert idem.proration_revoke_key("gr_1", Decimal("2500")) == "stripe:proration-revoke:gr_1:2500"
     assert idem.trial_key("sub_1") == "stripe:trial:sub_1"
+    assert idem.reserve_key("job-1") == "reserve:job-1"
+    assert idem.extend_key("job-1", 7) == "reserve:job-1:extend:7"
+    assert idem.capture_key("job-1") == "capture:job-1"
+    assert idem.unreserve_key("job-1") == "unreserve:job-1"
+    assert idem.unreserve_expire_key("job-1") == "unreserve:job-1:expire"
 
 
 def test_a_colon_in_the_customer_cannot_make_two_usage_events_one_key() -> None:
     # ("a:b", "c") and ("a", "b:c") would both read "usage:a:b:c" without escaping
     assert idem.usage_key("a:b", "c") != idem.usage_key("a", "b:c")
     assert idem.usage_key("a%3Ab", "c") != idem.usage_key("a:b", "c")
+
+
+def reservation_keys(reservation_id: str, seq: int) -> dict[str, str]:
+    """Every key a reservation's operations write, by operation."""
+    return {
+        "reserve": idem.reserve_key(reservation_id),
+        "extend": idem.extend_key(reservation_id, seq),
+        "capture": idem.capture_key(reservation_id),
+        "unreserve": idem.unreserve_key(reservation_id),
+        "unreserve-expire": idem.unreserve_expire_key(reservation_id),
+    }
+
+
+def test_a_colon_in_a_reservation_id_cannot_spell_another_operations_key() -> None:
+    # unescaped, "a:expire"'s end would be "a"'s expired give-back, and "j:extend:5"'s creation j's extension
+    assert idem.unreserve_key("a:expire") != idem.unreserve_expire_key("a")
+    assert idem.reserve_key("j:extend:5") != idem.extend_key("j", 5)
+
+
+# ids made of the pieces a key's parts are told apart by
+colon_heavy = st.lists(
+    st.sampled_from(["a", ":", "%", "3A", ":expire", ":extend:5", "5"]), min_size=1, max_size=4
+).map("".join)
+
+
+@given(colon_heavy | identifiers, colon_heavy, st.integers(0, 9), st.integers(0, 9))
+def test_reservation_keys_are_one_per_operation_and_id(base: str, tail: str, s1: int, s2: int) -> None:
+    # an id against a longer one that starts with it (where one key format extends another), and any other
+    for r1, r2 in ((base, base + tail), (base, tail)):
+        first, second = reservation_keys(r1, s1), reservation_keys(r2, s2)
+        for op1, key1 in first.items():
+            for op2, key2 in second.items():
+                same = op1 == op2 and r1 == r2 and (op1 != "extend" or s1 == s2)
+                assert (key1 == key2) is same, (op1, r1, s1, op2, r2, s2)
 
 
 @given(identifiers, identifiers, identifiers, identifiers)

@@ -61,6 +61,35 @@ def test_levels() -> None:
     assert available_before_and_after(debit("50", "60")) == (D(110), D(60))
 
 
+def capture(taken: str, overrun: str | None, available_after: str) -> LedgerEntry:
+    """A reservation's capture debit: ``taken`` credits, of which ``overrun`` beyond what it held."""
+    entry = debit(taken, available_after)
+    metadata = {**entry.metadata, "reservation": "job"} | (
+        {"overrun": overrun} if overrun is not None else {}
+    )
+    return LedgerEntry(
+        **{**entry.__dict__, "entry_key": "capture:job", "reference": "job", "metadata": metadata}
+    )
+
+
+@pytest.mark.parametrize(
+    ("taken", "overrun", "after", "before", "crossing"),
+    [
+        ("95", "85", "30", "115", True),  # held 10, took 85 more: available 115 -> 30
+        ("95", "85", "120", "205", False),  # 205 -> 120: not below
+        ("10", "0", "60", "60", False),  # took what it held: available unchanged, nothing crossed
+        ("10", None, "60", "60", False),  # a capture entry that names no overrun took none
+    ],
+)
+def test_a_capture_took_from_what_was_available_only_its_overrun(
+    taken: str, overrun: str | None, after: str, before: str, crossing: bool
+) -> None:
+    entry = capture(taken, overrun, after)
+    assert available_before_and_after(entry) == (D(before), D(after))
+    assert is_crossing(entry, ON) is crossing
+    assert leaves_below(entry, ON) is (D(after) < ON.threshold)
+
+
 @pytest.mark.parametrize(
     ("taken", "after", "below"),
     [("50", "60", True), ("10", "99", True), ("1", "100", False), ("50", "500", False), ("0", "40", True)],

@@ -18,8 +18,8 @@ from credits_ledger.dal.debit_queue import DebitQueue
 from credits_ledger.dal.live_grants import GrantsToRead
 from credits_ledger.dal.pages import Page
 from credits_ledger.domain import idempotency, transitions
-from credits_ledger.domain.balance import available as available_at
 from credits_ledger.domain.balance import balance as balance_of
+from credits_ledger.domain.balance import with_available_after
 from credits_ledger.domain.debits import DebitRequest as DebitRequest
 from credits_ledger.domain.debits import DebitResult as DebitResult
 from credits_ledger.domain.debits import Outcome as Outcome
@@ -63,15 +63,6 @@ class _Step(Generic[Result]):
     change: Change | None = None
     extra_actions: Sequence[dict[str, Any]] = ()
     reread: bool = False
-
-
-def _with_available_after(change: Change, now: datetime) -> Change:
-    """Debit answers report what the customer can still spend; kept on the entry so a replay says the same."""
-    available = available_at(change.state, now)
-    entries = tuple(
-        replace(e, metadata={**e.metadata, "available_after": str(available)}) for e in change.entries
-    )
-    return replace(change, entries=entries)
 
 
 # A transaction holds at most 100 actions: the account, the entries and the grants they deplete.
@@ -605,7 +596,7 @@ class Ledger:
         """One debit on ``current``: its change, the error refusing it, or None (decide again on a strongly
         consistent read: an eventually consistent one may miss a grant just added)."""
         try:
-            return _with_available_after(transitions.debit(current, request.amount, ctx), ctx.now)
+            return with_available_after(transitions.debit(current, request.amount, ctx), ctx.now)
         except MoreGrantsNeeded:
             raise  # not an answer: the loop reads more of the account's grants (_commit_once)
         except InsufficientCredits as exc:
@@ -618,7 +609,7 @@ class Ledger:
         if account_id not in overage:
             overage[account_id] = self.overage_settings(account_id)
         try:
-            return _with_available_after(
+            return with_available_after(
                 transitions.debit(current, request.amount, ctx, overage=overage[account_id]), ctx.now
             )
         except MoreGrantsNeeded:

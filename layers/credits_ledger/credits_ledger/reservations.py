@@ -22,6 +22,7 @@ from credits_ledger.dal.reservations import ReservationRecord, ReservationReposi
 from credits_ledger.domain import idempotency as idem
 from credits_ledger.domain import reservations as rv
 from credits_ledger.domain.balance import available as available_at
+from credits_ledger.domain.balance import with_available_after
 from credits_ledger.domain.errors import ConcurrencyConflict, IdempotencyMismatch, InsufficientCredits
 from credits_ledger.domain.models import AccountState, Change, LedgerEntry
 from credits_ledger.domain.money import ZERO, format_amount, round_up
@@ -191,7 +192,8 @@ class Reservations:
                 capture_allocations=ended.allocations,
             )
             made["record"] = after
-            return ended.change, [self.records.end_action(after)]
+            # its debit says what is left to spend, as any debit does: an overrun may start a top-up
+            return with_available_after(ended.change, now), [self.records.end_action(after)]
 
         return self._end(record, decide, made, ReservationStatus.CAPTURED)
 

@@ -132,8 +132,10 @@ class TopupRepository(TableRepository):
     ) -> tuple[TopupAttempt, bool]:
         """Start ``attempt`` (True), or return the attempt already stored under its id (False).
 
-        Raises TopupNotStarted when another attempt is in flight, ``monthly_limit`` is reached this month, or
-        the last attempt failed and this debit is no ``crossing`` of the threshold (a crossing re-arms).
+        Raises TopupNotStarted when another attempt is in flight, ``monthly_limit`` is reached this month, the
+        debit is of a month before the last top-up's (a debit delivered late, or a failed batch replayed: its
+        month's count is gone, and starting it would begin that month's count again), or the last attempt
+        failed and this debit is no ``crossing`` of the threshold (a crossing re-arms).
         """
         for _ in range(3):  # the state read may be stale by the time the transaction runs: decide again
             existing = self.attempt(attempt.attempt_id)
@@ -142,6 +144,10 @@ class TopupRepository(TableRepository):
             state = self.state(attempt.account)
             if state.in_flight is not None:
                 raise TopupNotStarted(state, "a top-up is in flight")
+            if state.month is not None and month < state.month:  # "YYYY-MM": months only move forward
+                raise TopupNotStarted(
+                    state, f"a debit of {month}, before the last top-up's month {state.month}"
+                )
             same_month = state.month == month
             if same_month and monthly_limit is not None and state.count >= monthly_limit:
                 raise TopupNotStarted(state, f"monthly limit of {monthly_limit} reached")
@@ -156,7 +162,7 @@ class TopupRepository(TableRepository):
                     values[":limit"] = monthly_limit
             else:
                 update = "SET in_flight = :id, #m = :m, #c = :one"
-                condition = "attribute_not_exists(in_flight) AND (attribute_not_exists(#m) OR #m <> :m)"
+                condition = "attribute_not_exists(in_flight) AND (attribute_not_exists(#m) OR #m < :m)"
             if crossing:
                 update += " REMOVE waits_for_crossing"
             else:

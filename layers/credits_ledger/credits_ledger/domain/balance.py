@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 
-from credits_ledger.domain.models import AccountState, Balance, Category, GrantStatus
+from credits_ledger.domain.models import AccountState, Balance, Category, Change, GrantStatus
 from credits_ledger.domain.money import ZERO
 from credits_ledger.domain.reserved import pinned
 from credits_ledger.domain.spend import MoreGrantsNeeded
@@ -15,6 +16,14 @@ def available(state: AccountState, now: datetime) -> Decimal:
     """What the account can spend at ``now``: ``balance(...).available`` without the next expiry, which a
     state loaded for a debit may not know of the grants stored apart from the account item."""
     return _parts(state, now)[0]
+
+
+def with_available_after(change: Change, now: datetime) -> Change:
+    """``change`` whose entries say what the customer can still spend after it (``available_after``): a
+    debit's answer reports it, a replay says the same, and the automatic top-up reads it (domain/topup.py)."""
+    after = str(available(change.state, now))
+    entries = tuple(replace(e, metadata={**e.metadata, "available_after": after}) for e in change.entries)
+    return replace(change, entries=entries)
 
 
 def _parts(

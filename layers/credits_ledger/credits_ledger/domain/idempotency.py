@@ -106,31 +106,35 @@ def trial_key(subscription_id: str) -> str:
     return f"stripe:trial:{subscription_id}"
 
 
+# A reservation id is the client's (any printable characters, ``:`` included) and several formats below
+# extend one prefix with more parts (``reserve:<id>`` and ``reserve:<id>:extend:<seq>``, ``unreserve:<id>`` and
+# ``unreserve:<id>:expire``): the id is escaped as in usage keys, so no id can spell another operation's key
+# (ids without ``:`` or ``%`` read as before).
 def reserve_key(reservation_id: str) -> str:
     """Creating a reservation (its ``reserve`` entry): once per id, whichever account asks."""
-    return f"reserve:{reservation_id}"
+    return f"reserve:{_escape(reservation_id)}"
 
 
 def extend_key(reservation_id: str, seq: int) -> str:
     """An extension, keyed by the entry's sequence number: a retry decided on a newer account version is a
     new extension (it only moves ``expires_at`` again, to now + ``expires_in``)."""
-    return f"reserve:{reservation_id}:extend:{seq}"
+    return f"reserve:{_escape(reservation_id)}:extend:{seq}"
 
 
 def capture_key(reservation_id: str) -> str:
     """The ``debit`` entry of a capture: at most one per reservation."""
-    return f"capture:{reservation_id}"
+    return f"capture:{_escape(reservation_id)}"
 
 
 def unreserve_key(reservation_id: str) -> str:
     """The end of a reservation, written by whichever of capture, release and the sweep comes first: the
     key that makes a reservation end once."""
-    return f"unreserve:{reservation_id}"
+    return f"unreserve:{_escape(reservation_id)}"
 
 
 def unreserve_expire_key(reservation_id: str) -> str:
     """Credits a reservation's end gives back to grants already past their expiry, expired at once."""
-    return f"unreserve:{reservation_id}:expire"
+    return f"unreserve:{_escape(reservation_id)}:expire"
 
 
 # ---- fingerprints ----------------------------------------------------------------------------------------

@@ -27,10 +27,14 @@ class AutoTopupSettings:
 
 
 def available_before_and_after(entry: LedgerEntry) -> tuple[Decimal, Decimal] | None:
-    """What was available just before and after a debit entry (None when the entry does not say)."""
+    """What was available just before and after a debit entry (None when the entry does not say). A
+    reservation's capture took from what was available only its overrun (the credits it held were not
+    available; nothing is given back when it overruns)."""
     if entry.type is not EntryType.DEBIT or "available_after" not in entry.metadata:
         return None
     after = Decimal(entry.metadata["available_after"])
+    if "reservation" in entry.metadata:
+        return after + Decimal(entry.metadata.get("overrun", "0")), after
     return after - entry.amount, after  # a debit's amount is negative: before = after + taken
 
 
