@@ -9,6 +9,7 @@ version of these stories runs on DynamoDB Local in tests/concurrency/test_concur
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -785,6 +786,45 @@ def test_a_busy_mark_dynamodb_refuses_leaves_the_committer_racing_as_before(
     ] == [code]
 
 
+@pytest.mark.parametrize("during_pause", ["nobody-committing", "another-holder-committing"])
+def test_a_first_pause_that_found_nobody_committing_is_not_taken_again(
+    ledger: Ledger, queue: DebitQueue, monkeypatch: pytest.MonkeyPatch, during_pause: str
+) -> None:
+    # Given an instance that knows the account busy and whose debits of it lately waited 300 ms, so its
+    # waiter's first look comes after 70% of that; meanwhile either nobody holds the lease, or another writer
+    # does (released at the waiter's next pause)
+    assert ledger._combiner is not None
+    combiner = ledger._combiner
+    clock = [0.0]
+    pauses: list[float] = []
+    if during_pause == "another-holder-committing":
+        assert queue.take_lease(ACCT, "other-writer", epoch_ms(), epoch_ms() + 60_000)
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        clock[0] += seconds
+        if len(pauses) == 2 and during_pause == "another-holder-committing":
+            queue.release_lease(ACCT, "other-writer")
+
+    monkeypatch.setattr(combiner, "_monotonic", lambda: clock[0])
+    monkeypatch.setattr(combiner, "_sleep", pause)
+    combiner._waits[ACCT] = 0.3
+    # When a debit goes through the queue, and then the instance's next one
+    first = combiner.debit(ACCT, debit("use:first", "1"), busy=True)
+    assert first is not None and not first.replayed
+    first_pauses, pauses[:] = list(pauses), []
+    combiner.debit(ACCT, debit("use:next", "1"), busy=True)
+    # Then both are committed once, each after a first pause of 70% of 300 ms; after a pause that found
+    # nobody committing (the lease free, its debit still queued: it waited on itself) the next first look
+    # comes after one poll, while a pause spent behind another holder is taken again, from the waits so far
+    assert first_pauses[0] == pytest.approx(0.21)
+    if during_pause == "nobody-committing":
+        assert pauses[0] <= 1.5 * CombinerTiming().poll_seconds
+    else:
+        assert pauses[0] == pytest.approx(0.7 * (0.3 + sum(first_pauses)) / 2)
+    assert assert_books_balance(ledger, ACCT) == D(8)
+
+
 def test_an_entry_key_too_long_for_a_sort_key_is_queued_under_its_digest(
     ledger: Ledger, client: Any, table: str
 ) -> None:
@@ -876,3 +916,31 @@ def test_a_waiter_whose_calls_are_slow_answers_before_its_invocation_ends(
     # nothing was written
     assert clock[0] <= timeout
     assert ledger.repository.entry("use:slow") is None
+
+
+def test_a_waiter_that_looked_long_after_its_commit_remembers_the_time_to_the_commit(
+    client: Any, table: str, queue: DebitQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an instance whose debits of the account lately waited 300 ms, and another holder that commits
+    # this waiter's debit at once, while the waiter sleeps 70% of that before its first look
+    ledger = make_ledger(client, table, FakeClock(datetime.now(UTC)))  # entries decided at the real time
+    ledger.grant(ACCT, spec("gr_a", "10"), key="grant:a")
+    assert ledger._combiner is not None
+    combiner = ledger._combiner
+    clock = [0.0]
+
+    def pause(seconds: float) -> None:
+        if clock[0] == 0.0:
+            assert combiner._commit_queue(ACCT) == 1  # the other holder, as soon as the debit is queued
+        clock[0] += seconds
+
+    monkeypatch.setattr(combiner, "_monotonic", lambda: clock[0])
+    monkeypatch.setattr(combiner, "_sleep", pause)
+    combiner._waits[ACCT] = 0.3
+    # When the waiter finds its debit committed at its first look, 210 ms after it was queued
+    outcome = combiner.debit(ACCT, debit("use:early", "1"), busy=True)
+    assert outcome is not None and not outcome.replayed and clock[0] == pytest.approx(0.21)
+    # Then its instance remembers the few milliseconds its debit took to be committed, not the 210 ms it
+    # slept past that (which would make it sleep as long again next time: the waves of a small busy account)
+    assert combiner._waits[ACCT] < (0.3 + 0.1) / 2
+    assert assert_books_balance(ledger, ACCT) == D(9)

@@ -71,10 +71,11 @@ def epoch_ms() -> int:
 class CombinerTiming:
     """How long a commit lease lasts (a holder that died is replaced after it), how often a waiter looks at
     its queued debit (at once, since it may have to take a free lease, unless its instance knows the queue
-    busy; then, while another holder commits, after most of what its last waits took, or after
-    ``poll_seconds``, twice as long each time up to ``max_poll_seconds``, never sooner than LOOKS_APART times
-    its last look: a round takes tens of milliseconds, and every look is a read the committer competes with),
-    and how long a waiter without an invocation deadline (tools, tests) waits at most."""
+    busy; then, while another holder commits, after most of what its last waits took (forgotten once such a
+    pause found nobody committing), or after ``poll_seconds``, twice as long each time up to
+    ``max_poll_seconds``, never sooner than LOOKS_APART times its last look: a round takes tens of
+    milliseconds, and every look is a read the committer competes with), and how long a waiter without an
+    invocation deadline (tools, tests) waits at most."""
 
     lease_ms: int = 2_000
     poll_seconds: float = 0.01
@@ -120,6 +121,9 @@ class DebitCombiner:
             self._waits.clear()
         previous = self._waits.get(account_id, seconds)
         self._waits[account_id] = (previous + seconds) / 2
+
+    def _forget_waits(self, account_id: str) -> None:
+        self._waits.pop(account_id, None)
 
     def debit(self, account_id: str, request: DebitRequest, *, busy: bool = False) -> Outcome | None:
         """Commit ``request`` through the account's queue. Returns its outcome, or None when the caller must
@@ -168,8 +172,13 @@ class DebitCombiner:
                 failure = exc
                 continue
             if done:
-                if outcome is not None:
-                    self._waited(account_id, wait.seconds())
+                if wait.paused_for_nobody:
+                    # Its first pause found nobody committing: what its waits took was mostly the pause itself
+                    # (the writers of a small busy account all pausing at once after a round, their next waits
+                    # then as long as that pause). Its next debit looks after a poll instead.
+                    self._forget_waits(account_id)
+                elif outcome is not None:
+                    self._waited(account_id, wait.seconds_to_commit(outcome, now))
                     if wait.met_others and not outcome.replayed and self._on_busy is not None:
                         self._on_busy(account_id)  # written among other writers' debits: the queue is busy
                 return outcome
@@ -260,12 +269,25 @@ class _Wait:
         self._look_seconds = 0.0  # what the last look took
         self._expected = expected
         self._answered_replayed = False  # kept: the answered item may be gone at the next look
+        self._after_expected_pause = False  # the last pause was taken from the instance's last waits
+        # a look right after that pause found the debit still queued and the lease free: nobody was committing
+        self.paused_for_nobody = False
         # the account's queue was busy: a look found another holder's lease, or this waiter as the holder met
         # other debits in the queue
         self.met_others = False
 
     def seconds(self) -> float:
         return self._combiner._monotonic() - self._began
+
+    def seconds_to_commit(self, outcome: Outcome, queued_at_ms: int) -> float:
+        """How long this debit waited to be committed: until its entry was decided, when that came before
+        this waiter saw it (a waiter that looked long after its commit would teach its instance to pause that
+        long again), or until it saw it."""
+        waited = self.seconds()
+        if not self._mine or outcome.replayed:
+            return waited
+        decided_after = (outcome.entry.created_at.timestamp() * 1000 - queued_at_ms) / 1000
+        return min(waited, max(decided_after, 0.0))
 
     def step(self) -> tuple[bool, Outcome | None]:
         """(True, outcome) when the wait is over (outcome None: decide alone), (False, None) to look again."""
@@ -283,6 +305,8 @@ class _Wait:
         why: str | None = None
         lease_free = look.lease is None or look.lease.free_at(combiner._now_ms())
         self.met_others = self.met_others or not lease_free
+        self.paused_for_nobody = self.paused_for_nobody or (self._after_expected_pause and lease_free)
+        self._after_expected_pause = False
         if not time_for(ATTEMPT_SECONDS + GIVING_UP_CALLS * self._look_seconds):
             why = "no time left in this invocation"
         elif self.seconds() > combiner._timing.max_wait_seconds:
@@ -347,6 +371,7 @@ class _Wait:
             self._expected = None
             if rest > self._pause and time_for(rest + ATTEMPT_SECONDS):
                 combiner._sleep(rest)
+                self._after_expected_pause = True
                 return
         # a look that came back slowly means DynamoDB (or this host) is busy: looking more often than every
         # LOOKS_APART looks' time would only take more of what the committer needs
