@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from credits_ledger import webhooks
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.payments import PaymentRepository
 from credits_ledger.domain.models import Category, EntryType, Grant, GrantStatus
@@ -168,6 +169,23 @@ def test_a_yearly_period_is_released_as_one_grant_per_month(books: Books, custom
     balance = books.ledger.balance(customer)
     assert (balance.available, balance.pending, balance.ledger_balance) == (D(5000), D(55000), D(60000))
     assert sum(g.cost_basis.amount for g in grants) == D(49000)
+
+
+def test_an_invoice_of_more_grants_than_a_convergence_may_lose_races_is_granted_in_one_delivery(
+    books: Books, customer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a convergence that may lose 3 races, and a yearly price paid (twelve month grants to apply)
+    monkeypatch.setattr(webhooks, "MAX_ROUNDS", 3)
+    start, end = datetime(2030, 1, 31, tzinfo=UTC), datetime(2031, 1, 31, tzinfo=UTC)
+    books.clock.set(start)
+    # When its invoice is delivered once
+    result = books.processor().process(
+        cycle(customer, start, end, price="price_pro_year", amount=49000, unit_amount=49000, interval="year")
+    )
+    # Then every month is granted by that delivery (actions applied are progress, not lost races): no 500
+    # for Stripe to retry
+    assert result.status == "processed"
+    assert [g.amount for g in books.grants(customer)] == [D(5000)] * 12
 
 
 def test_a_weekly_period_grants_once_per_period(books: Books, customer: str) -> None:
@@ -388,6 +406,32 @@ def test_cancellation_voids_the_months_not_yet_started(
     assert [g.status for g in grants[3:]] == [GrantStatus.VOIDED] * 9
     assert books.ledger.balance(customer).available == D(5000)
     assert books.balance(customer) == D(15000)
+
+
+def naming_the_account(event: dict[str, Any], account: str) -> dict[str, Any]:
+    """``event`` of a subscription whose metadata names ``account`` (``credits_customer``): on the
+    subscription itself, and where Stripe copies it on the subscription's invoices."""
+    obj = event["data"]["object"]
+    if obj["object"] == "subscription":
+        obj["metadata"] = {"credits_customer": account}
+    else:
+        obj["parent"]["subscription_details"]["metadata"] = {"credits_customer": account}
+    return event
+
+
+def test_a_subscription_naming_an_account_grants_and_voids_its_months_on_that_account(
+    books: Books, customer: str
+) -> None:
+    # Given a yearly Pro subscription whose metadata names the account org_acme, cancelled on Apr 1
+    at = datetime(2030, 4, 1, tzinfo=UTC)
+    books.send(naming_the_account(yearly(customer), "org_acme"))
+    books.send(naming_the_account(deleted(customer, at), "org_acme"))
+    # Then its months were granted to org_acme, and the 9 from Apr 15 on are voided there: the paying
+    # customer's account got nothing, and no month outlives the cancellation
+    books.clock.set(at)
+    assert books.grants(customer) == []
+    assert [g.status for g in books.grants("org_acme")[3:]] == [GrantStatus.VOIDED] * 9
+    assert books.balance("org_acme") == D(15000)
 
 
 def test_cancellation_immediately_voids_the_current_month_too(books: Books, customer: str) -> None:

@@ -115,6 +115,19 @@ def _account(obj: dict[str, Any]) -> str:
     return str(account)
 
 
+def _invoice_account(invoice: dict[str, Any]) -> str:
+    """An invoice's account: its own ``metadata.credits_customer``, else its subscription's (Stripe copies a
+    subscription's metadata to ``parent.subscription_details.metadata``, not to the invoice's), else its
+    customer. A subscription naming an account grants its months to the account its snapshot and its
+    cancellation are kept under."""
+    if not (invoice.get("metadata") or {}).get("credits_customer"):
+        details = (invoice.get("parent") or {}).get("subscription_details") or {}
+        named = (details.get("metadata") or {}).get("credits_customer")
+        if named:
+            return str(named)
+    return _account(invoice)
+
+
 def _amount(value: Any, field: str) -> Decimal:
     try:
         amount = parse_amount(str(value))
@@ -487,7 +500,7 @@ def _invoice(
         quantity, amount = _quantity(line), int(line.get("amount") or 0)
         plan = pricing.plan_for_price(price_id) if price_id else None
         if plan is not None:
-            planned = _plan_line(line, plan, price, price_id or "", _account(obj), obj, prices)
+            planned = _plan_line(line, plan, price, price_id or "", _invoice_account(obj), obj, prices)
             grant_lines += planned.lines
             subscription_facts += planned.facts
             continue
@@ -509,7 +522,7 @@ def _invoice(
         grant_lines += _with_cost(lines, _line_cost(line), obj.get("currency"))
     if grant_lines:
         purchase = Purchase(
-            _account(obj),
+            _invoice_account(obj),
             tuple(grant_lines),
             _paid_at(event),
             "stripe_invoice",

@@ -80,8 +80,28 @@ from credits_ledger.ledger import Ledger, new_id
 from credits_ledger.pricing import Pricing
 from credits_ledger.stripe_facts import Facts, Ignored, StripeReads, Unprocessable, customer_link, interpret
 
+# Races a convergence may lose (a related record changed under it: read again, decide again) before it
+# answers a conflict. Rounds that apply an action are not counted: an invoice of five yearly plan items is 60
+# month grants, and each applied action is durable progress.
 MAX_ROUNDS = 50
+# Actions one convergence applies at most: a bound on a step that would never make progress.
+MAX_ACTIONS = 1_000
 MAX_GROUP_DEPTH = 3
+
+
+@dataclass
+class _Rounds:
+    """The rounds of one convergence so far: those that lost a race and those that applied an action."""
+
+    lost: int = 0
+    applied: int = 0
+
+    @property
+    def count(self) -> int:
+        return self.lost + self.applied
+
+    def left(self) -> bool:
+        return self.lost < MAX_ROUNDS and self.applied < MAX_ACTIONS
 
 
 @dataclass(frozen=True)
@@ -259,7 +279,8 @@ class StripeWebhookProcessor:
 
     def _converge_pool(self, key: str) -> int:
         known: set[str] = set()
-        for count in range(MAX_ROUNDS):
+        rounds = _Rounds()
+        while rounds.left():
             pool = self._subscriptions.pools([key])[key]
             ended_at, on_cancel = None, "period_end"
             if pool.subscription and pool.account_id:
@@ -270,7 +291,7 @@ class StripeWebhookProcessor:
                     on_cancel = subscription.snapshot.on_cancel
             action = next_pool_action(pool, self._existing(pool, known), ended_at, on_cancel)
             if action is None:
-                return count
+                return rounds.count
             update = self._subscriptions.pool_put(pool, pool_applied(pool, action))
             record = self._ledger.grant_record(action.grant_id)
             now = self._clock()
@@ -295,11 +316,14 @@ class StripeWebhookProcessor:
                 )
             except (GrantNotLive, InvalidTransition):
                 self._payments.transact([update])  # nothing left to void: note it as done
+                rounds.applied += 1
                 continue
             except RelatedItemChanged:
+                rounds.lost += 1
                 continue
             if outcome.replayed:
                 self._payments.transact([update])
+            rounds.applied += 1
         raise ConcurrencyConflict(f"subscription period {key} did not converge")
 
     # ---- step 3: convergence -----------------------------------------------------------------------------
@@ -320,17 +344,20 @@ class StripeWebhookProcessor:
         return group
 
     def _converge(self, key: str) -> int:
-        for count in range(MAX_ROUNDS):
+        rounds = _Rounds()
+        while rounds.left():
             group = self._group(key)
             action = next_action(group)
             if action is None:
-                return count
+                return rounds.count
             owner = owner_of(group)
             assert owner is not None and owner.purchase is not None
             try:
                 self._apply(owner, action)
             except (RelatedItemChanged, PaymentChanged):
+                rounds.lost += 1
                 continue
+            rounds.applied += 1
         raise ConcurrencyConflict(f"payment {key} did not converge")
 
     def _apply(self, owner: PaymentRecord, action: Action) -> None:
