@@ -944,3 +944,25 @@ def test_a_waiter_that_looked_long_after_its_commit_remembers_the_time_to_the_co
     # slept past that (which would make it sleep as long again next time: the waves of a small busy account)
     assert combiner._waits[ACCT] < (0.3 + 0.1) / 2
     assert assert_books_balance(ledger, ACCT) == D(9)
+
+
+def test_a_waiter_that_paused_for_nobody_and_then_committed_other_writers_debits_knows_the_queue_busy(
+    ledger: Ledger, queue: DebitQueue, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an instance whose debits of the account lately waited 300 ms, and another writer's debit queued
+    # with nobody holding the lease
+    assert ledger._combiner is not None
+    combiner = ledger._combiner
+    monkeypatch.setattr(combiner, "_sleep", lambda seconds: None)
+    combiner._waits[ACCT] = 0.3
+    queue.enqueue(ACCT, debit("use:other", "1"), "owner-1", epoch_ms(), epoch_ms() + 60_000)
+    # When its debit's first look, after that pause, finds the lease free and it commits both debits
+    outcome = combiner.debit(ACCT, debit("use:mine", "1"), busy=True)
+    assert outcome is not None and not outcome.replayed
+    # Then it forgets its waits (the pause waited on nobody), yet knows the queue busy: it met another
+    # writer's debit there, so the instance's next debit is queued first thing
+    assert ACCT not in combiner._waits
+    sent = calls_in_order(client)
+    ledger.debit(ACCT, debit("use:next", "1"))
+    assert sent[0] == "PutItem"
+    assert assert_books_balance(ledger, ACCT) == D(7)

@@ -179,8 +179,13 @@ class DebitCombiner:
                     self._forget_waits(account_id)
                 elif outcome is not None:
                     self._waited(account_id, wait.seconds_to_commit(outcome, now))
-                    if wait.met_others and not outcome.replayed and self._on_busy is not None:
-                        self._on_busy(account_id)  # written among other writers' debits: the queue is busy
+                if (
+                    outcome is not None
+                    and wait.met_others
+                    and not outcome.replayed
+                    and self._on_busy is not None
+                ):
+                    self._on_busy(account_id)  # written among other writers' debits: the queue is busy
                 return outcome
 
     def _withdrawn(self, account_id: str, key: str, owner: str) -> bool:
