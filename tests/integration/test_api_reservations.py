@@ -65,6 +65,11 @@ def test_reserve_by_meter_is_priced_like_usage(funded: Api) -> None:
     assert reply.body["credits"] == "1.65"
 
 
+def test_an_id_just_within_the_byte_limit_is_reserved(funded: Api) -> None:
+    # 251 four-byte characters (1,004 bytes): the longest such id whose sweep key fits
+    assert reserve(funded, id="\N{GRINNING FACE}" * 251).status == 201
+
+
 def test_reserve_replays_and_409s(funded: Api) -> None:
     first = reserve(funded)
     again = reserve(funded)
@@ -98,6 +103,8 @@ def test_not_enough_available_is_402_and_holds_nothing(funded: Api) -> None:
         ({"expires_in": 2_592_001}, "expires_in"),
         ({"expires_in": "600"}, "expires_in"),
         ({"id": ""}, "id"),
+        # 252 characters, 1,008 bytes: its sweep key <epoch>#<id> would pass DynamoDB's 1,024-byte sort key
+        ({"id": "\N{GRINNING FACE}" * 252}, "id"),
     ],
 )
 def test_invalid_reservations_are_422_and_change_nothing(

@@ -67,8 +67,23 @@ def test_bearer_token_is_read_from_the_header(header: str, token: str) -> None:
     assert bearer_token(header) == token
 
 
-@pytest.mark.parametrize("header", [None, "", "Bearer", "Bearer ", "Basic abc", "abc", "Bearer " + "x" * 600])
-def test_missing_or_malformed_authorization_is_unauthorized(header: str | None) -> None:
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic abc",
+        "abc",
+        "Bearer " + "x" * 600,
+        "Bearer \ud800",  # a lone surrogate: no UTF-8 to hash
+        "Bearer ck_0123456789abcdef_\udfff",
+        3,  # a header that is no string (a direct invocation's event)
+        ["Bearer abc"],
+    ],
+)
+def test_missing_or_malformed_authorization_is_unauthorized(header: object) -> None:
     with pytest.raises(Unauthorized):
         bearer_token(header)
 

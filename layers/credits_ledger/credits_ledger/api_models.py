@@ -31,6 +31,7 @@ from pydantic import (
 from credits_ledger.auth import ApiKey, Scope
 from credits_ledger.domain.models import Balance, Category, Grant, GrantStatus, LedgerEntry
 from credits_ledger.domain.money import InvalidAmount, format_amount, parse_amount
+from credits_ledger.domain.reservations import MAX_ID_BYTES as MAX_RESERVATION_ID_BYTES
 from credits_ledger.domain.times import iso
 
 MAX_BATCH_EVENTS = 100
@@ -523,8 +524,20 @@ NonNegativeAmount = Annotated[
 ]
 
 
+def _fits_a_reservation_key(value: str) -> str:
+    if len(value.encode("utf-8")) > MAX_RESERVATION_ID_BYTES:
+        raise ValueError(f"at most {MAX_RESERVATION_ID_BYTES} bytes in UTF-8")
+    return value
+
+
+ReservationId = Annotated[Identifier, AfterValidator(_fits_a_reservation_key)]
+
+
 class ReservationRequest(ApiModel):
-    id: Identifier = Field(description="reservation id, unique across accounts: the idempotency key")
+    id: ReservationId = Field(
+        description=f"reservation id, unique across accounts: the idempotency key (at most 255 characters and "
+        f"{MAX_RESERVATION_ID_BYTES} bytes in UTF-8)"
+    )
     customer: Identifier
     credits: PositiveAmount | None = Field(
         default=None, description="credits to hold (or meter and quantity)"

@@ -117,14 +117,19 @@ def key_id_of(key: str) -> str | None:
     return key_id
 
 
-def bearer_token(authorization: str | None) -> str:
-    """The key from an ``Authorization: Bearer <key>`` header; Unauthorized when absent or malformed."""
-    if not authorization:
+def bearer_token(authorization: object) -> str:
+    """The key from an ``Authorization: Bearer <key>`` header; Unauthorized when absent or malformed (not a
+    string, as a direct invocation may send, or not text at all: a lone surrogate hashes to nothing)."""
+    if not isinstance(authorization, str) or not authorization:
         raise Unauthorized()
     scheme, _, token = authorization.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or len(token) > 512:
         raise Unauthorized()
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Unauthorized() from None
     return token
 
 

@@ -40,6 +40,9 @@ from credits_ledger.domain.transitions import EntryContext
 
 MAX_OPEN_RESERVATIONS = 100  # per account: they live in the account item every debit writes
 MAX_LIFETIME = timedelta(days=30)  # from creation, extensions included
+# An open reservation is found by the sweep through a sort key ``<17-digit epoch µs>#<id>``, which DynamoDB
+# limits to 1,024 bytes: an id takes at most the rest, counted in UTF-8 (255 characters may take 1,020).
+MAX_ID_BYTES = 1024 - 18
 
 
 class ReservationStatus(StrEnum):
