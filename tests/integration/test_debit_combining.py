@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
+from credits_dev.lambda_context import FakeLambdaContext
 from credits_ledger.combining import CombinerTiming, epoch_ms
 from credits_ledger.dal.accounts import VersionConflict
 from credits_ledger.dal.debit_queue import MAX_SORT_KEY_BYTES, Answer, DebitQueue, queued_sort_key
@@ -870,16 +871,6 @@ def test_a_queued_debit_dynamodb_refuses_as_such_is_handed_back_without_retries(
     assert assert_books_balance(ledger, ACCT) == D(9)
 
 
-class _Invocation:
-    """A Lambda context with ``seconds`` left."""
-
-    def __init__(self, seconds: float) -> None:
-        self._ms = int(seconds * 1000)
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self._ms
-
-
 @pytest.mark.parametrize(("call_seconds", "timeout"), [(0.3, 2.6), (0.4, 3.2), (0.6, 3.4), (0.4, 6.0)])
 def test_a_waiter_whose_calls_are_slow_answers_before_its_invocation_ends(
     ledger: Ledger, queue: DebitQueue, monkeypatch: pytest.MonkeyPatch, call_seconds: float, timeout: float
@@ -908,7 +899,7 @@ def test_a_waiter_whose_calls_are_slow_answers_before_its_invocation_ends(
         monkeypatch.setattr(DebitQueue, name, slow(getattr(DebitQueue, name)))
     # When a debit waits in the queue
     with (
-        answering_by(_Invocation(timeout), monotonic=lambda: clock[0]),
+        answering_by(FakeLambdaContext(remaining_ms=int(timeout * 1000)), monotonic=lambda: clock[0]),
         pytest.raises(ConcurrencyConflict, match="no time left"),
     ):
         combiner.debit(ACCT, debit("use:slow", "1"))
