@@ -42,6 +42,7 @@ from credits_ledger.dal.debit_queue import MAX_QUEUED_MS, Answer, DebitQueue, Lo
 from credits_ledger.domain.debits import DebitRequest, DebitResult, Outcome, replay
 from credits_ledger.domain.errors import ConcurrencyConflict, IdempotencyMismatch, WriteRejected
 from credits_ledger.domain.models import LedgerEntry
+from credits_ledger.domain.times import epoch_us
 from credits_ledger.retry import ATTEMPT_SECONDS, seconds_left, time_for
 
 # commit_chunk(account, requests, extra_actions_for(results)) -> results of the leading requests it wrote
@@ -291,7 +292,7 @@ class _Wait:
         waited = self.seconds()
         if not self._mine or outcome.replayed:
             return waited
-        decided_after = (outcome.entry.created_at.timestamp() * 1000 - queued_at_ms) / 1000
+        decided_after = epoch_us(outcome.entry.created_at) / 1_000_000 - queued_at_ms / 1000
         return min(waited, max(decided_after, 0.0))
 
     def step(self) -> tuple[bool, Outcome | None]:
