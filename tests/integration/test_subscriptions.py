@@ -238,21 +238,59 @@ def test_an_upgrade_revokes_the_old_plans_share_and_grants_the_new_plans_share(
     assert books.balance(customer) == D(12500)
 
 
-def test_the_reviews_downgrade_invoice_moves_credits_in_proportion_to_money(
+def test_the_reviews_downgrade_invoice_revokes_the_period_given_back_and_grants_its_money_share(
     books: Books, customer: str
 ) -> None:
     # Given the review's case: a Business month, then a downgrade invoice paying 0 with lines -1400 and +600
+    # for the second half of the period
     books.send(cycle(customer, price="price_business_month", amount=14900, unit_amount=14900))
     lines = [
         ev.plan_line("price_business_month", MID, FEB, -1400, proration=True, unit_amount=14900),
         ev.plan_line("price_pro_month", MID, FEB, 600, proration=True, unit_amount=4900),
     ]
     books.send(ev.invoice_paid(customer, lines, created=ev.ts(MID), amount_paid=0))
-    # Then 20000 x 1400/14900 is revoked (rounded up) and 5000 x 600/4900 granted (rounded down): never 13,000,
-    # and no grant has a negative cost basis
-    revoked, granted = D("1879.194631"), D("612.244897")
+    # Then the half of the Business month given back is revoked (its credit of 14.00 is less than half of
+    # 149.00, as a discount would make it) and 5000 x 600/4900 is granted (rounded down): never 13,000, and
+    # no grant has a negative cost basis
+    revoked, granted = D(10000), D("612.244897")
     assert books.balance(customer) == D(20000) - revoked + granted
     assert all(g.cost_basis.amount >= 0 for g in books.grants(customer))
+
+
+@pytest.mark.parametrize(
+    ("new_amount", "granted"),
+    [
+        (7450, D(10000)),  # a coupon on Pro only: Business's half at full price, its full half of 20000
+        (3725, D(5000)),  # a coupon on both: Business's half at half price, what that money buys
+    ],
+)
+def test_an_upgrade_under_a_coupon_revokes_the_whole_share_of_the_old_plans_period(
+    books: Books, customer: str, new_amount: int, granted: Decimal
+) -> None:
+    # Given a Pro month at 50% off (the cycle grants the plan's 5000 whatever the discount)
+    books.send(cycle(customer, amount=2450))
+    # When upgraded half way, Stripe's default proration_discounts=included nets the discount into the lines:
+    # Pro's unused half is credited 12.25, not 24.50
+    books.clock.set(MID)
+    books.send(upgrade(customer, -1225, new_amount))
+    # Then half of Pro's month is revoked (2500, not the 1250 that 12.25 of 49.00 would take back)
+    revokes = [e for e in all_entries(books.ledger, customer) if e.type is EntryType.REVOKE]
+    assert [e.amount for e in revokes] == [D(-2500)]
+    assert books.balance(customer) == D(2500) + granted
+
+
+def test_a_downgrade_under_a_coupon_at_the_period_start_leaves_only_the_new_plans_month(
+    books: Books, customer: str
+) -> None:
+    # Given a Business month at 50% off, downgraded to Pro as it starts (lines net of the discount)
+    books.send(cycle(customer, price="price_business_month", amount=7450, unit_amount=14900))
+    lines = [
+        ev.plan_line("price_business_month", T0, FEB, -7450, proration=True, unit_amount=14900),
+        ev.plan_line("price_pro_month", T0, FEB, 2450, proration=True, unit_amount=4900),
+    ]
+    books.send(ev.invoice_paid(customer, lines, created=ev.ts(T0) + 120, amount_paid=0))
+    # Then the whole Business month is revoked, not half of it: what is left is what the Pro line bought
+    assert books.balance(customer) == D(2500)
 
 
 def test_a_downgrade_then_upgrade_loop_never_leaves_more_than_was_paid_for(

@@ -1,11 +1,13 @@
 """Issue 10, "no event can mint credits": random subscription stories (a paid month, upgrades, downgrades,
-quantity changes with their proration invoices, the next cycle, a partial refund, a cancellation), delivered
-in random order with duplicates.
+quantity changes with their proration invoices, the next cycle, a partial refund, a cancellation), with or
+without a coupon netted into the proration lines (Stripe's default ``proration_discounts=included``),
+delivered in random order with duplicates.
 
 Two properties, checked on every example:
 - the credits held never exceed what the money paid for, computed independently here with exact fractions
-  from the invoices' amounts (a cycle line buys credits x quantity; a proration line buys or gives back
-  |amount| / (unit amount x quantity) of the plan's month for that quantity);
+  from the invoices' amounts (a cycle line buys credits x quantity; a proration line buys |amount| /
+  (unit amount x quantity) of the plan's month for that quantity, and gives back that share or, when a
+  coupon made its credit smaller, the share of the month it hands back);
 - the end state does not depend on order or duplicates: the story delivered in order and the same story
   delivered shuffled with duplicates (other ids) end with the same grants made and the same credits left
   (how one period's revocations are spread over its grants may follow the arrival order; see end_state).
@@ -63,6 +65,7 @@ class Story:
     changes: tuple[Change, ...]
     refund_share: Fraction  # of the second cycle invoice
     cancel_second: int | None  # seconds into the second period
+    discount: Fraction = Fraction(0)  # a coupon's share off, netted into the proration lines
 
 
 @st.composite
@@ -75,6 +78,7 @@ def stories(draw: st.DrawFn) -> Story:
         changes=changes,
         refund_share=Fraction(draw(st.integers(0, 4)), 4),
         cancel_second=draw(st.none() | st.integers(0, PERIOD_SECONDS - 1)),
+        discount=draw(st.sampled_from([Fraction(0), Fraction(1, 4), Fraction(1, 2)])),
     )
 
 
@@ -98,14 +102,20 @@ def build(story: Story, run: str, customer: str) -> Built:
             subscription=sub, line_id=ev.uid(f"il_{run}"),
         )  # fmt: skip
 
-    def bought(plan_name: str, amount: int, qty: int, proration: bool) -> Fraction:
+    def bought(
+        plan_name: str, amount: int, qty: int, proration: bool, left: Fraction = Fraction(0)
+    ) -> Fraction:
         _, credits, unit = PLANS[plan_name]
         if qty <= 0 or amount == 0 or (amount < 0 and not proration):
             return Fraction(0)
         if not proration:
             return Fraction(credits * qty)
         share = min(Fraction(1), Fraction(abs(amount), unit * qty))
-        return (1 if amount > 0 else -1) * share * credits * qty
+        if amount > 0:
+            return share * credits * qty
+        return (
+            -max(share, left) * credits * qty
+        )  # the month's credits were granted whole, whatever the coupon
 
     first = PLANS[plan][2] * quantity
     events.append(
@@ -120,8 +130,9 @@ def build(story: Story, run: str, customer: str) -> Built:
     for change in story.changes:
         at = START + timedelta(seconds=change.second)
         left = Fraction(PERIOD_SECONDS - change.second, PERIOD_SECONDS)
-        old = -round(PLANS[plan][2] * quantity * left)
-        new = round(PLANS[change.plan][2] * change.quantity * left)
+        net = 1 - story.discount
+        old = -round(PLANS[plan][2] * quantity * left * net)
+        new = round(PLANS[change.plan][2] * change.quantity * left * net)
         lines = [
             line(plan, at, NEXT, old, quantity, True),
             line(change.plan, at, NEXT, new, change.quantity, True),
@@ -131,7 +142,7 @@ def build(story: Story, run: str, customer: str) -> Built:
                 customer, lines, created=ev.ts(at), subscription=sub, amount_paid=max(0, old + new)
             )
         )
-        paid += bought(plan, old, quantity, True) + bought(change.plan, new, change.quantity, True)
+        paid += bought(plan, old, quantity, True, left) + bought(change.plan, new, change.quantity, True)
         plan, quantity = change.plan, change.quantity
     second = PLANS[plan][2] * quantity
     events.append(

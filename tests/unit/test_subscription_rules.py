@@ -83,6 +83,56 @@ def test_a_grant_and_the_matching_revocation_never_leave_credits_behind(
     assert revoked - granted <= D("0.000001")
 
 
+@pytest.mark.parametrize(
+    ("end", "interval", "count", "earliest", "latest"),
+    [
+        (at(2030, 2, 15), "month", 1, at(2030, 1, 15), at(2030, 1, 15)),  # anchored mid-month: one start
+        (at(2030, 4, 30), "month", 1, at(2030, 3, 30), at(2030, 3, 31)),  # anchored on the 30th or the 31st
+        (at(2030, 2, 28), "month", 1, at(2030, 1, 28), at(2030, 1, 31)),  # anchored on the 28th to the 31st
+        (at(2030, 3, 31), "month", 1, at(2030, 2, 28), at(2030, 2, 28)),  # only the 31st ends on 31 Mar
+        (at(2031, 4, 30), "year", 1, at(2030, 4, 30), at(2030, 4, 30)),
+        (at(2030, 7, 31), "month", 3, at(2030, 4, 30), at(2030, 4, 30)),
+        (at(2030, 1, 15), "week", 2, at(2030, 1, 1), at(2030, 1, 1)),
+        (at(2030, 1, 15), "day", 1, at(2030, 1, 14), at(2030, 1, 14)),
+    ],
+)
+def test_the_start_of_the_billing_period_a_line_ends_with(
+    end: datetime, interval: str, count: int, earliest: datetime, latest: datetime
+) -> None:
+    assert subs.period_start_range(end, interval, count) == (earliest, latest)
+
+
+def test_a_credit_line_revokes_its_money_share_when_that_covers_the_period_given_back() -> None:
+    half, third = Fraction(1, 2), Fraction(1, 3)
+    # no discount: money and time agree (a month-end period's money share is at least its least time share)
+    assert subs.revoked_share(half, half, half) == half
+    assert subs.revoked_share(half, Fraction(15, 31), Fraction(15, 30)) == half
+    # a discount netted into the line: the period's share, with the latest start the period can have
+    assert subs.revoked_share(third, half, half) == half
+    assert subs.revoked_share(Fraction(1, 4), Fraction(15, 31), Fraction(15, 30)) == Fraction(15, 30)
+
+
+def test_a_credit_line_under_a_coupon_revokes_the_whole_share_a_grant_only_what_its_money_buys() -> None:
+    # Pro at 50% off, half of Jan 15 - Feb 15 given back: 12.25 credited for 24.50 of time
+    shares = subs.time_shares(datetime(2030, 1, 30, 12, tzinfo=UTC), at(2030, 2, 15), "month", 1)
+    assert shares == (Fraction(1, 2), Fraction(1, 2))
+    assert subs.proration_credits(-1225, D(4900), 1, D(5000), 1, shares) == D(2500)
+    assert subs.proration_credits(1225, D(4900), 1, D(5000), 1, shares) == D(1250)
+    assert subs.proration_credits(-1225, D(4900), 1, D(5000), 1) == D(1250)  # no period known: money
+
+
+@given(
+    part=st.integers(1, 31 * 86_400),
+    end=st.datetimes(min_value=datetime(2030, 1, 1), max_value=datetime(2040, 1, 1), timezones=st.just(UTC)),
+    interval=st.sampled_from([("month", 1), ("month", 3), ("year", 1), ("week", 1), ("day", 7)]),
+)
+def test_the_least_time_share_is_never_more_than_the_most(
+    part: int, end: datetime, interval: tuple[str, int]
+) -> None:
+    least, most = subs.time_shares(end - timedelta(seconds=part), end, *interval)
+    assert 0 <= least <= most <= 1
+
+
 @given(total=st.decimals(min_value=0, max_value=10**9, places=6), parts=st.integers(1, 36))
 def test_split_evenly_sums_exactly(total: Decimal, parts: int) -> None:
     shares = subs.split_evenly(total, parts)

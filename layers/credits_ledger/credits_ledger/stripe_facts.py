@@ -353,19 +353,21 @@ def _unit_amount(
     return Decimal(str(value))
 
 
-def _interval(line: dict[str, Any], price: dict[str, Any] | None, price_id: str, prices: _Prices) -> int:
-    """Months in one billing interval of the line's price (0 for days and weeks)."""
+def _interval(
+    line: dict[str, Any], price: dict[str, Any] | None, price_id: str, prices: _Prices
+) -> tuple[str, int | None]:
+    """The billing interval of the line's price: ``recurring.interval`` and ``interval_count``."""
     for recurring in ((price or {}).get("recurring"), line.get("plan")):
         if isinstance(recurring, dict) and recurring.get("interval"):
-            months = subs.interval_months(recurring.get("interval"), recurring.get("interval_count"))
-            if months is not None:
-                return months
+            interval, count = recurring.get("interval"), recurring.get("interval_count")
+            if subs.interval_months(interval, count) is not None:
+                return str(interval), count
     retrieved = prices.get(price_id, "the billing interval of a proration")
     recurring = retrieved.get("recurring") or {}
-    months = subs.interval_months(recurring.get("interval"), recurring.get("interval_count"))
-    if months is None:
+    interval, count = recurring.get("interval"), recurring.get("interval_count")
+    if subs.interval_months(interval, count) is None:
         raise _Reject(f"price {price_id} is not a recurring price: it cannot be prorated into credits")
-    return months
+    return str(interval), count
 
 
 @dataclass(frozen=True)
@@ -403,12 +405,14 @@ def _plan_line(
     pool = subs.pool_key(item, end)
     links: tuple[SubscriptionFact, ...] = (PoolLink(subscription, account, pool),) if subscription else ()
     if _is_proration(line):
+        interval, count = _interval(line, price, price_id, prices)
         credits = subs.proration_credits(
             amount,
             _unit_amount(line, price, price_id, prices),
             quantity,
             plan.credits,
-            _interval(line, price, price_id, prices),
+            subs.interval_months(interval, count) or 0,
+            subs.time_shares(start, end, interval, count),
         )
         if credits <= 0:
             return _PlanLine((), ())

@@ -4,8 +4,10 @@ Pure functions over plain values (no I/O). The plan rules (docs/subscriptions.md
 - a paid period of a plan price is released as one grant per month (the first effective at once, later ones
   pending until their month starts); a period shorter than a month is one grant;
 - a proration line moves credits in the proportion of money: ``|amount| / (unit amount x quantity)`` of the
-  plan's credits for a whole billing interval; granted credits round down, revoked credits round up, so
-  rounding never leaves a customer with a credit that was not paid for;
+  plan's credits for a whole billing interval; a credit line (downgrade) revokes at least the share of the
+  period it gives back, because under a coupon its amount is net of the discount while the period's credits
+  were granted in full; granted credits round down, revoked credits round up, so rounding never leaves a
+  customer with a credit that was not paid for;
 - cancellation voids the months not yet started (and, with ``on_cancel = "immediately"``, what remains of
   the current one).
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from fractions import Fraction
 
@@ -100,6 +102,51 @@ def money_fraction(amount: int, unit_amount: Decimal, quantity: int) -> Fraction
     return min(Fraction(1), share)
 
 
+def period_start_range(end: datetime, interval: str, interval_count: int | None) -> tuple[datetime, datetime]:
+    """The earliest and the latest start the billing period ending at ``end`` can have. A monthly period
+    ending on a month's last day is ambiguous: its anchor day may be that day or any later one (a period
+    anchored on the 31st ends on 30 Apr and starts on 31 Mar; one anchored on the 30th starts on 30 Mar).
+    Every other period has one start (they are equal)."""
+    count = interval_count or 1
+    months = interval_months(interval, count)
+    if months is None:
+        raise ValueError(f"unknown billing interval {interval!r}")
+    if months == 0:
+        start = end - timedelta(days=count * (7 if interval == "week" else 1))
+        return start, start
+    earliest = add_months(end, -months)
+    if end.day < calendar.monthrange(end.year, end.month)[1]:
+        return earliest, earliest
+    return earliest, earliest.replace(day=calendar.monthrange(earliest.year, earliest.month)[1])
+
+
+def time_share(start: datetime, end: datetime, period_start: datetime) -> Fraction:
+    """The share of the billing period ``period_start`` - ``end`` that ``start`` - ``end`` covers (0 to 1)."""
+    whole = int((end - period_start).total_seconds())
+    part = int((end - start).total_seconds())
+    if whole <= 0 or part <= 0:
+        return Fraction(0)
+    return min(Fraction(1), Fraction(part, whole))
+
+
+def time_shares(
+    start: datetime, end: datetime, interval: str, interval_count: int | None
+) -> tuple[Fraction, Fraction]:
+    """The least and the most share of its billing period a proration line's period ``start`` - ``end`` can
+    be (a proration line ends where its billing period ends)."""
+    earliest, latest = period_start_range(end, interval, interval_count)
+    return time_share(start, end, earliest), time_share(start, end, latest)
+
+
+def revoked_share(money: Fraction, least_time: Fraction, most_time: Fraction) -> Fraction:
+    """The share of a whole interval a credit (negative) proration line revokes. Its money share when that
+    covers the period given back (``least_time``: the share of the period with its earliest possible start);
+    otherwise the line is net of a discount (Stripe's default ``proration_discounts=included``) while the
+    period's credits were granted in full, and the period's share is revoked, taken with the period's latest
+    possible start (``most_time``) so that it is never less than Stripe's own."""
+    return money if money >= least_time else max(money, most_time)
+
+
 def interval_credits(plan_credits: Decimal, quantity: int, months: int) -> Fraction:
     """A plan's credits for one whole billing interval: monthly credits x quantity x months (x 1 for a
     period shorter than a month)."""
@@ -107,11 +154,20 @@ def interval_credits(plan_credits: Decimal, quantity: int, months: int) -> Fract
 
 
 def proration_credits(
-    amount: int, unit_amount: Decimal, quantity: int, plan_credits: Decimal, months: int
+    amount: int,
+    unit_amount: Decimal,
+    quantity: int,
+    plan_credits: Decimal,
+    months: int,
+    time_shares: tuple[Fraction, Fraction] = (Fraction(0), Fraction(0)),
 ) -> Decimal:
-    """Credits a proration line moves: granted (positive line) rounded down, revoked (negative) rounded up."""
-    exact = money_fraction(amount, unit_amount, quantity) * interval_credits(plan_credits, quantity, months)
-    return floor6(exact) if amount > 0 else ceil6(exact)
+    """Credits a proration line moves: granted (positive line, its money share) rounded down, revoked
+    (negative line, ``revoked_share`` of the line's ``time_shares``: least, most) rounded up."""
+    money = money_fraction(amount, unit_amount, quantity)
+    whole = interval_credits(plan_credits, quantity, months)
+    if amount > 0:
+        return floor6(money * whole)
+    return ceil6(revoked_share(money, *time_shares) * whole)
 
 
 def split_evenly(total: Decimal, parts: int) -> list[Decimal]:
