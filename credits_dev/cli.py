@@ -76,6 +76,11 @@ class ApiResponse:
     body: Any
     raw: bytes
 
+    @property
+    def replayed(self) -> bool:
+        """The API recognised the idempotency key and answered as the first time: nothing was done again."""
+        return self.headers.get("idempotent-replayed") == "true"
+
 
 class Api:
     def __init__(self, url: str, key: str | None, timeout: float = 30.0) -> None:
@@ -400,6 +405,24 @@ def scopes_arg(values: list[str]) -> list[str]:
     return scopes
 
 
+def _add_day_range(p: argparse.ArgumentParser) -> None:
+    """--from / --to of the revenue report and of its rebuild (the same UTC days)."""
+    p.add_argument("--from", dest="start", type=day_arg, required=True, help="first UTC day, YYYY-MM-DD")
+    p.add_argument(
+        "--to", dest="end", type=day_arg, required=True, help="last UTC day, YYYY-MM-DD (inclusive)"
+    )
+
+
+def _add_invoke_options(p: argparse.ArgumentParser, function: str) -> None:
+    """What a command that runs a function through the Lambda Invoke API (invoke_function) needs."""
+    p.add_argument("--function", default=function, help=f"function name (default {function})")
+    p.add_argument(
+        "--lambda-url",
+        default=None,
+        help="Lambda API endpoint (default: $CREDITS_LAMBDA_URL, else --url for a local stack, else AWS)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -543,12 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--now", action="store_true", help="as of now")
     when.add_argument("--time", type=parse_time, help="as of this time: ISO 8601 or relative (+31d)")
-    p.add_argument("--function", default="ExpiryFunction", help="function name (default ExpiryFunction)")
-    p.add_argument(
-        "--lambda-url",
-        default=None,
-        help="Lambda API endpoint (default: $CREDITS_LAMBDA_URL, else --url for a local stack, else AWS)",
-    )
+    _add_invoke_options(p, "ExpiryFunction")
 
     p = sub.add_parser(
         "forecast",
@@ -566,10 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="deferred revenue, sold, recognized, breakage and refunded per currency (minor units)",
     )
-    p.add_argument("--from", dest="start", type=day_arg, required=True, help="first UTC day, YYYY-MM-DD")
-    p.add_argument(
-        "--to", dest="end", type=day_arg, required=True, help="last UTC day, YYYY-MM-DD (inclusive)"
-    )
+    _add_day_range(p)
     p.add_argument(
         "--format", choices=("table", "csv", "json"), default="table", help="output (default table)"
     )
@@ -579,21 +594,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="recompute the daily revenue aggregate of a range from the ledger and compare "
         "(invokes ReconcileFunction through the Lambda Invoke API)",
     )
-    p.add_argument("--from", dest="start", type=day_arg, required=True, help="first UTC day, YYYY-MM-DD")
-    p.add_argument(
-        "--to", dest="end", type=day_arg, required=True, help="last UTC day, YYYY-MM-DD (inclusive)"
-    )
+    _add_day_range(p)
     p.add_argument(
         "--write", action="store_true", help="replace the days that differ with the ledger's figures"
     )
-    p.add_argument(
-        "--function", default="ReconcileFunction", help="function name (default ReconcileFunction)"
-    )
-    p.add_argument(
-        "--lambda-url",
-        default=None,
-        help="Lambda API endpoint (default: $CREDITS_LAMBDA_URL, else --url for a local stack, else AWS)",
-    )
+    _add_invoke_options(p, "ReconcileFunction")
 
     p = sub.add_parser(
         "simulate",
@@ -927,16 +932,23 @@ def cmd_void(api: Api, args: argparse.Namespace, out: Printer) -> int:
     return EXIT_OK
 
 
-def _metadata(pairs: list[str]) -> dict[str, str] | None:
-    if not pairs:
-        return None
-    out = {}
+def _idempotency_key(given: str | None) -> str:
+    """``--id``, else a fresh key: the same command run again without ``--id`` is a new request."""
+    import uuid
+
+    return given or f"cli_{uuid.uuid4().hex}"
+
+
+def _add_metadata(body: dict[str, Any], pairs: list[str]) -> None:
+    """``--metadata KEY=VALUE`` options as ``body["metadata"]``; no key at all when none is given."""
+    metadata = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise CliError(f"--metadata {pair!r}: use KEY=VALUE", EXIT_USAGE)
-        out[key] = value
-    return out
+        metadata[key] = value
+    if metadata:
+        body["metadata"] = metadata
 
 
 def cmd_usage(api: Api, args: argparse.Namespace, out: Printer) -> int:
@@ -949,30 +961,28 @@ def cmd_usage(api: Api, args: argparse.Namespace, out: Printer) -> int:
             "usage needs CUSTOMER METER QUANTITY (e.g. `credits usage cus_123 api_call 3`) or --file",
             EXIT_USAGE,
         )
-    import uuid
-
     event: dict[str, Any] = {
-        "id": args.id or f"cli_{uuid.uuid4().hex}",
+        "id": _idempotency_key(args.id),
         "customer": args.customer,
         "meter": args.meter,
         "quantity": args.quantity,
     }
     if args.timestamp:
         event["timestamp"] = args.timestamp
-    metadata = _metadata(args.metadata)
-    if metadata:
-        event["metadata"] = metadata
+    _add_metadata(event, args.metadata)
     response = api.call("POST", "/v1/usage", event)
     body = response.body
-    replayed = response.headers.get("idempotent-replayed") == "true"
-    if args.json:
-        out(json.dumps(body, indent=2))
-    else:
-        out(
-            f"{'replayed' if replayed else 'debited'} {body.get('credits')} credits from {body.get('customer')} "
-            f"({body.get('quantity')} {body.get('meter')}); available {body.get('balance')}; id {body.get('id')}"
+    _emit(
+        args,
+        out,
+        body,
+        lambda: (
+            f"{'replayed' if response.replayed else 'debited'} {body.get('credits')} credits from "
+            f"{body.get('customer')} ({body.get('quantity')} {body.get('meter')}); available "
+            f"{body.get('balance')}; id {body.get('id')}"
             + (f"; overage {body['overage']}" if body.get("overage") else "")
-        )
+        ),
+    )
     return EXIT_OK
 
 
@@ -1059,27 +1069,22 @@ def render_reservation(r: dict[str, Any]) -> str:
 
 
 def cmd_reserve(api: Api, args: argparse.Namespace, out: Printer) -> int:
-    import uuid
-
-    body: dict[str, Any] = {"id": args.id or f"cli_{uuid.uuid4().hex}", "customer": args.customer}
+    body: dict[str, Any] = {"id": _idempotency_key(args.id), "customer": args.customer}
     if args.meter:
         body.update(meter=args.meter, quantity=args.amount)
     else:
         body["credits"] = args.amount
     if args.expires_in is not None:
         body["expires_in"] = args.expires_in
-    metadata = _metadata(args.metadata)
-    if metadata:
-        body["metadata"] = metadata
+    _add_metadata(body, args.metadata)
     response = api.call("POST", "/v1/reservations", body)
     answer = response.body
-    replayed = response.headers.get("idempotent-replayed") == "true"
     _emit(
         args,
         out,
         answer,
         lambda: (
-            f"{'replayed' if replayed else 'reserved'} {answer.get('credits')} credits of "
+            f"{'replayed' if response.replayed else 'reserved'} {answer.get('credits')} credits of "
             f"{answer.get('customer')}; id {answer.get('id')}; expires {short_time(answer.get('expires_at'))}"
         ),
     )
@@ -1094,7 +1099,7 @@ def cmd_capture(api: Api, args: argparse.Namespace, out: Printer) -> int:
         body["allow_overrun"] = True
     response = api.call("POST", f"/v1/reservations/{_seg(args.reservation)}/capture", body)
     answer = response.body
-    again = " (captured before)" if response.headers.get("idempotent-replayed") == "true" else ""
+    again = " (captured before)" if response.replayed else ""
     _emit(
         args,
         out,

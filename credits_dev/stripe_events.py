@@ -4,8 +4,9 @@ MIT, see the README there) with their placeholders (``obj_123``, ``"currency": "
 current timestamps, consistent amounts. The one builder of the repository: ``credits stripe send``, the local
 stack, the tests, ``make bench`` and the stored samples all use it.
 
-Keyword builders (tests, bench) return a full ``event`` dict (``ev["data"]["object"]`` is the Stripe object);
-``event(type, obj)`` wraps any object:
+Keyword builders (tests, bench) return a full ``event`` dict (``ev["data"]["object"]`` is the Stripe object)
+and take the object builder's arguments plus ``event_id=`` and ``event_created=``; ``event(type, obj)``
+wraps any object:
 
     ev = checkout_session_completed("cus_Q1", pack="starter", amount_subtotal=1900)
     api = signed_api_event(body(ev), "whsec_test")            # what API Gateway hands the Lambda function
@@ -32,7 +33,7 @@ import random
 import string
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -93,6 +94,11 @@ def now() -> int:
     return int(time.time())
 
 
+def _or_seconds_ago(created: int | None, seconds: int) -> int:
+    """``created``, or ``seconds`` before now: an object is older than the event that announces it."""
+    return created if created is not None else now() - seconds
+
+
 def charge_for(payment_intent: str) -> str:
     """The charge id tests use for a PaymentIntent's (only) charge: same suffix, so links are easy to read."""
     return "ch_" + payment_intent.removeprefix("pi_")
@@ -141,9 +147,31 @@ def event(
     return ev
 
 
+def _event_of(
+    type: str,
+    build: Callable[..., Json],
+    *args: Any,
+    event_id: str | None = None,
+    event_created: int | None = None,
+    previous_attributes: Json | None = None,
+    **fields: Any,
+) -> Json:
+    """The event ``type`` carrying ``build(*args, **fields)``: what every keyword builder of an event is.
+    ``event_id`` and ``event_created`` are the event's; the object and the event draw on the same ``ids``."""
+    obj = build(*args, **fields)
+    return event(
+        type, obj, event_id, event_created, ids=fields.get("ids"), previous_attributes=previous_attributes
+    )
+
+
 def body(ev: Json) -> str:
     """The body as Stripe sends it: pretty-printed JSON (the signature covers exactly these bytes)."""
     return json.dumps(ev, indent=2)
+
+
+def _string_values(metadata: Mapping[str, Any] | None) -> dict[str, str]:
+    """Stripe keeps metadata values as strings."""
+    return {k: str(v) for k, v in (metadata or {}).items()}
 
 
 def _metadata(
@@ -154,8 +182,13 @@ def _metadata(
         result["credits_pack"] = pack
     if credits is not None:
         result["credits"] = str(credits)
-    result.update({k: str(v) for k, v in (metadata or {}).items()})
+    result.update(_string_values(metadata))
     return result
+
+
+def _list(data: list[Json], url: str) -> Json:
+    """A Stripe list object holding all of ``data`` (one page)."""
+    return {"object": "list", "data": data, "has_more": False, "url": url}
 
 
 # ---- checkout.session.* ----------------------------------------------------------------------------------
@@ -177,7 +210,7 @@ def checkout_session(
 ) -> Json:
     """A completed Checkout Session (``checkout.session.json``) of mode ``payment``."""
     ids = ids or new_id
-    created = created if created is not None else now() - 120
+    created = _or_seconds_ago(created, 120)
     obj = fixture("checkout.session")
     session_id = session_id or ids.session()
     total = amount_subtotal + amount_tax
@@ -227,14 +260,11 @@ def checkout_session_completed(
     pack: str | None = None,
     credits: str | int | None = None,
     *,
-    event_id: str | None = None,
-    event_created: int | None = None,
     type: str = "checkout.session.completed",
-    **session: Any,
+    **fields: Any,
 ) -> Json:
     """``checkout.session.completed`` (or ``type=`` one of the async_payment_* events) for a new session."""
-    obj = checkout_session(customer, pack, credits, **session)
-    return event(type, obj, event_id, event_created, ids=session.get("ids"))
+    return _event_of(type, checkout_session, customer, pack, credits, **fields)
 
 
 def checkout_session_event(type: str, session: Json, event_id: str | None = None, **changes: Any) -> Json:
@@ -262,7 +292,7 @@ def payment_intent(
 ) -> Json:
     """A PaymentIntent (``payment_intent.json``); ``latest_charge`` defaults to ``charge_for(id)``."""
     ids = ids or new_id
-    created = created if created is not None else now() - 60
+    created = _or_seconds_ago(created, 60)
     pi_id = payment_intent or ids("pi")
     obj = fixture("payment_intent")
     obj.update(
@@ -291,21 +321,8 @@ def payment_intent(
     return obj
 
 
-def payment_intent_succeeded(
-    customer: str | None,
-    amount: int,
-    *,
-    event_id: str | None = None,
-    event_created: int | None = None,
-    **fields: Any,
-) -> Json:
-    return event(
-        "payment_intent.succeeded",
-        payment_intent(customer, amount, **fields),
-        event_id,
-        event_created,
-        ids=fields.get("ids"),
-    )
+def payment_intent_succeeded(customer: str | None, amount: int, **fields: Any) -> Json:
+    return _event_of("payment_intent.succeeded", payment_intent, customer, amount, **fields)
 
 
 # ---- invoice.paid / invoice_payment.paid -------------------------------------------------------------------
@@ -328,7 +345,7 @@ def _invoice_line(spec: LineSpec, invoice_id: str, currency: str, period: int, i
             "id": price_id or ids("price"),
             "object": "price",
             "currency": currency,
-            "metadata": {k: str(v) for k, v in price_metadata.items()},
+            "metadata": _string_values(price_metadata),
             "unit_amount": amount // max(quantity, 1),
             "product": ids("prod", 14),
         }
@@ -338,7 +355,7 @@ def _invoice_line(spec: LineSpec, invoice_id: str, currency: str, period: int, i
         amount=amount,
         currency=currency,
         description=f"{quantity} x credits",
-        metadata={k: str(v) for k, v in line_metadata.items()},
+        metadata=_string_values(line_metadata),
         quantity=quantity,
         quantity_decimal=str(quantity),
         period={"start": period, "end": period},
@@ -380,7 +397,7 @@ def invoice(
     (an ``invoice_payment`` in ``payments.data``, API 2025-03-31+), ``"field"`` (the old ``payment_intent``
     field) or ``"none"`` (the link only arrives with ``invoice_payment.paid``)."""
     ids = ids or new_id
-    created = created if created is not None else now() - 300
+    created = _or_seconds_ago(created, 300)
     invoice_id = invoice_id or ids("in")
     obj = fixture("invoice")
     data = [_invoice_line(spec, invoice_id, currency, created, ids) for spec in lines]
@@ -417,7 +434,7 @@ def invoice(
         last_finalization_error=None,
         shipping_cost=None,
         parent=None,
-        metadata={k: str(v) for k, v in (metadata or {}).items()},
+        metadata=_string_values(metadata),
         hosted_invoice_url=f"https://invoice.stripe.com/i/acct_1Q/{ids('test', 40)}",
         invoice_pdf=f"https://pay.stripe.com/invoice/acct_1Q/{ids('test', 40)}/pdf",
         status_transitions={
@@ -428,12 +445,7 @@ def invoice(
         },
         total_taxes=[],
     )
-    obj["lines"] = {
-        "object": "list",
-        "data": data,
-        "has_more": False,
-        "url": f"/v1/invoices/{invoice_id}/lines",
-    }
+    obj["lines"] = _list(data, f"/v1/invoices/{invoice_id}/lines")
     obj["payment_settings"]["payment_method_options"] = None
     if payment_intent and link == "field":
         obj["payment_intent"] = payment_intent
@@ -441,28 +453,14 @@ def invoice(
         payment = invoice_payment(
             invoice_id, payment_intent, total, currency=currency, created=created + 1, ids=ids
         )
-        obj["payments"] = {
-            "object": "list",
-            "data": [payment],
-            "has_more": False,
-            "url": f"/v1/invoice_payments?invoice={invoice_id}",
-        }
+        obj["payments"] = _list([payment], f"/v1/invoice_payments?invoice={invoice_id}")
     return obj
 
 
-def invoice_paid(
-    customer: str | None,
-    lines: Sequence[LineSpec],
-    *,
-    event_id: str | None = None,
-    event_created: int | None = None,
-    **fields: Any,
-) -> Json:
+def invoice_paid(customer: str | None, lines: Sequence[LineSpec], **fields: Any) -> Json:
     """``invoice.paid``; ``lines`` are ``(price_id, quantity, amount)`` tuples (amount in minor units, tax
     excluded) or dicts ``{"price", "quantity", "amount", "metadata", "price_metadata"}``."""
-    return event(
-        "invoice.paid", invoice(customer, lines, **fields), event_id, event_created, ids=fields.get("ids")
-    )
+    return _event_of("invoice.paid", invoice, customer, lines, **fields)
 
 
 def invoice_payment(
@@ -475,7 +473,7 @@ def invoice_payment(
     ids: Ids | None = None,
 ) -> Json:
     ids = ids or new_id
-    created = created if created is not None else now() - 200
+    created = _or_seconds_ago(created, 200)
     obj = fixture("invoice_payment")
     obj.update(
         id=ids("inpay"),
@@ -493,17 +491,8 @@ def invoice_payment(
     return obj
 
 
-def invoice_payment_paid(
-    invoice_id: str,
-    payment_intent: str,
-    amount: int = 0,
-    *,
-    event_id: str | None = None,
-    event_created: int | None = None,
-    **fields: Any,
-) -> Json:
-    obj = invoice_payment(invoice_id, payment_intent, amount, **fields)
-    return event("invoice_payment.paid", obj, event_id, event_created, ids=fields.get("ids"))
+def invoice_payment_paid(invoice_id: str, payment_intent: str, amount: int = 0, **fields: Any) -> Json:
+    return _event_of("invoice_payment.paid", invoice_payment, invoice_id, payment_intent, amount, **fields)
 
 
 # ---- charge.refunded -----------------------------------------------------------------------------------------
@@ -520,7 +509,7 @@ def charge(
 ) -> Json:
     """A captured card charge (``charge.json``) of ``payment_intent``, refunded up to ``amount_refunded``."""
     ids = ids or new_id
-    created = created if created is not None else now() - 60
+    created = _or_seconds_ago(created, 60)
     charge_id = charge_id or (charge_for(payment_intent) if payment_intent else ids("ch"))
     obj = fixture("charge")
     refunds = []
@@ -565,12 +554,7 @@ def charge(
         receipt_url=f"https://pay.stripe.com/receipts/payment/{ids('x', 60)[2:]}",
         transfer_data=None,
         source=None,
-        refunds={
-            "object": "list",
-            "data": refunds,
-            "has_more": False,
-            "url": f"/v1/charges/{charge_id}/refunds",
-        },
+        refunds=_list(refunds, f"/v1/charges/{charge_id}/refunds"),
     )
     obj["billing_details"].update(address=_address(), email="ada@example.com", name="Ada Lovelace")
     obj["payment_method_details"]["card"]["wallet"] = None
@@ -578,24 +562,16 @@ def charge(
     return obj
 
 
-def charge_refunded(
-    payment_intent: str | None,
-    amount: int,
-    amount_refunded: int,
-    *,
-    event_id: str | None = None,
-    event_created: int | None = None,
-    **fields: Any,
-) -> Json:
+def charge_refunded(payment_intent: str | None, amount: int, amount_refunded: int, **fields: Any) -> Json:
     """``charge.refunded``: ``amount_refunded`` is cumulative over every refund of the charge."""
-    obj = charge(payment_intent, amount, amount_refunded, **fields)
-    return event(
+    return _event_of(
         "charge.refunded",
-        obj,
-        event_id,
-        event_created,
-        ids=fields.get("ids"),
+        charge,
+        payment_intent,
+        amount,
+        amount_refunded,
         previous_attributes={"amount_refunded": 0, "refunded": False} if amount_refunded else None,
+        **fields,
     )
 
 
@@ -615,7 +591,7 @@ def dispute(
     """A dispute (``dispute.json``) of the charge of ``payment_intent``; ``payment_intent=None`` names only
     the charge (``charge_id``), as older API versions did."""
     ids = ids or new_id
-    created = created if created is not None else now() - 30
+    created = _or_seconds_ago(created, 30)
     obj = fixture("dispute")
     obj.update(
         id=dispute_id or ids("dp"),
@@ -635,29 +611,13 @@ def dispute(
     return obj
 
 
-def dispute_created(
-    payment_intent: str | None,
-    status: str = "needs_response",
-    *,
-    event_id: str | None = None,
-    event_created: int | None = None,
-    **fields: Any,
-) -> Json:
-    obj = dispute(payment_intent, status, **fields)
-    return event("charge.dispute.created", obj, event_id, event_created, ids=fields.get("ids"))
+def dispute_created(payment_intent: str | None, status: str = "needs_response", **fields: Any) -> Json:
+    return _event_of("charge.dispute.created", dispute, payment_intent, status, **fields)
 
 
-def dispute_closed(
-    payment_intent: str | None,
-    status: str,
-    *,
-    event_id: str | None = None,
-    event_created: int | None = None,
-    **fields: Any,
-) -> Json:
+def dispute_closed(payment_intent: str | None, status: str, **fields: Any) -> Json:
     """``charge.dispute.closed`` with ``status`` ``won``, ``lost`` or ``warning_closed``."""
-    obj = dispute(payment_intent, status, **fields)
-    return event("charge.dispute.closed", obj, event_id, event_created, ids=fields.get("ids"))
+    return _event_of("charge.dispute.closed", dispute, payment_intent, status, **fields)
 
 
 # ---------------------------------------------------------------------------------------------- the CLI's view
@@ -988,12 +948,7 @@ def _subscription_event(event_type: str, options: EventOptions, now_: int) -> Js
             reason = "subscription_cycle"
         obj = invoice(customer, [], currency=options.currency, created=now_ - 60)
         obj.update(
-            lines={
-                "object": "list",
-                "data": lines,
-                "has_more": False,
-                "url": f"/v1/invoices/{obj['id']}/lines",
-            },
+            lines=_list(lines, f"/v1/invoices/{obj['id']}/lines"),
             amount_paid=max(0, sum(line["amount"] for line in lines)),
             subtotal=sum(line["amount"] for line in lines),
             billing_reason=reason,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -437,11 +437,21 @@ def _layer_path(
     return folder / "python" if (folder / "python").is_dir() else folder
 
 
+def _events_of_type(events: Mapping[str, Any], *types: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """``(name, event)`` of each of a function's ``Events`` whose ``Type`` is one of ``types``."""
+    for event_name, event in events.items():
+        if isinstance(event, Mapping) and event.get("Type") in types:
+            yield event_name, event
+
+
+def _enabled(props: Mapping[str, Any]) -> bool:
+    # a template (or a parameter it resolves) may give the boolean as a string
+    return props.get("Enabled", True) not in (False, "false", "False")
+
+
 def _routes(name: str, events: Mapping[str, Any]) -> list[Route]:
     routes = []
-    for event_name, event in events.items():
-        if not isinstance(event, Mapping) or event.get("Type") != "HttpApi":
-            continue
+    for event_name, event in _events_of_type(events, "HttpApi"):
         props = event.get("Properties") or {}
         path = props.get("Path")
         method = props.get("Method")
@@ -459,12 +469,9 @@ def _routes(name: str, events: Mapping[str, Any]) -> list[Route]:
 
 def _schedules(resolver: Resolver, events: Mapping[str, Any]) -> list[Schedule]:
     out = []
-    for event_name, event in events.items():
-        if not isinstance(event, Mapping) or event.get("Type") not in ("Schedule", "ScheduleV2"):
-            continue
+    for event_name, event in _events_of_type(events, "Schedule", "ScheduleV2"):
         props = resolver.resolve(event.get("Properties") or {})
-        state = props.get("State")
-        enabled = props.get("Enabled", True) not in (False, "false", "False") and state != "DISABLED"
+        enabled = _enabled(props) and props.get("State") != "DISABLED"
         out.append(
             Schedule(
                 name=event_name,
@@ -490,9 +497,7 @@ def _streams(
     template: Mapping[str, Any], resolver: Resolver, events: Mapping[str, Any]
 ) -> list[StreamSource]:
     out = []
-    for event_name, event in events.items():
-        if not isinstance(event, Mapping) or event.get("Type") != "DynamoDB":
-            continue
+    for event_name, event in _events_of_type(events, "DynamoDB"):
         raw = event.get("Properties") or {}
         props = resolver.resolve(raw)
         filters = []
@@ -512,7 +517,7 @@ def _streams(
                 maximum_retry_attempts=int(props.get("MaximumRetryAttempts", -1)),
                 filters=tuple(filters),
                 report_batch_item_failures="ReportBatchItemFailures" in responses,
-                enabled=props.get("Enabled", True) not in (False, "false", "False"),
+                enabled=_enabled(props),
             )
         )
     return out
@@ -520,9 +525,7 @@ def _streams(
 
 def _event_rules(resolver: Resolver, events: Mapping[str, Any]) -> list[EventRule]:
     out = []
-    for event_name, event in events.items():
-        if not isinstance(event, Mapping) or event.get("Type") not in ("EventBridgeRule", "CloudWatchEvent"):
-            continue
+    for event_name, event in _events_of_type(events, "EventBridgeRule", "CloudWatchEvent"):
         props = resolver.resolve(event.get("Properties") or {})
         bus = props.get("EventBusName") or "default"
         bus = str(bus).rsplit("/", 1)[-1]
