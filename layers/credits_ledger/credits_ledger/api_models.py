@@ -10,7 +10,7 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -200,20 +200,28 @@ class ErrorDetail(ApiModel):
     message: str
 
 
-class ErrorBody(ApiModel):
+class _OmitsEmptyField(ApiModel):
+    """A response with one optional field (``omitted_when_none``) left out of the body when it is None,
+    instead of sent as null. The serializer's return type is what the OpenAPI document shows for the model."""
+
+    omitted_when_none: ClassVar[str]
+
+    @model_serializer(mode="wrap")
+    def _omit_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get(self.omitted_when_none) is None:
+            data.pop(self.omitted_when_none, None)
+        return data
+
+
+class ErrorBody(_OmitsEmptyField):
     code: str = Field(
         description="invalid_request, unauthorized, forbidden, not_found, idempotency_mismatch, "
         "insufficient_credits, payload_too_large, rate_limited or internal"
     )
     message: str
     details: list[ErrorDetail] | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if data.get("details") is None:
-            data.pop("details", None)
-        return data
+    omitted_when_none = "details"
 
 
 class ErrorResponse(ApiModel):
@@ -295,17 +303,11 @@ class UsageBatchRequest(ApiModel):
     events: Annotated[list[Any], Field(max_length=MAX_BATCH_EVENTS), WithJsonSchema(_BATCH_EVENTS_SCHEMA)]
 
 
-class UsageBatchResult(ApiModel):
+class UsageBatchResult(_OmitsEmptyField):
     id: str | None
     status: Literal["debited", "replayed", "rejected"]
     error: ErrorBody | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if data.get("error") is None:
-            data.pop("error", None)
-        return data
+    omitted_when_none = "error"
 
 
 class UsageBatchResponse(ApiModel):

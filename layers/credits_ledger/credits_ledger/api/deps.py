@@ -1,5 +1,5 @@
 """What every route needs: the request body parser, the ledger and key service (created on first use, reused
-while the Lambda instance lives), the verified caller, and the 201-or-replay answer."""
+while the Lambda instance lives), the verified caller, and the response that is the answer or its replay."""
 
 from __future__ import annotations
 
@@ -77,11 +77,12 @@ def caller() -> Principal:
     return key_service().verify(bearer_token(headers.get("authorization")))
 
 
-def replayable(body: Any, replayed: bool) -> Response[Any]:
-    """201 with the answer, or 200 with the first answer and ``Idempotent-Replayed: true``."""
+def replayable(body: Any, replayed: bool, first: HTTPStatus = HTTPStatus.CREATED) -> Response[Any]:
+    """``first`` (201 unless said) with the answer, or 200 with the first answer and
+    ``Idempotent-Replayed: true``."""
     if replayed:
         return Response(HTTPStatus.OK, content_types.APPLICATION_JSON, body, {"Idempotent-Replayed": "true"})
-    return Response(HTTPStatus.CREATED, content_types.APPLICATION_JSON, body)
+    return Response(first, content_types.APPLICATION_JSON, body)
 
 
 def json_bodies_only(event: Any) -> Any:

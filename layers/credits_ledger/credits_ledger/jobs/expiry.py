@@ -41,7 +41,7 @@ from credits_ledger.domain.reminders import due_threshold, reminder_window
 from credits_ledger.domain.rollover import RolloverPolicy
 from credits_ledger.domain.subscriptions import rollover_days
 from credits_ledger.domain.times import iso
-from credits_ledger.jobs.scheduled import Continuation, Deadline, ScheduledEvent
+from credits_ledger.jobs.scheduled import Continuation, Deadline, ScheduledEvent, run_phases
 from credits_ledger.ledger import Ledger
 from credits_ledger.observability import logger, metrics
 from credits_ledger.pricing import Plan, Pricing
@@ -157,19 +157,15 @@ class ExpiryJob:
         phases: tuple[str, ...] = PHASES,
     ) -> ExpirySummary:
         summary = ExpirySummary(now=now, run_id=run_id)
-        hop = (resume.hop if resume else 1) + 1  # the invocation number that would continue this run
-        start = phases.index(resume.phase) if resume and resume.phase in phases else 0
-        for phase in phases[start:]:
-            cursor = resume.cursor if resume and phase == resume.phase else None
+
+        def run_phase(phase: str, cursor: str | None) -> str | None:
             if phase == UNRESERVE:
-                stopped_at = self._unreserve(summary, cursor, deadline)
-            elif phase == EXPIRE:
-                stopped_at = self._expire(summary, cursor, deadline)
-            else:
-                stopped_at = self._remind(summary, cursor, deadline)
-            if stopped_at is not None:
-                summary.continuation = Continuation(phase=phase, cursor=stopped_at or None, hop=hop)
-                break
+                return self._unreserve(summary, cursor, deadline)
+            if phase == EXPIRE:
+                return self._expire(summary, cursor, deadline)
+            return self._remind(summary, cursor, deadline)
+
+        summary.continuation = run_phases(phases, resume, run_phase)
         self._measure(summary)
         logger.info("expiry run", **summary.as_dict())
         return summary

@@ -35,7 +35,7 @@ from credits_ledger.domain.reconcile import (
     reconcile,
 )
 from credits_ledger.domain.times import iso
-from credits_ledger.jobs.scheduled import Continuation, Deadline, ScheduledEvent
+from credits_ledger.jobs.scheduled import Continuation, Deadline, ScheduledEvent, run_phases
 from credits_ledger.observability import logger, metrics
 
 MISMATCH = "credits.reconcile.mismatch"
@@ -105,18 +105,14 @@ class ReconcileJob:
         backfill: bool = False,
     ) -> ReconcileSummary:
         summary = ReconcileSummary(now=now, run_id=run_id)
-        hop = (resume.hop if resume else 1) + 1  # the invocation number that would continue this run
         phases = ([BACKFILL] if backfill else []) + [_bucket_phase(b) for b in range(BUCKETS)]
-        start = phases.index(resume.phase) if resume else 0
-        for phase in phases[start:]:
-            cursor = resume.cursor if resume and resume.phase == phase else None
+
+        def run_phase(phase: str, cursor: str | None) -> str | None:
             if phase == BACKFILL:
-                stopped = self._backfill(summary, cursor, deadline)
-            else:
-                stopped = self._bucket(summary, int(phase.removeprefix("bucket-")), cursor, deadline)
-            if stopped is not None:
-                summary.continuation = Continuation(phase=phase, cursor=stopped or None, hop=hop)
-                break
+                return self._backfill(summary, cursor, deadline)
+            return self._bucket(summary, int(phase.removeprefix("bucket-")), cursor, deadline)
+
+        summary.continuation = run_phases(phases, resume, run_phase)
         metrics.add_metric(name="CheckedAccounts", unit=MetricUnit.Count, value=summary.checked)
         metrics.add_metric(name="MismatchedAccounts", unit=MetricUnit.Count, value=summary.mismatched)
         metrics.add_metric(name="ReconcileEntriesRead", unit=MetricUnit.Count, value=summary.entries_read)

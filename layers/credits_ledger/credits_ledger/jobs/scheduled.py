@@ -10,7 +10,7 @@ A continuation is the same event (same ``id``, same ``time``) plus ``detail.cont
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -58,6 +58,23 @@ class ScheduledEvent(BaseModel):
         event["time"] = self.now.isoformat().replace("+00:00", "Z")
         event["detail"] = {**self.detail, "continuation": continuation.model_dump()}
         return event
+
+
+def run_phases(
+    phases: Sequence[str], resume: Continuation | None, run_phase: Callable[[str, str | None], str | None]
+) -> Continuation | None:
+    """Run ``phases`` in order, starting with the one ``resume`` stopped in, at its cursor (from the first
+    when ``resume`` names none of them). ``run_phase(phase, cursor)`` returns None when the phase is done,
+    else the cursor to resume it with ("" = from its start). The continuation of the phase that stopped
+    (numbered as the invocation after ``resume``'s), or None when every phase is done."""
+    hop = (resume.hop if resume else 1) + 1  # the invocation number that would continue this run
+    start = phases.index(resume.phase) if resume and resume.phase in phases else 0
+    for phase in phases[start:]:
+        cursor = resume.cursor if resume and phase == resume.phase else None
+        stopped_at = run_phase(phase, cursor)
+        if stopped_at is not None:
+            return Continuation(phase=phase, cursor=stopped_at or None, hop=hop)
+    return None
 
 
 class LambdaContextLike(Protocol):

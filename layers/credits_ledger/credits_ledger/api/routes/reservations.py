@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path
 
 from credits_ledger.api.deps import caller, new_router, replayable, reservations
@@ -64,11 +64,6 @@ def _view(view: View) -> ReservationView:
         released=format_amount(record.released) if ended else None,
         ended_at=iso(record.ended_at) if record.ended_at else None,
     )
-
-
-def _ok(body: Any, replayed: bool) -> Response[Any]:
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return Response(HTTPStatus.OK, content_types.APPLICATION_JSON, body, headers)
 
 
 def _record(reservation_id: str, scope: Scope) -> ReservationRecord:
@@ -135,7 +130,7 @@ def capture(
         released=format_amount(ended.released),
         balance=format_amount(ended.available_after if ended.available_after is not None else ZERO),
     )
-    return _ok(captured, answer.replayed)
+    return replayable(captured, answer.replayed, first=HTTPStatus.OK)
 
 
 @router.post(
@@ -150,7 +145,7 @@ def release(id: ReservationId) -> Response[ReleaseResponse]:
     ended = answer.record
     status: Literal["released", "expired"] = "expired" if ended.status.value == "expired" else "released"
     released = ReleaseResponse(id=ended.reservation_id, status=status, released=format_amount(ended.released))
-    return _ok(released, answer.replayed)
+    return replayable(released, answer.replayed, first=HTTPStatus.OK)
 
 
 @router.post(
