@@ -31,6 +31,7 @@ from credits_ledger.jobs.scheduled import Deadline
 from credits_ledger.ledger import DebitRequest, Ledger
 from credits_ledger.pricing import parse_pricing
 from credits_ledger.reservations import Reservations
+from tests.support.bus import DiscardingBus
 
 pytestmark = [pytest.mark.dynamodb_local, pytest.mark.slow]
 
@@ -42,11 +43,6 @@ ACCOUNTS = ("cus_r0", "cus_r1", "cus_r2")
 DUE_PER_ACCOUNT = 5
 THREADS = 4
 DEBITS_PER_THREAD = 20  # ~130 credits asked of 210: some due credits are always left to expire
-
-
-class NullBus:
-    def publish(self, events: list[Any]) -> None:
-        return None
 
 
 def new_client(endpoint_url: str) -> Any:
@@ -120,7 +116,7 @@ def test_expiry_racing_debits_and_itself_never_spends_and_expires_the_same_credi
         job = ExpiryJob(
             Ledger(accounts, clock=lambda: RUN_AT),
             ReminderRepository(client, table),
-            NullBus(),  # type: ignore[arg-type]
+            DiscardingBus(),
             parse_pricing({}),
             reservations=Reservations.over(accounts, clock=lambda: RUN_AT),
             page_size=4,

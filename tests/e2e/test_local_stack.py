@@ -25,6 +25,12 @@ def template_functions() -> set[str]:
     return set(load_stack(REPO_ROOT / "template.yaml").functions)
 
 
+def require_function(logical_id: str) -> None:
+    """Skip the test while template.yaml has no function ``logical_id`` to run."""
+    if logical_id not in template_functions():
+        pytest.skip(f"{logical_id} is not in template.yaml yet")
+
+
 def lambda_client(stack: StackProcess) -> Any:
     return stack.aws_client("lambda", retries={"max_attempts": 0}, read_timeout=120)
 
@@ -38,8 +44,7 @@ def test_serves_every_route_of_the_template(stack: StackProcess) -> None:
 
 
 def test_health_and_unknown_route(stack: StackProcess) -> None:
-    if "ApiFunction" not in template_functions():
-        pytest.skip("ApiFunction is not in template.yaml yet")
+    require_function("ApiFunction")
     status, body, headers = stack.get("/health")
     assert (status, body) == (200, {"status": "ok"})
     assert headers.get("apigw-requestid")
@@ -48,8 +53,7 @@ def test_health_and_unknown_route(stack: StackProcess) -> None:
 
 
 def test_admin_key_grants_and_reads_through_path_parameters(stack: StackProcess) -> None:
-    if "ApiFunction" not in template_functions():
-        pytest.skip("ApiFunction is not in template.yaml yet")
+    require_function("ApiFunction")
     customer = f"cus_{uuid.uuid4().hex[:10]}"
     status, grant, _ = stack.request(
         "POST", f"/v1/customers/{customer}/grants", {"amount": "25"}, key=ADMIN_KEY
@@ -65,8 +69,7 @@ def test_admin_key_grants_and_reads_through_path_parameters(stack: StackProcess)
 
 # ---- Lambda Invoke API -------------------------------------------------------------------------------------
 def test_invoke_api_runs_a_function_with_boto3(stack: StackProcess) -> None:
-    if "ApiFunction" not in template_functions():
-        pytest.skip("ApiFunction is not in template.yaml yet")
+    require_function("ApiFunction")
     client = lambda_client(stack)
     event = {
         "version": "2.0",
@@ -101,8 +104,7 @@ def test_invoke_api_runs_a_function_with_boto3(stack: StackProcess) -> None:
 
 
 def test_invoke_api_expiry_function(stack: StackProcess) -> None:
-    if "ExpiryFunction" not in template_functions():
-        pytest.skip("ExpiryFunction is not in template.yaml yet")
+    require_function("ExpiryFunction")
     client = lambda_client(stack)
     event = {
         "version": "0",
@@ -155,8 +157,7 @@ def _odd_but_valid_body(customer: str) -> str:
 
 
 def test_webhook_raw_signed_body_reaches_the_handler_untouched(stack: StackProcess) -> None:
-    if "StripeWebhookFunction" not in template_functions():
-        pytest.skip("StripeWebhookFunction (POST /v1/webhooks/stripe) is not in template.yaml yet")
+    require_function("StripeWebhookFunction")
     customer = f"cus_{uuid.uuid4().hex[:10]}"
     body = _odd_but_valid_body(customer)
     header = stripe.WebhookSignature.generate_signature_header(body, stack.webhook_secret)
@@ -179,8 +180,7 @@ def test_webhook_raw_signed_body_reaches_the_handler_untouched(stack: StackProce
 
 
 def test_webhook_chunked_body_as_a_proxy_may_send_it(stack: StackProcess) -> None:
-    if "StripeWebhookFunction" not in template_functions():
-        pytest.skip("StripeWebhookFunction is not in template.yaml yet")
+    require_function("StripeWebhookFunction")
     import http.client
 
     body = _odd_but_valid_body(f"cus_{uuid.uuid4().hex[:10]}").encode("utf-8")
@@ -223,8 +223,7 @@ def test_put_events_are_kept_and_listed(stack: StackProcess) -> None:
 # ---- restarts, fallback, shutdown --------------------------------------------------------------------------
 def test_data_survives_a_restart_and_sigint_stops_everything(tmp_path: Path) -> None:
     require_java()
-    if "ApiFunction" not in template_functions():
-        pytest.skip("ApiFunction is not in template.yaml yet")
+    require_function("ApiFunction")
     state = tmp_path / "state"
     first = StackProcess(state).start()
     try:
@@ -245,8 +244,7 @@ def test_data_survives_a_restart_and_sigint_stops_everything(tmp_path: Path) -> 
 
 
 def test_moto_fallback_serves_the_api(tmp_path: Path) -> None:
-    if "ApiFunction" not in template_functions():
-        pytest.skip("ApiFunction is not in template.yaml yet")
+    require_function("ApiFunction")
     stack = StackProcess(tmp_path / "state", env={"CREDITS_DYNAMODB_ENGINE": "moto"}).start()
     try:
         assert "moto" in stack.log()
@@ -267,8 +265,7 @@ def test_dev_env_file_points_the_cli_at_the_stack(stack: StackProcess) -> None:
 def test_external_endpoint_and_pricing_file(tmp_path: Path) -> None:
     """AWS_ENDPOINT_URL_DYNAMODB: no engine of its own, tables created there; CREDITS_PRICING_FILE honoured."""
     require_java()
-    if "ApiFunction" not in template_functions():
-        pytest.skip("ApiFunction is not in template.yaml yet")
+    require_function("ApiFunction")
     from credits_dev.local.dynamodb_local import DynamoDBLocal
 
     pricing = tmp_path / "pricing.toml"

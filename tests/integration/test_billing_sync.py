@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -21,7 +21,6 @@ from credits_dev.lambda_context import FakeLambdaContext
 from credits_dev.local.patterns import matches
 from credits_dev.local.stripe_emulator import DECLINING_METHOD, PREFIX, StripeEmulator, serve
 from credits_dev.local.template import load_template
-from credits_ledger.bus import BusEvent
 from credits_ledger.dal import items as it
 from credits_ledger.dal.account_settings import AccountSettingsRepository, SettingsDocument
 from credits_ledger.dal.accounts import AccountRepository
@@ -46,6 +45,7 @@ from credits_ledger.stripe_api import StripeApi, new_stripe_client
 from credits_ledger.topups import settle_from_event
 from credits_ledger.webhooks import StripeWebhookProcessor
 from tests.support.billing import METER_PATH, PI_PATH, STARTER_PRICING
+from tests.support.bus import RecordingBus
 from tests.support.expiry import load_handler
 from tests.support.ledger import FakeClock, spec
 
@@ -60,26 +60,13 @@ overage_meter = "credits_overage"
 )
 
 
-class Events:
-    """A Publisher that keeps what was published."""
-
-    def __init__(self) -> None:
-        self.published: list[BusEvent] = []
-
-    def publish(self, events: Sequence[BusEvent]) -> None:
-        self.published.extend(events)
-
-    def types(self) -> list[str]:
-        return [e.detail_type for e in self.published]
-
-
 @dataclass
 class Env:
     ledger: Ledger
     clock: FakeClock
     emulator: StripeEmulator
     sync: BillingSync
-    bus: Events
+    bus: RecordingBus
     settings: AccountSettingsRepository
     reports: MeterReportRepository
     topups: TopupRepository
@@ -171,7 +158,7 @@ def env(moto_tables: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
     server = serve(emulator)
     base = f"http://127.0.0.1:{server.server_address[1]}{PREFIX}"
     api = StripeApi(new_stripe_client("rk_test_emulated", base), sleep=lambda _: None)
-    bus = Events()
+    bus = RecordingBus()
     settings = AccountSettingsRepository(client, table)
     reports, topups = MeterReportRepository(client, table), TopupRepository(client, table)
     sync = BillingSync(lambda: api, reports, topups, settings, bus, pricing, clock)
@@ -395,7 +382,7 @@ def test_a_crossing_requests_one_top_up_and_its_webhook_grants_it(env: Env) -> N
     assert env.deliver(entry) == []
     env.webhook(env.delivered[0])
     assert len(env.calls(PI_PATH)) == 1 and env.available("cus_A") == 2060
-    assert len(env.bus.published) == 2
+    assert len(env.bus.events) == 2
 
 
 def test_a_debit_left_below_the_threshold_starts_the_next_top_up_once_the_last_succeeded(env: Env) -> None:

@@ -24,6 +24,7 @@ from credits_ledger.domain.transitions import EntryContext
 from credits_ledger.jobs.reconcile import ReconcileJob, ReconcileSummary
 from credits_ledger.ledger import DebitRequest
 from credits_ledger.reservations import Reservations, ReserveRequest
+from tests.support.bus import RecordingBus
 from tests.support.faults import before_first_call
 from tests.support.ledger import FakeClock, all_grants, assert_books_balance, make_ledger, spec
 from tests.support.live_grants import layout_problems
@@ -358,20 +359,12 @@ def test_reconcile_reports_a_tail_summary_that_disagrees_with_its_items(pair: Pa
     # When reconcile checks the account / Then it is a mismatch naming the grants apart
     registry = ReconcileRepository(client, pair.table)
     registry.register(SMALL, pair.clock.now)
-    bus = _Collect()
+    bus = RecordingBus()
     job = ReconcileJob(pair.small.repository, registry, bus)
     result = job.check(Checkpoint(SMALL, 0, D(0)), ReconcileSummary(pair.clock.now, "run"))
     assert not result.ok
     assert "grants_apart" in {p.code for p in result.problems}
     assert len(bus.events) == 1
-
-
-class _Collect:
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    def publish(self, events: Any) -> None:
-        self.events.extend(events)
 
 
 def test_a_refusal_decided_while_a_tail_grant_is_expired_is_decided_again(

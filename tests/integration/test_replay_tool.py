@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -83,59 +84,70 @@ def _session() -> Any:
     return boto3.Session(region_name="us-east-1")
 
 
-def _lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+@dataclass
+class ReplayTool:
+    """The tool on the moto table that holds ``failed_event``, with the pricing before and after the fix."""
+
+    tables: Any
+    event_id: str
+    pricing_before: str
+    pricing_after: str
+    capsys: pytest.CaptureFixture[str]
+
+    def run(self, *args: str) -> int:
+        return tool.main(["--table", self.tables["CreditsTable"], *args], session=_session())
+
+    def lines(self) -> list[dict[str, Any]]:
+        """The JSON lines printed since the last call."""
+        return [json.loads(line) for line in self.capsys.readouterr().out.splitlines() if line.strip()]
+
+    def balance(self, account: str) -> Decimal:
+        state, _ = AccountRepository(self.tables.client, self.tables["CreditsTable"]).load(
+            account, consistent=True
+        )
+        return state.ledger_balance
 
 
-def _balance(tables: Any, account: str) -> Decimal:
-    state, _ = AccountRepository(tables.client, tables["CreditsTable"]).load(account, consistent=True)
-    return state.ledger_balance
+@pytest.fixture
+def replay(
+    moto_tables: Any,
+    failed_event: dict[str, Any],
+    pricing_files: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> ReplayTool:
+    before, after = pricing_files
+    return ReplayTool(moto_tables, failed_event["id"], str(before), str(after), capsys)
 
 
-def test_lists_failed_events(
-    moto_tables: Any, failed_event: dict[str, Any], capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert tool.main(["--table", moto_tables["CreditsTable"], "--list"], session=_session()) == 0
-    [listed] = _lines(capsys)
-    assert listed["event_id"] == failed_event["id"]
+def test_lists_failed_events(replay: ReplayTool) -> None:
+    assert replay.run("--list") == 0
+    [listed] = replay.lines()
+    assert listed["event_id"] == replay.event_id
     assert listed["event_type"] == "checkout.session.completed"
     assert "mega" in listed["reason"]
 
 
-def test_replay_before_the_fix_stays_failed(
-    moto_tables: Any,
-    failed_event: dict[str, Any],
-    pricing_files: tuple[Path, Path],
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    table = moto_tables["CreditsTable"]
-    argv = ["--table", table, "--pricing", str(pricing_files[0]), failed_event["id"]]
-    assert tool.main(argv, session=_session()) == 1
-    [result] = _lines(capsys)
+def test_replay_before_the_fix_stays_failed(replay: ReplayTool) -> None:
+    assert replay.run("--pricing", replay.pricing_before, replay.event_id) == 1
+    [result] = replay.lines()
     assert result["status"] == "failed" and "mega" in result["reason"]
-    assert _balance(moto_tables, "cus_replay") == 0
+    assert replay.balance("cus_replay") == 0
 
 
-def test_replay_after_the_fix_grants_once(
-    moto_tables: Any,
-    failed_event: dict[str, Any],
-    pricing_files: tuple[Path, Path],
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    table = moto_tables["CreditsTable"]
-    argv = ["--table", table, "--pricing", str(pricing_files[1]), failed_event["id"], "evt_never_seen"]
-    assert tool.main(argv, session=_session()) == 0
-    replayed, unknown = _lines(capsys)
-    assert replayed == {"event_id": failed_event["id"], "status": "processed", "reason": None, "actions": 1}
+def test_replay_after_the_fix_grants_once(replay: ReplayTool) -> None:
+    args = ["--pricing", replay.pricing_after, replay.event_id, "evt_never_seen"]
+    assert replay.run(*args) == 0
+    replayed, unknown = replay.lines()
+    assert replayed == {"event_id": replay.event_id, "status": "processed", "reason": None, "actions": 1}
     assert unknown["status"] == "ignored"
-    assert _balance(moto_tables, "cus_replay") == Decimal(50000)
+    assert replay.balance("cus_replay") == Decimal(50000)
 
     # a second replay, or the list, finds nothing failed any more; the credits stay granted once
-    assert tool.main(argv[:-1], session=_session()) == 0
-    assert _lines(capsys)[0]["status"] == "ignored"
-    assert tool.main(["--table", table, "--list"], session=_session()) == 0
-    assert _lines(capsys) == []
-    assert _balance(moto_tables, "cus_replay") == Decimal(50000)
+    assert replay.run(*args[:-1]) == 0
+    assert replay.lines()[0]["status"] == "ignored"
+    assert replay.run("--list") == 0
+    assert replay.lines() == []
+    assert replay.balance("cus_replay") == Decimal(50000)
 
 
 def test_table_from_the_stack_output() -> None:

@@ -24,6 +24,7 @@ from credits_ledger.domain.topup import (
 from credits_ledger.jobs.reconcile import ReconcileJob, ReconcileSummary
 from credits_ledger.ledger import Ledger
 from credits_ledger.reservations import Reservations, ReserveRequest
+from tests.support.bus import RecordingBus
 from tests.support.ledger import (
     FakeClock,
     SleepRecorder,
@@ -167,14 +168,7 @@ def test_reserved_credits_of_a_grant_that_expired_stay_capturable(
 def test_reconcile_checks_reserved_credits_against_the_open_reservations(
     service: Reservations, ledger: Ledger, moto_tables: Any
 ) -> None:
-    class Bus:
-        def __init__(self) -> None:
-            self.events: list[Any] = []
-
-        def publish(self, events: Any) -> None:
-            self.events.extend(events)
-
-    bus = Bus()
+    bus = RecordingBus()
     job = ReconcileJob(
         ledger.repository, ReconcileRepository(moto_tables.client, moto_tables["CreditsTable"]), bus
     )

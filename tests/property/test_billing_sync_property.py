@@ -47,6 +47,7 @@ from credits_ledger.stripe_api import StripeApi
 from credits_ledger.topups import settle_from_event
 from credits_ledger.webhooks import StripeWebhookProcessor
 from tests.support.billing import METER_PATH, PI_PATH, STARTER_PRICING
+from tests.support.bus import DiscardingBus
 from tests.support.ledger import FakeClock, spec
 
 D = Decimal
@@ -109,7 +110,7 @@ class Run:
             MeterReportRepository(client, table),
             self.topups,
             settings_repo,
-            _Bus(),
+            DiscardingBus(),
             world["pricing"],
             self.clock,
         )
@@ -169,7 +170,7 @@ class Run:
 
     def _webhook(self, event: dict[str, Any]) -> None:
         self.processor.process(event)
-        settle_from_event(event, self.topups, _Bus(), self.clock)
+        settle_from_event(event, self.topups, DiscardingBus(), self.clock)
 
     def _deliver(self, entries: list[LedgerEntry]) -> set[str]:
         """Entry keys of the records the batch reported as failed (Lambda retries from the first of them).
@@ -220,11 +221,6 @@ class Run:
         assert all(count <= MONTHLY_LIMIT for count in per_month.values()), per_month
         created = [pi for pi in self.emulator.payment_intents.values() if pi["customer"] == self.account]
         assert len(created) <= len(attempts)
-
-
-class _Bus:
-    def publish(self, events: Any) -> None:
-        pass
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -26,15 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from credits_dev import stripe_events as se
-from credits_ledger.dal.accounts import AccountRepository
-from credits_ledger.dal.payments import PaymentRepository
 from credits_ledger.domain.models import GrantStatus
 from credits_ledger.domain.payments import revoke_target
 from credits_ledger.ledger import Ledger
-from credits_ledger.pricing import load_pricing
 from credits_ledger.webhooks import StripeWebhookProcessor
 from tests.support.ledger import all_entries, all_grants, assert_books_balance
-from tests.support.webhook import deliver, fast_tables, webhook_configured
+from tests.support.webhook import deliver, webhook_on_fast_tables
 
 D = Decimal
 SECRET = "whsec_test_permutations_5b1f0c7e9a2d"
@@ -123,11 +120,7 @@ class Backend:
 @pytest.fixture
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
     """DynamoDB Local when Java is there (40 examples), else moto (slow: 12 examples)."""
-    with webhook_configured(monkeypatch, SECRET, PRICING_FILE):
-        tables, local = fast_tables(request)
-        client, table = tables.client, tables["CreditsTable"]
-        ledger = Ledger(AccountRepository(client, table))
-        processor = StripeWebhookProcessor(ledger, PaymentRepository(client, table), load_pricing())
+    with webhook_on_fast_tables(request, monkeypatch, SECRET, PRICING_FILE) as (ledger, processor, local):
         yield Backend(ledger, processor, 40 if local else 12)
 
 

@@ -26,14 +26,11 @@ from typing import Any
 import pytest
 
 from credits_dev import stripe_events as se
-from credits_ledger.dal.accounts import AccountRepository
-from credits_ledger.dal.payments import PaymentRepository
 from credits_ledger.domain.models import EntryType
 from credits_ledger.ledger import Ledger
-from credits_ledger.pricing import load_pricing
 from credits_ledger.webhooks import StripeWebhookProcessor
 from tests.support.ledger import all_entries, assert_books_balance
-from tests.support.webhook import deliver, fast_tables, webhook_configured
+from tests.support.webhook import deliver, webhook_on_fast_tables
 
 SECRET = "whsec_test_stream_7d3e9f01b2c4"
 PRICING_FILE = Path(__file__).resolve().parents[2] / "config" / "pricing.toml"
@@ -232,8 +229,8 @@ def build_stream(
 # ---------------------------------------------------------------------------------------------- backend
 @dataclass
 class Backend:
-    client: Any
-    table: str
+    ledger: Ledger
+    processor: StripeWebhookProcessor
     deliveries: int
     payments: int
     accounts: int
@@ -241,11 +238,10 @@ class Backend:
 
 @pytest.fixture
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
-    with webhook_configured(monkeypatch, SECRET, PRICING_FILE):
-        tables, local = fast_tables(request)
+    with webhook_on_fast_tables(request, monkeypatch, SECRET, PRICING_FILE) as (ledger, processor, local):
         deliveries, payments, accounts = (1000, PAYMENTS, ACCOUNTS) if local else (120, 12, 6)
         deliveries = int(os.environ.get("STRIPE_STREAM_DELIVERIES", deliveries))
-        yield Backend(tables.client, tables["CreditsTable"], deliveries, payments, accounts)
+        yield Backend(ledger, processor, deliveries, payments, accounts)
 
 
 # ---------------------------------------------------------------------------------------------- the test
@@ -254,10 +250,7 @@ def test_duplicated_reordered_stream_matches_the_independent_books(backend: Back
     rng = random.Random(SEED)
     stream, payments = build_stream(rng, backend.deliveries, backend.payments, backend.accounts)
     assert len(stream) >= backend.deliveries and len({ev["id"] for ev in stream}) < len(stream)
-    ledger = Ledger(AccountRepository(backend.client, backend.table))
-    processor = StripeWebhookProcessor(
-        ledger, PaymentRepository(backend.client, backend.table), load_pricing()
-    )
+    ledger, processor = backend.ledger, backend.processor
     statuses: dict[str, int] = defaultdict(int)
     for index, ev in enumerate(stream):
         if index % HANDLER_EVERY == 0:

@@ -9,5 +9,6 @@ the local stack and the tools also use lives in the installed ``credits_dev`` pa
 - ``webhook``: deliver a signed Stripe event to the webhook handler
 - ``subscription_events``: Stripe subscription events and invoices in Stripe's shapes
 - ``billing``: the overage, top-up and billing-sync tests' pricing file and Stripe paths
+- ``bus``: event bus stand-ins that keep or drop what a job publishes
 - ``leading_keys``: what a function touches in the table, against its role's ``dynamodb:LeadingKeys``
 """

@@ -1,5 +1,5 @@
 """Running the Stripe webhook's ``lambda_handler`` in a test: deliver a signed event, reset its caches, pick
-the fastest tables (the events themselves come from ``credits_dev.stripe_events``)."""
+the fastest tables and a processor on them (the events themselves come from ``credits_dev.stripe_events``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ import pytest
 
 from credits_dev.lambda_context import FakeLambdaContext
 from credits_dev.stripe_events import Json, body, signed_api_event
+from credits_ledger.dal.accounts import AccountRepository
+from credits_ledger.dal.payments import PaymentRepository
+from credits_ledger.ledger import Ledger
+from credits_ledger.pricing import load_pricing
+from credits_ledger.webhooks import StripeWebhookProcessor
 
 
 def lambda_context() -> FakeLambdaContext:
@@ -62,3 +67,16 @@ def fast_tables(request: Any) -> tuple[Any, bool]:
         return request.getfixturevalue("local_tables"), True
     except pytest.skip.Exception:
         return request.getfixturevalue("moto_tables"), False
+
+
+@contextlib.contextmanager
+def webhook_on_fast_tables(
+    request: Any, monkeypatch: pytest.MonkeyPatch, secret: str, pricing_file: Path
+) -> Iterator[tuple[Ledger, StripeWebhookProcessor, bool]]:
+    """``webhook_configured`` on ``fast_tables``: (ledger, processor, on_dynamodb_local), the ledger and a
+    webhook processor of this process on the tables the handler writes to, pricing with ``pricing_file``."""
+    with webhook_configured(monkeypatch, secret, pricing_file):
+        tables, local = fast_tables(request)
+        client, table = tables.client, tables["CreditsTable"]
+        ledger = Ledger(AccountRepository(client, table))
+        yield ledger, StripeWebhookProcessor(ledger, PaymentRepository(client, table), load_pricing()), local
