@@ -212,14 +212,22 @@ def upgrade(
 ) -> dict[str, Any]:
     old_price = kw.pop("old_price", "price_pro_month")
     new_price = kw.pop("new_price", "price_business_month")
-    new_unit = kw.pop("new_unit", 14900)
+    old_unit, new_unit = kw.pop("old_unit", 4900), kw.pop("new_unit", 14900)
     lines = [
-        ev.plan_line(old_price, created, FEB, old_amount, proration=True, unit_amount=4900),
+        ev.plan_line(old_price, created, FEB, old_amount, proration=True, unit_amount=old_unit),
         ev.plan_line(new_price, created, FEB, new_amount, proration=True, unit_amount=new_unit),
     ]
     return ev.invoice_paid(
         customer, lines, created=ev.ts(created), billing_reason="subscription_update", **kw
     )
+
+
+def downgrade(customer: str, old_amount: int, new_amount: int, **kw: Any) -> dict[str, Any]:
+    """Business to Pro: an invoice paying 0 (the credit covers the charge)."""
+    return upgrade(
+        customer, old_amount, new_amount, old_price="price_business_month", old_unit=14900,
+        new_price="price_pro_month", new_unit=4900, amount_paid=0, **kw,
+    )  # fmt: skip
 
 
 def test_an_upgrade_revokes_the_old_plans_share_and_grants_the_new_plans_share(
@@ -244,11 +252,7 @@ def test_the_reviews_downgrade_invoice_revokes_the_period_given_back_and_grants_
     # Given the review's case: a Business month, then a downgrade invoice paying 0 with lines -1400 and +600
     # for the second half of the period
     books.send(cycle(customer, price="price_business_month", amount=14900, unit_amount=14900))
-    lines = [
-        ev.plan_line("price_business_month", MID, FEB, -1400, proration=True, unit_amount=14900),
-        ev.plan_line("price_pro_month", MID, FEB, 600, proration=True, unit_amount=4900),
-    ]
-    books.send(ev.invoice_paid(customer, lines, created=ev.ts(MID), amount_paid=0))
+    books.send(downgrade(customer, -1400, 600))
     # Then the half of the Business month given back is revoked (its credit of 14.00 is less than half of
     # 149.00, as a discount would make it) and 5000 x 600/4900 is granted (rounded down): never 13,000, and
     # no grant has a negative cost basis
@@ -284,11 +288,7 @@ def test_a_downgrade_under_a_coupon_at_the_period_start_leaves_only_the_new_plan
 ) -> None:
     # Given a Business month at 50% off, downgraded to Pro as it starts (lines net of the discount)
     books.send(cycle(customer, price="price_business_month", amount=7450, unit_amount=14900))
-    lines = [
-        ev.plan_line("price_business_month", T0, FEB, -7450, proration=True, unit_amount=14900),
-        ev.plan_line("price_pro_month", T0, FEB, 2450, proration=True, unit_amount=4900),
-    ]
-    books.send(ev.invoice_paid(customer, lines, created=ev.ts(T0) + 120, amount_paid=0))
+    books.send(downgrade(customer, -7450, 2450, created=T0))
     # Then the whole Business month is revoked, not half of it: what is left is what the Pro line bought
     assert books.balance(customer) == D(2500)
 
