@@ -434,6 +434,31 @@ def test_out_of_range_metadata_fails_a_pack_payment_too(
     assert webhook.grants(customer) == []
 
 
+@pytest.mark.parametrize(
+    "account",
+    ["a" * 256, "\U0001f600" * 256, "org\n42", "org\x7f42", "x" * 500],
+    ids=["256 characters", "256 emoji", "a newline", "DEL", "500 characters"],
+)
+def test_an_account_named_by_metadata_that_the_api_could_not_address_fails_the_event(
+    webhook: Webhook, customer: str, account: str
+) -> None:
+    # Stripe metadata holds up to 500 characters of anything; the API takes ids of 1 to 255 characters
+    # without control characters. Such an account would be out of reach (and its keys could outgrow
+    # DynamoDB's): failed with a reason, kept for replay once the metadata is fixed, nothing written
+    ev = checkout(customer, "starter", metadata={"credits_customer": account})
+    webhook.ok(ev, "failed")
+    record = webhook.event_record(ev["id"])
+    assert record is not None and record["status"] == "failed"
+    assert "metadata.credits_customer is not an account id the API can address" in record["reason"]
+    assert webhook.grants(customer) == [] and webhook.grants(account) == []
+
+
+def test_an_account_of_255_four_byte_characters_is_granted(webhook: Webhook, customer: str) -> None:
+    account = "\U0001f600" * 255  # the longest the API takes
+    webhook.ok(checkout(customer, "starter", metadata={"credits_customer": account}))
+    assert [g.amount for g in webhook.grants(account)] == [D(1000)]
+
+
 @pytest.mark.parametrize("mode", ["subscription", "setup"])
 def test_checkout_in_other_modes_is_ignored(webhook: Webhook, customer: str, mode: str) -> None:
     webhook.ok(checkout(customer, mode=mode), "ignored")

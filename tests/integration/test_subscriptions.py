@@ -472,6 +472,16 @@ def test_a_subscription_naming_an_account_grants_and_voids_its_months_on_that_ac
     assert books.balance("org_acme") == D(15000)
 
 
+def test_a_subscription_naming_an_account_the_api_could_not_address_fails_its_invoice(
+    books: Books, customer: str
+) -> None:
+    ev = naming_the_account(yearly(customer), "org\nacme")
+    assert books.send(ev, expected="failed").reason.endswith(
+        "(8 characters; at most 255, no control characters)"
+    )
+    assert books.grants(customer) == [] and books.grants("org\nacme") == []
+
+
 def test_cancellation_immediately_voids_the_current_month_too(books: Books, customer: str) -> None:
     books.send(cycle(customer, price="price_business_month", amount=14900, unit_amount=14900))
     books.send(deleted(customer, MID, price="price_business_month"))

@@ -29,7 +29,15 @@ from pydantic import (
 )
 
 from credits_ledger.auth import ApiKey, Scope
-from credits_ledger.domain.models import Balance, Category, Grant, GrantStatus, LedgerEntry
+from credits_ledger.domain.models import (
+    IDENTIFIER_PATTERN,
+    MAX_IDENTIFIER_LENGTH,
+    Balance,
+    Category,
+    Grant,
+    GrantStatus,
+    LedgerEntry,
+)
 from credits_ledger.domain.money import InvalidAmount, format_amount, parse_amount
 from credits_ledger.domain.reservations import MAX_ID_BYTES as MAX_RESERVATION_ID_BYTES
 from credits_ledger.domain.times import iso
@@ -146,7 +154,9 @@ Timestamp = Annotated[
     ),
 ]
 # Identifiers: printable, no control characters.
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_IDENTIFIER_LENGTH, pattern=IDENTIFIER_PATTERN)
+]
 AmountString = Annotated[str, Field(description='exact decimal as a string, e.g. "1500" or "0.25"')]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=40, pattern=r"^[^\x00-\x1f\x7f]+$")]
 MetadataValue = Annotated[str, StringConstraints(max_length=500)]

@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from credits_ledger.domain import subscriptions as subs
-from credits_ledger.domain.models import Category, is_stripe_customer_id
+from credits_ledger.domain.models import MAX_IDENTIFIER_LENGTH, Category, is_identifier, is_stripe_customer_id
 from credits_ledger.domain.money import InvalidAmount, parse_amount
 from credits_ledger.domain.payments import (
     Dispute,
@@ -112,7 +112,18 @@ def _account(obj: dict[str, Any]) -> str:
     account = metadata.get("credits_customer") or _id(obj.get("customer"))
     if not account:
         raise _Reject(f"{obj.get('id')}: no account (neither metadata.credits_customer nor customer)")
-    return str(account)
+    return _addressable(str(account), obj)
+
+
+def _addressable(account: str, obj: dict[str, Any]) -> str:
+    """``account``, when it is an id the API can address (Stripe metadata holds up to 500 characters of
+    anything); otherwise the event fails with the reason, kept for replay once the metadata is fixed."""
+    if not is_identifier(account):
+        raise _Reject(
+            f"{obj.get('id')}: metadata.credits_customer is not an account id the API can address "
+            f"({len(account)} characters; at most {MAX_IDENTIFIER_LENGTH}, no control characters)"
+        )
+    return account
 
 
 def _invoice_account(invoice: dict[str, Any]) -> str:
@@ -124,7 +135,7 @@ def _invoice_account(invoice: dict[str, Any]) -> str:
         details = (invoice.get("parent") or {}).get("subscription_details") or {}
         named = (details.get("metadata") or {}).get("credits_customer")
         if named:
-            return str(named)
+            return _addressable(str(named), invoice)
     return _account(invoice)
 
 
@@ -658,6 +669,7 @@ def customer_link(event: dict[str, Any]) -> CustomerLink | None:
     customer = _id(obj.get("customer"))
     if (
         not account
+        or not is_identifier(str(account))
         or not customer
         or not is_stripe_customer_id(customer)
         or is_stripe_customer_id(str(account))

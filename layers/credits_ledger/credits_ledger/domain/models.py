@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -49,6 +50,19 @@ def utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError("naive datetime: times must carry a timezone")
     return moment.astimezone(UTC)
+
+
+MAX_IDENTIFIER_LENGTH = 255
+IDENTIFIER_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (the API's schema)
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def is_identifier(value: str) -> bool:
+    """An id the API takes (an account, a usage event, a meter): 1 to 255 characters, no control characters.
+    Held to it wherever an id comes from: an account named only by Stripe metadata (up to 500 characters of
+    anything) would otherwise exist without the API being able to address it, and its keys could outgrow
+    DynamoDB's (a sort key holds at most 1,024 bytes: 255 characters of 4 bytes fit)."""
+    return 0 < len(value) <= MAX_IDENTIFIER_LENGTH and _CONTROL_CHARACTER.search(value) is None
 
 
 def is_stripe_customer_id(value: str) -> bool:
