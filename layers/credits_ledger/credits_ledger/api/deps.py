@@ -88,13 +88,16 @@ def replayable(body: Any, replayed: bool, first: HTTPStatus = HTTPStatus.CREATED
 def json_bodies_only(event: Any) -> Any:
     """The API reads JSON only. Powertools would parse form bodies itself (a multipart type without a boundary
     even fails with a 500), so any other declared Content-Type is handed to it as one it refuses, which the
-    error catalogue answers 415."""
+    error catalogue answers 415. A media type is case-insensitive (``Application/JSON`` is JSON), Powertools'
+    check is not: JSON's is handed on in lower case, its parameters (a charset) kept."""
     headers = event.get("headers") if isinstance(event, dict) else None
     if not isinstance(headers, dict):
         return event
     for name, value in headers.items():
         if name.lower() == "content-type" and isinstance(value, str) and value.strip():
-            media = value.split(";", 1)[0].strip().lower()
-            if media != "application/json" and not media.endswith("+json"):
+            media, separator, parameters = value.partition(";")
+            if media.strip().lower() == content_types.APPLICATION_JSON:
+                headers[name] = content_types.APPLICATION_JSON + separator + parameters
+            else:
                 headers[name] = "application/x-unsupported"
     return event
