@@ -29,8 +29,10 @@ from credits_ledger.dal.payments import PaymentRepository
 from credits_ledger.dal.topups import (
     CLAIMED,
     FAILED,
+    REQUESTED,
     SUCCEEDED,
     TopupAttempt,
+    TopupCharge,
     TopupNotStarted,
     TopupRepository,
     attempt_id_of,
@@ -476,6 +478,35 @@ def test_stripe_unavailable_retries_the_same_payment_intent(env: Env) -> None:
     assert env.available("cus_A") == 60 + 2000
 
 
+def test_a_retry_after_the_price_and_the_card_changed_sends_the_first_charge_again(env: Env) -> None:
+    # Given a crossing whose PaymentIntent Stripe created without the answer reaching the worker (and whose
+    # webhook is late)
+    env.emulator.webhook = None
+    entry = crossing(env)
+    env.emulator.inject(PI_PATH, None, times=3)
+    assert env.deliver(entry) == [f"ev-{entry.entry_key}"]
+    # When the pack's price and the customer's card change before the stream delivers the record again
+    env.emulator.set_price("price_EUR_starter", 1500, "eur")
+    set_card(env, "pm_card_mastercard")
+    assert env.deliver(entry) == []
+    # Then the retry sends the first request again (what Stripe's idempotency key answers with the first
+    # PaymentIntent) instead of a changed one (an idempotency error that settled the paid attempt failed)
+    calls = env.calls(PI_PATH)
+    assert {(c["params"]["amount"], c["params"]["payment_method"]) for c in calls} == {
+        ("2000", "pm_card_visa")
+    }
+    assert [c["status"] for c in calls][-1] == 200
+    [intent] = env.emulator.payment_intents.values()
+    attempt = env.topups.attempt(attempt_id_of("cus_A", "usage:u1"))
+    assert attempt is not None and (attempt.status, attempt.payment_intent) == (REQUESTED, intent["id"])
+    # and its webhook settles it and grants the pack twice, once
+    env.webhook(
+        {"id": "evt_late", "type": "payment_intent.succeeded", "created": 1, "data": {"object": intent}}
+    )
+    assert env.topups.attempt(attempt.attempt_id).status == SUCCEEDED  # type: ignore[union-attr]
+    assert env.available("cus_A") == 60 + 2000
+
+
 def test_the_function_handler_runs_the_worker(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     entry = overdrawn(env)
     monkeypatch.setenv("STRIPE_API_KEY", "rk_test_emulated")
@@ -547,3 +578,18 @@ def test_a_late_debit_of_an_earlier_month_cannot_begin_that_months_count_again(e
             top_up(key, month)
     state = env.topups.state("cus_A")
     assert (state.month, state.count, state.in_flight) == ("2030-12", 1, None)
+
+
+def test_an_attempts_charge_is_fixed_once_and_only_while_it_is_claimed(env: Env) -> None:
+    attempt = TopupAttempt("cus_A|usage:u1", "cus_A", "usage:u1", "starter", 2, CLAIMED, env.clock.now)
+    claimed, _ = env.topups.claim(attempt, "2030-01", None)
+    first = TopupCharge("cus_A", 2000, "eur", "pm_card_visa")
+    # the first delivery fixes it; a concurrent or later one gets the first one's back, whatever it found
+    assert env.topups.fix_charge(claimed.attempt_id, first) == first
+    assert env.topups.fix_charge(claimed.attempt_id, TopupCharge("cus_A", 3000, "eur", "pm_other")) == first
+    assert env.topups.attempt(claimed.attempt_id).charge == first  # type: ignore[union-attr]
+    # an attempt settled before any charge was fixed (a decline of another delivery) gets none
+    other = TopupAttempt("cus_B|usage:u1", "cus_B", "usage:u1", "starter", 1, CLAIMED, env.clock.now)
+    claimed_other, _ = env.topups.claim(other, "2030-01", None)
+    env.topups.settle(claimed_other, FAILED, env.clock.now, "credits.topup.failed")
+    assert env.topups.fix_charge(claimed_other.attempt_id, first) is None

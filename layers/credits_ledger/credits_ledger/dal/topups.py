@@ -2,7 +2,8 @@
 
   top-up state     pk=ACCOUNT#<account>  sk=TOPUP          in_flight (attempt id), month (UTC YYYY-MM), count
   top-up attempt   pk=TOPUP#<attempt id> sk=TOPUP          account, crossing entry, pack, quantity, status,
-                                                           payment_intent, reason, created_at, settled_at
+                                                           charge, payment_intent, reason, created_at,
+                                                           settled_at
 
 An attempt id is ``<account>|<entry key of the crossing debit>``: one attempt per crossing, whichever
 delivery of the stream record claims it. The claim is one transaction whose conditions state the invariants:
@@ -10,7 +11,10 @@ the attempt does not exist yet; the account has no attempt in flight; fewer than
 were started this UTC month. ``count`` only moves together with a new attempt item, so a repeated claim
 cannot count twice. Settling (``succeeded`` / ``failed``) is one transaction: the attempt leaves an open status
 and ``in_flight`` (which names it while it is open) is cleared; only one settlement wins (the worker's
-decline and the ``payment_intent.payment_failed`` webhook race). The winner notes the event to publish
+decline and the ``payment_intent.payment_failed`` webhook race). An attempt's ``charge`` (who pays, how much,
+with which card) is fixed once, before the first PaymentIntent request, and every retry sends it again: the
+request under the attempt's idempotency key is then the same, so Stripe answers a retry with the first
+PaymentIntent instead of an idempotency error when the price or the card changed in between. The winner notes the event to publish
 (``announce``) on the attempt, publishes it and removes the note, so a crash in between is repaired by
 the next delivery and the race publishes once. No ``account_id`` attribute: in no index.
 """
@@ -35,6 +39,16 @@ OPEN = (CLAIMED, REQUESTED)
 
 
 @dataclass(frozen=True)
+class TopupCharge:
+    """What an attempt's PaymentIntent charges: fixed once per attempt (see the module docstring)."""
+
+    customer: str
+    amount: int  # minor units
+    currency: str
+    payment_method: str
+
+
+@dataclass(frozen=True)
 class TopupAttempt:
     attempt_id: str
     account: str
@@ -47,6 +61,7 @@ class TopupAttempt:
     reason: str | None = None
     announce: str | None = None  # the event of the settlement, until it is published
     settled_at: datetime | None = None
+    charge: TopupCharge | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,12 @@ def _attempt_key(attempt_id: str) -> dict[str, Any]:
     return it.to_dynamo({"pk": f"TOPUP#{attempt_id}", "sk": "TOPUP"})
 
 
+def _charge(item: it.Item | None) -> TopupCharge | None:
+    if not item:
+        return None
+    return TopupCharge(item["customer"], int(item["amount"]), item["currency"], item["payment_method"])
+
+
 def _attempt(item: it.Item) -> TopupAttempt:
     return TopupAttempt(
         attempt_id=item["attempt_id"],
@@ -94,6 +115,7 @@ def _attempt(item: it.Item) -> TopupAttempt:
         reason=item.get("reason"),
         announce=item.get("announce"),
         settled_at=it.parse_iso(item["settled_at"]) if item.get("settled_at") else None,
+        charge=_charge(item.get("charge")),
     )
 
 
@@ -207,6 +229,36 @@ class TopupRepository(TableRepository):
             return _attempt(item), True
         state = self.state(attempt.account)
         raise TopupNotStarted(state, "the top-up state kept changing")
+
+    def fix_charge(self, attempt_id: str, charge: TopupCharge) -> TopupCharge | None:
+        """Fix ``charge`` on a ``claimed`` attempt that has none. The attempt's charge afterwards: this one, or
+        the one fixed first (a concurrent delivery's, or this delivery's own before a lost answer); None when
+        the attempt has none and left ``claimed`` (settled meanwhile): there is nothing to charge."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_attempt_key(attempt_id),
+                UpdateExpression="SET charge = :charge",
+                ConditionExpression="#s = :claimed AND attribute_not_exists(charge)",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=it.to_dynamo(
+                    {
+                        ":claimed": CLAIMED,
+                        ":charge": {
+                            "customer": charge.customer,
+                            "amount": charge.amount,
+                            "currency": charge.currency,
+                            "payment_method": charge.payment_method,
+                        },
+                    }
+                ),
+            )
+        except ClientError as exc:
+            if not _refused(exc):
+                raise
+            stored = self.attempt(attempt_id)
+            return stored.charge if stored is not None else None
+        return charge
 
     def mark_requested(self, attempt_id: str, payment_intent: str) -> bool:
         """``claimed`` -> ``requested`` with the PaymentIntent id; False when already past ``claimed``."""

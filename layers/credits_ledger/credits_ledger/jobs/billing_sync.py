@@ -54,6 +54,7 @@ from credits_ledger.dal.topups import (
     CLAIMED,
     FAILED,
     TopupAttempt,
+    TopupCharge,
     TopupNotStarted,
     TopupRepository,
     attempt_id_of,
@@ -63,7 +64,7 @@ from credits_ledger.domain.overage import OVERAGE_METADATA_KEY, month_of
 from credits_ledger.domain.topup import AutoTopupSettings, is_crossing, leaves_below
 from credits_ledger.jobs.in_order import InOrderBatch
 from credits_ledger.observability import logger, metrics
-from credits_ledger.pricing import Pricing
+from credits_ledger.pricing import Pack, Pricing
 from credits_ledger.stripe_api import CardDeclined, StripeApi, StripeRejected
 from credits_ledger.topups import TOPUP_FAILED, announce_pending, repair_announcement, topup_detail
 
@@ -190,15 +191,9 @@ class BillingSync:
         api = self.stripe()
         key = bounded(f"topup:{attempt.attempt_id}", MAX_IDEMPOTENCY_KEY_LENGTH)
         try:
-            found = api.retrieve_customer(customer, idempotency_key=f"{key}:customer")
-            method = (found.get("invoice_settings") or {}).get("default_payment_method")
-            if isinstance(method, dict):
-                method = method.get("id")
-            if not method:
-                return self._fail(attempt, None, "the customer has no default payment method")
-            price = api.retrieve_price(pack.stripe_prices[0], idempotency_key=f"{key}:price")
-            if price.get("unit_amount") is None:
-                return self._fail(attempt, None, f"price {pack.stripe_prices[0]} has no unit_amount")
+            charge = attempt.charge or self._fix_charge(api, attempt, customer, pack, key)
+            if not isinstance(charge, TopupCharge):
+                return charge  # why nothing is charged: the attempt's status
             metadata = {
                 "credits_pack": pack.name,
                 "credits_customer": attempt.account,
@@ -207,10 +202,10 @@ class BillingSync:
             if attempt.quantity != 1:
                 metadata["credits_quantity"] = str(attempt.quantity)
             intent = api.create_payment_intent(
-                customer=customer,
-                amount=int(price["unit_amount"]) * attempt.quantity,
-                currency=str(price["currency"]),
-                payment_method=str(method),
+                customer=charge.customer,
+                amount=charge.amount,
+                currency=charge.currency,
+                payment_method=charge.payment_method,
                 metadata=metadata,
                 idempotency_key=key,
             )
@@ -225,6 +220,31 @@ class BillingSync:
         self.topups.mark_requested(attempt.attempt_id, str(intent["id"]))
         metrics.add_metric(name="TopupsRequested", unit=MetricUnit.Count, value=1)
         return "requested"
+
+    def _fix_charge(
+        self, api: StripeApi, attempt: TopupAttempt, customer: str, pack: Pack, key: str
+    ) -> TopupCharge | str:
+        """The first delivery of an attempt fixes what it charges (the customer's default card, the pack's
+        price x quantity), and every retry sends that again: the same request under the same idempotency key
+        is answered with the first PaymentIntent, where a changed price or card would be an idempotency error
+        (the attempt settled ``failed`` although the first charge may have gone through). Returns the charge,
+        or the attempt's status when it gets none."""
+        found = api.retrieve_customer(customer, idempotency_key=f"{key}:customer")
+        method = (found.get("invoice_settings") or {}).get("default_payment_method")
+        if isinstance(method, dict):
+            method = method.get("id")
+        if not method:
+            return self._fail(attempt, None, "the customer has no default payment method")
+        price = api.retrieve_price(pack.stripe_prices[0], idempotency_key=f"{key}:price")
+        if price.get("unit_amount") is None:
+            return self._fail(attempt, None, f"price {pack.stripe_prices[0]} has no unit_amount")
+        amount = int(price["unit_amount"]) * attempt.quantity
+        charge = TopupCharge(customer, amount, str(price["currency"]), str(method))
+        fixed = self.topups.fix_charge(attempt.attempt_id, charge)
+        if fixed is None:  # settled meanwhile by another delivery: nothing to charge
+            stored = self.topups.attempt(attempt.attempt_id)
+            return stored.status if stored is not None else FAILED
+        return fixed
 
     def _fail(self, attempt: TopupAttempt, intent_id: str | None, reason: str) -> str:
         # The webhook of the same decline may settle it first: only the winner publishes the event.
