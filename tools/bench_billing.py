@@ -83,6 +83,7 @@ def run(endpoint: str, runs: int = RUNS) -> list[ValueRow]:
         settings,
         Quiet(),
         pricing,
+        ledger,
     )
 
     def account(overage: bool, topup: bool, credits: str) -> str:

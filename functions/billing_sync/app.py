@@ -13,10 +13,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from credits_ledger.bus import default_bus
 from credits_ledger.dal.account_settings import AccountSettingsRepository
+from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.meter_reports import MeterReportRepository
 from credits_ledger.dal.topups import TopupRepository
 from credits_ledger.jobs.billing_sync import BillingSync
 from credits_ledger.jobs.stream_batches import process_stream_batch
+from credits_ledger.ledger import Ledger
 from credits_ledger.observability import logger, metrics, tracer
 from credits_ledger.pricing import load_pricing
 from credits_ledger.stripe_api import stripe_api
@@ -31,6 +33,7 @@ def sync() -> BillingSync:
         AccountSettingsRepository(),
         default_bus(),
         load_pricing(),
+        Ledger(AccountRepository()),
     )
 
 

@@ -163,7 +163,7 @@ def env(moto_tables: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
     bus = RecordingBus()
     settings = AccountSettingsRepository(client, table)
     reports, topups = MeterReportRepository(client, table), TopupRepository(client, table)
-    sync = BillingSync(lambda: api, reports, topups, settings, bus, pricing, clock)
+    sync = BillingSync(lambda: api, reports, topups, settings, bus, pricing, ledger, clock)
     webhooks = StripeWebhookProcessor(ledger, PaymentRepository(client, table), pricing, clock)
     environment = Env(ledger, clock, emulator, sync, bus, settings, reports, topups, webhooks, client, table)
     emulator.webhook = environment.webhook
@@ -476,6 +476,19 @@ def test_stripe_unavailable_retries_the_same_payment_intent(env: Env) -> None:
     assert {c["idempotency_key"] for c in calls} == {f"topup:{attempt_id_of('cus_A', 'usage:u1')}"}
     assert len(env.emulator.payment_intents) == 1  # one charge: every retry replayed the first answer
     assert env.available("cus_A") == 60 + 2000
+
+
+def test_a_crossing_delivered_after_the_account_is_back_above_the_threshold_starts_nothing(env: Env) -> None:
+    # Given a crossing whose record fails to be delivered (a batch that goes to the failure queue)
+    entry = crossing(env)
+    # When the customer buys credits before the batch is replayed
+    env.grant("cus_A", "500", "g-bought")
+    assert env.deliver(entry) == []
+    # Then no card is charged: the account is no longer below the threshold
+    assert env.calls(PI_PATH) == [] and env.topups.state("cus_A").count == 0
+    # while a crossing delivered in time still starts one
+    assert env.deliver(env.debit("cus_A", "u2", str(env.available("cus_A") - 60))) == []
+    assert len(env.calls(PI_PATH)) == 1
 
 
 def test_a_retry_after_the_price_and_the_card_changed_sends_the_first_charge_again(env: Env) -> None:

@@ -112,6 +112,7 @@ class Run:
             settings_repo,
             DiscardingBus(),
             world["pricing"],
+            self.ledger,
             self.clock,
         )
         self.processor = StripeWebhookProcessor(

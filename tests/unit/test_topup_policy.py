@@ -13,6 +13,7 @@ from credits_ledger.domain.topup import (
     available_before_and_after,
     is_crossing,
     leaves_below,
+    still_below,
 )
 
 D = Decimal
@@ -98,3 +99,8 @@ def test_leaves_below_is_any_debit_ending_under_the_threshold(taken: str, after:
     assert leaves_below(debit(taken, after), ON) is below
     assert not leaves_below(debit(taken, after), None)
     assert not leaves_below(debit(taken, after, EntryType.ADJUSTMENT), ON)
+
+
+def test_a_top_up_starts_only_while_the_account_is_still_below_the_threshold() -> None:
+    assert still_below(D(99), ON) and still_below(D(0), ON)
+    assert not still_below(D(100), ON) and not still_below(D(2060), ON)

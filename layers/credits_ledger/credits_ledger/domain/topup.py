@@ -47,6 +47,13 @@ def leaves_below(entry: LedgerEntry, settings: AutoTopupSettings | None) -> bool
     return levels is not None and levels[1] < settings.threshold
 
 
+def still_below(available: Decimal, settings: AutoTopupSettings) -> bool:
+    """True when the account's ``available`` credits now are still below the threshold: a debit that left it
+    below starts a top-up only while that holds (its entry may be delivered long after, by a replayed
+    batch, when a top-up or a purchase has brought the account back above)."""
+    return available < settings.threshold
+
+
 def is_crossing(entry: LedgerEntry, settings: AutoTopupSettings | None) -> bool:
     """True when ``entry`` is a debit that left ``available`` below the threshold from at or above it."""
     if settings is None or not settings.enabled:

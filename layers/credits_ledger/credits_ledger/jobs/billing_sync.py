@@ -61,8 +61,9 @@ from credits_ledger.dal.topups import (
 )
 from credits_ledger.domain.models import EntryType, LedgerEntry
 from credits_ledger.domain.overage import OVERAGE_METADATA_KEY, month_of
-from credits_ledger.domain.topup import AutoTopupSettings, is_crossing, leaves_below
+from credits_ledger.domain.topup import AutoTopupSettings, is_crossing, leaves_below, still_below
 from credits_ledger.jobs.in_order import InOrderBatch
+from credits_ledger.ledger import Ledger
 from credits_ledger.observability import logger, metrics
 from credits_ledger.pricing import Pack, Pricing
 from credits_ledger.stripe_api import CardDeclined, StripeApi, StripeRejected
@@ -105,6 +106,7 @@ class BillingSync:
     settings: AccountSettingsRepository
     bus: Publisher
     pricing: Pricing
+    ledger: Ledger  # what an account has available now (a replayed debit may be long past)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def batch(self, event: dict[str, Any]) -> BillingSyncBatch:
@@ -160,6 +162,13 @@ class BillingSync:
     def request_topup(self, entry: LedgerEntry, settings: AutoTopupSettings, customer: str | None) -> str:
         """Start the top-up of this debit that left available below the threshold (once per debit); returns
         the attempt's status, or why none started."""
+        available = self.ledger.balance(entry.account_id).available
+        if not still_below(available, settings):
+            # a debit delivered long after (a failed batch replayed) whose account has been topped up or
+            # bought credits since: nothing to top up any more
+            metrics.add_metric(name="TopupsNotStarted", unit=MetricUnit.Count, value=1)
+            logger.info("no automatic top-up", account=entry.account_id, reason="available is back above")
+            return "skipped"
         attempt = TopupAttempt(
             attempt_id=attempt_id_of(entry.account_id, entry.entry_key),
             account=entry.account_id,
