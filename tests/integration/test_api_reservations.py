@@ -67,7 +67,15 @@ def test_reserve_by_meter_is_priced_like_usage(funded: Api) -> None:
 
 def test_an_id_just_within_the_byte_limit_is_reserved(funded: Api) -> None:
     # 251 four-byte characters (1,004 bytes): the longest such id whose sweep key fits
-    assert reserve(funded, id="\N{GRINNING FACE}" * 251).status == 201
+    assert reserve(funded, id="\U00020000" * 251).status == 201  # a CJK ideograph: a letter of 4 bytes
+
+
+@pytest.mark.parametrize("rid", ["job 42 (retry) [eu]", "t\u00e2che-7", "\u4f5c\u696d:1", "a%20b"])
+def test_every_id_the_api_takes_is_reached_by_its_path(funded: Api, rid: str) -> None:
+    assert reserve(funded, id=rid).status == 201
+    reply = get(funded, rid)  # the path as API Gateway hands it over: decoded
+    assert reply.status == 200 and reply.body["id"] == rid, reply.raw
+    assert act(funded, "release", rid).status == 200
 
 
 def test_reserve_replays_and_409s(funded: Api) -> None:
@@ -104,7 +112,11 @@ def test_not_enough_available_is_402_and_holds_nothing(funded: Api) -> None:
         ({"expires_in": "600"}, "expires_in"),
         ({"id": ""}, "id"),
         # 252 characters, 1,008 bytes: its sweep key <epoch>#<id> would pass DynamoDB's 1,024-byte sort key
-        ({"id": "\N{GRINNING FACE}" * 252}, "id"),
+        ({"id": "\U00020000" * 252}, "id"),
+        # an id that no route could reach by its path (an emoji, a slash), and such an account
+        ({"id": "job \N{GRINNING FACE}"}, "id"),
+        ({"id": "job/42"}, "id"),
+        ({"customer": "org/42"}, "customer"),
     ],
 )
 def test_invalid_reservations_are_422_and_change_nothing(

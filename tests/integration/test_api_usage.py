@@ -177,6 +177,8 @@ INVALID = [
     ({"id": ""}, "id"),
     ({"id": 42}, "id"),
     ({"customer": None}, "customer"),
+    ({"customer": "org/42"}, "customer"),  # an account id is a path segment of the API
+    ({"customer": "team \N{GRINNING FACE}"}, "customer"),
     ({"metadata": {"meter": "x"}}, "metadata"),
     ({"metadata": {"k": 1}}, "metadata.k"),
     ({"colour": "blue"}, "colour"),

@@ -32,11 +32,13 @@ from credits_ledger.auth import ApiKey, Scope
 from credits_ledger.domain.models import (
     IDENTIFIER_PATTERN,
     MAX_IDENTIFIER_LENGTH,
+    PATH_SEGMENT_CHARACTERS,
     Balance,
     Category,
     Grant,
     GrantStatus,
     LedgerEntry,
+    is_addressable,
 )
 from credits_ledger.domain.money import InvalidAmount, format_amount, parse_amount
 from credits_ledger.domain.reservations import MAX_ID_BYTES as MAX_RESERVATION_ID_BYTES
@@ -157,6 +159,17 @@ Timestamp = Annotated[
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_IDENTIFIER_LENGTH, pattern=IDENTIFIER_PATTERN)
 ]
+
+
+def _addressable(value: str) -> str:
+    if not is_addressable(value):
+        raise ValueError(f"must fit in a URL path segment: only {PATH_SEGMENT_CHARACTERS}")
+    return value
+
+
+# An account id is a path segment of the API (/v1/customers/{customer}/...)
+AccountId = Annotated[Identifier, AfterValidator(_addressable)]
+
 AmountString = Annotated[str, Field(description='exact decimal as a string, e.g. "1500" or "0.25"')]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=40, pattern=r"^[^\x00-\x1f\x7f]+$")]
 MetadataValue = Annotated[str, StringConstraints(max_length=500)]
@@ -246,7 +259,7 @@ class Health(ApiModel):
 # ---- usage -----------------------------------------------------------------------------------------------
 class UsageRequest(ApiModel):
     id: Identifier = Field(description="usage event id, the idempotency key (kept at least 35 days)")
-    customer: Identifier
+    customer: AccountId
     meter: Identifier = Field(description="a meter of the pricing configuration")
     quantity: PositiveAmount
     timestamp: Timestamp | None = Field(
@@ -486,7 +499,7 @@ class ApiKeyRequest(ApiModel):
     )
 
     scopes: list[Scope] = Field(min_length=1, max_length=3)
-    customers: list[Identifier] | None = Field(
+    customers: list[AccountId] | None = Field(
         default=None, min_length=1, max_length=100, description="accounts the key may touch (default: all)"
     )
     name: Annotated[str, StringConstraints(max_length=200)] | None = None
@@ -542,7 +555,7 @@ def _fits_a_reservation_key(value: str) -> str:
     return value
 
 
-ReservationId = Annotated[Identifier, AfterValidator(_fits_a_reservation_key)]
+ReservationId = Annotated[Identifier, AfterValidator(_fits_a_reservation_key), AfterValidator(_addressable)]
 
 
 class ReservationRequest(ApiModel):
@@ -550,7 +563,7 @@ class ReservationRequest(ApiModel):
         description=f"reservation id, unique across accounts: the idempotency key (at most 255 characters and "
         f"{MAX_RESERVATION_ID_BYTES} bytes in UTF-8)"
     )
-    customer: Identifier
+    customer: AccountId
     credits: PositiveAmount | None = Field(
         default=None, description="credits to hold (or meter and quantity)"
     )

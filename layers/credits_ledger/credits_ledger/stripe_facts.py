@@ -18,7 +18,13 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from credits_ledger.domain import subscriptions as subs
-from credits_ledger.domain.models import MAX_IDENTIFIER_LENGTH, Category, is_identifier, is_stripe_customer_id
+from credits_ledger.domain.models import (
+    MAX_IDENTIFIER_LENGTH,
+    PATH_SEGMENT_CHARACTERS,
+    Category,
+    is_account_id,
+    is_stripe_customer_id,
+)
 from credits_ledger.domain.money import InvalidAmount, parse_amount
 from credits_ledger.domain.payments import (
     Dispute,
@@ -118,10 +124,10 @@ def _account(obj: dict[str, Any]) -> str:
 def _addressable(account: str, obj: dict[str, Any]) -> str:
     """``account``, when it is an id the API can address (Stripe metadata holds up to 500 characters of
     anything); otherwise the event fails with the reason, kept for replay once the metadata is fixed."""
-    if not is_identifier(account):
+    if not is_account_id(account):
         raise _Reject(
             f"{obj.get('id')}: metadata.credits_customer is not an account id the API can address "
-            f"({len(account)} characters; at most {MAX_IDENTIFIER_LENGTH}, no control characters)"
+            f"({len(account)} characters; at most {MAX_IDENTIFIER_LENGTH}, only {PATH_SEGMENT_CHARACTERS})"
         )
     return account
 
@@ -669,7 +675,7 @@ def customer_link(event: dict[str, Any]) -> CustomerLink | None:
     customer = _id(obj.get("customer"))
     if (
         not account
-        or not is_identifier(str(account))
+        or not is_account_id(str(account))
         or not customer
         or not is_stripe_customer_id(customer)
         or is_stripe_customer_id(str(account))

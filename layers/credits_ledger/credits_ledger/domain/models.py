@@ -65,6 +65,23 @@ def is_identifier(value: str) -> bool:
     return 0 < len(value) <= MAX_IDENTIFIER_LENGTH and _CONTROL_CHARACTER.search(value) is None
 
 
+# One path segment as API Gateway hands it to a route, decoded, that a route's ``{param}`` matches (word
+# characters and RFC 3986's other characters, as Powertools' router spells it): an id with any other
+# character (an emoji, ``/``, ``#``, ``?``, a quote) could be created but never addressed by its path.
+_PATH_SEGMENT = re.compile(r"[-._~()'!*:@,;=+&$%<> \[\]{}|^\w]+")
+PATH_SEGMENT_CHARACTERS = "letters, digits, spaces and -._~()'!*:@,;=+&$%<>[]{}|^"
+
+
+def is_addressable(value: str) -> bool:
+    """``value`` can be a path segment of the API (an account id, a reservation id)."""
+    return _PATH_SEGMENT.fullmatch(value) is not None
+
+
+def is_account_id(value: str) -> bool:
+    """An account id the API can take and address: an identifier that fits in a path segment."""
+    return is_identifier(value) and is_addressable(value)
+
+
 def is_stripe_customer_id(value: str) -> bool:
     """A Stripe customer id (``cus_...``). An account whose id is one is that customer: overage and top-ups
     bill it as itself, whoever paid for its credits."""
