@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from credits_ledger.dal.payments import PaymentRepository
+from credits_ledger.domain import subscriptions as subs
 from credits_ledger.ledger import DebitRequest
 from credits_ledger.pricing import parse_pricing
 from credits_ledger.webhooks import StripeWebhookProcessor
@@ -69,8 +70,10 @@ def test_the_view_shows_plan_period_and_this_months_credits(api: Api) -> None:
 def test_this_months_credits_follow_a_quantity_decrease(api: Api) -> None:
     # Given Pro x2 paid for the month (10,000 credits), then halfway through a decrease to x1: the proration
     # credits half of the two units (revokes 5,000) and charges half of one unit (grants 2,500)
-    now = datetime.now(UTC).replace(microsecond=0)
-    start, mid, end = now - timedelta(days=15), now - timedelta(hours=1), now + timedelta(days=15)
+    # (a monthly period as Stripe bills it, the decrease exactly half way, so the lines are exact halves)
+    end = datetime.now(UTC).replace(microsecond=0) + timedelta(days=15)
+    start = subs.add_months(end, -1)
+    mid = start + (end - start) / 2
     webhook = StripeWebhookProcessor(api.ledger(), PaymentRepository(), PLANS)
     created = ev.ts(start)
     for event in (

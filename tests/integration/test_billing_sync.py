@@ -49,6 +49,7 @@ from credits_ledger.webhooks import StripeWebhookProcessor
 from tests.support.billing import METER_PATH, PI_PATH, STARTER_PRICING
 from tests.support.bus import RecordingBus
 from tests.support.expiry import load_handler
+from tests.support.leading_keys import record_keys
 from tests.support.ledger import FakeClock, spec
 
 D = Decimal
@@ -488,6 +489,36 @@ def test_a_crossing_delivered_after_the_account_is_back_above_the_threshold_star
     assert env.calls(PI_PATH) == [] and env.topups.state("cus_A").count == 0
     # while a crossing delivered in time still starts one
     assert env.deliver(env.debit("cus_A", "u2", str(env.available("cus_A") - 60))) == []
+    assert len(env.calls(PI_PATH)) == 1
+
+
+def test_a_retry_of_a_started_attempt_finishes_it_even_when_the_account_is_back_above(env: Env) -> None:
+    # Given a crossing whose attempt was claimed but got no PaymentIntent (Stripe did not answer)
+    entry = crossing(env)
+    env.emulator.inject("/v1/customers/cus_A", None, times=3)
+    assert env.deliver(entry) == [f"ev-{entry.entry_key}"]
+    # When the customer buys credits before the record is delivered again
+    env.grant("cus_A", "500", "g-bought")
+    assert env.deliver(entry) == []
+    # Then the retry finishes the attempt it started (a top-up bought once), instead of leaving it in flight
+    # so that no later crossing could start another
+    attempt = env.topups.attempt(attempt_id_of("cus_A", "usage:u1"))
+    assert attempt is not None and attempt.status == SUCCEEDED
+    assert env.topups.state("cus_A").in_flight is None
+    assert len(env.calls(PI_PATH)) == 1
+
+
+def test_the_billing_sync_role_allows_what_a_top_up_reads(env: Env) -> None:
+    # an account whose grants reach past its item (expiring ones kept in its partition): reading what it
+    # has available is a Query, which the function's role must allow
+    env.configure("cus_A", topup=TOPUP)
+    for n in range(15):
+        grant = spec(f"g{n}", "10", priority=n, expires_at=env.clock.now + timedelta(days=30 + n))
+        env.ledger.grant("cus_A", grant, key=f"grant:g{n}")
+    entry = env.debit("cus_A", "u1", "100")
+    with record_keys(env.client) as recorded:
+        assert env.deliver(entry) == []
+    recorded.check("BillingSyncRole")
     assert len(env.calls(PI_PATH)) == 1
 
 

@@ -283,6 +283,36 @@ def test_an_upgrade_under_a_coupon_revokes_the_whole_share_of_the_old_plans_peri
     assert books.balance(customer) == D(2500) + granted
 
 
+@pytest.mark.parametrize(
+    ("period_start", "discount", "revoked"),
+    [
+        # anchored on the 31st (31 Jan - 28 Feb, 28 days), 5% and 9% off: half of Pro's month, never less
+        (datetime(2031, 1, 31, tzinfo=UTC), Decimal("0.05"), D(2500)),
+        (datetime(2031, 1, 31, tzinfo=UTC), Decimal("0.09"), D(2500)),
+        # anchored on the 28th (28 Jan - 28 Feb, 31 days), no coupon: the 14 days' money share to the cent
+        # (Stripe rounds 4900 x 14/31 = 2212.9 down to 2212), not a later start's share
+        (datetime(2031, 1, 28, tzinfo=UTC), Decimal(0), D("2257.142858")),
+    ],
+)
+def test_a_credit_on_a_period_ending_on_a_months_last_day_revokes_what_the_period_gave(
+    books: Books, customer: str, period_start: datetime, discount: Decimal, revoked: Decimal
+) -> None:
+    # Given a Pro month ending 28 Feb, switched to Business on 14 Feb, the lines net of the discount
+    end, change = datetime(2031, 2, 28, tzinfo=UTC), datetime(2031, 2, 14, tzinfo=UTC)
+    books.clock.set(change)
+    books.send(cycle(customer, start=period_start, end=end))
+    share = Decimal((end - change).days) / Decimal((end - period_start).days)
+    net = 1 - discount
+    old, new = -int(4900 * share * net), int(14900 * share * net)
+    lines = [
+        ev.plan_line("price_pro_month", change, end, old, proration=True, unit_amount=4900),
+        ev.plan_line("price_business_month", change, end, new, proration=True, unit_amount=14900),
+    ]
+    books.send(ev.invoice_paid(customer, lines, created=ev.ts(change), billing_reason="subscription_update"))
+    revokes = [e for e in all_entries(books.ledger, customer) if e.type is EntryType.REVOKE]
+    assert [-e.amount for e in revokes] == [revoked]
+
+
 def test_a_downgrade_under_a_coupon_at_the_period_start_leaves_only_the_new_plans_month(
     books: Books, customer: str
 ) -> None:

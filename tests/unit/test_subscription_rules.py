@@ -84,41 +84,60 @@ def test_a_grant_and_the_matching_revocation_never_leave_credits_behind(
 
 
 @pytest.mark.parametrize(
-    ("end", "interval", "count", "earliest", "latest"),
+    ("end", "interval", "count", "starts"),
     [
-        (at(2030, 2, 15), "month", 1, at(2030, 1, 15), at(2030, 1, 15)),  # anchored mid-month: one start
-        (at(2030, 4, 30), "month", 1, at(2030, 3, 30), at(2030, 3, 31)),  # anchored on the 30th or the 31st
-        (at(2030, 2, 28), "month", 1, at(2030, 1, 28), at(2030, 1, 31)),  # anchored on the 28th to the 31st
-        (at(2030, 3, 31), "month", 1, at(2030, 2, 28), at(2030, 2, 28)),  # only the 31st ends on 31 Mar
-        (at(2031, 4, 30), "year", 1, at(2030, 4, 30), at(2030, 4, 30)),
-        (at(2030, 7, 31), "month", 3, at(2030, 4, 30), at(2030, 4, 30)),
-        (at(2030, 1, 15), "week", 2, at(2030, 1, 1), at(2030, 1, 1)),
-        (at(2030, 1, 15), "day", 1, at(2030, 1, 14), at(2030, 1, 14)),
+        (at(2030, 2, 15), "month", 1, [at(2030, 1, 15)]),  # anchored mid-month: one start
+        (at(2030, 4, 30), "month", 1, [at(2030, 3, 30), at(2030, 3, 31)]),  # anchored on the 30th or the 31st
+        (at(2030, 2, 28), "month", 1, [at(2030, 1, d) for d in (28, 29, 30, 31)]),  # the 28th to the 31st
+        (at(2032, 2, 29), "month", 1, [at(2032, 1, d) for d in (29, 30, 31)]),  # a leap year's February
+        (at(2030, 3, 31), "month", 1, [at(2030, 2, 28)]),  # only the 31st ends on 31 Mar
+        (at(2031, 4, 30), "year", 1, [at(2030, 4, 30)]),
+        (at(2030, 7, 31), "month", 3, [at(2030, 4, 30)]),
+        (at(2030, 1, 15), "week", 2, [at(2030, 1, 1)]),
+        (at(2030, 1, 15), "day", 1, [at(2030, 1, 14)]),
     ],
 )
-def test_the_start_of_the_billing_period_a_line_ends_with(
-    end: datetime, interval: str, count: int, earliest: datetime, latest: datetime
+def test_the_starts_the_billing_period_a_line_ends_with_can_have(
+    end: datetime, interval: str, count: int, starts: list[datetime]
 ) -> None:
-    assert subs.period_start_range(end, interval, count) == (earliest, latest)
+    assert subs.period_starts(end, interval, count) == starts
 
 
-def test_a_credit_line_revokes_its_money_share_when_that_covers_the_period_given_back() -> None:
-    half, third = Fraction(1, 2), Fraction(1, 3)
-    # no discount: money and time agree (a month-end period's money share is at least its least time share)
-    assert subs.revoked_share(half, half, half) == half
-    assert subs.revoked_share(half, Fraction(15, 31), Fraction(15, 30)) == half
-    # a discount netted into the line: the period's share, with the latest start the period can have
-    assert subs.revoked_share(third, half, half) == half
-    assert subs.revoked_share(Fraction(1, 4), Fraction(15, 31), Fraction(15, 30)) == Fraction(15, 30)
+CENT = Fraction(1, 4900)  # one minor unit of a 49.00 price
+
+
+def test_a_credit_line_revokes_its_money_share_when_that_is_the_periods_share_for_a_possible_start() -> None:
+    half = Fraction(1, 2)
+    assert subs.revoked_share(half, [half], CENT) == half
+    # Stripe rounded the line to the cent: still its money share, not the period's (no over-revocation)
+    assert subs.revoked_share(half - CENT / 2, [half], CENT) == half - CENT / 2
+    # an ambiguous month-end period: the money share of the true start (here the 28th of 28 to 31) is kept
+    shares = [Fraction(16, 31), Fraction(16, 30), Fraction(16, 29), Fraction(16, 28)]
+    assert subs.revoked_share(Fraction(2529, 4900), shares, CENT) == Fraction(2529, 4900)
+    # a line that credits more than its time keeps its money share
+    assert subs.revoked_share(Fraction(3, 4), [half], CENT) == Fraction(3, 4)
+
+
+def test_a_discounted_credit_line_revokes_the_periods_share_with_its_latest_possible_start() -> None:
+    assert subs.revoked_share(Fraction(1, 3), [Fraction(1, 2)], CENT) == Fraction(1, 2)
+    # anchored on the 31st, 14 of 28 days given back at 5% off: 23.28 credited, never less than half revoked
+    shares = [Fraction(14, 31), Fraction(14, 30), Fraction(14, 29), Fraction(14, 28)]
+    assert subs.revoked_share(Fraction(2328, 4900), shares, CENT) == Fraction(1, 2)
 
 
 def test_a_credit_line_under_a_coupon_revokes_the_whole_share_a_grant_only_what_its_money_buys() -> None:
     # Pro at 50% off, half of Jan 15 - Feb 15 given back: 12.25 credited for 24.50 of time
     shares = subs.time_shares(datetime(2030, 1, 30, 12, tzinfo=UTC), at(2030, 2, 15), "month", 1)
-    assert shares == (Fraction(1, 2), Fraction(1, 2))
+    assert shares == [Fraction(1, 2)]
     assert subs.proration_credits(-1225, D(4900), 1, D(5000), 1, shares) == D(2500)
     assert subs.proration_credits(1225, D(4900), 1, D(5000), 1, shares) == D(1250)
     assert subs.proration_credits(-1225, D(4900), 1, D(5000), 1) == D(1250)  # no period known: money
+    # a month-end period anchored on the 31st, 5% off: 2,500 revoked, not the 2,375.5 that 23.28 would take
+    shares = subs.time_shares(at(2031, 2, 14), at(2031, 2, 28), "month", 1)
+    assert subs.proration_credits(-2328, D(4900), 1, D(5000), 1, shares) == D(2500)
+    # anchored on the 28th, no coupon, Stripe's cent rounded down: its money share, not a later start's
+    shares = subs.time_shares(at(2031, 2, 12), at(2031, 2, 28), "month", 1)
+    assert subs.proration_credits(-2529, D(4900), 1, D(5000), 1, shares) == D("2580.612245")
 
 
 @given(
@@ -126,11 +145,9 @@ def test_a_credit_line_under_a_coupon_revokes_the_whole_share_a_grant_only_what_
     end=st.datetimes(min_value=datetime(2030, 1, 1), max_value=datetime(2040, 1, 1), timezones=st.just(UTC)),
     interval=st.sampled_from([("month", 1), ("month", 3), ("year", 1), ("week", 1), ("day", 7)]),
 )
-def test_the_least_time_share_is_never_more_than_the_most(
-    part: int, end: datetime, interval: tuple[str, int]
-) -> None:
-    least, most = subs.time_shares(end - timedelta(seconds=part), end, *interval)
-    assert 0 <= least <= most <= 1
+def test_time_shares_are_shares_least_first(part: int, end: datetime, interval: tuple[str, int]) -> None:
+    shares = subs.time_shares(end - timedelta(seconds=part), end, *interval)
+    assert shares and shares == sorted(shares) and all(0 <= share <= 1 for share in shares)
 
 
 @given(total=st.decimals(min_value=0, max_value=10**9, places=6), parts=st.integers(1, 36))

@@ -272,6 +272,13 @@ class Ledger:
         now = self._clock()
         return balance_of(self.repository.state(account_id, now=now), now)
 
+    def available(self, account_id: str) -> Decimal:
+        """The account's available credits as last committed (a strongly consistent read): for a decision
+        that must see the write it follows, e.g. whether a debit's account is still below its top-up
+        threshold."""
+        now = self._clock()
+        return balance_of(self.repository.state(account_id, consistent=True, now=now), now).available
+
     def account_state(self, account_id: str, grant_ids: Sequence[str] = ()) -> AccountState:
         """The account as last committed, holding the live grants among ``grant_ids`` wherever the account
         keeps them (eventually consistent: a reader that acts on it re-checks in the write), e.g. the nightly

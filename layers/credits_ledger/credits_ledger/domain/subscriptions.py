@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
@@ -102,22 +103,21 @@ def money_fraction(amount: int, unit_amount: Decimal, quantity: int) -> Fraction
     return min(Fraction(1), share)
 
 
-def period_start_range(end: datetime, interval: str, interval_count: int | None) -> tuple[datetime, datetime]:
-    """The earliest and the latest start the billing period ending at ``end`` can have. A monthly period
-    ending on a month's last day is ambiguous: its anchor day may be that day or any later one (a period
-    anchored on the 31st ends on 30 Apr and starts on 31 Mar; one anchored on the 30th starts on 30 Mar).
-    Every other period has one start (they are equal)."""
+def period_starts(end: datetime, interval: str, interval_count: int | None) -> list[datetime]:
+    """Every start the billing period ending at ``end`` can have, earliest first. A monthly period ending on
+    a month's last day is ambiguous: its anchor day may be that day or any later one (anchored on the 30th,
+    the period ending 30 Apr starts on 30 Mar; on the 31st, on 31 Mar). Every other period has one start."""
     count = interval_count or 1
     months = interval_months(interval, count)
     if months is None:
         raise ValueError(f"unknown billing interval {interval!r}")
     if months == 0:
-        start = end - timedelta(days=count * (7 if interval == "week" else 1))
-        return start, start
+        return [end - timedelta(days=count * (7 if interval == "week" else 1))]
     earliest = add_months(end, -months)
     if end.day < calendar.monthrange(end.year, end.month)[1]:
-        return earliest, earliest
-    return earliest, earliest.replace(day=calendar.monthrange(earliest.year, earliest.month)[1])
+        return [earliest]
+    last_day = calendar.monthrange(earliest.year, earliest.month)[1]
+    return [earliest.replace(day=day) for day in range(earliest.day, last_day + 1)]
 
 
 def time_share(start: datetime, end: datetime, period_start: datetime) -> Fraction:
@@ -129,22 +129,24 @@ def time_share(start: datetime, end: datetime, period_start: datetime) -> Fracti
     return min(Fraction(1), Fraction(part, whole))
 
 
-def time_shares(
-    start: datetime, end: datetime, interval: str, interval_count: int | None
-) -> tuple[Fraction, Fraction]:
-    """The least and the most share of its billing period a proration line's period ``start`` - ``end`` can
-    be (a proration line ends where its billing period ends)."""
-    earliest, latest = period_start_range(end, interval, interval_count)
-    return time_share(start, end, earliest), time_share(start, end, latest)
+def time_shares(start: datetime, end: datetime, interval: str, interval_count: int | None) -> list[Fraction]:
+    """The share of its billing period a proration line's period ``start`` - ``end`` is, for each start the
+    billing period can have (a proration line ends where its billing period ends), least first."""
+    return [
+        time_share(start, end, period_start) for period_start in period_starts(end, interval, interval_count)
+    ]
 
 
-def revoked_share(money: Fraction, least_time: Fraction, most_time: Fraction) -> Fraction:
-    """The share of a whole interval a credit (negative) proration line revokes. Its money share when that
-    covers the period given back (``least_time``: the share of the period with its earliest possible start);
-    otherwise the line is net of a discount (Stripe's default ``proration_discounts=included``) while the
-    period's credits were granted in full, and the period's share is revoked, taken with the period's latest
-    possible start (``most_time``) so that it is never less than Stripe's own."""
-    return money if money >= least_time else max(money, most_time)
+def revoked_share(money: Fraction, time_shares: Sequence[Fraction], tolerance: Fraction) -> Fraction:
+    """The share of a whole interval a credit (negative) proration line revokes. Its money share when that is
+    the share of the period it gives back for one of the starts the period can have, to within ``tolerance``
+    (one minor unit of the interval's price: Stripe rounds the line to it). Otherwise the line is net of a
+    discount (Stripe's default ``proration_discounts=included``) while the period's credits were granted in
+    full: the period's share is revoked, with the latest start the period can have, so it is never less than
+    Stripe's own. A line that credits more than its time keeps its money share."""
+    if not time_shares or any(abs(money - share) <= tolerance for share in time_shares):
+        return money
+    return max(money, max(time_shares))
 
 
 def interval_credits(plan_credits: Decimal, quantity: int, months: int) -> Fraction:
@@ -159,15 +161,18 @@ def proration_credits(
     quantity: int,
     plan_credits: Decimal,
     months: int,
-    time_shares: tuple[Fraction, Fraction] = (Fraction(0), Fraction(0)),
+    time_shares: Sequence[Fraction] = (),
 ) -> Decimal:
     """Credits a proration line moves: granted (positive line, its money share) rounded down, revoked
-    (negative line, ``revoked_share`` of the line's ``time_shares``: least, most) rounded up."""
+    (negative line, ``revoked_share`` given the line's ``time_shares``) rounded up."""
     money = money_fraction(amount, unit_amount, quantity)
     whole = interval_credits(plan_credits, quantity, months)
     if amount > 0:
         return floor6(money * whole)
-    return ceil6(revoked_share(money, *time_shares) * whole)
+    one_minor_unit = (
+        1 / (Fraction(unit_amount) * quantity) if unit_amount > 0 and quantity > 0 else Fraction(0)
+    )
+    return ceil6(revoked_share(money, time_shares, one_minor_unit) * whole)
 
 
 def split_evenly(total: Decimal, parts: int) -> list[Decimal]:

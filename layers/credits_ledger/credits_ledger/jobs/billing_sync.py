@@ -162,15 +162,18 @@ class BillingSync:
     def request_topup(self, entry: LedgerEntry, settings: AutoTopupSettings, customer: str | None) -> str:
         """Start the top-up of this debit that left available below the threshold (once per debit); returns
         the attempt's status, or why none started."""
-        available = self.ledger.balance(entry.account_id).available
-        if not still_below(available, settings):
+        attempt_id = attempt_id_of(entry.account_id, entry.entry_key)
+        if self.topups.attempt(attempt_id) is None and not still_below(
+            self.ledger.available(entry.account_id), settings
+        ):
             # a debit delivered long after (a failed batch replayed) whose account has been topped up or
-            # bought credits since: nothing to top up any more
+            # bought credits since: nothing to start. (An attempt it already started goes on below: a
+            # retry must finish it, or its account would stay "in flight" for good.)
             metrics.add_metric(name="TopupsNotStarted", unit=MetricUnit.Count, value=1)
             logger.info("no automatic top-up", account=entry.account_id, reason="available is back above")
             return "skipped"
         attempt = TopupAttempt(
-            attempt_id=attempt_id_of(entry.account_id, entry.entry_key),
+            attempt_id=attempt_id,
             account=entry.account_id,
             entry_key=entry.entry_key,
             pack=settings.pack,
