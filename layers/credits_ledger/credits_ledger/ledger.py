@@ -268,16 +268,11 @@ class Ledger:
         )
 
     # ---- reads -------------------------------------------------------------------------------------------
-    def balance(self, account_id: str) -> Balance:
+    def balance(self, account_id: str, *, consistent: bool = False) -> Balance:
+        """The account's balance now; ``consistent`` for a decision that must see the write it follows (e.g.
+        whether a debit's account is still below its top-up threshold)."""
         now = self._clock()
-        return balance_of(self.repository.state(account_id, now=now), now)
-
-    def available(self, account_id: str) -> Decimal:
-        """The account's available credits as last committed (a strongly consistent read): for a decision
-        that must see the write it follows, e.g. whether a debit's account is still below its top-up
-        threshold."""
-        now = self._clock()
-        return balance_of(self.repository.state(account_id, consistent=True, now=now), now).available
+        return balance_of(self.repository.state(account_id, consistent=consistent, now=now), now)
 
     def account_state(self, account_id: str, grant_ids: Sequence[str] = ()) -> AccountState:
         """The account as last committed, holding the live grants among ``grant_ids`` wherever the account

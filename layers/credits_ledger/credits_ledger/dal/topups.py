@@ -11,17 +11,17 @@ the attempt does not exist yet; the account has no attempt in flight; fewer than
 were started this UTC month. ``count`` only moves together with a new attempt item, so a repeated claim
 cannot count twice. Settling (``succeeded`` / ``failed``) is one transaction: the attempt leaves an open status
 and ``in_flight`` (which names it while it is open) is cleared; only one settlement wins (the worker's
-decline and the ``payment_intent.payment_failed`` webhook race). An attempt's ``charge`` (who pays, how much,
-with which card) is fixed once, before the first PaymentIntent request, and every retry sends it again: the
-request under the attempt's idempotency key is then the same, so Stripe answers a retry with the first
-PaymentIntent instead of an idempotency error when the price or the card changed in between. The winner notes the event to publish
+decline and the ``payment_intent.payment_failed`` webhook race). The winner notes the event to publish
 (``announce``) on the attempt, publishes it and removes the note, so a crash in between is repaired by
-the next delivery and the race publishes once. No ``account_id`` attribute: in no index.
+the next delivery and the race publishes once. An attempt's ``charge`` (who pays, how much, with which card)
+is fixed once, before the first PaymentIntent request, and every retry sends it again: the request under the
+attempt's idempotency key is then the same, so Stripe answers a retry with the first PaymentIntent instead
+of an idempotency error when the price or the card changed in between. No ``account_id`` attribute: in no index.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -241,17 +241,7 @@ class TopupRepository(TableRepository):
                 UpdateExpression="SET charge = :charge",
                 ConditionExpression="#s = :claimed AND attribute_not_exists(charge)",
                 ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=it.to_dynamo(
-                    {
-                        ":claimed": CLAIMED,
-                        ":charge": {
-                            "customer": charge.customer,
-                            "amount": charge.amount,
-                            "currency": charge.currency,
-                            "payment_method": charge.payment_method,
-                        },
-                    }
-                ),
+                ExpressionAttributeValues=it.to_dynamo({":claimed": CLAIMED, ":charge": asdict(charge)}),
             )
         except ClientError as exc:
             if not _refused(exc):

@@ -163,8 +163,9 @@ class BillingSync:
         """Start the top-up of this debit that left available below the threshold (once per debit); returns
         the attempt's status, or why none started."""
         attempt_id = attempt_id_of(entry.account_id, entry.entry_key)
-        if self.topups.attempt(attempt_id) is None and not still_below(
-            self.ledger.available(entry.account_id), settings
+        if (
+            not still_below(self.ledger.balance(entry.account_id, consistent=True).available, settings)
+            and self.topups.attempt(attempt_id) is None
         ):
             # a debit delivered long after (a failed batch replayed) whose account has been topped up or
             # bought credits since: nothing to start. (An attempt it already started goes on below: a
