@@ -1101,27 +1101,26 @@ def sample_events() -> dict[str, Json]:
     session_a: dict[str, Any] = dict(
         payment_intent=pi_a, amount_subtotal=2000, amount_tax=400, created=t - 90, ids=ids
     )
-    sepa: dict[str, Any] = dict(amount_subtotal=1900, created=t - 60, ids=ids, payment_status="unpaid")
     samples = {
         "checkout_session_completed": checkout_session_completed(
             cus, "starter", event_id=ids("evt"), event_created=t, **session_a
         ),
-        "checkout_session_async_payment_succeeded": checkout_session_completed(
-            cus,
-            "starter",
-            type="checkout.session.async_payment_succeeded",
-            event_id=ids("evt"),
-            event_created=t + 86_400,
-            **{**sepa, "payment_intent": pi_b, "payment_status": "paid"},
-        ),
-        "checkout_session_async_payment_failed": checkout_session_completed(
-            cus,
-            "starter",
-            type="checkout.session.async_payment_failed",
-            event_id=ids("evt"),
-            event_created=t + 86_400,
-            **{**sepa, "payment_intent": pi_c},
-        ),
+        # the SEPA Checkouts (unpaid at completion): the outcome of their payment arrives a day later
+        **{
+            f"checkout_session_async_payment_{outcome}": checkout_session_completed(
+                cus,
+                "starter",
+                type=f"checkout.session.async_payment_{outcome}",
+                event_id=ids("evt"),
+                event_created=t + 86_400,
+                payment_intent=intent,
+                payment_status=payment_status,
+                amount_subtotal=1900,
+                created=t - 60,
+                ids=ids,
+            )
+            for outcome, intent, payment_status in (("succeeded", pi_b, "paid"), ("failed", pi_c, "unpaid"))
+        },
         "payment_intent_succeeded": payment_intent_succeeded(
             cus,
             2400,

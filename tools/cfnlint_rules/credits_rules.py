@@ -32,8 +32,9 @@ plain functions, never a common base class.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cfnlint.rules import CloudFormationLintRule, RuleMatch
@@ -216,6 +217,18 @@ def alarmed(cfn: Any, namespace: str, metric: str) -> set[str]:
     return found
 
 
+def collect_matches(
+    find: Callable[[Any, Any], Iterator[RuleMatch]],
+) -> Callable[[Any, Any], list[RuleMatch]]:
+    """A rule's ``match`` written as a generator of its findings; cfn-lint's ``match`` returns them as a list."""
+
+    @functools.wraps(find)
+    def match(rule: Any, cfn: Any) -> list[RuleMatch]:
+        return list(find(rule, cfn))
+
+    return match
+
+
 def policy_documents(cfn: Any) -> Iterator[tuple[list[str | int], Any]]:
     for name, resource in resources(cfn, ("AWS::IAM::Role",)):
         for index, policy in enumerate(as_list(properties(resource).get("Policies"))):
@@ -238,38 +251,31 @@ class FunctionHasOwnRole(CloudFormationLintRule):
     )
     tags = ["credits", "iam", "lambda"]
 
-    def match(self, cfn: Any) -> list[RuleMatch]:
-        matches: list[RuleMatch] = []
+    @collect_matches
+    def match(self, cfn: Any) -> Iterator[RuleMatch]:
         users: dict[str, list[str]] = {}
         for name, resource in resources(cfn, FUNCTION_TYPES):
             role = properties(resource).get("Role")
             role_id = target(role)
             if role is None:
-                matches.append(
-                    RuleMatch(
-                        ["Resources", name, "Properties"],
-                        f"Function {name} has no Role: give it its own AWS::IAM::Role with exact permissions",
-                    )
+                yield RuleMatch(
+                    ["Resources", name, "Properties"],
+                    f"Function {name} has no Role: give it its own AWS::IAM::Role with exact permissions",
                 )
             elif resource_type(cfn, role_id) != "AWS::IAM::Role":
-                matches.append(
-                    RuleMatch(
-                        ["Resources", name, "Properties", "Role"],
-                        f"Function {name}: Role must be !GetAtt <an AWS::IAM::Role of this template>.Arn",
-                    )
+                yield RuleMatch(
+                    ["Resources", name, "Properties", "Role"],
+                    f"Function {name}: Role must be !GetAtt <an AWS::IAM::Role of this template>.Arn",
                 )
             else:
                 users.setdefault(str(role_id), []).append(name)
         for role_id, functions in users.items():
             if len(functions) > 1:
                 for name in functions:
-                    matches.append(
-                        RuleMatch(
-                            ["Resources", name, "Properties", "Role"],
-                            f"Role {role_id} is shared by {', '.join(functions)}: one role per function",
-                        )
+                    yield RuleMatch(
+                        ["Resources", name, "Properties", "Role"],
+                        f"Role {role_id} is shared by {', '.join(functions)}: one role per function",
                     )
-        return matches
 
 
 class NoSamPolicyTemplates(CloudFormationLintRule):
@@ -281,21 +287,18 @@ class NoSamPolicyTemplates(CloudFormationLintRule):
     )
     tags = ["credits", "iam", "sam"]
 
-    def match(self, cfn: Any) -> list[RuleMatch]:
-        matches: list[RuleMatch] = []
+    @collect_matches
+    def match(self, cfn: Any) -> Iterator[RuleMatch]:
         for name, resource in resources(cfn, ("AWS::Serverless::Function", "AWS::Serverless::StateMachine")):
             policies = properties(resource).get("Policies")
             if policies:
                 templates = [p for item in as_list(policies) if isinstance(item, dict) for p in item]
                 named = [p for p in templates if p.endswith("Policy")] or templates or as_list(policies)
-                matches.append(
-                    RuleMatch(
-                        ["Resources", name, "Properties", "Policies"],
-                        f"{name} uses SAM Policies ({', '.join(map(str, named))}): put exact actions on exact "
-                        "ARNs in its own AWS::IAM::Role instead",
-                    )
+                yield RuleMatch(
+                    ["Resources", name, "Properties", "Policies"],
+                    f"{name} uses SAM Policies ({', '.join(map(str, named))}): put exact actions on exact "
+                    "ARNs in its own AWS::IAM::Role instead",
                 )
-        return matches
 
 
 class IamExactActionsAndResources(CloudFormationLintRule):
@@ -308,8 +311,8 @@ class IamExactActionsAndResources(CloudFormationLintRule):
     )
     tags = ["credits", "iam"]
 
-    def match(self, cfn: Any) -> list[RuleMatch]:
-        matches: list[RuleMatch] = []
+    @collect_matches
+    def match(self, cfn: Any) -> Iterator[RuleMatch]:
         for path, document in policy_documents(cfn):
             statements = dig(document, "Statement") if isinstance(document, dict) else None
             for index, statement in enumerate(as_list(statements)):
@@ -319,37 +322,30 @@ class IamExactActionsAndResources(CloudFormationLintRule):
                 label = statement.get("Sid") or f"statement {index}"
                 for key in ("NotAction", "NotResource"):
                     if key in statement:
-                        matches.append(RuleMatch([*here, key], f"{label}: {key} allows too much"))
+                        yield RuleMatch([*here, key], f"{label}: {key} allows too much")
                 actions = [a for a in as_list(statement.get("Action")) if isinstance(a, str)]
                 for action in actions:
                     if "*" in action:
-                        matches.append(
-                            RuleMatch(
-                                [*here, "Action"], f"{label}: wildcard action '{action}'; list exact actions"
-                            )
+                        yield RuleMatch(
+                            [*here, "Action"], f"{label}: wildcard action '{action}'; list exact actions"
                         )
                 star = [
                     r for r in as_list(statement.get("Resource")) if isinstance(r, str) and r.strip() == "*"
                 ]
                 if star and not (actions and set(actions) <= STAR_RESOURCE_ACTIONS):
                     others = sorted(set(actions) - STAR_RESOURCE_ACTIONS)
-                    matches.append(
-                        RuleMatch(
-                            [*here, "Resource"],
-                            f"{label}: Resource '*' for {', '.join(others) or 'its actions'}; name exact ARNs "
-                            f"(only {', '.join(sorted(STAR_RESOURCE_ACTIONS))} may use '*')",
-                        )
+                    yield RuleMatch(
+                        [*here, "Resource"],
+                        f"{label}: Resource '*' for {', '.join(others) or 'its actions'}; name exact ARNs "
+                        f"(only {', '.join(sorted(STAR_RESOURCE_ACTIONS))} may use '*')",
                     )
         for name, resource in resources(cfn, ("AWS::IAM::Role",)):
             if properties(resource).get("ManagedPolicyArns"):
-                matches.append(
-                    RuleMatch(
-                        ["Resources", name, "Properties", "ManagedPolicyArns"],
-                        f"Role {name} has managed policies, whose actions and resources this template cannot "
-                        "bound: use inline statements with exact actions and ARNs",
-                    )
+                yield RuleMatch(
+                    ["Resources", name, "Properties", "ManagedPolicyArns"],
+                    f"Role {name} has managed policies, whose actions and resources this template cannot "
+                    "bound: use inline statements with exact actions and ARNs",
                 )
-        return matches
 
 
 class TableProtection(CloudFormationLintRule):
@@ -361,21 +357,19 @@ class TableProtection(CloudFormationLintRule):
     )
     tags = ["credits", "dynamodb"]
 
-    def match(self, cfn: Any) -> list[RuleMatch]:
-        matches: list[RuleMatch] = []
+    @collect_matches
+    def match(self, cfn: Any) -> Iterator[RuleMatch]:
         for name, _ in resources(cfn, ("AWS::Serverless::SimpleTable",)):
-            matches.append(
-                RuleMatch(
-                    ["Resources", name],
-                    f"{name}: AWS::Serverless::SimpleTable cannot be protected; use AWS::DynamoDB::Table",
-                )
+            yield RuleMatch(
+                ["Resources", name],
+                f"{name}: AWS::Serverless::SimpleTable cannot be protected; use AWS::DynamoDB::Table",
             )
         for name, resource in resources(cfn, TABLE_TYPES):
             props = properties(resource)
             base = ["Resources", name]
             for attribute in ("DeletionPolicy", "UpdateReplacePolicy"):
                 if resource.get(attribute) != "Retain":
-                    matches.append(RuleMatch(base, f"Table {name}: {attribute} must be Retain"))
+                    yield RuleMatch(base, f"Table {name}: {attribute} must be Retain")
             checks = (
                 (
                     ("PointInTimeRecoverySpecification", "PointInTimeRecoveryEnabled"),
@@ -386,12 +380,9 @@ class TableProtection(CloudFormationLintRule):
             )
             for keys, what in checks:
                 if not is_true(dig(props, *keys)):
-                    matches.append(
-                        RuleMatch(
-                            [*base, "Properties"], f"Table {name}: {what} must be on ({'.'.join(keys)})"
-                        )
+                    yield RuleMatch(
+                        [*base, "Properties"], f"Table {name}: {what} must be on ({'.'.join(keys)})"
                     )
-        return matches
 
 
 class FunctionLogGroupWithRetention(CloudFormationLintRule):
@@ -403,29 +394,24 @@ class FunctionLogGroupWithRetention(CloudFormationLintRule):
     )
     tags = ["credits", "lambda", "logs"]
 
-    def match(self, cfn: Any) -> list[RuleMatch]:
-        matches: list[RuleMatch] = []
+    @collect_matches
+    def match(self, cfn: Any) -> Iterator[RuleMatch]:
         for name, resource in resources(cfn, FUNCTION_TYPES):
             log_group = target(dig(properties(resource), "LoggingConfig", "LogGroup"))
             path = ["Resources", name, "Properties"]
             if resource_type(cfn, log_group) != "AWS::Logs::LogGroup":
-                matches.append(
-                    RuleMatch(
-                        path,
-                        f"Function {name}: LoggingConfig.LogGroup must !Ref an AWS::Logs::LogGroup of this "
-                        "template (otherwise Lambda creates one that keeps logs forever)",
-                    )
+                yield RuleMatch(
+                    path,
+                    f"Function {name}: LoggingConfig.LogGroup must !Ref an AWS::Logs::LogGroup of this "
+                    "template (otherwise Lambda creates one that keeps logs forever)",
                 )
                 continue
             group = cfn.template["Resources"][log_group]
             if properties(group).get("RetentionInDays") is None:
-                matches.append(
-                    RuleMatch(
-                        ["Resources", str(log_group), "Properties"],
-                        f"Log group {log_group} of {name} has no RetentionInDays",
-                    )
+                yield RuleMatch(
+                    ["Resources", str(log_group), "Properties"],
+                    f"Log group {log_group} of {name} has no RetentionInDays",
                 )
-        return matches
 
 
 class FunctionTracingActive(CloudFormationLintRule):
@@ -434,18 +420,15 @@ class FunctionTracingActive(CloudFormationLintRule):
     description = "Every function has Tracing: Active (in Globals or on the function)"
     tags = ["credits", "lambda", "xray"]
 
-    def match(self, cfn: Any) -> list[RuleMatch]:
-        matches: list[RuleMatch] = []
+    @collect_matches
+    def match(self, cfn: Any) -> Iterator[RuleMatch]:
         for name, resource in resources(cfn, FUNCTION_TYPES):
             props = properties(resource)
             tracing = props.get("Tracing")
             if resource.get("Type") == "AWS::Lambda::Function":
                 tracing = dig(props, "TracingConfig", "Mode")
             if tracing != "Active":
-                matches.append(
-                    RuleMatch(["Resources", name, "Properties"], f"Function {name}: Tracing must be Active")
-                )
-        return matches
+                yield RuleMatch(["Resources", name, "Properties"], f"Function {name}: Tracing must be Active")
 
 
 class AsyncSourcesHaveFailureDestinations(CloudFormationLintRule):
@@ -458,8 +441,8 @@ class AsyncSourcesHaveFailureDestinations(CloudFormationLintRule):
     )
     tags = ["credits", "lambda", "events"]
 
-    def match(self, cfn: Any) -> list[RuleMatch]:
-        matches: list[RuleMatch] = []
+    @collect_matches
+    def match(self, cfn: Any) -> Iterator[RuleMatch]:
         for name, resource in resources(cfn, ("AWS::Serverless::Function",)):
             function_level = function_has_failure_destination(resource)
             for event_name, kind, event_props in function_events(resource):
@@ -467,29 +450,23 @@ class AsyncSourcesHaveFailureDestinations(CloudFormationLintRule):
                 where = f"Function {name}, event {event_name} ({kind})"
                 if kind in ASYNC_EVENT_TYPES:
                     if not (event_props.get("DeadLetterConfig") or function_level):
-                        matches.append(
-                            RuleMatch(
-                                path,
-                                f"{where}: no DeadLetterConfig on the event and no EventInvokeConfig OnFailure "
-                                "or DeadLetterQueue on the function: failed invocations would be lost",
-                            )
+                        yield RuleMatch(
+                            path,
+                            f"{where}: no DeadLetterConfig on the event and no EventInvokeConfig OnFailure "
+                            "or DeadLetterQueue on the function: failed invocations would be lost",
                         )
                 elif kind in STREAM_EVENT_TYPES:
                     if not dig(event_props, "DestinationConfig", "OnFailure", "Destination"):
-                        matches.append(
-                            RuleMatch(path, f"{where}: no DestinationConfig.OnFailure for failed batches")
-                        )
+                        yield RuleMatch(path, f"{where}: no DestinationConfig.OnFailure for failed batches")
                 elif kind in QUEUE_EVENT_TYPES:
                     queue = target(event_props.get("Queue"))
                     redrive = None
                     if resource_type(cfn, queue) == "AWS::SQS::Queue":
                         redrive = dig(cfn.template["Resources"][queue], "Properties", "RedrivePolicy")
                     if not redrive:
-                        matches.append(
-                            RuleMatch(
-                                path,
-                                f"{where}: the source queue needs a RedrivePolicy (DLQ) in this template",
-                            )
+                        yield RuleMatch(
+                            path,
+                            f"{where}: the source queue needs a RedrivePolicy (DLQ) in this template",
                         )
         for name, resource in resources(cfn, ("AWS::Lambda::EventSourceMapping",)):
             source = properties(resource).get("EventSourceArn")
@@ -497,10 +474,7 @@ class AsyncSourcesHaveFailureDestinations(CloudFormationLintRule):
                 continue
             if ":sqs:" in str(source) or resource_type(cfn, target(source)) == "AWS::SQS::Queue":
                 continue  # SQS: the DLQ is the source queue's redrive policy
-            matches.append(
-                RuleMatch(["Resources", name, "Properties"], f"{name}: no DestinationConfig.OnFailure")
-            )
-        return matches
+            yield RuleMatch(["Resources", name, "Properties"], f"{name}: no DestinationConfig.OnFailure")
 
 
 class FailureQueuesHaveDepthAlarms(CloudFormationLintRule):
@@ -512,31 +486,26 @@ class FailureQueuesHaveDepthAlarms(CloudFormationLintRule):
     )
     tags = ["credits", "sqs", "alarms"]
 
-    def match(self, cfn: Any) -> list[RuleMatch]:
-        matches: list[RuleMatch] = []
+    @collect_matches
+    def match(self, cfn: Any) -> Iterator[RuleMatch]:
         watched = alarmed(cfn, "AWS/SQS", "ApproximateNumberOfMessagesVisible")
         seen: set[str] = set()
         for path, destination in failure_destinations(cfn):
             queue = target(destination)
             kind = resource_type(cfn, queue)
             if destination is None:
-                matches.append(
-                    RuleMatch(
-                        path,
-                        "DLQ without an explicit queue (SAM would create one no alarm can name): point it at "
-                        "an AWS::SQS::Queue of this template",
-                    )
+                yield RuleMatch(
+                    path,
+                    "DLQ without an explicit queue (SAM would create one no alarm can name): point it at "
+                    "an AWS::SQS::Queue of this template",
                 )
             elif kind == "AWS::SQS::Queue" and queue not in watched and queue not in seen:
                 seen.add(str(queue))
-                matches.append(
-                    RuleMatch(
-                        path,
-                        f"DLQ {queue} has no CloudWatch alarm on ApproximateNumberOfMessagesVisible: failures "
-                        "would pile up unnoticed",
-                    )
+                yield RuleMatch(
+                    path,
+                    f"DLQ {queue} has no CloudWatch alarm on ApproximateNumberOfMessagesVisible: failures "
+                    "would pile up unnoticed",
                 )
-        return matches
 
 
 class HttpApiThrottling(CloudFormationLintRule):
@@ -548,29 +517,24 @@ class HttpApiThrottling(CloudFormationLintRule):
     )
     tags = ["credits", "apigateway"]
 
-    def match(self, cfn: Any) -> list[RuleMatch]:
-        matches: list[RuleMatch] = []
+    @collect_matches
+    def match(self, cfn: Any) -> Iterator[RuleMatch]:
         for name, resource in resources(cfn, ("AWS::Serverless::HttpApi",)):
             settings = properties(resource).get("DefaultRouteSettings")
             for key in ("ThrottlingBurstLimit", "ThrottlingRateLimit"):
                 if dig(settings, key) is None:
-                    matches.append(
-                        RuleMatch(
-                            ["Resources", name, "Properties"],
-                            f"HTTP API {name}: DefaultRouteSettings.{key} is missing",
-                        )
+                    yield RuleMatch(
+                        ["Resources", name, "Properties"],
+                        f"HTTP API {name}: DefaultRouteSettings.{key} is missing",
                     )
         for name, resource in resources(cfn, ("AWS::Serverless::Function",)):
             for event_name, kind, event_props in function_events(resource):
                 if kind == "HttpApi" and not event_props.get("ApiId"):
-                    matches.append(
-                        RuleMatch(
-                            ["Resources", name, "Properties", "Events", event_name],
-                            f"Function {name}, event {event_name}: HttpApi event without ApiId creates an "
-                            "implicit API without throttling limits",
-                        )
+                    yield RuleMatch(
+                        ["Resources", name, "Properties", "Events", event_name],
+                        f"Function {name}, event {event_name}: HttpApi event without ApiId creates an "
+                        "implicit API without throttling limits",
                     )
-        return matches
 
 
 class NoPlainSecrets(CloudFormationLintRule):
@@ -583,8 +547,8 @@ class NoPlainSecrets(CloudFormationLintRule):
     )
     tags = ["credits", "secrets"]
 
-    def match(self, cfn: Any) -> list[RuleMatch]:
-        matches: list[RuleMatch] = []
+    @collect_matches
+    def match(self, cfn: Any) -> Iterator[RuleMatch]:
         for name, resource in resources(cfn, FUNCTION_TYPES):
             variables = dig(properties(resource), "Environment", "Variables")
             if not isinstance(variables, dict):
@@ -594,32 +558,25 @@ class NoPlainSecrets(CloudFormationLintRule):
                 if SECRET_NAME.search(str(variable)) and not str(variable).endswith(
                     SECRET_REFERENCE_SUFFIXES
                 ):
-                    matches.append(
-                        RuleMatch(
-                            path,
-                            f"Function {name}: {variable} looks like a secret in plain environment; pass the "
-                            "SSM parameter name (…_PARAMETER) and read it at runtime",
-                        )
+                    yield RuleMatch(
+                        path,
+                        f"Function {name}: {variable} looks like a secret in plain environment; pass the "
+                        "SSM parameter name (…_PARAMETER) and read it at runtime",
                     )
                 if any(SECRET_RESOLVE.search(s) for s in strings(value)):
-                    matches.append(
-                        RuleMatch(
-                            path, f"Function {name}: {variable} resolves a secret into plain environment"
-                        )
+                    yield RuleMatch(
+                        path, f"Function {name}: {variable} resolves a secret into plain environment"
                     )
         for name, output in (cfn.template.get("Outputs") or {}).items():
             if any(SECRET_RESOLVE.search(s) for s in strings(output)):
-                matches.append(RuleMatch(["Outputs", name], f"Output {name} exposes a secret"))
+                yield RuleMatch(["Outputs", name], f"Output {name} exposes a secret")
         for section in ("Parameters", "Resources", "Outputs", "Globals", "Mappings"):
             for text in strings(cfn.template.get(section) or {}):
                 if SECRET_LITERAL.search(text):
-                    matches.append(
-                        RuleMatch(
-                            [section], f"{section} contains what looks like a literal secret or access key"
-                        )
+                    yield RuleMatch(
+                        [section], f"{section} contains what looks like a literal secret or access key"
                     )
                     break
-        return matches
 
 
 class FunctionsAreAlarmed(CloudFormationLintRule):
@@ -631,28 +588,23 @@ class FunctionsAreAlarmed(CloudFormationLintRule):
     )
     tags = ["credits", "lambda", "alarms"]
 
-    def match(self, cfn: Any) -> list[RuleMatch]:
-        matches: list[RuleMatch] = []
+    @collect_matches
+    def match(self, cfn: Any) -> Iterator[RuleMatch]:
         for metric in ("Errors", "Throttles"):
             watched = alarmed(cfn, "AWS/Lambda", metric)
             for name, _ in resources(cfn, FUNCTION_TYPES):
                 if name not in watched:
-                    matches.append(
-                        RuleMatch(
-                            ["Resources", name],
-                            f"Function {name} has no alarm on AWS/Lambda {metric} (Dimensions FunctionName: "
-                            f"!Ref {name})",
-                        )
+                    yield RuleMatch(
+                        ["Resources", name],
+                        f"Function {name} has no alarm on AWS/Lambda {metric} (Dimensions FunctionName: "
+                        f"!Ref {name})",
                     )
         for name, alarm in resources(cfn, ("AWS::CloudWatch::Alarm", "AWS::CloudWatch::CompositeAlarm")):
             if not properties(alarm).get("AlarmActions"):
-                matches.append(
-                    RuleMatch(
-                        ["Resources", name, "Properties"],
-                        f"Alarm {name} has no AlarmActions: nobody hears it",
-                    )
+                yield RuleMatch(
+                    ["Resources", name, "Properties"],
+                    f"Alarm {name} has no AlarmActions: nobody hears it",
                 )
-        return matches
 
 
 class TopicsEncrypted(CloudFormationLintRule):
@@ -675,8 +627,8 @@ class WebhooksHaveReservedConcurrency(CloudFormationLintRule):
     description = "A function with an HttpApi/Api event whose Path contains /webhooks/ sets ReservedConcurrentExecutions"
     tags = ["credits", "lambda", "availability"]
 
-    def match(self, cfn: Any) -> list[RuleMatch]:
-        matches: list[RuleMatch] = []
+    @collect_matches
+    def match(self, cfn: Any) -> Iterator[RuleMatch]:
         for name, resource in resources(cfn, ("AWS::Serverless::Function",)):
             paths = [
                 str(event_props.get("Path", ""))
@@ -685,11 +637,8 @@ class WebhooksHaveReservedConcurrency(CloudFormationLintRule):
             ]
             webhook = any("/webhooks/" in path for path in paths)
             if webhook and properties(resource).get("ReservedConcurrentExecutions") is None:
-                matches.append(
-                    RuleMatch(
-                        ["Resources", name, "Properties"],
-                        f"Function {name} serves a webhook but reserves no concurrency "
-                        "(ReservedConcurrentExecutions)",
-                    )
+                yield RuleMatch(
+                    ["Resources", name, "Properties"],
+                    f"Function {name} serves a webhook but reserves no concurrency "
+                    "(ReservedConcurrentExecutions)",
                 )
-        return matches
