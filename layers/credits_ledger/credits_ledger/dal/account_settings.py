@@ -188,22 +188,13 @@ class AccountSettingsRepository(TableRepository):
         """Remember that ``customer`` paid for the account at ``paid_at``. Invariant: a later payment's link is
         never replaced by an earlier one's (events arrive in any order and again); the admin settings are
         untouched. False when a link at least as recent is stored."""
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=settings_key(account_id),
-                UpdateExpression="SET stripe_customer = :c, stripe_customer_at = :t, #a = :a",
-                ConditionExpression="attribute_not_exists(stripe_customer_at) OR stripe_customer_at < :t",
-                ExpressionAttributeNames={"#a": "account"},
-                ExpressionAttributeValues=it.to_dynamo(
-                    {":c": customer, ":t": it.iso(paid_at), ":a": account_id}
-                ),
-            )
-        except ClientError as exc:
-            if not failed_condition(exc):
-                raise
-            return False
-        return True
+        return self._update_if(
+            Key=settings_key(account_id),
+            UpdateExpression="SET stripe_customer = :c, stripe_customer_at = :t, #a = :a",
+            ConditionExpression="attribute_not_exists(stripe_customer_at) OR stripe_customer_at < :t",
+            ExpressionAttributeNames={"#a": "account"},
+            ExpressionAttributeValues=it.to_dynamo({":c": customer, ":t": it.iso(paid_at), ":a": account_id}),
+        )
 
     def set_alert_available(self, account_id: str, available: Decimal, previous: Decimal | None) -> None:
         """Remember ``available`` as the alert state. Invariant: the stored state is still ``previous`` (absent

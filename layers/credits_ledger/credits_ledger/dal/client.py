@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
 
@@ -31,7 +31,7 @@ MAX_UNPROCESSED_PAUSE = 1.0
 
 class TableRepository:
     """What every repository of the one table shares: its client and table name (the function's own unless
-    given, as tests and tools do) and batched reads."""
+    given, as tests and tools do), batched reads and conditional updates."""
 
     def __init__(self, client: Any | None = None, table: str | None = None) -> None:
         self._client = client or dynamodb_client()
@@ -98,6 +98,18 @@ class TableRepository:
                     time.sleep(pause)
                     pause = min(pause * 2, MAX_UNPROCESSED_PAUSE)
         return found
+
+    def _update_if(self, *, refused: Callable[[ClientError], bool] | None = None, **request: Any) -> bool:
+        """One UpdateItem (``request`` without TableName) whose ConditionExpression guards an invariant: True
+        when written, False when the condition did not hold (nothing written). ``refused`` tells a failed
+        condition from other errors (default ``failed_condition``); any other error is raised."""
+        try:
+            self._client.update_item(TableName=self._table, **request)
+        except ClientError as exc:
+            if not (refused or failed_condition)(exc):
+                raise
+            return False
+        return True
 
 
 # Why DynamoDB may cancel a transaction (CancellationReasons[].Code), and whether trying again can help:

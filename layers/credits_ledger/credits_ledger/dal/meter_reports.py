@@ -98,35 +98,21 @@ class MeterReportRepository(TableRepository):
         if reason:
             update += ", reason = :reason"
             values[":reason"] = reason[:500]
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_key(entry_key),
-                UpdateExpression=update,
-                ConditionExpression="#s = :sending",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=it.to_dynamo(values),
-            )
-        except ClientError as exc:
-            if not failed_condition(exc):
-                raise
-            return False
-        return True
+        return self._update_if(
+            Key=_key(entry_key),
+            UpdateExpression=update,
+            ConditionExpression="#s = :sending",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=it.to_dynamo(values),
+        )
 
     def next_generation(self, entry_key: str, seen: int) -> None:
         """After an attempt without an answer: the next one uses a fresh idempotency key. Conditional on the
         generation this attempt used, so two deliveries failing at once bump it once."""
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_key(entry_key),
-                UpdateExpression="SET generation = :next",
-                ConditionExpression="#s = :sending AND generation = :seen",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=it.to_dynamo(
-                    {":next": seen + 1, ":seen": seen, ":sending": SENDING}
-                ),
-            )
-        except ClientError as exc:
-            if not failed_condition(exc):
-                raise
+        self._update_if(
+            Key=_key(entry_key),
+            UpdateExpression="SET generation = :next",
+            ConditionExpression="#s = :sending AND generation = :seen",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=it.to_dynamo({":next": seen + 1, ":seen": seen, ":sending": SENDING}),
+        )

@@ -234,40 +234,31 @@ class TopupRepository(TableRepository):
         """Fix ``charge`` on a ``claimed`` attempt that has none. The attempt's charge afterwards: this one, or
         the one fixed first (a concurrent delivery's, or this delivery's own before a lost answer); None when
         the attempt has none and left ``claimed`` (settled meanwhile): there is nothing to charge."""
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_attempt_key(attempt_id),
-                UpdateExpression="SET charge = :charge",
-                ConditionExpression="#s = :claimed AND attribute_not_exists(charge)",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=it.to_dynamo({":claimed": CLAIMED, ":charge": asdict(charge)}),
-            )
-        except ClientError as exc:
-            if not _refused(exc):
-                raise
-            stored = self.attempt(attempt_id)
-            return stored.charge if stored is not None else None
-        return charge
+        fixed = self._update_if(
+            refused=_refused,
+            Key=_attempt_key(attempt_id),
+            UpdateExpression="SET charge = :charge",
+            ConditionExpression="#s = :claimed AND attribute_not_exists(charge)",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=it.to_dynamo({":claimed": CLAIMED, ":charge": asdict(charge)}),
+        )
+        if fixed:
+            return charge
+        stored = self.attempt(attempt_id)
+        return stored.charge if stored is not None else None
 
     def mark_requested(self, attempt_id: str, payment_intent: str) -> bool:
         """``claimed`` -> ``requested`` with the PaymentIntent id; False when already past ``claimed``."""
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_attempt_key(attempt_id),
-                UpdateExpression="SET #s = :requested, payment_intent = :pi",
-                ConditionExpression="#s = :claimed",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=it.to_dynamo(
-                    {":requested": REQUESTED, ":claimed": CLAIMED, ":pi": payment_intent}
-                ),
-            )
-        except ClientError as exc:
-            if not _refused(exc):
-                raise
-            return False
-        return True
+        return self._update_if(
+            refused=_refused,
+            Key=_attempt_key(attempt_id),
+            UpdateExpression="SET #s = :requested, payment_intent = :pi",
+            ConditionExpression="#s = :claimed",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=it.to_dynamo(
+                {":requested": REQUESTED, ":claimed": CLAIMED, ":pi": payment_intent}
+            ),
+        )
 
     def settle(
         self,
@@ -332,13 +323,9 @@ class TopupRepository(TableRepository):
 
     def announced(self, attempt_id: str) -> None:
         """The settlement's event was published: forget it (a repeat finds nothing to announce)."""
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_attempt_key(attempt_id),
-                UpdateExpression="REMOVE announce",
-                ConditionExpression="attribute_exists(announce)",
-            )
-        except ClientError as exc:
-            if not _refused(exc):
-                raise
+        self._update_if(
+            refused=_refused,
+            Key=_attempt_key(attempt_id),
+            UpdateExpression="REMOVE announce",
+            ConditionExpression="attribute_exists(announce)",
+        )
