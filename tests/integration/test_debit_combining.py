@@ -104,6 +104,12 @@ def queued_items(client: Any, table: str) -> list[dict[str, Any]]:
     return list(response["Items"])
 
 
+def assert_queue_drained(ledger: Ledger, client: Any, table: str, balance: Decimal) -> None:
+    """Nothing of the account is left in its queue, and its books balance at ``balance``."""
+    assert queued_items(client, table) == []
+    assert assert_books_balance(ledger, ACCT) == balance
+
+
 def test_a_debit_that_lost_its_race_is_committed_through_the_queue(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch, client: Any, table: str
 ) -> None:
@@ -116,8 +122,7 @@ def test_a_debit_that_lost_its_race_is_committed_through_the_queue(
     assert not outcome.replayed
     assert outcome.entry.amount == D(-3)
     assert [e.entry_key for e in all_entries(ledger, ACCT) if e.type is EntryType.DEBIT] == ["use:1"]
-    assert queued_items(client, table) == []
-    assert assert_books_balance(ledger, ACCT) == D(7)
+    assert_queue_drained(ledger, client, table, D(7))
 
 
 def test_queued_debits_of_other_writers_are_committed_in_the_same_transaction(
@@ -140,8 +145,7 @@ def test_queued_debits_of_other_writers_are_committed_in_the_same_transaction(
     assert transactions[before:] == [1 + 3 + 3]
     keys = sorted(e.entry_key for e in all_entries(ledger, ACCT) if e.type is EntryType.DEBIT)
     assert keys == ["use:mine", "use:other:1", "use:other:2"]
-    assert queued_items(client, table) == []
-    assert assert_books_balance(ledger, ACCT) == D(3)
+    assert_queue_drained(ledger, client, table, D(3))
     # and the other writers, looking at their queued items, find their entries
     assert ledger.repository.entry("use:other:2") is not None
 
@@ -195,8 +199,7 @@ def test_after_a_lost_race_the_next_debit_joins_the_queue_without_reading_the_ac
     # pauses before it looks (a look at once would find it still queued), and it is committed
     assert sent[:2] == ["PutItem", "pause"]
     assert not outcome.replayed and outcome.entry.amount == D(-2)
-    assert queued_items(client, table) == []
-    assert assert_books_balance(ledger, ACCT) == D(7)
+    assert_queue_drained(ledger, client, table, D(7))
 
 
 def test_a_debit_of_a_busy_account_with_no_time_left_is_refused_before_any_write(
@@ -333,8 +336,7 @@ def test_a_queued_debit_the_account_cannot_cover_is_decided_again_by_its_waiter(
     assert refused.value.available == D(4)
     assert ledger.repository.entry("use:zz-too-much") is None
     assert ledger.repository.entry("use:fits") is not None
-    assert queued_items(client, table) == []
-    assert assert_books_balance(ledger, ACCT) == D(4)
+    assert_queue_drained(ledger, client, table, D(4))
 
 
 def test_a_queued_debit_whose_key_was_committed_before_is_answered_from_that_entry(
@@ -414,8 +416,7 @@ def test_a_stale_queued_debit_is_never_committed(
     ledger.debit(ACCT, debit("use:new", "1"))
     # Then it was dropped, not written: its client has been told something else, or nothing, by now
     assert ledger.repository.entry("use:old") is None
-    assert queued_items(client, table) == []
-    assert assert_books_balance(ledger, ACCT) == D(9)
+    assert_queue_drained(ledger, client, table, D(9))
 
 
 def test_a_queue_commit_whose_answer_is_lost_is_answered_from_its_entry(
@@ -431,8 +432,7 @@ def test_a_queue_commit_whose_answer_is_lost_is_answered_from_its_entry(
     # and a retry under the same id is a replay of it; the lease was released for the next holder
     assert ledger.debit(ACCT, debit("use:1", "3")).replayed
     assert [e.entry_key for e in all_entries(ledger, ACCT)].count("use:1") == 1
-    assert queued_items(client, table) == []
-    assert assert_books_balance(ledger, ACCT) == D(7)
+    assert_queue_drained(ledger, client, table, D(7))
 
 
 def test_a_queue_commit_that_failed_withdraws_the_debit_before_the_error_is_answered(
@@ -521,8 +521,7 @@ def test_a_queue_put_sent_again_after_it_committed_is_still_this_requests_own(
     # Then the re-send's failed condition found this request's own item: a first answer, not a replay
     assert resent == [1]
     assert not outcome.replayed
-    assert queued_items(client, table) == []
-    assert assert_books_balance(ledger, ACCT) == D(8)
+    assert_queue_drained(ledger, client, table, D(8))
 
 
 def test_a_debit_queued_again_under_the_same_id_during_a_commit_is_written_as_queued_again(
@@ -573,8 +572,7 @@ def test_a_debit_whose_waiter_ran_out_while_the_holder_retried_is_not_written(
     # Then the other debit, past its commit_by when the holder tried again, was not written but removed
     assert ledger.repository.entry("use:other") is None
     assert ledger.repository.entry("use:mine") is not None
-    assert queued_items(client, table) == []
-    assert assert_books_balance(ledger, ACCT) == D(9)
+    assert_queue_drained(ledger, client, table, D(9))
 
 
 def test_a_withdrawal_that_meets_a_commit_under_way_looks_again(
@@ -614,8 +612,7 @@ def test_a_queue_put_that_landed_but_failed_is_withdrawn_before_the_error_is_ans
         ledger.debit(ACCT, debit("use:1", "2"))
     # Then the error stands for a debit that is not and never will be written: it left the queue first
     assert ledger.repository.entry("use:1") is None
-    assert queued_items(client, table) == []
-    assert assert_books_balance(ledger, ACCT) == D(10)
+    assert_queue_drained(ledger, client, table, D(10))
 
 
 def test_the_queue_is_read_longest_waiting_first(queue: DebitQueue) -> None:
@@ -686,8 +683,7 @@ def test_a_committer_that_loses_a_race_marks_the_account_busy_before_it_tries_ag
     assert not outcome.replayed and outcome.entry.amount == D(-3)
     keys = sorted(e.entry_key for e in all_entries(ledger, ACCT) if e.type is EntryType.DEBIT)
     assert keys == ["use:alone", "use:mine", "use:queued"]
-    assert queued_items(client, table) == []
-    assert assert_books_balance(ledger, ACCT) == D(4)
+    assert_queue_drained(ledger, client, table, D(4))
 
 
 def test_a_debit_alone_is_not_written_past_a_busy_mark_it_did_not_read(
@@ -706,8 +702,7 @@ def test_a_debit_alone_is_not_written_past_a_busy_mark_it_did_not_read(
     assert sent.count(TWI) == 2 and "PutItem" in sent[sent.index(TWI) :]
     assert not outcome.replayed and outcome.entry.amount == D(-3)
     assert [e.entry_key for e in all_entries(ledger, ACCT)].count("use:1") == 1
-    assert queued_items(client, table) == []
-    assert assert_books_balance(ledger, ACCT) == D(7)
+    assert_queue_drained(ledger, client, table, D(7))
 
 
 def test_a_busy_mark_is_safe_to_apply_twice_and_never_moves_back(
@@ -780,8 +775,7 @@ def test_a_busy_mark_dynamodb_refuses_leaves_the_committer_racing_as_before(
     assert not outcome.replayed and outcome.entry.amount == D(-1)
     keys = sorted(e.entry_key for e in all_entries(ledger, ACCT) if e.type is EntryType.DEBIT)
     assert keys == ["use:mine", "use:queued"]
-    assert queued_items(client, table) == []
-    assert assert_books_balance(ledger, ACCT) == D(7)
+    assert_queue_drained(ledger, client, table, D(7))
     assert [
         getattr(r, "error", None) for r in caplog.records if r.getMessage() == "debit queue not marked busy"
     ] == [code]
@@ -842,8 +836,7 @@ def test_an_entry_key_too_long_for_a_sort_key_is_queued_under_its_digest(
     outcome = ledger._combiner.debit(ACCT, DebitRequest(key=key, amount=D(1), fingerprint="f"))
     # Then it is committed from the queue (not handed back to be decided alone), once, under its own key
     assert outcome is not None and not outcome.replayed and outcome.entry.entry_key == key
-    assert queued_items(client, table) == []
-    assert assert_books_balance(ledger, ACCT) == D(9)
+    assert_queue_drained(ledger, client, table, D(9))
 
 
 def test_a_queued_debit_dynamodb_refuses_as_such_is_handed_back_without_retries(

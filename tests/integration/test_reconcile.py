@@ -70,6 +70,15 @@ class Env:
         raw = self.client.get_item(TableName=TABLE, Key=registry_key(account))["Item"]
         return {k: next(iter(v.values())) for k, v in raw.items()}
 
+    def tamper(self, pk: str, sk: str, update: str, value: str) -> None:
+        """Corrupt one item behind the ledger's back: ``update`` with the number ``value`` as ``:v``."""
+        self.client.update_item(
+            TableName=TABLE,
+            Key={"pk": {"S": pk}, "sk": {"S": sk}},
+            UpdateExpression=update,
+            ExpressionAttributeValues={":v": {"N": value}},
+        )
+
 
 @pytest.fixture
 def env(moto_tables: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
@@ -136,12 +145,7 @@ def test_a_corrupted_balance_is_reported_on_every_run_until_fixed(
     env.account("cus_ok", "10")
     env.account("cus_bad", "10")
     env.run()
-    env.client.update_item(
-        TableName=TABLE,
-        Key={"pk": {"S": "ACCOUNT#cus_bad"}, "sk": {"S": "STATE"}},
-        UpdateExpression="SET balance = balance + :five",
-        ExpressionAttributeValues={":five": {"N": "5"}},
-    )
+    env.tamper("ACCOUNT#cus_bad", "STATE", "SET balance = balance + :v", "5")
     # When the run fires
     summary = env.run()
     # Then exactly that account is mismatched: metric, event with the details, a note on its checkpoint
@@ -169,12 +173,7 @@ def test_a_missing_or_altered_ledger_entry_is_caught(env: Env) -> None:
     env.account("cus_gap", "10", "20")
     env.account("cus_alt", "10")
     env.client.delete_item(TableName=TABLE, Key={"pk": {"S": "ENTRY#cus_gap:u0"}, "sk": {"S": "ENTRY"}})
-    env.client.update_item(
-        TableName=TABLE,
-        Key={"pk": {"S": "ENTRY#cus_alt:u0"}, "sk": {"S": "ENTRY"}},
-        UpdateExpression="SET amount = :a",
-        ExpressionAttributeValues={":a": {"N": "-11"}},
-    )
+    env.tamper("ENTRY#cus_alt:u0", "ENTRY", "SET amount = :v", "-11")
     # When the run fires
     summary = env.run()
     # Then both are mismatched with what is wrong named

@@ -212,8 +212,10 @@ class LedgerMachine(RuleBasedStateMachine):
         return multiple()
 
     # -- rules --
-    def _pick_grant(self, data: st.DataObject) -> str:
-        return data.draw(st.sampled_from(sorted(self.model.grants)), label="grant")
+    def _pick_grant(self, data: st.DataObject) -> tuple[str, ModelGrant]:
+        """(grant id, its model) of a grant hypothesis picks."""
+        grant_id = data.draw(st.sampled_from(sorted(self.model.grants)), label="grant")
+        return grant_id, self.model.grants[grant_id]
 
     def _grant(self, shape: GrantShape) -> Replayable:
         amount, category, priority, expires_in_hours, starts_in_hours = shape
@@ -319,8 +321,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model.grants)
     @rule(target=replayables, data=st.data())
     def expire(self, data: st.DataObject) -> Any:
-        grant_id = self._pick_grant(data)
-        grant = self.model.grants[grant_id]
+        grant_id, grant = self._pick_grant(data)
         key = f"expire:{grant_id}"
         if grant.expires_at is not None and self.clock.now < grant.expires_at:
             self.clock.set(grant.expires_at + timedelta(minutes=1))  # the job runs after the expiry
@@ -345,8 +346,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model.grants)
     @rule(target=replayables, data=st.data())
     def void(self, data: st.DataObject) -> Any:
-        grant_id = self._pick_grant(data)
-        grant = self.model.grants[grant_id]
+        grant_id, grant = self._pick_grant(data)
         key = f"void:{grant_id}"
         run = lambda: self.ledger.void(grant_id)  # noqa: E731
         if key in self.model.committed:
@@ -360,52 +360,42 @@ class LedgerMachine(RuleBasedStateMachine):
         self.model.take(grant_id, grant.remaining, "voided")
         return self._committed(key, outcome.entry, run, "void")
 
-    @precondition(lambda self: self.model.grants)
-    @rule(target=replayables, data=st.data())
-    def hold(self, data: st.DataObject) -> Any:
-        grant_id = self._pick_grant(data)
-        grant = self.model.grants[grant_id]
-        key = self._next("hold:")
-        run = lambda: self.ledger.hold(grant_id, key=key)  # noqa: E731
+    def _set_held(self, data: st.DataObject, held: bool) -> Any:
+        """Hold (``held``) or release a picked grant: a no-op on a closed grant, refused on one already so."""
+        grant_id, grant = self._pick_grant(data)
+        entry_type = EntryType.HOLD if held else EntryType.RELEASE
+        change = self.ledger.hold if held else self.ledger.release
+        key = self._next(f"{entry_type.value}:")
+        run = lambda: change(grant_id, key=key)  # noqa: E731
         if grant.closed is not None:
             assert run() is None
             return multiple()
-        if grant.held:
+        if grant.held == held:
             with pytest.raises(InvalidTransition):
                 run()
             return multiple()
         outcome = run()
         assert outcome is not None
-        assert (outcome.entry.type, outcome.entry.amount) == (EntryType.HOLD, 0)
-        assert outcome.entry.allocations == (Allocation(grant_id, grant.remaining),)
-        grant.held = True
-        return self._committed(key, outcome.entry, run, "hold")
+        assert (outcome.entry.type, outcome.entry.amount) == (entry_type, 0)
+        if held:
+            assert outcome.entry.allocations == (Allocation(grant_id, grant.remaining),)
+        grant.held = held
+        return self._committed(key, outcome.entry, run, entry_type.value)
+
+    @precondition(lambda self: self.model.grants)
+    @rule(target=replayables, data=st.data())
+    def hold(self, data: st.DataObject) -> Any:
+        return self._set_held(data, held=True)
 
     @precondition(lambda self: self.model.grants)
     @rule(target=replayables, data=st.data())
     def release(self, data: st.DataObject) -> Any:
-        grant_id = self._pick_grant(data)
-        grant = self.model.grants[grant_id]
-        key = self._next("release:")
-        run = lambda: self.ledger.release(grant_id, key=key)  # noqa: E731
-        if grant.closed is not None:
-            assert run() is None
-            return multiple()
-        if not grant.held:
-            with pytest.raises(InvalidTransition):
-                run()
-            return multiple()
-        outcome = run()
-        assert outcome is not None
-        assert (outcome.entry.type, outcome.entry.amount) == (EntryType.RELEASE, 0)
-        grant.held = False
-        return self._committed(key, outcome.entry, run, "release")
+        return self._set_held(data, held=False)
 
     @precondition(lambda self: self.model.grants)
     @rule(target=replayables, data=st.data(), amount=amounts)
     def revoke(self, data: st.DataObject, amount: Decimal) -> Any:
-        grant_id = self._pick_grant(data)
-        grant = self.model.grants[grant_id]
+        grant_id, grant = self._pick_grant(data)
         key = self._next("refund:")
         run = lambda: self.ledger.revoke(grant_id, amount, key=key)  # noqa: E731
         taken = min(amount, grant.remaining) if grant.closed is None else D(0)
