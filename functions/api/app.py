@@ -55,7 +55,8 @@ def _request_id(event: dict[str, Any]) -> str:
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
-@tracer.capture_lambda_handler
+# The response stays out of the trace: a new API key's answer carries the key, shown to its caller only.
+@tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     rid = _request_id(event)
     logger.set_correlation_id(rid)

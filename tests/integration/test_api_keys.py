@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import boto3
 import pytest
+from aws_lambda_powertools import Tracer
+from aws_lambda_powertools.tracing.base import BaseProvider, BaseSegment
 
+from credits_ledger import observability
 from credits_ledger.api import deps
 from credits_ledger.api_keys import CACHE_SECONDS, KeyService
-from credits_ledger.auth import Unauthorized
+from credits_ledger.auth import ApiKeyExists, Scope, Unauthorized
 from tests.integration.test_api_support import NO_KEY, Api
+from tests.support.faults import resend_after_commit
+from tools.gen_openapi import APP
 
 pytest_plugins = ["tests.integration.test_api_support"]
 
@@ -210,3 +219,87 @@ def test_key_strength_estimates() -> None:
 def test_without_a_bootstrap_key_only_issued_keys_work(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CREDITS_ADMIN_KEY")
     assert api.balance("cus_A").status == 401
+
+
+def test_a_key_creation_whose_answer_was_lost_still_answers_the_key(api: Api) -> None:
+    # Given DynamoDB's answer to the key's put is lost after it committed (botocore sends the put again)
+    resent = resend_after_commit(api.key_service().repository._client, "PutItem")
+    # When a key is created
+    reply = api.call("api_key_create", body={"scopes": ["admin"], "name": "ops"})
+    # Then the re-sent put met the item it wrote itself: one key, shown to the caller, and it works
+    assert resent == [1]
+    assert reply.status == 201, reply.raw
+    stored = [i for i in _table_items(api) if i["pk"]["S"].startswith("APIKEY#")]
+    assert [i["key_id"]["S"] for i in stored] == [reply.body["id"]]
+    assert api.grant("cus_A", "1", key=reply.body["key"]).status == 201
+
+
+def test_a_new_key_whose_id_is_taken_by_another_key_is_refused(api: Api) -> None:
+    repository = api.key_service().repository
+    issued = api.key_service().issue(frozenset({Scope.ADMIN}), None, "first")
+    other = replace(issued.record, key_hash=hashlib.sha256(b"another secret").hexdigest(), name="second")
+    with pytest.raises(ApiKeyExists):
+        repository.create(other)
+    assert repository.get(issued.record.key_id) == issued.record
+
+
+class _RecordingSegment(BaseSegment):
+    """A trace segment that keeps what is put in it."""
+
+    def __init__(self, recorded: list[Any]) -> None:
+        self.recorded = recorded
+
+    def close(self, end_time: int | None = None) -> None: ...
+    def add_subsegment(self, subsegment: Any) -> None: ...
+    def remove_subsegment(self, subsegment: Any) -> None: ...
+    def put_annotation(self, key: str, value: Any) -> None: ...
+    def add_exception(self, exception: BaseException, stack: Any, remote: bool = False) -> None: ...
+
+    def put_metadata(self, key: str, value: Any, namespace: str = "default") -> None:
+        self.recorded.append((key, value))
+
+
+class _RecordingProvider(BaseProvider):
+    """Stands in for the X-Ray SDK under Powertools' own Tracer: records what its decorators hand to X-Ray."""
+
+    def __init__(self) -> None:
+        self.subsegments: list[str | None] = []
+        self.recorded: list[Any] = []
+
+    @contextmanager
+    def in_subsegment(self, name: str | None = None, **kwargs: Any) -> Iterator[BaseSegment]:
+        self.subsegments.append(name)
+        yield _RecordingSegment(self.recorded)
+
+    def in_subsegment_async(self, name: str | None = None, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def put_annotation(self, key: str, value: Any) -> None: ...
+    def patch(self, modules: Any) -> None: ...
+    def patch_all(self) -> None: ...
+
+    def put_metadata(self, key: str, value: Any, namespace: str = "default") -> None:
+        self.recorded.append((key, value))
+
+
+def test_a_new_key_never_reaches_the_trace(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the API handler as inside Lambda with tracing on (template.yaml: Tracing Active)
+    provider = _RecordingProvider()
+    monkeypatch.setattr(
+        observability,
+        "tracer",
+        Tracer(service="credits", provider=provider, auto_patch=False, disabled=False),
+    )
+    spec = importlib.util.spec_from_file_location("credits_api_app_traced", APP)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        # When a key is created
+        reply = Api(module).call("api_key_create", body={"scopes": ["balance:read"]})
+    finally:
+        Tracer._reset_config()
+    # Then the handler was traced, but the key is in the answer only, not in what went to the trace
+    assert reply.status == 201
+    assert provider.subsegments == ["## lambda_handler"]
+    assert reply.body["key"] not in json.dumps(provider.recorded, default=str)

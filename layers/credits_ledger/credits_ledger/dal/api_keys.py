@@ -3,7 +3,8 @@
     api key    pk=APIKEY#<key id>  sk=APIKEY
 
 The key itself is never stored, only its SHA-256. Writes state their invariant as a condition: a new key id
-is unused (attribute_not_exists), a revoked key exists (attribute_exists; unknown ids are ApiKeyNotFound).
+is unused (attribute_not_exists; a re-sent put recognizes its own item by the hash), a revoked key exists
+(attribute_exists; unknown ids are ApiKeyNotFound).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class ApiKeyRepository(TableRepository):
         return api_key_from_item(it.from_dynamo(raw)) if raw else None
 
     def create(self, key: ApiKey) -> None:
+        """Store a new key. Invariant: its id is unused. A put whose answer was lost is sent again by botocore
+        and fails that condition on the item it wrote itself: a stored key with this key's hash is this
+        write (the hash is of a fresh random secret), anything else under the id is ApiKeyExists."""
         try:
             self._client.put_item(
                 TableName=self._table,
@@ -66,9 +70,11 @@ class ApiKeyRepository(TableRepository):
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except ClientError as exc:
-            if failed_condition(exc):
+            if not failed_condition(exc):
+                raise
+            stored = self.get(key.key_id)
+            if stored is None or stored.key_hash != key.key_hash:
                 raise ApiKeyExists(key.key_id) from exc
-            raise
 
     def revoke(self, key_id: str, at: datetime) -> ApiKey:
         """Mark a key revoked (the first revocation time is kept); ApiKeyNotFound for an unknown id."""
