@@ -3,6 +3,7 @@ aggregate and tracker they read, scopes, and bad ranges as 422 that change nothi
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -77,12 +78,25 @@ def test_revenue_report_per_currency_from_the_daily_aggregate(api: Api, moto_tab
         {"from": "2026-11-01"},
         {"from": "yesterday", "to": "2026-11-01"},
         {"from": "2000-01-01", "to": "2026-11-01"},
+        # days are YYYY-MM-DD only: not unix seconds (pydantic's lax dates read "0" as 1970-01-01), not times
+        {"from": "0", "to": "86400"},
+        {"from": "1767225600", "to": "2026-01-31"},
+        {"from": "2026-01-01T00:00:00", "to": "2026-01-31"},
+        {"from": "2026-01-01", "to": "2026-02-30"},
+        {"from": "2026-1-01", "to": "2026-01-31"},
+        {"from": "+02026-01-01", "to": "2026-01-31"},
     ],
 )
 def test_a_bad_range_is_422(api: Api, query: dict[str, str]) -> None:
     reply = api.call("revenue_report", query=query)
     assert reply.status == 422, reply.raw
     assert reply.error["code"] == "invalid_request"
+
+
+def test_a_day_that_is_not_yyyy_mm_dd_is_named(api: Api) -> None:
+    reply = api.call("revenue_report", query={"from": "2026-01-01", "to": "1767225600"})
+    assert reply.status == 422, reply.raw
+    assert "YYYY-MM-DD" in json.dumps(reply.error)
 
 
 def test_the_revenue_report_is_for_unrestricted_admins(api: Api) -> None:

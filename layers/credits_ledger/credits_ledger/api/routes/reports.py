@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,7 +12,7 @@ from pydantic import Field
 
 from credits_ledger.api.deps import caller, ledger, new_router
 from credits_ledger.api.openapi import responses
-from credits_ledger.api.params import CustomerId
+from credits_ledger.api.params import CustomerId, UtcDay
 from credits_ledger.api_models import ResponseView
 from credits_ledger.auth import Scope
 from credits_ledger.domain.errors import InvalidField
@@ -78,8 +78,8 @@ def money() -> MoneyRepository:
     responses=responses(200, "one line per currency, in minor units", RevenueReportView, 422),
 )
 def revenue_report(
-    start: Annotated[date, Query(alias="from", description="first UTC day, YYYY-MM-DD")],
-    to: Annotated[date, Query(description="last UTC day, YYYY-MM-DD (inclusive)")],
+    start: Annotated[UtcDay, Query(alias="from", description="first UTC day, YYYY-MM-DD")],
+    to: Annotated[UtcDay, Query(description="last UTC day, YYYY-MM-DD (inclusive)")],
 ) -> RevenueReportView:
     from credits_ledger.jobs.revenue import RevenueReport, line_view
 
