@@ -1,6 +1,6 @@
 """ReconcileFunction: checks every registered account's balance against its ledger and live grants,
-incrementally from per-account checkpoints; metrics CheckedAccounts / MismatchedAccounts and a
-``credits.reconcile.mismatch`` event per mismatch. ``{"detail": {"backfill": true}}`` first registers
+incrementally from per-account checkpoints; metrics CheckedAccounts / MismatchedAccounts / UncheckedAccounts
+and a ``credits.reconcile.mismatch`` event per mismatch. ``{"detail": {"backfill": true}}`` first registers
 accounts created before the ledger stream function (one full-table scan). ``{"revenue_rebuild": {"from",
 "to", "write"}}`` recomputes the daily revenue aggregate from the ledger and compares (docs/money.md §4).
 Design: docs/reconcile.md.

@@ -1,28 +1,33 @@
 """ReconcileFunction on moto with events/reconcile/: clean accounts advance their checkpoints and later runs
 read only new entries; deliberately corrupted items are reported (metric, event, checkpoint note) on every
-run until fixed; the run resumes after a simulated deadline; the backfill event registers old accounts."""
+run until fixed, and lose the note once fixed; an account that cannot be read is skipped without stopping the
+run; reservations are judged as of the account's read; the run resumes after a simulated deadline; the
+backfill event registers old accounts."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import ModuleType
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from credits_dev.lambda_context import FakeLambdaContext
 from credits_ledger.bus import EventBus
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.reconcile import ReconcileRepository, bucket_of, registry_key
+from credits_ledger.dal.reservations import ReservationRepository
 from credits_ledger.jobs import scheduled
 from credits_ledger.jobs.reconcile import ReconcileJob
 from credits_ledger.jobs.scheduled import Deadline
 from credits_ledger.ledger import DebitRequest, Ledger
 from credits_ledger.observability import metrics
+from credits_ledger.reservations import Reservations, ReserveRequest
 from tests.support.expiry import CapturedBus, load_event, load_handler, time_runs_out_after
 from tests.support.leading_keys import record_keys
 from tests.support.ledger import FakeClock, make_ledger, spec
@@ -50,6 +55,7 @@ class Env:
     bus: CapturedBus
     lambda_client: FakeLambdaClient
     client: Any
+    clock: FakeClock  # the ledger's
 
     def run(
         self, context: FakeLambdaContext | None = None, event: dict[str, Any] | None = None
@@ -87,13 +93,15 @@ def env(moto_tables: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     fake_lambda = FakeLambdaClient()
     monkeypatch.setattr(scheduled, "lambda_client", lambda: fake_lambda)
     metrics.clear_metrics()  # jobs run outside a handler elsewhere leave unflushed values behind
+    clock = FakeClock(T0)
     yield Env(
         load_handler("reconcile"),
-        make_ledger(moto_tables.client, TABLE, FakeClock(T0)),
+        make_ledger(moto_tables.client, TABLE, clock),
         ReconcileRepository(moto_tables.client, TABLE),
         bus,
         fake_lambda,
         moto_tables.client,
+        clock,
     )
 
 
@@ -166,6 +174,102 @@ def test_a_corrupted_balance_is_reported_on_every_run_until_fixed(
     # When the next run fires with the item still wrong / Then it is reported again
     assert env.run()["mismatched_accounts"] == ["cus_bad"]
     assert len(env.bus.events(MISMATCH)) == 2
+
+
+def test_a_fixed_account_loses_its_mismatch_note_even_without_new_entries(env: Env) -> None:
+    # Given an account checked clean, then corrupted with no new entry since, and reported with a note
+    env.account("cus_fixed", "10")
+    env.run()
+    env.tamper("ACCOUNT#cus_fixed", "STATE", "SET balance = balance + :v", "5")
+    assert env.run()["mismatched_accounts"] == ["cus_fixed"]
+    assert "mismatch" in env.checkpoint("cus_fixed")
+    # When an operator fixes it (still no new entry) and the run fires
+    env.tamper("ACCOUNT#cus_fixed", "STATE", "SET balance = balance + :v", "-5")
+    summary = env.run()
+    # Then it is clean and its checkpoint item no longer says it is broken; the checkpoint stays at seq 2
+    assert (summary["mismatched"], summary["checkpoints_advanced"]) == (0, 1)
+    assert "mismatch" not in env.checkpoint("cus_fixed")
+    assert env.checkpoint("cus_fixed")["checked_seq"] == "2"
+    # And once the note is gone a run with nothing new writes nothing
+    assert env.run()["checkpoints_advanced"] == 0
+
+
+def test_an_account_that_cannot_be_read_is_left_for_the_next_run_and_the_run_goes_on(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    busy, broken = "cus_busy", "cus_broken"
+    assert bucket_of(busy) < bucket_of(broken)  # the busy account is checked first
+    # Given a busy account with more live grants than its item holds (the rest are LIVE# items)
+    busy_ledger = make_ledger(env.client, TABLE, env.clock, head_size=2)
+    for i in range(6):
+        busy_ledger.grant(busy, spec(f"g_busy_{i}", "100"), f"grant:busy:{i}")
+    env.registry.register(busy, T0)
+    # And after it an account with a real mismatch
+    env.account(broken)
+    env.tamper(f"ACCOUNT#{broken}", "STATE", "SET balance = balance + :v", "5")
+    # And another writer debits the busy account every time its LIVE# items are read
+    accounts = AccountRepository(env.client, TABLE, head_size=2)
+    read_between = accounts._between
+    debited: list[str] = []
+
+    def read_while_debited(pk: str, *args: Any, **kwargs: Any) -> Any:
+        if pk == f"ACCOUNT#{busy}":
+            debited.append(f"busy:{len(debited)}")
+            busy_ledger.debit(busy, DebitRequest(key=debited[-1], amount=D("0.01")))
+        return read_between(pk, *args, **kwargs)
+
+    accounts._between = read_while_debited  # type: ignore[method-assign]
+    job = ReconcileJob(accounts, env.registry, EventBus(), sleep=lambda _: None)
+    # When the run fires
+    summary = job.run(T0, "run", Deadline(None))
+    metrics.flush_metrics()
+    # Then the busy account is counted as unchecked (metric) and keeps its checkpoint; the next is still checked
+    assert (summary.unchecked, summary.unchecked_accounts) == (1, [busy])
+    assert (summary.checked, summary.mismatched_accounts) == (1, [broken])
+    assert emitted_metrics(capsys)["UncheckedAccounts"] == 1.0
+    assert "checked_seq" not in env.checkpoint(busy)
+    # When the account is quiet at the next run / Then it is checked from where it was
+    accounts._between = read_between  # type: ignore[method-assign]
+    again = job.run(T0, "run-2", Deadline(None))
+    assert (again.unchecked, again.checked, again.mismatched_accounts) == (0, 2, [broken])
+    assert env.checkpoint(busy)["checked_seq"] == str(6 + len(debited))  # its grants and the debits
+
+
+def test_an_error_other_than_the_accounts_own_still_fails_the_run(env: Env) -> None:
+    # Given a registered account, and a role that may not read the table
+    env.account("cus_denied")
+    accounts = AccountRepository(env.client, TABLE)
+
+    def access_denied(*args: Any, **kwargs: Any) -> Any:
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "denied"}}, "GetItem")
+
+    accounts.state = access_denied  # type: ignore[method-assign]
+    job = ReconcileJob(accounts, env.registry, EventBus(), sleep=lambda _: None)
+    # When the run fires / Then it fails loudly instead of counting the account as unchecked
+    with pytest.raises(ClientError, match="AccessDenied"):
+        job.run(T0, "run", Deadline(None))
+
+
+def test_a_reservation_that_lapsed_before_the_account_was_read_holds_nothing(env: Env) -> None:
+    # Given an account with 100 credits and a reservation of 80 for 60 s
+    env.account("cus_res")
+    reservations = Reservations(
+        env.ledger.repository, ReservationRepository(env.client, TABLE), clock=env.clock
+    )
+    reservations.reserve(ReserveRequest("job-1", "cus_res", D(80), 60))
+    # And a run scheduled while the reservation held (its "now" stays fixed for the whole run)
+    scheduled_for = T0 + timedelta(seconds=30)
+    # And the reservation lapsed before the run reached the account; a debit then spent what it had pinned
+    env.clock.advance(seconds=120)
+    env.ledger.debit("cus_res", DebitRequest(key="cus_res:late", amount=D(50)))
+    job = ReconcileJob(AccountRepository(env.client, TABLE), env.registry, EventBus(), clock=env.clock)
+    # When the run checks it
+    summary = job.run(scheduled_for, "run", Deadline(None))
+    # Then it is clean: the reservation is judged as of the account's read, not of the run's schedule
+    assert (summary.checked, summary.mismatched) == (1, 0)
+    assert env.bus.events(MISMATCH) == []
+    # And the checkpoint records the run's time, as before
+    assert env.checkpoint("cus_res")["checked_at"].startswith("2030-01-01T00:00:30")
 
 
 def test_a_missing_or_altered_ledger_entry_is_caught(env: Env) -> None:

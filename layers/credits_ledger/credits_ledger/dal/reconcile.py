@@ -64,6 +64,7 @@ def _checkpoint_from_item(item: it.Item) -> Checkpoint:
         seq=int(item.get("checked_seq", 0)),
         total=item.get("checked_total", Decimal(0)),
         verified_at=it.parse_iso(item["checked_at"]) if item.get("checked_at") else None,
+        noted_mismatch="mismatch" in item,
     )
 
 

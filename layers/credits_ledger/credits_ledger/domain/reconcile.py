@@ -38,6 +38,7 @@ class Checkpoint:
     seq: int = 0
     total: Decimal = ZERO
     verified_at: datetime | None = None
+    noted_mismatch: bool = False  # its registry item still carries the note of an earlier mismatch
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,15 @@ def reconcile(
     entries: Sequence[LedgerEntry],
     now: datetime,
     reservations: Mapping[str, OpenReservation] | None = None,
+    *,
+    read_at: datetime | None = None,
 ) -> Reconciliation:
     """Check ``state`` against ``checkpoint`` plus ``entries`` (the entries with seq > checkpoint.seq and
-    <= state.version, in seq order) and, when given, its open reservations against their records."""
+    <= state.version, in seq order) and, when given, its open reservations against their records.
+
+    ``now`` is the check's time (the next checkpoint's ``verified_at``). ``read_at`` (default ``now``) is when
+    ``state`` was read: the reservations on it count as holding credits only if they still held then, since
+    a reservation that lapsed before the read may already have been spent by a debit."""
     problems: list[Problem] = []
     running = checkpoint.total
     expected_seq = checkpoint.seq + 1
@@ -168,7 +175,7 @@ def reconcile(
     if negative:
         problems.append(Problem("grant_remaining", f"live grants below zero: {', '.join(negative)}"))
     if state.reservations:
-        problems.extend(reservation_problems(state, reservations or {}, now))
+        problems.extend(reservation_problems(state, reservations or {}, read_at or now))
     result = Reconciliation(
         account_id=state.account_id,
         version=state.version,

@@ -3,7 +3,9 @@
 Per account: one strongly consistent read of the state item, and (only when its version moved since the
 checkpoint) one Query of ``LedgerByAccount`` for the entries after the checkpoint. A clean account advances
 its checkpoint; a mismatch is counted, published as ``credits.reconcile.mismatch`` with the details,
-noted on the checkpoint item, and checked again (from the same checkpoint) on every run until fixed.
+noted on the checkpoint item, and checked again (from the same checkpoint) on every run until fixed. An
+account that cannot be read (a domain error, e.g. ConcurrencyConflict on a very busy account) is counted as
+unchecked and logged, keeps its checkpoint for the next run, and does not stop the run.
 
 Cost per run: the registry (one small item per account, ~50 per read unit) + 1 read unit per account (state
 item up to 4 KB) + the ledger entries written since the last run (~0.5 read unit per 4 KB of entries) + one
@@ -16,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -26,6 +28,8 @@ from credits_ledger.dal import live_grants as lg
 from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.reconcile import BUCKETS, CheckpointMoved, ReconcileRepository
 from credits_ledger.dal.reservations import ReservationRepository
+from credits_ledger.domain.errors import CreditsError
+from credits_ledger.domain.models import AccountState, LedgerEntry
 from credits_ledger.domain.reconcile import (
     Checkpoint,
     OpenReservation,
@@ -56,7 +60,9 @@ class ReconcileSummary:
     entries_read: int = 0
     checkpoints_advanced: int = 0
     registered: int = 0
+    unchecked: int = 0
     mismatched_accounts: list[str] = field(default_factory=list)
+    unchecked_accounts: list[str] = field(default_factory=list)
     continuation: Continuation | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -68,10 +74,22 @@ class ReconcileSummary:
             "entries_read": self.entries_read,
             "checkpoints_advanced": self.checkpoints_advanced,
             "registered": self.registered,
+            "unchecked": self.unchecked,
             "mismatched_accounts": self.mismatched_accounts,
+            "unchecked_accounts": self.unchecked_accounts,
             "remaining": self.continuation is not None,
             "continuation": self.continuation.model_dump() if self.continuation else None,
         }
+
+
+@dataclass(frozen=True)
+class _AccountRead:
+    """What one check reads of an account, and when (``read_at``: just before its item was read)."""
+
+    state: AccountState
+    entries: list[LedgerEntry]
+    reservations: dict[str, OpenReservation]
+    read_at: datetime
 
 
 class ReconcileJob:
@@ -83,6 +101,7 @@ class ReconcileJob:
         sleep: Callable[[float], None] = time.sleep,
         index_lag_retries: int = 3,
         reservations: ReservationRepository | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.accounts = accounts
         self.reservations = reservations or ReservationRepository(accounts.client, accounts.table)
@@ -90,6 +109,7 @@ class ReconcileJob:
         self.bus = bus
         self._sleep = sleep
         self._retries = index_lag_retries
+        self._clock = clock
 
     def __call__(self, event: ScheduledEvent, deadline: Deadline) -> ReconcileSummary:
         backfill = bool(event.detail.get(BACKFILL))
@@ -115,6 +135,7 @@ class ReconcileJob:
         summary.continuation = run_phases(phases, resume, run_phase)
         metrics.add_metric(name="CheckedAccounts", unit=MetricUnit.Count, value=summary.checked)
         metrics.add_metric(name="MismatchedAccounts", unit=MetricUnit.Count, value=summary.mismatched)
+        metrics.add_metric(name="UncheckedAccounts", unit=MetricUnit.Count, value=summary.unchecked)
         metrics.add_metric(name="ReconcileEntriesRead", unit=MetricUnit.Count, value=summary.entries_read)
         logger.info("reconciliation run", **summary.as_dict())
         return summary
@@ -142,7 +163,59 @@ class ReconcileJob:
                 return None
             cursor = page.next_cursor
 
-    def check(self, checkpoint: Checkpoint, summary: ReconcileSummary) -> Reconciliation:
+    def check(self, checkpoint: Checkpoint, summary: ReconcileSummary) -> Reconciliation | None:
+        """Check one account and record the outcome on ``summary``. None when the account could not be read:
+        a domain error (e.g. ConcurrencyConflict: its grants kept changing while read) leaves it unchecked
+        for this run, its checkpoint where it was, so the next run checks it again; the accounts after it are
+        still checked. Any other error (access denied, a bug) fails the run."""
+        try:
+            read = self._read(checkpoint)
+        except CreditsError as exc:
+            summary.unchecked += 1
+            if len(summary.unchecked_accounts) < MAX_LISTED:
+                summary.unchecked_accounts.append(checkpoint.account_id)
+            logger.warning(
+                "account not checked", extra={"account_id": checkpoint.account_id, "error": str(exc)}
+            )
+            return None
+        state, entries = read.state, read.entries
+        result = reconcile(state, checkpoint, entries, summary.now, read.reservations, read_at=read.read_at)
+        stored = lg.summary_problems(state.storage)  # the item's word on the grants it keeps apart
+        if stored:
+            problems = result.problems + tuple(Problem("grants_apart", message) for message in stored)
+            result = replace(result, problems=problems, checkpoint=None)
+        summary.checked += 1
+        summary.entries_read += len(entries)
+        if result.checkpoint is not None:
+            # saving also removes the note of an earlier mismatch, even when no entry was written since
+            moved = result.checkpoint.seq != checkpoint.seq or checkpoint.verified_at is None
+            if moved or checkpoint.noted_mismatch:
+                try:
+                    self.registry.save_checkpoint(result.checkpoint, checkpoint)
+                    summary.checkpoints_advanced += 1
+                except CheckpointMoved:
+                    logger.info("checkpoint moved by a concurrent run", account_id=checkpoint.account_id)
+            return result
+        summary.mismatched += 1
+        if len(summary.mismatched_accounts) < MAX_LISTED:
+            summary.mismatched_accounts.append(checkpoint.account_id)
+        detail = {
+            "mismatch_id": f"{summary.run_id}:{checkpoint.account_id}",
+            "run_id": summary.run_id,
+            "as_of": iso(summary.now),
+            "checkpoint_seq": checkpoint.seq,
+            **result.detail(),
+        }
+        logger.error("reconciliation mismatch", extra=detail)
+        self.bus.publish([BusEvent(MISMATCH, detail, time=summary.now)])
+        self.registry.mark_mismatch(checkpoint.account_id, detail, summary.now)
+        return result
+
+    def _read(self, checkpoint: Checkpoint) -> _AccountRead:
+        """The account item, its ledger entries since ``checkpoint`` and the records of its reservations."""
+        # The reservations on the item are judged as of this instant, taken just before the read: the run's
+        # scheduled time can be long past by now, and a reservation that lapsed since may have been spent.
+        read_at = self._clock()
         # every live grant, wherever the account keeps it: the proof sums them against the ledger
         state = self.accounts.state(checkpoint.account_id, consistent=True, all_grants=True)
         entries = list(self.registry.entries_between(checkpoint.account_id, checkpoint.seq, state.version))
@@ -167,32 +240,4 @@ class ReconcileJob:
             for rid in ended:
                 if rid not in fresh.reservations:
                     records[rid] = replace(records[rid], status="active")
-        result = reconcile(state, checkpoint, entries, summary.now, records)
-        stored = lg.summary_problems(state.storage)  # the item's word on the grants it keeps apart
-        if stored:
-            problems = result.problems + tuple(Problem("grants_apart", message) for message in stored)
-            result = replace(result, problems=problems, checkpoint=None)
-        summary.checked += 1
-        summary.entries_read += len(entries)
-        if result.checkpoint is not None:
-            if result.checkpoint.seq != checkpoint.seq or checkpoint.verified_at is None:
-                try:
-                    self.registry.save_checkpoint(result.checkpoint, checkpoint)
-                    summary.checkpoints_advanced += 1
-                except CheckpointMoved:
-                    logger.info("checkpoint moved by a concurrent run", account_id=checkpoint.account_id)
-            return result
-        summary.mismatched += 1
-        if len(summary.mismatched_accounts) < MAX_LISTED:
-            summary.mismatched_accounts.append(checkpoint.account_id)
-        detail = {
-            "mismatch_id": f"{summary.run_id}:{checkpoint.account_id}",
-            "run_id": summary.run_id,
-            "as_of": iso(summary.now),
-            "checkpoint_seq": checkpoint.seq,
-            **result.detail(),
-        }
-        logger.error("reconciliation mismatch", extra=detail)
-        self.bus.publish([BusEvent(MISMATCH, detail, time=summary.now)])
-        self.registry.mark_mismatch(checkpoint.account_id, detail, summary.now)
-        return result
+        return _AccountRead(state, entries, records, read_at)
