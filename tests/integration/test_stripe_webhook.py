@@ -27,11 +27,12 @@ from credits_ledger.dal.accounts import AccountRepository
 from credits_ledger.dal.payments import PaymentRepository
 from credits_ledger.domain.errors import InsufficientCredits
 from credits_ledger.domain.models import Category, EntryType, Grant, GrantStatus, LedgerEntry
+from credits_ledger.domain.rollover import RolloverPolicy
 from credits_ledger.ledger import DebitRequest, Ledger
 from credits_ledger.pricing import load_pricing
 from credits_ledger.webhooks import StripeWebhookProcessor
 from functions.stripe_webhook import app
-from tests.support.ledger import all_entries, all_grants, assert_books_balance
+from tests.support.ledger import FakeClock, all_entries, all_grants, assert_books_balance, make_ledger
 from tests.support.webhook import lambda_context, reset_webhook_caches, webhook_configured
 
 D = Decimal
@@ -711,6 +712,159 @@ def test_refund_never_below_zero_and_records_the_shortfall(
     revoke = webhook.entries(customer)[-1]
     assert revoke.amount == 0 and revoke.metadata["shortfall"] == "500"
     assert webhook.books(customer) == 0
+
+
+# Rollover: what a grant carries over when it expires came from the same payment; a refund takes it back too.
+HALF_ROLLS_OVER = RolloverPolicy(valid_days=90, percent=D(50))
+
+
+def rolled_over(webhook: Webhook, customer: str) -> Grant:
+    """The starter grant expired (the job's time: its expiry) with half of what remained rolled over."""
+    [grant] = webhook.grants(customer)
+    assert grant.expires_at is not None
+    outcome = webhook.ledger.expire_with_rollover(grant.grant_id, grant.expires_at, lambda _: HALF_ROLLS_OVER)
+    assert outcome is not None
+    return webhook.ledger.grant_record(f"{grant.grant_id}-ro1")
+
+
+def test_a_refund_after_a_rollover_takes_back_the_rolled_over_credits(
+    webhook: Webhook, customer: str, bought: str
+) -> None:
+    # Given 1,000 credits bought, 200 spent, and 400 of the 800 left rolled over when the grant expired
+    webhook.ledger.debit(customer, DebitRequest("use:1", D(200), fingerprint="use:1"))
+    rollover = rolled_over(webhook, customer)
+    assert webhook.balance(customer).ledger_balance == 400
+    # When half the payment is refunded: 500 credits are due back
+    webhook.ok(se.charge_refunded(bought, 2400, 1200))
+    # Then they come out of the rollover grant (the original has nothing left); 100 could not be taken back
+    revoke = webhook.entries(customer)[-1]
+    assert revoke.type is EntryType.REVOKE and revoke.amount == -400
+    assert [(a.grant_id, a.amount) for a in revoke.allocations] == [(rollover.grant_id, 400)]
+    assert revoke.metadata["requested"] == "500" and revoke.metadata["shortfall"] == "100"
+    assert webhook.ledger.grant_view(rollover.grant_id).status is GrantStatus.VOIDED
+    # And the rest of the refund finds nothing left: the customer keeps no credit of the refunded payment
+    webhook.ok(se.charge_refunded(bought, 2400, 2400))
+    assert webhook.entries(customer)[-1].metadata["shortfall"] == "500"
+    assert webhook.books(customer) == 0
+
+
+def test_a_partial_refund_after_a_rollover_leaves_the_rest_of_it(
+    webhook: Webhook, customer: str, bought: str
+) -> None:
+    # Given the 1,000 credits unspent, 500 rolled over at their expiry
+    rollover = rolled_over(webhook, customer)
+    # When a tenth is refunded (100 credits due back)
+    webhook.ok(se.charge_refunded(bought, 2400, 240))
+    # Then 100 come out of the rollover grant, which keeps 400
+    revoke = webhook.entries(customer)[-1]
+    assert [(a.grant_id, a.amount) for a in revoke.allocations] == [(rollover.grant_id, 100)]
+    assert webhook.ledger.grant_view(rollover.grant_id).remaining == 400
+    assert webhook.books(customer) == 400
+
+
+def test_a_rollover_committed_while_a_refund_is_decided_is_taken_back(
+    webhook: Webhook, customer: str, bought: str
+) -> None:
+    # Given a refund whose first decision reads the grant live (nothing rolled over yet), and the grant's
+    # expiry with its rollover committed just before that decision's transaction
+    [grant] = webhook.grants(customer)
+    expires_at = grant.expires_at
+    assert expires_at is not None
+    expiring = make_ledger(
+        webhook.client, webhook.table, FakeClock(expires_at)
+    )  # the expiry job's own client
+    expired: list[Any] = []
+
+    def expire_before_the_revocation(params: dict[str, Any], **_: Any) -> None:
+        keys = [
+            action.get("Put", {}).get("Item", {}).get("pk", {}).get("S", "")
+            for action in params["TransactItems"]
+        ]
+        if not expired and any(key.startswith("ENTRY#stripe:revoke:") for key in keys):
+            expired.append(
+                expiring.expire_with_rollover(grant.grant_id, expires_at, lambda _: HALF_ROLLS_OVER)
+            )
+
+    client = dal_client.dynamodb_client()  # the processor's own client
+    app.processor()  # built on that client
+    client.meta.events.register(
+        "before-parameter-build.dynamodb.TransactWriteItems", expire_before_the_revocation, unique_id="expire"
+    )
+    try:
+        # When the whole payment is refunded
+        webhook.ok(se.charge_refunded(bought, 2400, 2400))
+    finally:
+        client.meta.events.unregister(
+            "before-parameter-build.dynamodb.TransactWriteItems", unique_id="expire"
+        )
+    # Then the refund lost that race, was decided again, and took the 500 rolled over credits back
+    assert expired and expired[0] is not None
+    revoke = webhook.entries(customer)[-1]
+    assert revoke.type is EntryType.REVOKE
+    assert [(a.grant_id, a.amount) for a in revoke.allocations] == [(f"{grant.grant_id}-ro1", 500)]
+    assert webhook.books(customer) == 0
+
+
+@pytest.mark.parametrize("outcome", ["won", "lost"])
+def test_a_dispute_after_a_rollover_holds_the_rolled_over_credits_too(
+    webhook: Webhook, customer: str, bought: str, outcome: str
+) -> None:
+    # Given the 1,000 credits unspent, 500 rolled over at their expiry
+    rollover = rolled_over(webhook, customer)
+    # When the payment is disputed: the rolled over credits are held with the payment's
+    opened = se.dispute_created(bought, amount=2400)
+    webhook.ok(opened)
+    balance = webhook.balance(customer)
+    assert (balance.ledger_balance, balance.held) == (500, 500)
+    assert webhook.ledger.grant_view(rollover.grant_id).status is GrantStatus.HELD
+    # Then a won dispute gives them back, a lost one voids them
+    dispute_id = opened["data"]["object"]["id"]
+    webhook.ok(se.dispute_closed(bought, outcome, amount=2400, dispute_id=dispute_id))
+    balance = webhook.balance(customer)
+    if outcome == "won":
+        assert (balance.ledger_balance, balance.held) == (500, 0)
+        assert webhook.ledger.grant_view(rollover.grant_id).status is not GrantStatus.HELD
+    else:
+        assert balance.ledger_balance == 0
+        assert webhook.ledger.grant_view(rollover.grant_id).status is GrantStatus.VOIDED
+    assert webhook.books(customer) == balance.ledger_balance
+
+
+def test_a_rollover_committed_while_a_dispute_is_applied_is_held_too(
+    webhook: Webhook, customer: str, bought: str
+) -> None:
+    # Given the grant's expiry with its rollover committed just before the dispute's hold is written
+    [grant] = webhook.grants(customer)
+    expires_at = grant.expires_at
+    assert expires_at is not None
+    expiring = make_ledger(
+        webhook.client, webhook.table, FakeClock(expires_at)
+    )  # the expiry job's own client
+    expired: list[Any] = []
+
+    def expire_before_the_hold(params: dict[str, Any], **_: Any) -> None:
+        keys = [a.get("Put", {}).get("Item", {}).get("pk", {}).get("S", "") for a in params["TransactItems"]]
+        if not expired and any(key.startswith("ENTRY#stripe:held:") for key in keys):
+            expired.append(
+                expiring.expire_with_rollover(grant.grant_id, expires_at, lambda _: HALF_ROLLS_OVER)
+            )
+
+    client = dal_client.dynamodb_client()  # the processor's own client
+    app.processor()  # built on that client
+    client.meta.events.register(
+        "before-parameter-build.dynamodb.TransactWriteItems", expire_before_the_hold, unique_id="expire"
+    )
+    try:
+        # When the payment is disputed
+        webhook.ok(se.dispute_created(bought, amount=2400))
+    finally:
+        client.meta.events.unregister(
+            "before-parameter-build.dynamodb.TransactWriteItems", unique_id="expire"
+        )
+    # Then the hold lost that race to the expiry, and the rolled over credits are held
+    assert expired and expired[0] is not None
+    balance = webhook.balance(customer)
+    assert (balance.ledger_balance, balance.held) == (500, 500)
 
 
 def test_refund_before_the_purchase_takes_effect_when_it_arrives(webhook: Webhook, customer: str) -> None:

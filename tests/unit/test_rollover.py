@@ -159,3 +159,41 @@ def test_policy_validation() -> None:
         RolloverPolicy(valid_days=5, percent=D(101))
     with pytest.raises(ValueError):
         RolloverPolicy(valid_days=5, max_amount=D(0))
+
+
+def test_a_refund_takes_back_what_remains_of_the_grant_then_of_its_rollover() -> None:
+    # Given a grant with 400 left and a grant its credits rolled over into, with 150 (both live, as when the
+    # grant expired in part: credits a reservation holds stay live)
+    state, record = account_with_pack_grant(spent="600")
+    spec = GrantSpec(
+        grant_id="gr_1-ro1",
+        amount=D(150),
+        source=Source("rollover", "gr_1"),
+        expires_at=JOB + timedelta(days=90),
+    )
+    rolled = tr.grant(state, spec, ctx("rollover:gr_1", JOB))
+    state, rollover = rolled.state, rolled.new_grants[0]
+    # When a refund asks 500 back
+    change = tr.revoke(state, record, D(500), ctx("refund", JOB), rolled_over=[rollover])
+    # Then the grant's 400 go first, then 100 of the rollover grant; nothing is short
+    (entry,) = change.entries
+    assert entry.amount == D(-500)
+    assert [(a.grant_id, a.amount) for a in entry.allocations] == [("gr_1", D(400)), ("gr_1-ro1", D(100))]
+    assert (entry.metadata["requested"], entry.metadata["shortfall"]) == ("500", "0")
+    assert [(c.grant_id, c.status) for c in change.closed_grants] == [("gr_1", GrantStatus.VOIDED)]
+    assert change.state.grants["gr_1-ro1"].remaining == D(50) == change.state.ledger_balance
+    # And asking more than both hold takes all of both and records the rest as short
+    change = tr.revoke(state, record, D(1000), ctx("refund", JOB), rolled_over=[rollover])
+    (entry,) = change.entries
+    assert entry.amount == D(-550) and entry.metadata["shortfall"] == "450"
+    assert {c.grant_id for c in change.closed_grants} == {"gr_1", "gr_1-ro1"}
+    assert change.state.grants == {} and change.state.ledger_balance == D(0)
+
+
+def test_the_ids_a_grants_credits_roll_over_into() -> None:
+    _, record = account_with_pack_grant()
+    ids = ro.rollover_ids(record)
+    assert [next(ids), next(ids)] == ["gr_1-ro1", "gr_1-ro2"]
+    second = replace(record, grant_id="gr_1-ro1", source=Source("rollover", "gr_1"),
+                     metadata={"rollover_generation": "1", "rollover_root": "gr_1"})  # fmt: skip
+    assert next(ro.rollover_ids(second)) == "gr_1-ro2"

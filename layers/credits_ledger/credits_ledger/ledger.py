@@ -34,7 +34,7 @@ from credits_ledger.domain.errors import (
 )
 from credits_ledger.domain.models import AccountState, Balance, Change, Grant, GrantStatus, LedgerEntry
 from credits_ledger.domain.overage import OverageSettings
-from credits_ledger.domain.rollover import RolloverPolicy
+from credits_ledger.domain.rollover import RolloverPolicy, rollover_ids
 from credits_ledger.domain.rollover import expire_with_rollover as _expire_with_rollover
 from credits_ledger.domain.spend import GrantStoredApart, MoreGrantsNeeded
 from credits_ledger.domain.transitions import EntryContext, GrantSpec
@@ -248,12 +248,26 @@ class Ledger:
             fingerprint=idempotency.amount_fingerprint(amount),
         )
         return self.execute(
-            record.account_id,
-            key,
-            ctx.fingerprint,
-            lambda state: transitions.revoke(state, record, amount, ctx),
-            records=[record],
+            record.account_id, key, ctx.fingerprint, self.revoking(record, amount, ctx), records=[record]
         )
+
+    def revoking(self, record: Grant, amount: Decimal, ctx: EntryContext) -> Callable[[AccountState], Change]:
+        """The decision of a revocation of ``record`` (``transitions.revoke``), with the grants its credits
+        rolled over into. Those are read at each decision, after the account (strongly consistent): a rollover
+        committed before the account was read is among them, and one committed after it changes the account's
+        version, so the decision is taken again."""
+        return lambda state: transitions.revoke(state, record, amount, ctx, self.rolled_over(record))
+
+    def rolled_over(self, record: Grant) -> list[Grant]:
+        """The records of the grants ``record``'s credits rolled over into, oldest first (usually none: one
+        read finds that out)."""
+        found: list[Grant] = []
+        for grant_id in rollover_ids(record):
+            successor = self.repository.grant_records([grant_id])
+            if not successor:
+                return found
+            found += successor
+        raise AssertionError("unreachable: rollover_ids never ends")
 
     def adjust(self, account_id: str, amount: Decimal, key: str, reason: str | None = None) -> Outcome:
         ctx = EntryContext(

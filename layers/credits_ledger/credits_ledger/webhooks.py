@@ -303,7 +303,7 @@ class StripeWebhookProcessor:
                     key,
                     metadata={"proration_target": str(action.target)},
                 )
-                build = lambda state, r=record, a=action, c=ctx: transitions.revoke(state, r, a.amount, c)  # type: ignore[misc]  # noqa: E731
+                build = self._ledger.revoking(record, action.amount, ctx)
             else:
                 assert isinstance(action, VoidInPool)
                 ctx = EntryContext(
@@ -409,28 +409,56 @@ class StripeWebhookProcessor:
                 owner.key,
                 metadata={"refunded_target": str(action.target)},
             )
-            build = lambda state: transitions.revoke(state, record, action.amount, ctx)  # noqa: E731
+            build = self._ledger.revoking(record, action.amount, ctx)
         else:
             assert isinstance(action, DisputeAction)
-            ctx = self._dispute_context(owner, action, now)
-            transition = {
-                DisputeEffect.HELD: transitions.hold,
-                DisputeEffect.RELEASED: transitions.release,
-                DisputeEffect.VOIDED: transitions.void,
-            }[action.effect]
-            build = lambda state: transition(state, record, ctx)  # noqa: E731
+            self._apply_dispute(owner, action, record, now)
+            return
         self._commit(owner, action, record.account_id, ctx, build, None, record)
 
+    def _apply_dispute(
+        self, owner: PaymentRecord, action: DisputeAction, record: Grant, now: datetime
+    ) -> None:
+        """Hold, release or void the disputed grant and the grants its credits rolled over into (they came
+        from the disputed payment), each by its own change, then note the effect on the owner record.
+
+        The grants are read again after acting until no new one shows up: a rollover committed meanwhile is
+        acted on too. None can follow the last read: a held grant does not roll over, a voided one is closed,
+        and credits released after a won dispute may roll over as any others."""
+        transition = {
+            DisputeEffect.HELD: transitions.hold,
+            DisputeEffect.RELEASED: transitions.release,
+            DisputeEffect.VOIDED: transitions.void,
+        }[action.effect]
+        done: set[str] = set()
+        while True:
+            todo = [g for g in (record, *self._ledger.rolled_over(record)) if g.grant_id not in done]
+            if not todo:
+                break
+            for grant in todo:
+                ctx = self._dispute_context(owner, action.effect, grant.grant_id, now)
+                # nothing to act on (spent, expired or voided already; held or released already): done too
+                with contextlib.suppress(GrantNotLive, InvalidTransition):
+                    self._ledger.execute(
+                        grant.account_id,
+                        ctx.entry_key,
+                        "",
+                        lambda state, g=grant, c=ctx: transition(state, g, c),  # type: ignore[misc]
+                        records=[grant],
+                    )
+                done.add(grant.grant_id)
+        self._payments.save(owner, applied(owner, action))
+
     @staticmethod
-    def _dispute_context(owner: PaymentRecord, action: DisputeAction, now: datetime) -> EntryContext:
-        if action.effect is DisputeEffect.VOIDED:
-            key = idempotency.void_key(
-                action.grant_id
-            )  # the same key as an admin void: a grant is voided once
+    def _dispute_context(
+        owner: PaymentRecord, effect: DisputeEffect, grant_id: str, now: datetime
+    ) -> EntryContext:
+        if effect is DisputeEffect.VOIDED:
+            key = idempotency.void_key(grant_id)  # the same key as an admin void: a grant is voided once
         else:
             # A grant may be held and released more than once (a second dispute): the owner record's version
             # tells the rounds apart and is the same for every retry of this round.
-            key = idempotency.stripe_dispute_key(action.effect.value, action.grant_id, owner.version)
+            key = idempotency.stripe_dispute_key(effect.value, grant_id, owner.version)
         return EntryContext(entry_key=key, now=now, reference=owner.key)
 
     def _commit(

@@ -9,6 +9,8 @@ both or neither. The policy comes from the grant's pack in the pricing file (``r
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
@@ -67,6 +69,13 @@ def rollover_grant_id(record: Grant, next_generation: int) -> str:
     """Deterministic, so a retried decision produces the same grant: ``<original grant>-ro<generation>``."""
     root = record.metadata.get(ROLLOVER_ROOT, record.grant_id)
     return f"{root}-ro{next_generation}"
+
+
+def rollover_ids(record: Grant) -> Iterator[str]:
+    """The ids of the grants ``record``'s credits may have rolled over into, in the order they are created:
+    each generation's rollover is made when the one before it expires."""
+    for next_generation in itertools.count(generation(record) + 1):
+        yield rollover_grant_id(record, next_generation)
 
 
 def plan_rollover(

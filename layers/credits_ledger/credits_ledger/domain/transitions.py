@@ -6,7 +6,7 @@ hypothesis model tests and in the benchmark. The data layer writes a ``Change`` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
@@ -288,28 +288,45 @@ def release(state: AccountState, record: Grant, ctx: EntryContext) -> Change:
     return _apply(state, entry, grants)
 
 
-def revoke(state: AccountState, record: Grant, amount: Decimal, ctx: EntryContext) -> Change:
-    """Take back up to ``amount`` of what remains (a refund); never below zero. The shortfall (credits already
-    spent, expired or voided) is recorded on the entry so finance can see what could not be clawed back."""
+def revoke(
+    state: AccountState,
+    record: Grant,
+    amount: Decimal,
+    ctx: EntryContext,
+    rolled_over: Sequence[Grant] = (),
+) -> Change:
+    """Take back up to ``amount`` of what remains (a refund); never below zero. What remains of the grant goes
+    first, then what remains of the grants its credits rolled over into (``rolled_over``, oldest first): they
+    came from the same payment, and a refund must not leave them to the customer. The shortfall (credits
+    already spent, expired without a rollover, or voided) is recorded on the entry so finance can see what
+    could not be clawed back."""
     if amount <= 0:
         raise InvalidGrant("amount", "must be greater than 0")
-    spend.require_loaded(state, record.grant_id)
-    live = state.grants.get(record.grant_id)
-    remaining = live.remaining if live is not None else ZERO
-    taken = min(amount, remaining)
-    ctx = replace(ctx, metadata={**ctx.metadata, "requested": str(amount), "shortfall": str(amount - taken)})
     grants = dict(state.grants)
-    closed: tuple[ClosedGrant, ...] = ()
-    if live is not None and taken == remaining and taken > 0:
-        del grants[record.grant_id]
-        closed = (ClosedGrant(record.grant_id, GrantStatus.VOIDED, ctx.now),)
-    elif live is not None:
-        grants[record.grant_id] = replace(live, remaining=remaining - taken)
-    allocations = [Allocation(record.grant_id, taken)] if taken else []
-    # free credits go first; what is still missing shrinks the reservations holding on the grant
-    pins = reserved.shrink(state, record.grant_id, taken, ctx.now)
-    entry = _entry(state, ctx, EntryType.REVOKE, -taken, allocations)
-    return _apply(state, entry, grants, closed=closed, reservations=pins)
+    closed: list[ClosedGrant] = []
+    allocations: list[Allocation] = []
+    pins = state.reservations
+    left = amount
+    for member in (record, *rolled_over):
+        if left == 0:
+            break
+        spend.require_loaded(state, member.grant_id)
+        live = state.grants.get(member.grant_id)
+        taken = min(left, live.remaining) if live is not None else ZERO
+        if live is None or taken == 0:
+            continue
+        if taken == live.remaining:
+            del grants[member.grant_id]
+            closed.append(ClosedGrant(member.grant_id, GrantStatus.VOIDED, ctx.now))
+        else:
+            grants[member.grant_id] = replace(live, remaining=live.remaining - taken)
+        allocations.append(Allocation(member.grant_id, taken))
+        # free credits go first; what is still missing shrinks the reservations holding on the grant
+        pins = reserved.shrink(replace(state, reservations=pins), member.grant_id, taken, ctx.now)
+        left -= taken
+    ctx = replace(ctx, metadata={**ctx.metadata, "requested": str(amount), "shortfall": str(left)})
+    entry = _entry(state, ctx, EntryType.REVOKE, -(amount - left), allocations)
+    return _apply(state, entry, grants, closed=tuple(closed), reservations=pins)
 
 
 def adjust(state: AccountState, amount: Decimal, ctx: EntryContext, grant_id: str) -> Change:
