@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from credits_ledger.dal.accounts import VersionConflict
 from credits_ledger.domain.errors import ConcurrencyConflict
 from tests.integration.test_api_support import Api
 
@@ -200,3 +201,50 @@ def test_an_account_with_too_many_concurrent_writers_gets_its_events_rate_limite
     assert [r["status"] for r in results] == ["debited", "rejected"]
     assert results[1]["error"]["code"] == "rate_limited"
     assert (api.available("cus_A"), api.available("cus_B")) == ("4", "5")
+
+
+@pytest.mark.parametrize("cause", ["lost races", "no time left"])
+def test_a_later_transaction_giving_up_keeps_the_answers_of_the_written_ones(
+    api: Api, monkeypatch: pytest.MonkeyPatch, cause: str
+) -> None:
+    # Given an account with 100 credits, and its second transaction of a batch giving up (every attempt loses
+    # the race for the account's version, or no time is left for an attempt)
+    api.grant("cus_A", "100")
+    ledger = api.ledger()
+    if cause == "lost races":
+        ledger._max_attempts = 2
+        ledger._sleep = lambda _: None
+        commit = ledger.repository.commit
+        commits: list[int] = []
+
+        def first_commit_then_contended(change: Any, *args: Any, **kwargs: Any) -> None:
+            commits.append(len(change.entries))
+            if len(commits) > 1:
+                raise VersionConflict(None)  # another writer keeps moving the account's version
+            commit(change, *args, **kwargs)
+
+        monkeypatch.setattr(ledger.repository, "commit", first_commit_then_contended)
+    else:
+        attempts: list[str] = []
+
+        def second_transaction_has_no_time(account_id: str) -> None:
+            attempts.append(account_id)
+            if len(attempts) > 1:
+                raise ConcurrencyConflict(f"account {account_id}: no time left for an attempt")
+
+        monkeypatch.setattr(
+            "credits_ledger.ledger.ensure_time_for_an_attempt", second_transaction_has_no_time
+        )
+    # When a batch of 45 of its events arrives (written in transactions of 40)
+    reply = api.call("usage_batch", body={"events": [_event(i) for i in range(45)]})
+    # Then the 40 written are answered debited, only the 5 after them rate_limited (nothing of them applied)
+    assert reply.status == 200
+    results = reply.body["results"]
+    assert [r["status"] for r in results] == ["debited"] * 40 + ["rejected"] * 5
+    assert {r["error"]["code"] for r in results[40:]} == {"rate_limited"}
+    monkeypatch.undo()
+    assert api.available("cus_A") == "60"
+    # And sending the batch again answers the 40 as replays and writes the 5
+    again = api.call("usage_batch", body={"events": [_event(i) for i in range(45)]}).body["results"]
+    assert [r["status"] for r in again] == ["replayed"] * 40 + ["debited"] * 5
+    assert api.available("cus_A") == "55"

@@ -205,6 +205,11 @@ class Ledger:
             except WriteRejected as exc:
                 # nothing of this chunk was written, earlier chunks were: each request gets its own answer
                 answered = [DebitResult(request, error=exc) for request in chunk]
+            except ConcurrencyConflict as exc:
+                # out of races or of time: nothing of this chunk or the ones after it is written, and each of
+                # them says so (429); the earlier chunks were written and keep their answers
+                results.extend(DebitResult(request, error=exc) for request in pending)
+                break
             results.extend(answered)
             pending = pending[len(answered) :]
         return results
