@@ -581,6 +581,60 @@ def test_later_month_overage_timestamp_is_the_usage_time(env: Env) -> None:
     assert call["params"]["timestamp"] == str(int((T0 - timedelta(hours=2)).timestamp()))
 
 
+def _billed_per_month(env: Env) -> dict[str, Decimal]:
+    """What Stripe bills per UTC month: the values of the meter events, summed by their timestamps' months."""
+    billed: dict[str, Decimal] = {}
+    for event in env.emulator.meter_events:
+        at = datetime.fromtimestamp(int(event["timestamp"]), UTC)
+        month = f"{at.year:04d}-{at.month:02d}"
+        billed[month] = billed.get(month, D(0)) + D(str(event["payload"]["value"]))
+    return billed
+
+
+def _overage_debit(env: Env, usage_id: str, amount: str, stamp: datetime | None = None) -> LedgerEntry:
+    metadata = {"timestamp": it.iso(stamp)} if stamp else {}
+    request = DebitRequest(
+        key=f"usage:{usage_id}", amount=D(amount), allow_overage=True, reference=usage_id, metadata=metadata
+    )
+    return env.ledger.debit("cus_A", request).entry
+
+
+@pytest.mark.parametrize("late", ["a late usage of last month", "a usage stamped ahead into next month"])
+def test_what_stripe_bills_per_month_stays_within_the_overage_limit(env: Env, late: str) -> None:
+    # Given an overage limit of 10 credits a month
+    limit = D(10)
+    env.settings.put(
+        "cus_A", SettingsDocument(overage=OverageSettings(OveragePolicy.ALLOW, limit)), env.clock()
+    )
+    if late == "a late usage of last month":
+        # When January's limit is used, and a usage of January 31 is sent on February 1 (counted in February)
+        env.clock.set(datetime(2030, 1, 31, 23, 50, tzinfo=UTC))
+        entries = [_overage_debit(env, "jan-1", "10")]
+        env.clock.set(datetime(2030, 2, 1, 0, 10, tzinfo=UTC))
+        entries.append(_overage_debit(env, "jan-2", "10", datetime(2030, 1, 31, 23, 55, tzinfo=UTC)))
+    else:
+        # When a usage stamped 4 minutes ahead is sent on January 31 (counted in January), then February's
+        # limit is used
+        env.clock.set(datetime(2030, 1, 31, 23, 58, tzinfo=UTC))
+        entries = [_overage_debit(env, "feb-0", "10", datetime(2030, 2, 1, 0, 2, tzinfo=UTC))]
+        env.clock.set(datetime(2030, 2, 1, 0, 30, tzinfo=UTC))
+        entries.append(_overage_debit(env, "feb-1", "10"))
+    assert env.deliver(*entries) == []
+    # Then each month's meter events sum to the month's limit: the late one is billed in the month it counted in
+    assert _billed_per_month(env) == {"2030-01": limit, "2030-02": limit}
+
+
+def test_a_usage_sent_35_days_late_is_billed_within_the_days_stripe_accepts(env: Env) -> None:
+    # Given an account in overage, and a usage of 35 days ago (the oldest the API takes) sent now
+    env.configure("cus_A", overage=True)
+    entry = _overage_debit(env, "old", "3", T0 - timedelta(days=35))
+    # When its overage is reported
+    assert env.deliver(entry) == []
+    # Then its meter event is stamped at the start of this month, well within Stripe's 35 days
+    [call] = env.calls(METER_PATH)
+    assert call["params"]["timestamp"] == str(int(datetime(2030, 1, 1, tzinfo=UTC).timestamp()))
+
+
 def test_a_crash_between_settling_and_publishing_is_repaired_once(env: Env) -> None:
     env.emulator.webhook = None  # the worker alone settles the decline
     set_card(env, DECLINING_METHOD)

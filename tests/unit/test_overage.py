@@ -19,6 +19,7 @@ from credits_ledger.domain.overage import (
     OverageLimitReached,
     OveragePolicy,
     OverageSettings,
+    meter_time,
     month_of,
     used_in,
 )
@@ -123,3 +124,26 @@ def test_random_debits_with_overage_keep_every_invariant(
         )
         assert recorded == state.overage_used
         assert limit is None or state.overage_used <= limit
+
+
+@pytest.mark.parametrize(
+    ("usage", "recorded", "billed"),
+    [
+        # inside the month it was counted in: the usage time itself
+        ("2030-02-10T08:00:00+00:00", "2030-02-10T08:00:05+00:00", "2030-02-10T08:00:00+00:00"),
+        # a late usage of last month (counted in this one): the first second of this month
+        ("2030-01-31T23:55:00+00:00", "2030-02-01T00:10:00+00:00", "2030-02-01T00:00:00+00:00"),
+        # sent 35 days late: still this month, so within the 35 days Stripe accepts
+        ("2030-01-06T12:00:00+00:00", "2030-02-10T11:00:00+00:00", "2030-02-01T00:00:00+00:00"),
+        # stamped a little ahead, into next month: the last second of this month
+        ("2030-02-01T00:02:00+00:00", "2030-01-31T23:58:00+00:00", "2030-01-31T23:59:59+00:00"),
+        # December into January
+        ("2030-12-31T23:59:00+00:00", "2031-01-01T00:00:30+00:00", "2031-01-01T00:00:00+00:00"),
+    ],
+)
+def test_a_meter_event_is_stamped_in_the_month_its_overage_counted_in(
+    usage: str, recorded: str, billed: str
+) -> None:
+    assert meter_time(
+        datetime.fromisoformat(usage), datetime.fromisoformat(recorded)
+    ) == datetime.fromisoformat(billed)

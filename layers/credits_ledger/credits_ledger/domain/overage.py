@@ -9,7 +9,7 @@ lives on the account item, so the same optimistic-version write that decides the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
@@ -49,6 +49,18 @@ class OverageLimitReached(InsufficientCredits):
 def month_of(moment: datetime) -> str:
     """The UTC calendar month a debit counts in, e.g. ``2026-11``."""
     return f"{moment.year:04d}-{moment.month:02d}"
+
+
+def meter_time(usage_time: datetime, recorded_at: datetime) -> datetime:
+    """The time an overage debit's meter event gives its usage: the usage time, moved into the UTC month the
+    overage was counted in (the month the debit was recorded, ``recorded_at``) when it lies outside it.
+    Stripe sums a meter's events by their time, so a month's ``limit`` then bounds what Stripe bills for that
+    month too (a late usage of last month, counted in this one, would otherwise be billed in last month on
+    top of its full limit); and the time stays within the 35 days Stripe accepts, although a usage may be
+    sent up to 35 days late."""
+    month_start = recorded_at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    next_month_start = (month_start + timedelta(days=32)).replace(day=1)
+    return min(max(usage_time, month_start), next_month_start - timedelta(seconds=1))
 
 
 def used_in(state: AccountState, month: str) -> Decimal:

@@ -60,7 +60,7 @@ from credits_ledger.dal.topups import (
     attempt_id_of,
 )
 from credits_ledger.domain.models import EntryType, LedgerEntry
-from credits_ledger.domain.overage import OVERAGE_METADATA_KEY, month_of
+from credits_ledger.domain.overage import OVERAGE_METADATA_KEY, meter_time, month_of
 from credits_ledger.domain.topup import AutoTopupSettings, is_crossing, leaves_below, still_below
 from credits_ledger.jobs.in_order import InOrderBatch
 from credits_ledger.ledger import Ledger
@@ -139,7 +139,7 @@ class BillingSync:
                 stripe_customer_id=customer,
                 value=value,
                 identifier=report.identifier,
-                timestamp=entry.usage_time,
+                timestamp=meter_time(entry.usage_time, entry.created_at),
                 idempotency_key=key,
             )
         except StripeRejected as exc:
