@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -318,6 +318,28 @@ def test_an_account_named_by_credits_customer_bills_the_stripe_customer_that_pai
     # and an account that is a Stripe customer itself is billed as itself, whoever paid for its credits
     env.webhook(se.checkout_session_completed("cus_OTHER", "starter", metadata={"credits_customer": "cus_B"}))
     assert env.settings.get("cus_B").billing_customer == "cus_B"
+
+
+def test_a_link_to_the_paying_customer_a_moment_old_is_billed(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given org_42 linked to cus_A by a payment a moment ago, which an eventually consistent read still misses
+    env.webhook(se.checkout_session_completed("cus_A", "starter", metadata={"credits_customer": "org_42"}))
+    env.settings.put("org_42", SettingsDocument(overage=OverageSettings(OveragePolicy.ALLOW)), env.clock())
+    read = env.settings.get_many
+
+    def stale_unless_consistent(account_ids: Any, *, consistent: bool = True) -> dict[str, Any]:
+        found = read(account_ids, consistent=consistent)
+        return found if consistent else {a: replace(s, stripe_customer=None) for a, s in found.items()}
+
+    monkeypatch.setattr(env.settings, "get_many", stale_unless_consistent)
+    # When org_42 goes into overage
+    entry = env.debit("org_42", "u-org", "1010")
+    assert env.deliver(entry) == []
+    # Then its overage is billed to cus_A, not rejected for good as having nobody to bill
+    [meter] = env.calls(METER_PATH)
+    assert meter["params"]["payload"]["stripe_customer_id"] == "cus_A"
+    assert env.reports.get("usage:u-org").status == REPORTED  # type: ignore[union-attr]
 
 
 def test_no_resend_after_the_deduplication_window(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:

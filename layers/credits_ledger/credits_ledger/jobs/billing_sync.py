@@ -304,4 +304,9 @@ class BillingSyncBatch(InOrderBatch):
             self._settings = self.sync.settings.get_many(accounts or [account_id], consistent=False)
         if account_id not in self._settings:
             self._settings[account_id] = self.sync.settings.get(account_id, consistent=False)
-        return self._settings[account_id]
+        settings = self._settings[account_id]
+        if settings.billing_customer is None:
+            # "nobody to bill" is answered for good, and the payment that linked the account to its Stripe
+            # customer may be moments old: an eventually consistent read can miss it
+            settings = self._settings[account_id] = self.sync.settings.get(account_id, consistent=True)
+        return settings
