@@ -7,6 +7,7 @@ dicts (tests/support/subscription_events.py).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,6 +44,13 @@ PRICING = {
         "business": {
             "stripe_prices": ["price_business_month"],
             "credits": "20000",
+            "on_cancel": "immediately",
+        },
+        # cancels immediately and rolls over: a late cancellation meets the month's credits rolled over
+        "team": {
+            "stripe_prices": ["price_team_month"],
+            "credits": "5000",
+            "rollover_percent": "50",
             "on_cancel": "immediately",
         },
     },
@@ -502,6 +510,33 @@ def test_a_subscription_naming_an_account_grants_and_voids_its_months_on_that_ac
     assert books.balance("org_acme") == D(15000)
 
 
+def older_api_invoice_naming(event: dict[str, Any], account: str) -> dict[str, Any]:
+    """``event``, an ``invoice.paid`` of a subscription whose metadata names ``account``, as API versions
+    before 2025-03-31 send it: no ``parent``; the subscription in ``subscription`` and its metadata copied to
+    the invoice's top-level ``subscription_details.metadata``."""
+    obj = event["data"]["object"]
+    obj["subscription"] = obj.pop("parent")["subscription_details"]["subscription"]
+    obj["subscription_details"] = {"metadata": {"credits_customer": account}}
+    event["api_version"] = "2024-06-20"
+    return event
+
+
+def test_an_older_api_invoice_of_a_subscription_naming_an_account_grants_its_months_on_that_account(
+    books: Books, customer: str
+) -> None:
+    # Given a yearly Pro subscription whose metadata names org_acme, its invoice sent by an API version
+    # before 2025-03-31, cancelled on Apr 1
+    at = datetime(2030, 4, 1, tzinfo=UTC)
+    books.send(older_api_invoice_naming(yearly(customer), "org_acme"))
+    books.send(naming_the_account(deleted(customer, at), "org_acme"))
+    # Then its months were granted to org_acme, where the cancellation is kept and voids the 9 from Apr 15
+    # on: none went to the paying customer's account, out of the cancellation's reach
+    books.clock.set(at)
+    assert books.grants(customer) == []
+    assert [g.status for g in books.grants("org_acme")[3:]] == [GrantStatus.VOIDED] * 9
+    assert books.balance("org_acme") == D(15000)
+
+
 def test_a_subscription_naming_an_account_the_api_could_not_address_fails_its_invoice(
     books: Books, customer: str
 ) -> None:
@@ -518,6 +553,40 @@ def test_cancellation_immediately_voids_the_current_month_too(books: Books, cust
     books.clock.set(MID)
     assert [g.status for g in books.grants(customer)] == [GrantStatus.VOIDED]
     assert books.balance(customer) == 0
+
+
+def with_item(event: dict[str, Any], price: str, item: str) -> dict[str, Any]:
+    """``event`` of a subscription with one more item, of ``price``, after the ones it has."""
+    items = event["data"]["object"]["items"]["data"]
+    added = copy.deepcopy(items[0])
+    added["id"], added["price"]["id"] = item, price
+    items.append(added)
+    return event
+
+
+@pytest.mark.parametrize("first", ["pro", "business"], ids=["pro item first", "business item first"])
+def test_cancellation_voids_the_current_month_of_each_plan_by_that_plans_rule(
+    books: Books, customer: str, first: str
+) -> None:
+    # Given a subscription of a Pro item (period_end) and a Business item (immediately), their month paid
+    prices = {"pro": ("price_pro_month", "si_pro"), "business": ("price_business_month", "si_biz")}
+    lines = [
+        ev.plan_line("price_pro_month", T0, FEB, 4900, unit_amount=4900, item="si_pro"),
+        ev.plan_line("price_business_month", T0, FEB, 14900, unit_amount=14900, item="si_biz"),
+    ]
+    books.send(ev.invoice_paid(customer, lines, created=ev.ts(T0) + 60))
+    # When it is cancelled half way, whichever item the subscription lists first
+    [other] = set(prices) - {first}
+    cancel = ev.subscription_event(
+        "customer.subscription.deleted", customer, prices[first][0], item=prices[first][1],
+        created=ev.ts(MID), status="canceled", canceled_at=MID, ended_at=MID,
+    )  # fmt: skip
+    books.send(with_item(cancel, *prices[other]))
+    # Then Pro keeps its month until its end, and Business loses what remains of its month
+    books.clock.set(MID)
+    by_plan = {g.metadata["plan"]: g.status for g in books.grants(customer)}
+    assert by_plan == {"pro": GrantStatus.ACTIVE, "business": GrantStatus.VOIDED}
+    assert books.balance(customer) == D(5000)
 
 
 def test_a_refund_of_a_yearly_invoice_takes_pending_months_first(books: Books, customer: str) -> None:
@@ -659,4 +728,34 @@ def test_a_plan_month_rolls_over_by_the_plans_rules_and_the_rollover_does_not_ro
     # and the rollover grant expires without rolling again
     again = books.ledger.expire_with_rollover(rolled[0].grant_id, MAR, job._policy)
     assert again is not None and "rolled_over" not in again.entry.metadata
+    assert books.balance(customer) == 0
+
+
+@pytest.mark.parametrize(
+    "late", [False, True], ids=["delivered in time", "delivered after the month rolled over"]
+)
+def test_an_immediate_cancellation_leaves_nothing_of_the_month_whenever_it_is_delivered(
+    books: Books, customer: str, late: bool
+) -> None:
+    from credits_ledger.jobs.expiry import ExpiryJob
+
+    # Given a Team month (on_cancel immediately; 50 % of what is left rolls over), cancelled half way
+    books.send(cycle(customer, price="price_team_month"))
+    [month] = books.grants(customer)
+    cancel = deleted(customer, MID, price="price_team_month")
+    if not late:
+        books.send(cancel)
+    # When the month ends (unspent, 2,500 would roll over), before or after the cancellation is delivered
+    job = ExpiryJob(books.ledger, None, None, books.pricing, reservations=None)  # type: ignore[arg-type]
+    books.clock.set(FEB)
+    books.ledger.expire_with_rollover(month.grant_id, FEB, job._policy)
+    if late:
+        books.send(cancel)
+    # Then nothing of the month is left either way: in time the month is voided and never rolls over; late,
+    # the cancellation voids the rollover grant the month's credits went to
+    rolled = [g.status for g in books.grants(customer) if g.source.type == "rollover"]
+    assert rolled == ([GrantStatus.VOIDED] if late else [])
+    assert books.balance(customer) == 0
+    # and a redelivery of the cancellation changes nothing
+    books.send(cancel, expected="duplicate")
     assert books.balance(customer) == 0

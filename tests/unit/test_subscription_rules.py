@@ -192,6 +192,28 @@ def test_cancellation_voids_months_not_started_and_the_current_one_only_immediat
     ]  # starts at the end: not started
 
 
+def test_cancellation_voids_each_grants_current_month_by_its_own_plans_rule() -> None:
+    # Given a period's grants of a period_end plan, of an immediately plan, and one naming no plan (a period
+    # recorded before its grants named their plan)
+    grants = [
+        grant("pro", 2),
+        grant("biz", 2, "20000", "business"),
+        grant("old", 2, plan=""),
+        grant("mar", 3),
+    ]
+    rules = {"pro": "period_end", "business": "immediately"}
+    ended = at(2030, 2, 10)
+    # Then each current month follows its plan's rule; the one naming no plan follows the subscription's
+    assert subs.voided_on_cancel(grants, ended, "period_end", rules) == ["biz", "mar"]
+    assert subs.voided_on_cancel(grants, ended, "immediately", rules) == ["biz", "old", "mar"]
+    pool = PoolRecord("si#2", grants={g.grant_id: g for g in grants})
+    granted = {g.grant_id for g in grants}
+    action = subs.next_pool_action(pool, granted, ended, "period_end", rules)
+    assert action == subs.VoidInPool("si#2", "biz")
+    voided = subs.pool_applied(subs.pool_applied(pool, action), subs.VoidInPool("si#2", "mar"))
+    assert subs.next_pool_action(voided, granted, ended, "period_end", rules) is None
+
+
 def test_keys_are_stable_and_grant_ids_sort_by_month() -> None:
     key = subs.month_key("si_1", at(2030, 1, 15), 3)
     assert key == f"stripe:subscription:si_1:{int(at(2030, 1, 15).timestamp())}:3"

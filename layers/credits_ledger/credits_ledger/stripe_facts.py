@@ -133,15 +133,19 @@ def _addressable(account: str, obj: dict[str, Any]) -> str:
 
 
 def _invoice_account(invoice: dict[str, Any]) -> str:
-    """An invoice's account: its own ``metadata.credits_customer``, else its subscription's (Stripe copies a
-    subscription's metadata to ``parent.subscription_details.metadata``, not to the invoice's), else its
-    customer. A subscription naming an account grants its months to the account its snapshot and its
-    cancellation are kept under."""
+    """An invoice's account: its own ``metadata.credits_customer``, else its subscription's, else its
+    customer. Stripe copies a subscription's metadata to ``parent.subscription_details.metadata``, not to the
+    invoice's; API versions before 2025-03-31 copy it to the invoice's top-level
+    ``subscription_details.metadata``. A subscription naming an account grants its months to the account its
+    snapshot and its cancellation are kept under, whatever the API version of its invoices."""
     if not (invoice.get("metadata") or {}).get("credits_customer"):
-        details = (invoice.get("parent") or {}).get("subscription_details") or {}
-        named = (details.get("metadata") or {}).get("credits_customer")
-        if named:
-            return _addressable(str(named), invoice)
+        for details in (
+            (invoice.get("parent") or {}).get("subscription_details") or {},
+            invoice.get("subscription_details") or {},
+        ):
+            named = (details.get("metadata") or {}).get("credits_customer")
+            if named:
+                return _addressable(str(named), invoice)
     return _account(invoice)
 
 

@@ -125,6 +125,9 @@ class StripeWebhookProcessor:
         self._ledger = ledger
         self._payments = payments
         self._pricing = pricing
+        # a cancellation voids the current month of a grant whose own plan says so, whichever plan the
+        # subscription's snapshot names
+        self._on_cancel_by_plan = {name: plan.on_cancel for name, plan in pricing.plans.items()}
         self._clock = clock or (lambda: datetime.now(UTC))
         self._subscriptions = subscriptions or SubscriptionRepository(payments.client, payments.table)
         self._settings = AccountSettingsRepository(payments.client, payments.table)
@@ -289,7 +292,9 @@ class StripeWebhookProcessor:
                 ended_at = subscription.ended_at
                 if subscription.snapshot is not None:
                     on_cancel = subscription.snapshot.on_cancel
-            action = next_pool_action(pool, self._existing(pool, known), ended_at, on_cancel)
+            action = next_pool_action(
+                pool, self._existing(pool, known), ended_at, on_cancel, self._on_cancel_by_plan
+            )
             if action is None:
                 return rounds.count
             update = self._subscriptions.pool_put(pool, pool_applied(pool, action))
@@ -315,7 +320,11 @@ class StripeWebhookProcessor:
                     record.account_id, ctx.entry_key, "", build, extra_actions=[update], records=[record]
                 )
             except (GrantNotLive, InvalidTransition):
-                self._payments.transact([update])  # nothing left to void: note it as done
+                if isinstance(action, VoidInPool):
+                    # The month closed before the void (it expired, or was voided or spent): what it rolled
+                    # over is voided in its place before the void is noted as done.
+                    self._void_rolled_over(key, record, now)
+                self._payments.transact([update])  # nothing left to act on: note it as done
                 rounds.applied += 1
                 continue
             except RelatedItemChanged:
@@ -325,6 +334,36 @@ class StripeWebhookProcessor:
                 self._payments.transact([update])
             rounds.applied += 1
         raise ConcurrencyConflict(f"subscription period {key} did not converge")
+
+    def _void_rolled_over(self, pool_key: str, record: Grant, now: datetime) -> None:
+        """Void the grants ``record``'s credits rolled over into, each by its own change (``void:<grant>``,
+        as for any void: a grant is voided once), as a dispute does (``_apply_dispute``).
+
+        Only a month that is no longer live has any: a month voided while live never expires, so it never
+        rolls over. The grants are read again after acting until no new one shows up: a rollover of a
+        rollover committed meanwhile is voided too, and none can follow a voided one."""
+        done: set[str] = set()
+        while True:
+            todo = [g for g in self._ledger.rolled_over(record) if g.grant_id not in done]
+            if not todo:
+                return
+            for grant in todo:
+                ctx = EntryContext(
+                    idempotency.void_key(grant.grant_id),
+                    now,
+                    pool_key,
+                    metadata={"reason": "subscription ended"},
+                )
+                # nothing to void (spent, expired or voided already): done too
+                with contextlib.suppress(GrantNotLive, InvalidTransition):
+                    self._ledger.execute(
+                        grant.account_id,
+                        ctx.entry_key,
+                        "",
+                        lambda state, g=grant, c=ctx: transitions.void(state, g, c),  # type: ignore[misc]
+                        records=[grant],
+                    )
+                done.add(grant.grant_id)
 
     # ---- step 3: convergence -----------------------------------------------------------------------------
     def _group(self, key: str) -> list[PaymentRecord]:

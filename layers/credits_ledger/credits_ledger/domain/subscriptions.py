@@ -8,15 +8,15 @@ Pure functions over plain values (no I/O). The plan rules (docs/subscriptions.md
   period it gives back, because under a coupon its amount is net of the discount while the period's credits
   were granted in full; granted credits round down, revoked credits round up, so rounding never leaves a
   customer with a credit that was not paid for;
-- cancellation voids the months not yet started (and, with ``on_cancel = "immediately"``, what remains of
-  the current one).
+- cancellation voids the months not yet started (and, of a plan with ``on_cancel = "immediately"``, what
+  remains of the current one).
 """
 
 from __future__ import annotations
 
 import calendar
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
@@ -244,14 +244,22 @@ def allocate_revocation(
     return plan
 
 
-def voided_on_cancel(grants: list[PoolGrant], ended_at: datetime, on_cancel: str) -> list[str]:
-    """Grants a cancellation voids: months not started at ``ended_at``; with ``immediately`` the current
-    month too."""
+def voided_on_cancel(
+    grants: list[PoolGrant],
+    ended_at: datetime,
+    on_cancel: str,
+    on_cancel_by_plan: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Grants a cancellation voids: months not started at ``ended_at``; the current month too when the
+    grant's own plan cancels ``immediately`` (a subscription's items can be of plans with different rules).
+    ``on_cancel_by_plan``: each plan's rule; ``on_cancel`` for a grant whose plan it does not name (a period
+    recorded before its grants named their plan, or a plan no longer in the pricing file)."""
+    rules = on_cancel_by_plan or {}
     voided = []
     for grant in grants:
         not_started = grant.start >= ended_at
         current = grant.start < ended_at < grant.end
-        if not_started or (on_cancel == "immediately" and current):
+        if not_started or (rules.get(grant.plan, on_cancel) == "immediately" and current):
             voided.append(grant.grant_id)
     return voided
 
@@ -307,6 +315,8 @@ class SubscriptionSnapshot:
     period_end: datetime | None
     cancel_at_period_end: bool
     ended_at: datetime | None = None
+    # the rule of ``plan`` (the first plan item's); a cancellation applies each grant's own plan's rule and
+    # this one only to grants that name no plan
     on_cancel: str = "period_end"
     trial: Trial | None = None
 
@@ -415,9 +425,12 @@ def next_pool_action(
     granted: set[str],
     ended_at: datetime | None,
     on_cancel: str,
+    on_cancel_by_plan: Mapping[str, str] | None = None,
 ) -> PoolAction | None:
     """The one ledger change still missing for a period: a revocation of a negative proration, or a void of
-    a month a cancellation ended. ``granted``: the pool's grants that exist in the ledger."""
+    a month a cancellation ended (``voided_on_cancel``: ``on_cancel_by_plan`` gives each grant's plan rule,
+    ``on_cancel`` the rule of a grant whose plan it does not name). ``granted``: the pool's grants that exist
+    in the ledger."""
     live = [g for g in pool.grants.values() if g.grant_id in granted]
     for plan, outstanding in pool.outstanding().items():
         if outstanding <= 0:
@@ -426,7 +439,7 @@ def next_pool_action(
             target = pool.revoked.get(grant_id, ZERO) + amount
             return RevokeFromPool(pool.key, grant_id, amount, target, plan)
     if ended_at is not None:
-        for grant_id in voided_on_cancel(live, ended_at, on_cancel):
+        for grant_id in voided_on_cancel(live, ended_at, on_cancel, on_cancel_by_plan):
             if grant_id not in pool.voided:
                 return VoidInPool(pool.key, grant_id)
     return None
