@@ -759,3 +759,34 @@ def test_an_immediate_cancellation_leaves_nothing_of_the_month_whenever_it_is_de
     # and a redelivery of the cancellation changes nothing
     books.send(cancel, expected="duplicate")
     assert books.balance(customer) == 0
+
+
+def test_a_period_note_that_loses_a_race_is_decided_again(
+    books: Books, customer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from credits_ledger.dal.payments import PaymentChanged, PaymentRepository
+    from credits_ledger.jobs.expiry import ExpiryJob
+
+    # Given a Team month that expired and rolled over before its cancellation is delivered, and the first
+    # write of the period record alone failing its condition (another delivery acted on the period meanwhile)
+    books.send(cycle(customer, price="price_team_month"))
+    [month] = books.grants(customer)
+    job = ExpiryJob(books.ledger, None, None, books.pricing, reservations=None)  # type: ignore[arg-type]
+    books.clock.set(FEB)
+    books.ledger.expire_with_rollover(month.grant_id, FEB, job._policy)
+    write = PaymentRepository.transact
+    lost: list[bool] = []
+
+    def loses_the_first_race(repository: PaymentRepository, actions: list[Any]) -> None:
+        if not lost:
+            lost.append(True)
+            raise PaymentChanged(0)
+        write(repository, actions)
+
+    monkeypatch.setattr(PaymentRepository, "transact", loses_the_first_race)
+    # When the cancellation is delivered
+    books.send(deleted(customer, MID, price="price_team_month"))
+    # Then the period was read again and the cancellation finished: the rollover grant is voided, once
+    assert lost == [True]
+    assert [g.status for g in books.grants(customer) if g.source.type == "rollover"] == [GrantStatus.VOIDED]
+    assert books.balance(customer) == 0

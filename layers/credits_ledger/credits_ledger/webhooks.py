@@ -324,16 +324,27 @@ class StripeWebhookProcessor:
                     # The month closed before the void (it expired, or was voided or spent): what it rolled
                     # over is voided in its place before the void is noted as done.
                     self._void_rolled_over(key, record, now)
-                self._payments.transact([update])  # nothing left to act on: note it as done
-                rounds.applied += 1
-                continue
+                noted = self._note(update)  # nothing left to act on: note it as done
             except RelatedItemChanged:
                 rounds.lost += 1
                 continue
-            if outcome.replayed:
-                self._payments.transact([update])
-            rounds.applied += 1
+            else:
+                # a change committed before (the same key through another path): the note did not ride with it
+                noted = self._note(update) if outcome.replayed else True
+            if noted:
+                rounds.applied += 1
+            else:
+                rounds.lost += 1
         raise ConcurrencyConflict(f"subscription period {key} did not converge")
+
+    def _note(self, update: dict[str, Any]) -> bool:
+        """Write a period record's update alone; False when the record changed since it was read (another
+        delivery acted on the period meanwhile): the caller reads it again and decides anew."""
+        try:
+            self._payments.transact([update])
+        except PaymentChanged:
+            return False
+        return True
 
     def _void_rolled_over(self, pool_key: str, record: Grant, now: datetime) -> None:
         """Void the grants ``record``'s credits rolled over into, each by its own change (``void:<grant>``,
