@@ -867,6 +867,80 @@ def test_a_rollover_committed_while_a_dispute_is_applied_is_held_too(
     assert (balance.ledger_balance, balance.held) == (500, 500)
 
 
+def test_a_dispute_won_while_its_hold_is_decided_releases_the_credits(
+    webhook: Webhook, customer: str, bought: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a dispute whose hold is being decided when the dispute's win is delivered
+    opened = se.dispute_created(bought, amount=2400)
+    won = se.dispute_closed(bought, "won", amount=2400, dispute_id=opened["data"]["object"]["id"])
+    execute = Ledger.execute
+    delivered: list[Any] = []
+
+    def won_meanwhile(ledger: Ledger, account: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if not delivered and key.startswith("stripe:held:"):
+            delivered.append(webhook.send(won))
+        return execute(ledger, account, key, *args, **kwargs)
+
+    monkeypatch.setattr(Ledger, "execute", won_meanwhile)
+    # When both are processed
+    webhook.ok(opened)
+    # Then the hold lost to the win's note and was decided again: nothing stays held
+    assert delivered and delivered[0].status == 200
+    balance = webhook.balance(customer)
+    assert (balance.ledger_balance, balance.held) == (1000, 0)
+
+
+def test_a_second_dispute_opened_while_the_first_ones_release_is_decided_keeps_the_credits_held(
+    webhook: Webhook, customer: str, bought: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given credits held by a first dispute, won while a second dispute of the payment opens
+    first = se.dispute_created(bought, amount=2400)
+    webhook.ok(first)
+    won = se.dispute_closed(bought, "won", amount=2400, dispute_id=first["data"]["object"]["id"])
+    second = se.dispute_created(bought, amount=2400)
+    execute = Ledger.execute
+    delivered: list[Any] = []
+
+    def opened_meanwhile(ledger: Ledger, account: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if not delivered and key.startswith("stripe:released:"):
+            delivered.append(webhook.send(second))
+        return execute(ledger, account, key, *args, **kwargs)
+
+    monkeypatch.setattr(Ledger, "execute", opened_meanwhile)
+    # When both are processed
+    webhook.ok(won)
+    # Then the credits stay held for the second dispute
+    assert delivered and delivered[0].status == 200
+    balance = webhook.balance(customer)
+    assert (balance.ledger_balance, balance.held) == (1000, 1000)
+
+
+def test_a_dispute_won_after_a_crash_of_its_hold_releases_the_credits(
+    webhook: Webhook, customer: str, bought: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a dispute's delivery that dies after its hold's transaction committed (its answer lost)
+    opened = se.dispute_created(bought, amount=2400)
+    won = se.dispute_closed(bought, "won", amount=2400, dispute_id=opened["data"]["object"]["id"])
+    execute = Ledger.execute
+    crashed: list[bool] = []
+
+    def crash_after_the_hold(ledger: Ledger, account: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        outcome = execute(ledger, account, key, *args, **kwargs)
+        if not crashed and key.startswith("stripe:held:"):
+            crashed.append(True)
+            raise RuntimeError("the function timed out after the hold committed")
+        return outcome
+
+    monkeypatch.setattr(Ledger, "execute", crash_after_the_hold)
+    assert webhook.send(opened).status == 500  # Stripe delivers it again later
+    # When the dispute is won, then the opening is delivered again
+    webhook.ok(won)
+    webhook.send(opened)
+    # Then nothing stays held
+    balance = webhook.balance(customer)
+    assert (balance.ledger_balance, balance.held) == (1000, 0)
+
+
 def test_refund_before_the_purchase_takes_effect_when_it_arrives(webhook: Webhook, customer: str) -> None:
     ev = checkout(customer, "starter")
     webhook.ok(se.charge_refunded(pi_of(ev), 2400, 1200))

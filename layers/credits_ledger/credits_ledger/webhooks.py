@@ -470,34 +470,37 @@ class StripeWebhookProcessor:
         self, owner: PaymentRecord, action: DisputeAction, record: Grant, now: datetime
     ) -> None:
         """Hold, release or void the disputed grant and the grants its credits rolled over into (they came
-        from the disputed payment), each by its own change, then note the effect on the owner record.
+        from the disputed payment): one change of the account, an entry per grant acted on, committed with
+        the owner record's note of the effect, so a fact merged meanwhile (the dispute closed, a second one
+        opened) cancels both and the effect is decided again.
 
-        The grants are read again after acting until no new one shows up: a rollover committed meanwhile is
-        acted on too. None can follow the last read: a held grant does not roll over, a voided one is closed,
-        and credits released after a won dispute may roll over as any others."""
+        The rollover grants are read at each decision, after the account (as for a refund): a rollover
+        committed before the account read is acted on, a later one changes the account's version and the
+        change is decided again. A grant with nothing to act on (spent, expired or voided; held or released
+        already) is left out; with none left the effect is only noted."""
         transition = {
             DisputeEffect.HELD: transitions.hold,
             DisputeEffect.RELEASED: transitions.release,
             DisputeEffect.VOIDED: transitions.void,
         }[action.effect]
-        done: set[str] = set()
-        while True:
-            todo = [g for g in (record, *self._ledger.rolled_over(record)) if g.grant_id not in done]
-            if not todo:
-                break
-            for grant in todo:
+
+        def build(state: AccountState) -> Change:
+            changes: list[Change] = []
+            current = state
+            for grant in (record, *self._ledger.rolled_over(record)):
                 ctx = self._dispute_context(owner, action.effect, grant.grant_id, now)
-                # nothing to act on (spent, expired or voided already; held or released already): done too
-                with contextlib.suppress(GrantNotLive, InvalidTransition):
-                    self._ledger.execute(
-                        grant.account_id,
-                        ctx.entry_key,
-                        "",
-                        lambda state, g=grant, c=ctx: transition(state, g, c),  # type: ignore[misc]
-                        records=[grant],
-                    )
-                done.add(grant.grant_id)
-        self._payments.save(owner, applied(owner, action))
+                try:
+                    change = transition(current, grant, ctx)
+                except (GrantNotLive, InvalidTransition):
+                    continue
+                changes.append(change)
+                current = change.state
+            if not changes:
+                raise GrantNotLive(record.grant_id, "nothing left to act on")
+            return transitions.combine(state, changes)
+
+        ctx = self._dispute_context(owner, action.effect, record.grant_id, now)
+        self._commit(owner, action, record.account_id, ctx, build, None, record)
 
     @staticmethod
     def _dispute_context(
