@@ -867,21 +867,30 @@ def test_a_rollover_committed_while_a_dispute_is_applied_is_held_too(
     assert (balance.ledger_balance, balance.held) == (500, 500)
 
 
+def delivered_while_deciding(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch, key_prefix: str, event: dict[str, Any]
+) -> list[Reply]:
+    """Deliver ``event`` (another delivery, at the same time) just before the first ledger change whose key
+    starts with ``key_prefix`` is decided; the list holds its reply once it was delivered."""
+    execute = Ledger.execute
+    delivered: list[Reply] = []
+
+    def deliver_first(ledger: Ledger, account: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if not delivered and key.startswith(key_prefix):
+            delivered.append(webhook.send(event))
+        return execute(ledger, account, key, *args, **kwargs)
+
+    monkeypatch.setattr(Ledger, "execute", deliver_first)
+    return delivered
+
+
 def test_a_dispute_won_while_its_hold_is_decided_releases_the_credits(
     webhook: Webhook, customer: str, bought: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a dispute whose hold is being decided when the dispute's win is delivered
     opened = se.dispute_created(bought, amount=2400)
     won = se.dispute_closed(bought, "won", amount=2400, dispute_id=opened["data"]["object"]["id"])
-    execute = Ledger.execute
-    delivered: list[Any] = []
-
-    def won_meanwhile(ledger: Ledger, account: str, key: str, *args: Any, **kwargs: Any) -> Any:
-        if not delivered and key.startswith("stripe:held:"):
-            delivered.append(webhook.send(won))
-        return execute(ledger, account, key, *args, **kwargs)
-
-    monkeypatch.setattr(Ledger, "execute", won_meanwhile)
+    delivered = delivered_while_deciding(webhook, monkeypatch, "stripe:held:", won)
     # When both are processed
     webhook.ok(opened)
     # Then the hold lost to the win's note and was decided again: nothing stays held
@@ -898,15 +907,7 @@ def test_a_second_dispute_opened_while_the_first_ones_release_is_decided_keeps_t
     webhook.ok(first)
     won = se.dispute_closed(bought, "won", amount=2400, dispute_id=first["data"]["object"]["id"])
     second = se.dispute_created(bought, amount=2400)
-    execute = Ledger.execute
-    delivered: list[Any] = []
-
-    def opened_meanwhile(ledger: Ledger, account: str, key: str, *args: Any, **kwargs: Any) -> Any:
-        if not delivered and key.startswith("stripe:released:"):
-            delivered.append(webhook.send(second))
-        return execute(ledger, account, key, *args, **kwargs)
-
-    monkeypatch.setattr(Ledger, "execute", opened_meanwhile)
+    delivered = delivered_while_deciding(webhook, monkeypatch, "stripe:released:", second)
     # When both are processed
     webhook.ok(won)
     # Then the credits stay held for the second dispute

@@ -30,9 +30,8 @@ from hypothesis import strategies as st
 from credits_dev import stripe_events as se
 from credits_ledger.domain.rollover import RolloverPolicy
 from credits_ledger.ledger import DebitRequest, Ledger
-from credits_ledger.webhooks import StripeWebhookProcessor
 from tests.support.ledger import all_grants, assert_books_balance
-from tests.support.webhook import webhook_on_fast_tables
+from tests.support.webhook import WebhookBackend, webhook_backend
 
 D = Decimal
 SECRET = "whsec_test_rollover_refunds_2c9e41"
@@ -127,22 +126,15 @@ def run_expiry(ledger: Ledger, customer: str, policy: RolloverPolicy | None, run
             ledger.expire_with_rollover(grant.grant_id, at, lambda _: policy)
 
 
-@dataclass(frozen=True)
-class Backend:
-    ledger: Ledger
-    processor: StripeWebhookProcessor
-    examples: int
-
-
 @pytest.fixture
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebhookBackend]:
     """DynamoDB Local when Java is there (60 examples), else moto (20 examples)."""
-    with webhook_on_fast_tables(request, monkeypatch, SECRET, PRICING_FILE) as (ledger, processor, local):
-        yield Backend(ledger, processor, 60 if local else 20)
+    with webhook_backend(request, monkeypatch, SECRET, PRICING_FILE, (60, 20)) as backend:
+        yield backend
 
 
 @pytest.mark.slow
-def test_no_rollover_keeps_credits_the_refunds_and_disputes_took_back(backend: Backend) -> None:
+def test_no_rollover_keeps_credits_the_refunds_and_disputes_took_back(backend: WebhookBackend) -> None:
     ledger = backend.ledger
 
     @settings(

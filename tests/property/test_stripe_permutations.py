@@ -29,9 +29,8 @@ from credits_dev import stripe_events as se
 from credits_ledger.domain.models import GrantStatus
 from credits_ledger.domain.payments import revoke_target
 from credits_ledger.ledger import Ledger
-from credits_ledger.webhooks import StripeWebhookProcessor
 from tests.support.ledger import all_entries, all_grants, assert_books_balance
-from tests.support.webhook import deliver, webhook_on_fast_tables
+from tests.support.webhook import WebhookBackend, deliver, webhook_backend
 
 D = Decimal
 SECRET = "whsec_test_permutations_5b1f0c7e9a2d"
@@ -110,18 +109,11 @@ def expected_state(purchase: Purchase) -> dict[str, tuple[Decimal, GrantStatus, 
     return result
 
 
-@dataclass(frozen=True)
-class Backend:
-    ledger: Ledger
-    processor: StripeWebhookProcessor
-    examples: int
-
-
 @pytest.fixture
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebhookBackend]:
     """DynamoDB Local when Java is there (40 examples), else moto (slow: 12 examples)."""
-    with webhook_on_fast_tables(request, monkeypatch, SECRET, PRICING_FILE) as (ledger, processor, local):
-        yield Backend(ledger, processor, 40 if local else 12)
+    with webhook_backend(request, monkeypatch, SECRET, PRICING_FILE, (40, 12)) as backend:
+        yield backend
 
 
 def money_state(ledger: Ledger, customer: str) -> dict[str, tuple[Decimal, GrantStatus, bool]]:
@@ -134,7 +126,7 @@ def money_state(ledger: Ledger, customer: str) -> dict[str, tuple[Decimal, Grant
 
 
 @pytest.mark.slow
-def test_every_order_with_duplicates_ends_in_the_same_money_state(backend: Backend) -> None:
+def test_every_order_with_duplicates_ends_in_the_same_money_state(backend: WebhookBackend) -> None:
     ledger = backend.ledger
 
     @settings(

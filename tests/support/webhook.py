@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,21 @@ def webhook_on_fast_tables(
         client, table = tables.client, tables["CreditsTable"]
         ledger = Ledger(AccountRepository(client, table))
         yield ledger, StripeWebhookProcessor(ledger, PaymentRepository(client, table), load_pricing()), local
+
+
+@dataclass(frozen=True)
+class WebhookBackend:
+    """A property test's ledger and webhook processor on ``fast_tables``, and how many examples it runs there."""
+
+    ledger: Ledger
+    processor: StripeWebhookProcessor
+    examples: int
+
+
+@contextlib.contextmanager
+def webhook_backend(
+    request: Any, monkeypatch: pytest.MonkeyPatch, secret: str, pricing_file: Path, examples: tuple[int, int]
+) -> Iterator[WebhookBackend]:
+    """``webhook_on_fast_tables`` with ``examples`` = (on DynamoDB Local, on moto: much slower)."""
+    with webhook_on_fast_tables(request, monkeypatch, secret, pricing_file) as (ledger, processor, local):
+        yield WebhookBackend(ledger, processor, examples[0] if local else examples[1])
