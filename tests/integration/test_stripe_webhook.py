@@ -8,6 +8,7 @@ every one is signed with the stripe SDK exactly as Stripe signs deliveries.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 from collections.abc import Callable, Iterator
@@ -727,6 +728,40 @@ def rolled_over(webhook: Webhook, customer: str) -> Grant:
     return webhook.ledger.grant_record(f"{grant.grant_id}-ro1")
 
 
+@contextlib.contextmanager
+def before_writing(entry_key_prefix: str, action: Callable[[], Any]) -> Iterator[list[Any]]:
+    """Run ``action`` once (another writer, at the same time) just before the webhook processor's first
+    transaction that writes a ledger entry whose key starts with ``entry_key_prefix``; the list holds its
+    result once it ran."""
+    ran: list[Any] = []
+
+    def run_first(params: dict[str, Any], **_: Any) -> None:
+        keys = [
+            item.get("Put", {}).get("Item", {}).get("pk", {}).get("S", "") for item in params["TransactItems"]
+        ]
+        if not ran and any(key.startswith(f"ENTRY#{entry_key_prefix}") for key in keys):
+            ran.append(None)  # first: the action may write such an entry itself
+            ran[0] = action()
+
+    client = dal_client.dynamodb_client()  # the processor's own client
+    app.processor()  # built on that client
+    client.meta.events.register(WRITE_EVENT, run_first, unique_id="before-writing")
+    try:
+        yield ran
+    finally:
+        client.meta.events.unregister(WRITE_EVENT, unique_id="before-writing")
+
+
+WRITE_EVENT = "before-parameter-build.dynamodb.TransactWriteItems"
+
+
+def expiring_now(webhook: Webhook, grant: Grant) -> Callable[[], Any]:
+    """The expiry job's run at ``grant``'s expiry (on its own client), half of what is left rolling over."""
+    assert grant.expires_at is not None
+    job = make_ledger(webhook.client, webhook.table, FakeClock(grant.expires_at))
+    return lambda: job.expire_with_rollover(grant.grant_id, grant.expires_at, lambda _: HALF_ROLLS_OVER)
+
+
 def test_a_refund_after_a_rollover_takes_back_the_rolled_over_credits(
     webhook: Webhook, customer: str, bought: str
 ) -> None:
@@ -768,35 +803,9 @@ def test_a_rollover_committed_while_a_refund_is_decided_is_taken_back(
     # Given a refund whose first decision reads the grant live (nothing rolled over yet), and the grant's
     # expiry with its rollover committed just before that decision's transaction
     [grant] = webhook.grants(customer)
-    expires_at = grant.expires_at
-    assert expires_at is not None
-    expiring = make_ledger(
-        webhook.client, webhook.table, FakeClock(expires_at)
-    )  # the expiry job's own client
-    expired: list[Any] = []
-
-    def expire_before_the_revocation(params: dict[str, Any], **_: Any) -> None:
-        keys = [
-            action.get("Put", {}).get("Item", {}).get("pk", {}).get("S", "")
-            for action in params["TransactItems"]
-        ]
-        if not expired and any(key.startswith("ENTRY#stripe:revoke:") for key in keys):
-            expired.append(
-                expiring.expire_with_rollover(grant.grant_id, expires_at, lambda _: HALF_ROLLS_OVER)
-            )
-
-    client = dal_client.dynamodb_client()  # the processor's own client
-    app.processor()  # built on that client
-    client.meta.events.register(
-        "before-parameter-build.dynamodb.TransactWriteItems", expire_before_the_revocation, unique_id="expire"
-    )
-    try:
+    with before_writing("stripe:revoke:", expiring_now(webhook, grant)) as expired:
         # When the whole payment is refunded
         webhook.ok(se.charge_refunded(bought, 2400, 2400))
-    finally:
-        client.meta.events.unregister(
-            "before-parameter-build.dynamodb.TransactWriteItems", unique_id="expire"
-        )
     # Then the refund lost that race, was decided again, and took the 500 rolled over credits back
     assert expired and expired[0] is not None
     revoke = webhook.entries(customer)[-1]
@@ -835,36 +844,58 @@ def test_a_rollover_committed_while_a_dispute_is_applied_is_held_too(
 ) -> None:
     # Given the grant's expiry with its rollover committed just before the dispute's hold is written
     [grant] = webhook.grants(customer)
-    expires_at = grant.expires_at
-    assert expires_at is not None
-    expiring = make_ledger(
-        webhook.client, webhook.table, FakeClock(expires_at)
-    )  # the expiry job's own client
-    expired: list[Any] = []
-
-    def expire_before_the_hold(params: dict[str, Any], **_: Any) -> None:
-        keys = [a.get("Put", {}).get("Item", {}).get("pk", {}).get("S", "") for a in params["TransactItems"]]
-        if not expired and any(key.startswith("ENTRY#stripe:held:") for key in keys):
-            expired.append(
-                expiring.expire_with_rollover(grant.grant_id, expires_at, lambda _: HALF_ROLLS_OVER)
-            )
-
-    client = dal_client.dynamodb_client()  # the processor's own client
-    app.processor()  # built on that client
-    client.meta.events.register(
-        "before-parameter-build.dynamodb.TransactWriteItems", expire_before_the_hold, unique_id="expire"
-    )
-    try:
+    with before_writing("stripe:held:", expiring_now(webhook, grant)) as expired:
         # When the payment is disputed
         webhook.ok(se.dispute_created(bought, amount=2400))
-    finally:
-        client.meta.events.unregister(
-            "before-parameter-build.dynamodb.TransactWriteItems", unique_id="expire"
-        )
     # Then the hold lost that race to the expiry, and the rolled over credits are held
     assert expired and expired[0] is not None
     balance = webhook.balance(customer)
     assert (balance.ledger_balance, balance.held) == (500, 500)
+
+
+@pytest.mark.parametrize("outcome", ["opened", "lost"])
+def test_a_dispute_event_delivered_twice_at_once_after_a_rollover_is_applied_once(
+    webhook: Webhook, customer: str, bought: str, outcome: str
+) -> None:
+    # Given the grant expired with half rolled over (and, for a loss, the payment disputed: all held)
+    rollover = rolled_over(webhook, customer)
+    event = opened = se.dispute_created(bought, amount=2400)
+    if outcome == "lost":
+        webhook.ok(opened)
+        event = se.dispute_closed(bought, "lost", amount=2400, dispute_id=opened["data"]["object"]["id"])
+    # When the event is delivered twice at once: the second delivery writes the rollover grant's entry between
+    # the first one's read and its write
+    prefix = f"void:{rollover.grant_id}" if outcome == "lost" else f"stripe:held:{rollover.grant_id}"
+    with before_writing(prefix, lambda: webhook.send(event)) as again:
+        first = webhook.send(event)
+    # Then both answer 200 (the first decided again on the fresh state) and the effect is applied once
+    assert again and again[0].status == 200 and first.status == 200, first.raw
+    balance = webhook.balance(customer)
+    assert (balance.ledger_balance, balance.held) == ((0, 0) if outcome == "lost" else (500, 500))
+    assert webhook.books(customer) == balance.ledger_balance
+
+
+def test_a_lost_dispute_voids_the_rollover_of_a_grant_voided_before(
+    webhook: Webhook, customer: str, bought: str
+) -> None:
+    from credits_ledger.reservations import Reservations, ReserveRequest
+
+    # Given 200 of the 1,000 credits reserved over the grant's expiry: 800 expire, 400 roll over and the grant
+    # stays live with the 200 reserved; then an operator voids the grant (`void:<grant>` is written)
+    [grant] = webhook.grants(customer)
+    assert grant.expires_at is not None
+    before_expiry = FakeClock(grant.expires_at - timedelta(hours=1))
+    Reservations.over(webhook.ledger.repository, before_expiry).reserve(
+        ReserveRequest("rsv_1", customer, D(200), expires_in=7200)
+    )
+    webhook.ledger.expire_with_rollover(grant.grant_id, grant.expires_at, lambda _: HALF_ROLLS_OVER)
+    assert webhook.ledger.void(grant.grant_id) is not None
+    # When the payment is disputed and the dispute lost
+    opened = se.dispute_created(bought, amount=2400)
+    webhook.ok(opened)
+    webhook.ok(se.dispute_closed(bought, "lost", amount=2400, dispute_id=opened["data"]["object"]["id"]))
+    # Then the rolled over credits of the lost payment are voided too
+    assert webhook.ledger.grant_view(f"{grant.grant_id}-ro1").status is GrantStatus.VOIDED
 
 
 def delivered_while_deciding(

@@ -761,6 +761,32 @@ def test_an_immediate_cancellation_leaves_nothing_of_the_month_whenever_it_is_de
     assert books.balance(customer) == 0
 
 
+def test_a_late_immediate_cancellation_voids_the_rollover_of_a_month_kept_live_by_a_reservation(
+    books: Books, customer: str
+) -> None:
+    from credits_ledger.jobs.expiry import ExpiryJob
+    from credits_ledger.reservations import Reservations, ReserveRequest
+
+    # Given a Team month (on_cancel immediately; 50 % rolls over), 1,000 of it reserved over the month's end
+    books.send(cycle(customer, price="price_team_month"))
+    [month] = books.grants(customer)
+    books.clock.set(FEB - timedelta(hours=1))
+    Reservations.over(books.ledger.repository, books.clock).reserve(
+        ReserveRequest("rsv_1", customer, D(1000), expires_in=7200)
+    )
+    # When the month ends (4,000 free: 2,000 roll over; the 1,000 reserved keep the month live), and the
+    # cancellation of mid-January is delivered after that
+    job = ExpiryJob(books.ledger, None, None, books.pricing, reservations=None)  # type: ignore[arg-type]
+    books.clock.set(FEB)
+    books.ledger.expire_with_rollover(month.grant_id, FEB, job._policy)
+    [rolled] = [g for g in books.grants(customer) if g.source.type == "rollover"]
+    assert rolled.remaining == 2000
+    books.send(deleted(customer, MID, price="price_team_month"))
+    # Then nothing of the month is left: the month and its rollover grant are voided
+    assert books.ledger.grant_view(month.grant_id).status is GrantStatus.VOIDED
+    assert books.ledger.grant_view(rolled.grant_id).status is GrantStatus.VOIDED
+
+
 def test_a_period_note_that_loses_a_race_is_decided_again(
     books: Books, customer: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -590,7 +590,11 @@ class Ledger:
                 )
                 return cast(Result, step.result)
             except EntryExists as exc:
-                existing = {**existing, **exc.entries}
+                # Another path wrote one of the change's entries meanwhile: decide again on a fresh state. Under
+                # a key the caller named that answers as a replay; under another one (a change of several grants,
+                # e.g. a dispute's void of a rollover grant voided meanwhile) the state must show its effect.
+                state, fresh = read_again()
+                existing, consistent = {**existing, **exc.entries, **fresh}, True
             except VersionConflict as exc:
                 if conflicts_allowed is not None and attempt_number + 1 >= conflicts_allowed:
                     raise _Contended(account_id) from exc

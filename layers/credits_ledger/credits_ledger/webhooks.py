@@ -311,6 +311,9 @@ class StripeWebhookProcessor:
                 build = self._ledger.revoking(record, action.amount, ctx)
             else:
                 assert isinstance(action, VoidInPool)
+                # what the month rolled over goes first: a month expired (or kept live by a reservation over
+                # its end, its free part rolled over all the same) before the cancellation was processed
+                self._void_rolled_over(key, record, now)
                 ctx = EntryContext(
                     idempotency.void_key(action.grant_id), now, key, metadata={"reason": "subscription ended"}
                 )
@@ -320,10 +323,6 @@ class StripeWebhookProcessor:
                     record.account_id, ctx.entry_key, "", build, extra_actions=[update], records=[record]
                 )
             except (GrantNotLive, InvalidTransition):
-                if isinstance(action, VoidInPool):
-                    # The month closed before the void (it expired, or was voided or spent): what it rolled
-                    # over is voided in its place before the void is noted as done.
-                    self._void_rolled_over(key, record, now)
                 noted = self._note(update)  # nothing left to act on: note it as done
             except RelatedItemChanged:
                 rounds.lost += 1
@@ -348,11 +347,12 @@ class StripeWebhookProcessor:
 
     def _void_rolled_over(self, pool_key: str, record: Grant, now: datetime) -> None:
         """Void the grants ``record``'s credits rolled over into, each by its own change (``void:<grant>``,
-        as for any void: a grant is voided once), as a dispute does (``_apply_dispute``).
+        as for any void: a grant is voided once), before the month itself is voided with the period's note.
 
-        Only a month that is no longer live has any: a month voided while live never expires, so it never
-        rolls over. The grants are read again after acting until no new one shows up: a rollover of a
-        rollover committed meanwhile is voided too, and none can follow a voided one."""
+        A month has some once it expired, or expired in part (credits a reservation held over its end stay
+        live, the free part rolls over). The grants are read again after acting until no new one shows up: a
+        rollover committed meanwhile is voided too. Voids are final and a cancellation is never taken back,
+        so these need not ride with the note: a crash before it is finished by the next delivery."""
         done: set[str] = set()
         while True:
             todo = [g for g in self._ledger.rolled_over(record) if g.grant_id not in done]
@@ -499,7 +499,10 @@ class StripeWebhookProcessor:
                 raise GrantNotLive(record.grant_id, "nothing left to act on")
             return transitions.combine(state, changes)
 
-        ctx = self._dispute_context(owner, action.effect, record.grant_id, now)
+        # The change's own key: one only this round writes (its void entries are keyed `void:<grant>`, which an
+        # admin void or a cancellation may have written already, and which would answer this round as done)
+        round_key = idempotency.stripe_dispute_key(action.effect.value, record.grant_id, owner.version)
+        ctx = EntryContext(entry_key=round_key, now=now, reference=owner.key)
         self._commit(owner, action, record.account_id, ctx, build, None, record)
 
     @staticmethod
