@@ -342,6 +342,31 @@ def test_a_link_to_the_paying_customer_a_moment_old_is_billed(
     assert env.reports.get("usage:u-org").status == REPORTED  # type: ignore[union-attr]
 
 
+def test_an_account_without_a_customer_is_read_again_only_when_it_has_something_to_bill(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given org_7, which no payment linked to a Stripe customer, with overage allowed
+    env.grant("org_7", "100", "g_org_7")
+    env.settings.put("org_7", SettingsDocument(overage=OverageSettings(OveragePolicy.ALLOW)), env.clock())
+    strong_reads: list[str] = []
+    read = env.settings.get
+
+    def counting(account_id: str, *, consistent: bool = True) -> Any:
+        if consistent:
+            strong_reads.append(account_id)
+        return read(account_id, consistent=consistent)
+
+    monkeypatch.setattr(env.settings, "get", counting)
+    # When a batch holds two covered debits, then one holds two overage debits
+    assert env.deliver(env.debit("org_7", "c1", "10"), env.debit("org_7", "c2", "10")) == []
+    assert strong_reads == []  # nothing to bill: no read again
+    assert env.deliver(env.debit("org_7", "o1", "100"), env.debit("org_7", "o2", "5")) == []
+    # Then the account is read again once for that batch, and both reports are rejected: nobody to bill
+    assert strong_reads == ["org_7"]
+    assert env.reports.get("usage:o1").status == REJECTED  # type: ignore[union-attr]
+    assert env.reports.get("usage:o2").status == REJECTED  # type: ignore[union-attr]
+
+
 def test_no_resend_after_the_deduplication_window(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     entry = overdrawn(env)
     env.emulator.inject(METER_PATH, 500, times=3)

@@ -275,6 +275,7 @@ class BillingSyncBatch(InOrderBatch):
         self.sync = sync
         self._event = event
         self._settings: dict[str, AccountSettings] | None = None
+        self._read_again: set[str] = set()  # accounts without a customer, read again strongly consistent
 
     def _handle(self, record: DynamoDBRecord) -> None:
         stream = record.dynamodb
@@ -286,6 +287,8 @@ class BillingSyncBatch(InOrderBatch):
         if entry.type is not EntryType.DEBIT:
             return
         account = self._settings_of(entry.account_id)
+        if OVERAGE_METADATA_KEY in entry.metadata or leaves_below(entry, account.auto_topup):
+            account = self._billable_settings_of(entry.account_id)
         if OVERAGE_METADATA_KEY in entry.metadata:
             self.sync.report_overage(entry, account.billing_customer)
         topup = account.auto_topup
@@ -304,9 +307,14 @@ class BillingSyncBatch(InOrderBatch):
             self._settings = self.sync.settings.get_many(accounts or [account_id], consistent=False)
         if account_id not in self._settings:
             self._settings[account_id] = self.sync.settings.get(account_id, consistent=False)
-        settings = self._settings[account_id]
-        if settings.billing_customer is None:
-            # "nobody to bill" is answered for good, and the payment that linked the account to its Stripe
-            # customer may be moments old: an eventually consistent read can miss it
-            settings = self._settings[account_id] = self.sync.settings.get(account_id, consistent=True)
+        return self._settings[account_id]
+
+    def _billable_settings_of(self, account_id: str) -> AccountSettings:
+        """Settings of an account with something to bill now. One without a Stripe customer is read again,
+        strongly consistent and once per batch: "nobody to bill" is answered for good, and the payment that
+        linked the account to its customer may be moments old, which an eventually consistent read can miss."""
+        settings = self._settings_of(account_id)
+        if settings.billing_customer is None and account_id not in self._read_again:
+            self._read_again.add(account_id)
+            settings = self._settings[account_id] = self.sync.settings.get(account_id, consistent=True)  # type: ignore[index]
         return settings
