@@ -116,7 +116,7 @@ def run_expiry(ledger: Ledger, customer: str, policy: RolloverPolicy | None, run
     """The expiry job's ``run``-th run (0: just after the purchase's grants expired; 1: 91 days later, when
     their rollover grants expired too): every live grant due by then expires and rolls over by ``policy``."""
     grants = all_grants(ledger, customer)
-    expiring = [g.expires_at for g in grants if g.expires_at is not None and "-ro" not in g.grant_id]
+    expiring = [g.expires_at for g in grants if g.expires_at is not None and g.source.type != "rollover"]
     if not expiring:  # credits that never expire (a purchase without a pack)
         return
     at = max(expiring) + timedelta(minutes=1) + timedelta(days=91) * run
